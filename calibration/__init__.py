@@ -1,0 +1,1 @@
+"""vrclip.calibration: the on-site calibration wizard and its maths."""

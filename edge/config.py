@@ -1,0 +1,314 @@
+"""The one TOML configuration of a VRCLIP edge system, validated with pydantic at load.
+
+Every section has defaults that run the simulated rig, so `vrclip-edge config show` prints a
+complete, working file. Validation errors name the key, the bad value and the allowed range,
+because the person reading them is on site with a laptop, not in the source code.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import annotated_types
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from vrclip.edge.errors import ConfigError
+
+#: Where the systemd unit expects the config.
+DEFAULT_CONFIG_PATH = Path("/etc/vrclip/edge.toml")
+
+SPEED_OF_LIGHT = 299_792_458.0
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors (a typo must not silently fall back to a default)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SweepConfig(Section):
+    """The SFCW sweep the VNA performs for every Tx/Rx pair."""
+
+    start_hz: Annotated[float, Field(ge=1e6, le=20e9)] = 0.8e9
+    stop_hz: Annotated[float, Field(ge=1e6, le=20e9)] = 2.8e9
+    points: Annotated[int, Field(ge=2, le=100_001)] = 201
+    if_bandwidth_hz: Annotated[float, Field(ge=1.0, le=10e6)] = 100e3
+    power_dbm: Annotated[float, Field(ge=-90.0, le=20.0)] = 0.0
+
+    @model_validator(mode="after")
+    def _stop_above_start(self) -> SweepConfig:
+        if self.stop_hz <= self.start_hz:
+            raise ValueError(
+                f"radar.sweep.stop_hz = {self.stop_hz:g} must be above "
+                f"radar.sweep.start_hz = {self.start_hz:g}"
+            )
+        return self
+
+    @property
+    def step_hz(self) -> float:
+        return (self.stop_hz - self.start_hz) / (self.points - 1)
+
+    @property
+    def range_resolution_m(self) -> float:
+        """c / 2B: the one-way range resolution."""
+        return SPEED_OF_LIGHT / (2.0 * (self.stop_hz - self.start_hz))
+
+
+class VnaConfig(Section):
+    """How to reach the vector network analyzer (a VISA resource string)."""
+
+    resource: str = "TCPIP0::127.0.0.1::5025::SOCKET"
+    dialect: Literal["keysight", "rs"] = "keysight"
+    timeout_ms: Annotated[int, Field(ge=100, le=600_000)] = 5000
+    reconnect_max_backoff_s: Annotated[float, Field(ge=0.1, le=600.0)] = 30.0
+
+
+class SwitchConfig(Section):
+    """The 12T/12R RF switch controller: `tcp://host:port` or a serial device path."""
+
+    port: str = "tcp://127.0.0.1:5026"
+    baudrate: Annotated[int, Field(ge=1200, le=4_000_000)] = 115_200
+    timeout_ms: Annotated[int, Field(ge=10, le=60_000)] = 1000
+
+
+class ArrayConfig(Section):
+    """Which antenna layout, and where the array stands in the room."""
+
+    geometry_file: str = "builtin:array_12x12"
+    #: Array phase centre in room coordinates (x across, y into the room, z up), metres.
+    position_m: tuple[float, float, float] = (0.0, 0.0, 1.0)
+    #: Rotation of the array about z; 0 means boresight along +y.
+    yaw_deg: Annotated[float, Field(ge=-180.0, le=180.0)] = 0.0
+
+
+class RadarConfig(Section):
+    vna: VnaConfig = VnaConfig()
+    sweep: SweepConfig = SweepConfig()
+    switch: SwitchConfig = SwitchConfig()
+    array: ArrayConfig = ArrayConfig()
+    frame_rate_hz: Annotated[float, Field(gt=0.0, le=1000.0)] = 10.0
+
+
+class CameraConfig(Section):
+    """The RGB camera (OpenCV). `device` is an index, a path or a stream URL."""
+
+    device: str = "0"
+    width: Annotated[int, Field(ge=16, le=7680)] = 1280
+    height: Annotated[int, Field(ge=16, le=4320)] = 720
+    fps: Annotated[float, Field(gt=0.0, le=240.0)] = 30.0
+    #: Horizontal field of view, used by the simulator and before calibration exists.
+    hfov_deg: Annotated[float, Field(gt=10.0, lt=170.0)] = 90.0
+    position_m: tuple[float, float, float] = (0.0, 0.0, 1.6)
+    jpeg_quality: Annotated[int, Field(ge=10, le=100)] = 90
+
+
+class ZedConfig(Section):
+    """The ZED stereo camera: depth image and per-person floor positions."""
+
+    enabled: bool = True
+    serial: Annotated[int, Field(ge=0)] = 0
+    depth_width: Annotated[int, Field(ge=16, le=4416)] = 320
+    depth_height: Annotated[int, Field(ge=16, le=2484)] = 180
+    fps: Annotated[float, Field(gt=0.0, le=120.0)] = 15.0
+    max_depth_m: Annotated[float, Field(gt=0.3, le=40.0)] = 10.0
+    position_m: tuple[float, float, float] = (0.2, 0.0, 1.6)
+
+
+class TimeServerConfig(Section):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 5030
+    start_lead_s: Annotated[float, Field(ge=0.05, le=60.0)] = 1.0
+
+
+class SyncConfig(Section):
+    clock: Literal["CLOCK_REALTIME", "CLOCK_MONOTONIC"] = "CLOCK_REALTIME"
+    #: Frames of different sensors pair only if their timestamps differ by at most this.
+    slop_ms: Annotated[float, Field(gt=0.0, le=5000.0)] = 60.0
+    time_server: TimeServerConfig = TimeServerConfig()
+
+
+class RoomConfig(Section):
+    """The monitored floor area in room coordinates (metres); the imaging grid spans it."""
+
+    x_min_m: Annotated[float, Field(ge=-100.0, le=100.0)] = -2.5
+    x_max_m: Annotated[float, Field(ge=-100.0, le=100.0)] = 2.5
+    y_min_m: Annotated[float, Field(ge=0.0, le=100.0)] = 0.5
+    y_max_m: Annotated[float, Field(ge=0.0, le=100.0)] = 6.5
+
+    @model_validator(mode="after")
+    def _non_empty(self) -> RoomConfig:
+        if self.x_max_m <= self.x_min_m:
+            raise ValueError(f"room.x_max_m = {self.x_max_m} must be above room.x_min_m = {self.x_min_m}")
+        if self.y_max_m <= self.y_min_m:
+            raise ValueError(f"room.y_max_m = {self.y_max_m} must be above room.y_min_m = {self.y_min_m}")
+        return self
+
+
+class ImagingConfig(Section):
+    nx: Annotated[int, Field(ge=8, le=2048)] = 128
+    ny: Annotated[int, Field(ge=8, le=2048)] = 128
+    mode: Literal["2d", "3d"] = "2d"
+    #: Heights of the 3D grid's slices (metres); used only in 3D mode.
+    z_levels_m: tuple[float, ...] = (0.4, 0.8, 1.2, 1.6)
+    impl: Literal["auto", "gpu", "cpu", "exact"] = "auto"
+    clutter: Literal["mean", "mti", "none"] = "mean"
+    #: Weight of the newest frame in the running-mean background.
+    background_alpha: Annotated[float, Field(gt=0.0, le=1.0)] = 0.05
+    #: IFFT length as a multiple of the number of sweep points.
+    zero_pad_factor: Annotated[int, Field(ge=1, le=64)] = 8
+    cfar_threshold_db: Annotated[float, Field(ge=0.0, le=60.0)] = 12.0
+    max_people: Annotated[int, Field(ge=1, le=64)] = 8
+
+
+class EngineConfig(Section):
+    """The fused VRCLIP engine package: `<name>.engine|.onnx` beside its `<name>.json` manifest."""
+
+    path: str = "/var/lib/vrclip/engines/vrclip.onnx"
+    backend: Literal["auto", "tensorrt", "onnxruntime"] = "auto"
+    rf_frames: Annotated[int, Field(ge=1, le=256)] = 8
+
+
+class GalleryConfig(Section):
+    path: str = "/var/lib/vrclip/gallery.h5"
+    #: Cosine similarity below which a track is reported as "unknown" (open set).
+    threshold: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.6
+
+
+class MqttSinkConfig(Section):
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    topic: str = "vrclip/identity"
+
+
+class HttpSinkConfig(Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8080
+
+
+class SinksConfig(Section):
+    jsonl_path: str = "/var/log/vrclip/events.jsonl"
+    mqtt: MqttSinkConfig = MqttSinkConfig()
+    http: HttpSinkConfig = HttpSinkConfig()
+
+
+class PathsConfig(Section):
+    data_dir: str = "/var/lib/vrclip"
+    recordings_dir: str = "/var/lib/vrclip/recordings"
+    calibration_file: str = "/etc/vrclip/calibration.json"
+
+
+class EdgeConfig(Section):
+    """The whole system. Every key has a default; a file only states what differs on its site."""
+
+    radar: RadarConfig = RadarConfig()
+    camera: CameraConfig = CameraConfig()
+    zed: ZedConfig = ZedConfig()
+    sync: SyncConfig = SyncConfig()
+    room: RoomConfig = RoomConfig()
+    imaging: ImagingConfig = ImagingConfig()
+    engine: EngineConfig = EngineConfig()
+    gallery: GalleryConfig = GalleryConfig()
+    sinks: SinksConfig = SinksConfig()
+    paths: PathsConfig = PathsConfig()
+
+
+def _field_range(model: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
+    """Walk the schema along `loc` and describe the numeric bounds of the field it ends on."""
+    current: Any = model
+    info = None
+    for part in loc:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        info = current.model_fields.get(str(part))
+        if info is None:
+            return None
+        current = info.annotation
+    if info is None:
+        return None
+    lo = hi = None
+    lo_incl = hi_incl = True
+    for meta in info.metadata:
+        if isinstance(meta, annotated_types.Ge):
+            lo = meta.ge
+        elif isinstance(meta, annotated_types.Gt):
+            lo, lo_incl = meta.gt, False
+        elif isinstance(meta, annotated_types.Le):
+            hi = meta.le
+        elif isinstance(meta, annotated_types.Lt):
+            hi, hi_incl = meta.lt, False
+    if lo is None and hi is None:
+        return None
+    left = "[" if lo_incl else "("
+    right = "]" if hi_incl else ")"
+    return f"allowed range {left}{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}{right}"
+
+
+def _describe_error(err: dict[str, Any]) -> str:
+    loc = tuple(err["loc"])
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        parent = ".".join(str(p) for p in loc[:-1])
+        allowed = _allowed_keys(loc[:-1])
+        where = f" in [{parent}]" if parent else " at the top level"
+        return f"unknown key '{loc[-1]}'{where}; allowed keys: {', '.join(allowed)}"
+    value = err.get("input")
+    message = err["msg"]
+    if kind.startswith("value_error"):
+        # Our own cross-field checks already name the keys and values.
+        return message.removeprefix("Value error, ")
+    text = f"{key} = {value!r}: {message}"
+    bounds = _field_range(EdgeConfig, loc)
+    if bounds and kind in {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}:
+        text += f" ({bounds})"
+    return text
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    current: Any = EdgeConfig
+    for part in loc:
+        info = current.model_fields.get(str(part))
+        if info is None:
+            return []
+        current = info.annotation
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return sorted(current.model_fields)
+    return []
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>") -> EdgeConfig:
+    """Validate an already-parsed TOML mapping; raise ConfigError listing every problem, one per line."""
+    try:
+        return EdgeConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = [_describe_error(e) for e in exc.errors()]
+        raise ConfigError(f"{source}: " + "; ".join(problems)) from None
+
+
+def load_config(path: str | Path | None) -> EdgeConfig:
+    """Load and validate a config file; None gives the built-in defaults."""
+    if path is None:
+        return EdgeConfig()
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: no such config file (write one with `vrclip-edge config show > {path}`)"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(data, source=str(path))
+
+
+def config_to_toml(config: EdgeConfig) -> str:
+    """The effective config as TOML, every key spelled out (what `config show` prints)."""
+    return tomli_w.dumps(config.model_dump(mode="json"))

@@ -1,0 +1,284 @@
+"""Render the synthetic world as a pinhole camera sees it: an RGB frame and a depth image.
+
+Rendering is deliberately simple (flat-shaded body parts, textured clothing, painter's order with a
+depth buffer) but it keeps what re-identification depends on: each identity's clothing colours and
+texture, body proportions and gait pose, lighting that darkens and tints and adds noise, and
+occluders that hide people from view. The same renderer at a lower resolution is the ZED's depth.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from vrclip.edge.sim.identity import BODY_PARTS
+from vrclip.edge.sim.occlusion import crosses
+from vrclip.edge.sim.scene import Lighting, Occluder, PersonState, Scene, SceneState
+
+_P = {name: i for i, name in enumerate(BODY_PARTS)}
+
+
+@dataclass(frozen=True)
+class PinholeCamera:
+    """Camera at `position` looking along +y, pitched down by `pitch_deg`; x right, z up."""
+
+    width: int
+    height: int
+    hfov_deg: float
+    position: tuple[float, float, float]
+    pitch_deg: float = 8.0
+
+    @property
+    def focal_px(self) -> float:
+        return (self.width / 2) / math.tan(math.radians(self.hfov_deg) / 2)
+
+    def _axes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        p = math.radians(self.pitch_deg)
+        right = np.array([1.0, 0.0, 0.0])
+        forward = np.array([0.0, math.cos(p), -math.sin(p)])
+        up = np.array([0.0, math.sin(p), math.cos(p)])
+        return right, forward, up
+
+    def project(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N,3) room points -> ((N,2) pixel coordinates, (N,) depth along the optical axis)."""
+        right, forward, up = self._axes()
+        d = np.asarray(points, dtype=np.float64) - np.asarray(self.position)
+        depth = d @ forward
+        safe = np.maximum(depth, 1e-3)
+        u = self.width / 2 + self.focal_px * (d @ right) / safe
+        v = self.height / 2 - self.focal_px * (d @ up) / safe
+        return np.stack([u, v], axis=1), depth
+
+    def rays(self) -> np.ndarray:
+        """(H, W, 3) unit-depth ray directions (forward component 1) for every pixel."""
+        right, forward, up = self._axes()
+        u = (np.arange(self.width) + 0.5 - self.width / 2) / self.focal_px
+        v = (self.height / 2 - np.arange(self.height) - 0.5) / self.focal_px
+        return forward + u[None, :, None] * right + v[:, None, None] * up
+
+
+class SceneRenderer:
+    """Renders one scene for one camera; the static background is computed once."""
+
+    def __init__(self, scene: Scene, camera: PinholeCamera, seed: int = 0, colour: bool = True) -> None:
+        self.scene = scene
+        self.camera = camera
+        self.colour = colour
+        self._occluder_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._background_rgb, self._background_depth = self._render_background()
+        rng = np.random.default_rng(seed)
+        # Sensor noise is drawn once as a tall tile; each frame takes a random window of it (cheap).
+        self._noise = (
+            rng.standard_normal((camera.height * 2, camera.width, 3)).astype(np.float32) if colour else None
+        )
+        self._rng = rng
+
+    def _render_background(self) -> tuple[np.ndarray, np.ndarray]:
+        """Floor with tiles, walls; depth along the optical axis for every pixel."""
+        cam = self.camera
+        room = self.scene.room
+        rays = cam.rays()
+        origin = np.asarray(cam.position)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            candidates = [
+                np.where(rays[..., 2] < 0, (0.0 - origin[2]) / rays[..., 2], np.inf),  # floor
+                np.where(
+                    rays[..., 1] > 0, (room.y_max_m + 0.5 - origin[1]) / rays[..., 1], np.inf
+                ),  # back wall
+                np.where(rays[..., 0] < 0, (room.x_min_m - 0.3 - origin[0]) / rays[..., 0], np.inf),
+                np.where(rays[..., 0] > 0, (room.x_max_m + 0.3 - origin[0]) / rays[..., 0], np.inf),
+                np.where(rays[..., 2] > 0, (2.8 - origin[2]) / rays[..., 2], np.inf),  # ceiling
+            ]
+        stack = np.stack([np.where(c > 0, c, np.inf) for c in candidates])
+        which = np.argmin(stack, axis=0)
+        depth = np.min(stack, axis=0).astype(np.float32)
+        if not self.colour:
+            return np.zeros((cam.height, cam.width, 3), np.uint8), depth
+        hit = origin + rays * depth[..., None]
+        palette = np.array(
+            [[150, 135, 115], [200, 195, 185], [185, 190, 195], [185, 190, 195], [235, 235, 230]]
+        )
+        rgb = palette[which].astype(np.float32)
+        tiles = ((np.floor(hit[..., 0] / 0.5) + np.floor(hit[..., 1] / 0.5)) % 2)[..., None]
+        rgb = np.where((which == 0)[..., None], rgb * (0.85 + 0.15 * tiles), rgb)
+        rgb *= np.clip(1.2 - 0.06 * depth, 0.6, 1.0)[..., None]  # light falls off into the room
+        return np.clip(rgb, 0, 255).astype(np.uint8), depth
+
+    def visible_fraction(self, person: PersonState) -> float:
+        """Share of the person's body points inside the view and not hidden by an occluder."""
+        pixels, depth = self.camera.project(person.scatterers)
+        inside = (
+            (depth > 0.3)
+            & (pixels[:, 0] >= 0)
+            & (pixels[:, 0] < self.camera.width)
+            & (pixels[:, 1] >= 0)
+            & (pixels[:, 1] < self.camera.height)
+        )
+        blocked = np.zeros(len(person.scatterers), bool)
+        origin = np.asarray(self.camera.position)[None, :]
+        for occ in self.scene.occluders:
+            blocked |= crosses(origin, person.scatterers, occ)
+        return float(np.mean(inside & ~blocked))
+
+    def render(self, state: SceneState) -> tuple[np.ndarray | None, np.ndarray]:
+        """Return (RGB uint8 or None when colour is off, depth float32 metres, inf where nothing)."""
+        rgb = self._background_rgb.copy() if self.colour else None
+        zbuf = self._background_depth.copy()
+        drawables: list[tuple[float, object]] = []
+        for person in state.people:
+            _, d = self.camera.project(np.array([[person.position[0], person.position[1], 1.0]]))
+            drawables.append((float(d[0]), person))
+        for occ in self.scene.occluders:
+            drawables.append((self._occluder_far_depth(occ), occ))
+        for _, item in sorted(drawables, key=lambda pair: -pair[0]):
+            if isinstance(item, Occluder):
+                self._draw_occluder(item, rgb, zbuf)
+            else:
+                self._draw_person(item, rgb, zbuf)
+        if rgb is not None:
+            rgb = self._apply_lighting(rgb, self.scene.lighting)
+        return rgb, zbuf
+
+    def _occluder_far_depth(self, occ: Occluder) -> float:
+        _, d = self.camera.project(np.array([[occ.x0, occ.y0, 0.0], [occ.x1, occ.y1, 0.0]]))
+        return float(np.max(d))
+
+    def _occluder_pixels(self, occ: Occluder) -> tuple[np.ndarray, np.ndarray]:
+        """Flat pixel indices an occluder covers and its depth there; static, so computed once."""
+        cached = self._occluder_cache.get(occ.name)
+        if cached is not None:
+            return cached
+        cam = self.camera
+        corners = np.array(
+            [
+                [occ.x0, occ.y0, 0.0],
+                [occ.x1, occ.y1, 0.0],
+                [occ.x1, occ.y1, occ.height_m],
+                [occ.x0, occ.y0, occ.height_m],
+            ]
+        )
+        pixels, depth = cam.project(corners)
+        empty = (np.zeros(0, np.int64), np.zeros(0, np.float32))
+        if np.all(depth <= 0.05):
+            self._occluder_cache[occ.name] = empty
+            return empty
+        mask = np.zeros((cam.height, cam.width), np.uint8)
+        cv2.fillConvexPoly(mask, np.round(pixels).astype(np.int32), 1)
+        # Depth of the slab's plane along each pixel's ray: intersect rays with the vertical plane.
+        rays = cam.rays().reshape(-1, 3)
+        origin = np.asarray(cam.position)
+        normal = np.array([occ.y1 - occ.y0, -(occ.x1 - occ.x0), 0.0])
+        index = np.flatnonzero(mask.reshape(-1))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = ((np.array([occ.x0, occ.y0, 0.0]) - origin) @ normal) / (rays[index] @ normal)
+        keep = np.isfinite(t) & (t > 0)
+        result = (index[keep], t[keep].astype(np.float32))
+        self._occluder_cache[occ.name] = result
+        return result
+
+    def _draw_occluder(self, occ: Occluder, rgb: np.ndarray | None, zbuf: np.ndarray) -> None:
+        """A vertical slab, drawn with a per-pixel depth test so it hides exactly what is behind it."""
+        index, t = self._occluder_pixels(occ)
+        flat_z = zbuf.reshape(-1)
+        nearer = t < flat_z[index]
+        index, t = index[nearer], t[nearer]
+        flat_z[index] = t
+        if rgb is not None:
+            shade = np.clip(1.1 - 0.05 * t, 0.6, 1.0)[:, None]
+            rgb.reshape(-1, 3)[index] = (np.asarray(occ.colour_rgb, np.float32)[None, :] * shade).astype(
+                np.uint8
+            )
+
+    def _draw_person(self, person: PersonState, rgb: np.ndarray | None, zbuf: np.ndarray) -> None:
+        cam = self.camera
+        pixels, depths = cam.project(person.scatterers)
+        torso_depth = float(depths[_P["chest"]])
+        if torso_depth < 0.3:
+            return
+        scale = cam.focal_px / torso_depth  # pixels per metre at the person
+        app = person.identity.appearance
+        pts = np.round(pixels).astype(np.int32)
+        layer = np.zeros((cam.height, cam.width), np.uint8)
+        colours: dict[int, tuple[int, int, int]] = {
+            1: app.trousers_rgb,
+            2: app.shirt_rgb,
+            3: app.skin_rgb,
+            4: app.hair_rgb,
+        }
+
+        def limb(a: str, b: str, c: str, width_m: float, label: int) -> None:
+            thickness = max(1, round(width_m * scale))
+            cv2.polylines(layer, [pts[[_P[a], _P[b], _P[c]]]], False, label, thickness, cv2.LINE_8)
+
+        limb("l_hip", "l_knee", "l_foot", 0.14, 1)
+        limb("r_hip", "r_knee", "r_foot", 0.14, 1)
+        shoulder_w = person.identity.body.shoulder_width_m
+        torso = np.array(
+            [pts[_P["l_shoulder"]], pts[_P["r_shoulder"]], pts[_P["r_hip"]], pts[_P["l_hip"]]], dtype=np.int32
+        )
+        # From the side the shoulders overlap in the image; keep the torso at least a body depth wide.
+        centre = torso.mean(axis=0)
+        min_half = 0.5 * max(shoulder_w * 0.55, person.identity.body.torso_depth_m) * scale
+        spread = np.abs(torso[:, 0] - centre[0])
+        if spread.max() < min_half:
+            torso[:, 0] = np.round(centre[0] + np.sign(torso[:, 0] - centre[0] + 1e-3) * min_half).astype(
+                np.int32
+            )
+        cv2.fillConvexPoly(layer, cv2.convexHull(torso), 2)
+        limb("l_shoulder", "l_elbow", "l_hand", 0.09, 2)
+        limb("r_shoulder", "r_elbow", "r_hand", 0.09, 2)
+        head = pts[_P["head"]]
+        radius = max(2, round(0.11 * scale))
+        cv2.circle(layer, (int(head[0]), int(head[1])), radius, 3, -1)
+        cv2.ellipse(
+            layer,
+            (int(head[0]), int(head[1] - radius * 0.25)),
+            (radius, int(radius * 0.8)),
+            0,
+            180,
+            360,
+            4,
+            -1,
+        )
+        for hand in ("l_hand", "r_hand"):
+            cv2.circle(layer, tuple(int(v) for v in pts[_P[hand]]), max(1, int(0.045 * scale)), 3, -1)
+        drawn = (layer > 0) & (torso_depth < zbuf)
+        if not drawn.any():
+            return
+        zbuf[drawn] = torso_depth
+        if rgb is None:
+            return
+        ys, xs = np.nonzero(drawn)
+        labels = layer[ys, xs]
+        lut = np.zeros((5, 3), np.float32)
+        for label, colour in colours.items():
+            lut[label] = colour
+        colour_px = lut[labels]
+        shirt = labels == 2
+        if app.texture != "solid" and shirt.any():
+            period = max(2, int(app.texture_period_px * scale / 400))
+            if app.texture == "stripes":
+                pattern = (ys[shirt] // period) % 2 == 0
+            elif app.texture == "checks":
+                pattern = ((ys[shirt] // period) + (xs[shirt] // period)) % 2 == 0
+            else:  # gradient: darker towards the waist
+                top = ys[shirt].min()
+                frac = (ys[shirt] - top) / max(1, np.ptp(ys[shirt]))
+                colour_px[shirt] = (
+                    colour_px[shirt] * (1 - 0.6 * frac[:, None])
+                    + np.asarray(app.accent_rgb) * 0.6 * frac[:, None]
+                )
+                pattern = None
+            if pattern is not None:
+                colour_px[np.flatnonzero(shirt)[pattern]] = app.accent_rgb
+        shade = np.clip(1.15 - 0.05 * torso_depth, 0.6, 1.0)
+        rgb[ys, xs] = np.clip(colour_px * shade, 0, 255).astype(np.uint8)
+
+    def _apply_lighting(self, rgb: np.ndarray, lighting: Lighting) -> np.ndarray:
+        gain = np.asarray(lighting.colour_cast, np.float32) * lighting.brightness
+        offset = int(self._rng.integers(0, self.camera.height))
+        noise = self._noise[offset : offset + self.camera.height]
+        out = rgb.astype(np.float32) * gain + noise * lighting.noise_std
+        return np.clip(out, 0, 255).astype(np.uint8)

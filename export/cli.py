@@ -1,0 +1,26 @@
+"""`vrclip-export`: train, evaluate, export, quantise and build engines (commands land with #4 and #5)."""
+
+from __future__ import annotations
+
+from vrclip.edge.cli_support import make_app, run
+
+app = make_app(
+    "vrclip-export", "Train/evaluate VRCLIP, export ONNX, quantise to INT8 and build TensorRT engines."
+)
+
+
+@app.command("env")
+def env() -> None:
+    """Report the torch side of this machine: torch, torchvision, open_clip, onnx versions."""
+    import importlib
+
+    for name in ("torch", "torchvision", "open_clip", "onnx", "onnxruntime"):
+        try:
+            module = importlib.import_module(name)
+            print(f"{name:12s} {getattr(module, '__version__', '?')}")
+        except ImportError as exc:
+            print(f"{name:12s} missing ({exc}); install with: pip install 'vrclip-edge[export]'")
+
+
+def main() -> None:
+    run(app)

@@ -1,0 +1,27 @@
+"""`vrclip-firmware`: tools for the radar front end (switch controller, VNA profiles)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from vrclip.edge.cli_support import make_app, run
+from vrclip.edge.config import load_config
+from vrclip.edge.geometry import load_geometry
+
+app = make_app(
+    "vrclip-firmware", "Radar front-end tools: switch controller, switching sequence, VNA profiles."
+)
+
+
+@app.command("channels")
+def channels(config: Path | None = typer.Option(None, "--config", "-c", help="Config TOML.")) -> None:
+    """Print the virtual-channel table in switching order (channel, Tx, Rx) as the controller runs it."""
+    geometry = load_geometry(load_config(config).radar.array)
+    typer.echo("channel\ttx\trx\tname")
+    for c, (tx, rx) in enumerate(geometry.pairs):
+        typer.echo(f"{c}\t{tx + 1}\t{rx + 1}\t{geometry.channel_name(c)}")
+
+
+def main() -> None:
+    run(app)

@@ -1,0 +1,126 @@
+"""The vrclip-edge command line, run as the user runs it: real processes, real files, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from vrclip.edge.recording.reader import SessionReader
+
+EXE = Path(sys.executable).parent / "vrclip-edge"
+SMALL = "[camera]\nwidth = 320\nheight = 180\nfps = 5\n[radar]\nframe_rate_hz = 5\n[zed]\nfps = 5\n"
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([EXE, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    text = " ".join(lines)
+    assert text.startswith("error:"), result.stderr
+    for fragment in fragments:
+        assert fragment in text
+
+
+@pytest.fixture(scope="module")
+def small_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cfg") / "edge.toml"
+    path.write_text(SMALL)
+    return path
+
+
+def test_record_simulated_session_and_inspect_it(tmp_path: Path, small_config: Path) -> None:
+    out = tmp_path / "s.h5"
+    args = ["--seconds", "1", "--people", "2", "--lighting", "night", "--occlusion", "wall", "--seed", "3"]
+    result = cli("record", "--simulate", *args, "--out", str(out), "--config", str(small_config))
+    assert result.returncode == 0, result.stderr
+    with SessionReader(out) as reader:
+        assert reader.counts == {"radar": 5, "camera": 5, "depth": 5}
+        assert reader.identities == ("person-00", "person-01")
+        assert reader.conditions["lighting"] == "night" and reader.conditions["occlusion"] == "wall"
+        frame = reader.radar(4)
+        assert frame.s21.shape == (144, 201) and frame.clock == "SIMULATED"
+        assert frame.truth is not None and frame.truth.positions.shape == (2, 2)
+        assert reader.camera(0).rgb.shape == (180, 320, 3)
+    shown = cli("inspect", str(out))
+    assert shown.returncode == 0 and "radar" in shown.stdout and "person-01" in shown.stdout
+    again = cli("record", "--simulate", "--seconds", "1", "--out", str(out), "--config", str(small_config))
+    assert_one_line_error(again, str(out))
+
+
+def test_same_seed_records_the_same_radar_data(tmp_path: Path, small_config: Path) -> None:
+    paths = [tmp_path / "a.h5", tmp_path / "b.h5"]
+    for path in paths:
+        result = cli(
+            "record",
+            "--simulate",
+            "--seconds",
+            "0.4",
+            "--seed",
+            "9",
+            "--out",
+            str(path),
+            "--config",
+            str(small_config),
+        )
+        assert result.returncode == 0, result.stderr
+    with SessionReader(paths[0]) as a, SessionReader(paths[1]) as b:
+        np.testing.assert_array_equal(a.radar_block(0, 2)[0], b.radar_block(0, 2)[0])
+
+
+def test_user_mistakes_are_one_line_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[imaging]\nnx = 3\n")
+    assert_one_line_error(cli("config", "check", str(bad)), "imaging.nx = 3", "allowed range [8, 2048]")
+    assert_one_line_error(
+        cli("record", "--simulate", "--people", "0", "--out", str(tmp_path / "x.h5")), "empty"
+    )
+    assert_one_line_error(
+        cli("record", "--simulate", "--lighting", "noon", "--out", str(tmp_path / "x.h5")), "noon"
+    )
+    assert_one_line_error(cli("record", "--out", str(tmp_path / "x.h5")), "--simulate")
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f["data"] = np.arange(3)
+    assert_one_line_error(cli("inspect", str(foreign)), str(foreign))
+    text = tmp_path / "notes.h5"
+    text.write_text("hello")
+    assert_one_line_error(cli("inspect", str(text)), str(text))
+
+
+def test_config_show_is_a_valid_config(tmp_path: Path) -> None:
+    shown = cli("config", "show")
+    assert shown.returncode == 0
+    path = tmp_path / "shown.toml"
+    path.write_text(shown.stdout)
+    assert cli("config", "check", str(path)).returncode == 0
+
+
+def test_dataset_make_writes_sessions_and_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "ds"
+    args = ("dataset", "make", "--out", str(out), "--identities", "2", "--sessions", "2", "--seconds", "0.5",
+            "--width", "160", "--height", "90", "--rate", "4", "--jobs", "2")  # fmt: skip
+    result = cli(*args)
+    assert result.returncode == 0, result.stderr
+    index = json.loads((out / "dataset.json").read_text())
+    assert index["format"] == "vrclip-dataset" and len(index["sessions"]) == 4
+    conditions = {(s["lighting"], s["occlusion"]) for s in index["sessions"]}
+    assert len(conditions) >= 3
+    for session in index["sessions"]:
+        with SessionReader(out / session["path"]) as reader:
+            assert reader.identities == (session["identity"],)
+            assert reader.count("radar") == 2 and reader.count("camera") == 2
+    first = out / index["sessions"][0]["path"]
+    stamp = first.stat().st_mtime_ns
+    (out / index["sessions"][1]["path"]).unlink()
+    assert cli(*args).returncode == 0
+    assert first.stat().st_mtime_ns == stamp, "a finished session was rewritten instead of kept"
+    assert (out / index["sessions"][1]["path"]).is_file()

@@ -1,0 +1,71 @@
+"""The config file: defaults run, bad input is reported with key, value and allowed range."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+from vrclip.edge.config import EdgeConfig, config_to_toml, load_config, parse_config
+from vrclip.edge.errors import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "systemd" / "edge.example.toml"
+
+
+def test_defaults_round_trip_through_toml() -> None:
+    text = config_to_toml(EdgeConfig())
+    assert parse_config(tomllib.loads(text)) == EdgeConfig()
+
+
+def test_example_config_in_systemd_is_valid_and_complete() -> None:
+    cfg = load_config(EXAMPLE)
+    assert cfg == EdgeConfig(), "systemd/edge.example.toml drifted from the defaults: regenerate it"
+
+
+def test_partial_file_overrides_only_what_it_states(tmp_path: Path) -> None:
+    path = tmp_path / "edge.toml"
+    path.write_text("[radar.sweep]\npoints = 1001\n[imaging]\nnx = 64\n")
+    cfg = load_config(path)
+    assert cfg.radar.sweep.points == 1001 and cfg.imaging.nx == 64
+    assert cfg.radar.sweep.start_hz == 0.8e9
+
+
+def test_sweep_derived_figures() -> None:
+    sweep = EdgeConfig().radar.sweep
+    assert sweep.step_hz == pytest.approx(10e6)
+    assert sweep.range_resolution_m == pytest.approx(0.0749, abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "[radar.sweep]\nstart_hz = 5e12\n",
+            ["radar.sweep.start_hz", "5000000000000.0", "allowed range [1000000.0, 20000000000.0]"],
+        ),
+        ("[imaging]\nnx = 4\n", ["imaging.nx = 4", "allowed range [8, 2048]"]),
+        ("[camera]\nwidthh = 3\n", ["unknown key 'widthh' in [camera]", "width"]),
+        ("bogus = 1\n", ["unknown key 'bogus' at the top level"]),
+        ("[radar.sweep]\nstart_hz = 3e9\n", ["radar.sweep.stop_hz", "must be above radar.sweep.start_hz"]),
+        ("[imaging]\nclutter = 'median'\n", ["imaging.clutter = 'median'", "'mean'"]),
+        ("[room]\nx_min_m = 3.0\n", ["room.x_max_m", "must be above room.x_min_m"]),
+    ],
+)
+def test_errors_name_key_value_and_range(tmp_path: Path, text: str, expected: list[str]) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(str(path))
+    for fragment in expected:
+        assert fragment in message
+
+
+def test_malformed_toml_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.toml"
+    bad.write_text("[radar\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "missing.toml")

@@ -1,0 +1,60 @@
+"""The array as data: 144 channels in a fixed switching order and correct bistatic delays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from vrclip.edge.config import SPEED_OF_LIGHT, ArrayConfig
+from vrclip.edge.errors import ConfigError
+from vrclip.edge.geometry import ArrayGeometry, load_geometry
+
+
+def test_default_array_has_144_distinct_pairs_in_tx_major_order(geometry: ArrayGeometry) -> None:
+    assert geometry.n_channels == 144
+    assert len({tuple(p) for p in geometry.pairs}) == 144
+    assert tuple(geometry.pairs[0]) == (0, 0) and tuple(geometry.pairs[1]) == (0, 1)
+    assert tuple(geometry.pairs[12]) == (1, 0)
+    assert geometry.channel_name(13) == "T2-R2"
+
+
+def test_virtual_aperture_is_two_dimensional(geometry: ArrayGeometry) -> None:
+    virtual = geometry.virtual_positions
+    assert np.ptp(virtual[:, 0]) > 0.8 and np.ptp(virtual[:, 2]) > 0.8
+    assert len({tuple(np.round(v, 4)) for v in virtual}) == 144
+
+
+def test_bistatic_delay_matches_hand_computation(geometry: ArrayGeometry) -> None:
+    target = np.array([0.7, 3.0, 1.1])
+    c = 37
+    tx, rx = geometry.channel_tx[c], geometry.channel_rx[c]
+    expected = (np.linalg.norm(target - tx) + np.linalg.norm(target - rx)) / SPEED_OF_LIGHT
+    assert geometry.bistatic_delays(target)[c] == pytest.approx(expected, rel=1e-12)
+    grid = np.zeros((4, 5, 3)) + target
+    assert geometry.path_lengths(grid).shape == (144, 4, 5)
+
+
+def test_pose_moves_and_turns_the_array() -> None:
+    base = load_geometry(ArrayConfig(position_m=(0.0, 0.0, 0.0)))
+    moved = load_geometry(ArrayConfig(position_m=(1.0, 2.0, 0.5), yaw_deg=90.0))
+    # yaw 90 deg about z: array-frame x maps to room +y
+    expected = base.tx_positions @ np.array([[0, 1, 0], [-1, 0, 0], [0, 0, 1]]) + [1.0, 2.0, 0.5]
+    np.testing.assert_allclose(moved.tx_positions, expected, atol=1e-12)
+
+
+def test_dict_round_trip(geometry: ArrayGeometry) -> None:
+    again = ArrayGeometry.from_dict(geometry.to_dict())
+    np.testing.assert_array_equal(again.pairs, geometry.pairs)
+    np.testing.assert_allclose(again.rx_positions, geometry.rx_positions)
+
+
+def test_bad_geometry_files_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no built-in geometry called 'nope'"):
+        load_geometry(ArrayConfig(geometry_file="builtin:nope"))
+    path = tmp_path / "array.toml"
+    path.write_text("[[tx]]\nposition_m = [0, 0]\n[[rx]]\nposition_m = [0, 0, 0]\n")
+    with pytest.raises(ConfigError, match=r"tx\[0\].position_m"):
+        load_geometry(ArrayConfig(geometry_file=str(path)))
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_geometry(ArrayConfig(geometry_file=str(tmp_path / "missing.toml")))

@@ -1,0 +1,345 @@
+"""Session recordings: what the replay source, the trainer and a crashed rig rely on."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+
+import h5py
+import numpy as np
+import pytest
+from vrclip.edge.errors import RecordingError, UserError
+from vrclip.edge.frames import CLOCK_REALTIME, CLOCK_SIMULATED, GroundTruth, RadarFrame
+from vrclip.edge.recording import SessionReader, SessionWriter
+from vrclip.edge.recording.jpeg import decode_rgb, encode_rgb
+
+CHILD_PATH = Path(__file__).with_name("recording_child.py")
+
+
+def _load_child() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("recording_child", CHILD_PATH)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+child = _load_child()
+
+
+def _assert_truth_equal(got: GroundTruth | None, want: GroundTruth | None) -> None:
+    if want is None:
+        assert got is None
+        return
+    assert got is not None
+    assert got.identities == want.identities
+    np.testing.assert_array_equal(got.positions, want.positions)
+    np.testing.assert_array_equal(got.visible, want.visible)
+
+
+def _assert_frames_match(reader: SessionReader, n: int | dict[str, int]) -> None:
+    """The first n frames (per stream when a dict) are bit-identical to what recording_child generates."""
+    counts = n if isinstance(n, dict) else dict.fromkeys(("radar", "camera", "depth"), n)
+    for i in range(counts["radar"]):
+        r, want = reader.radar(i), child.radar_frame(i)
+        assert r.s21.dtype == np.complex64
+        np.testing.assert_array_equal(r.s21, want.s21)
+        assert (r.seq, r.t_ns, r.clock) == (want.seq, want.t_ns, want.clock)
+        _assert_truth_equal(r.truth, want.truth)
+    for i in range(counts["camera"]):
+        cam = child.camera_frame(i)
+        assert reader.camera_jpeg(i) == encode_rgb(cam.rgb, 90).tobytes()
+        c = reader.camera(i)
+        assert (c.seq, c.t_ns, c.clock) == (cam.seq, cam.t_ns, cam.clock)
+        _assert_truth_equal(c.truth, cam.truth)
+    for i in range(counts["depth"]):
+        d, dwant = reader.depth(i), child.depth_frame(i)
+        np.testing.assert_array_equal(d.depth, dwant.depth.astype(np.float16).astype(np.float32))
+        np.testing.assert_array_equal(d.positions, dwant.positions)
+        assert (d.seq, d.t_ns) == (dwant.seq, dwant.t_ns)
+        _assert_truth_equal(d.truth, dwant.truth)
+
+
+def _write_session(path: Path, n: int = 8, **kw: object) -> None:
+    with child.open_writer(path, **kw) as w:
+        for i in range(n):
+            child.write_all(w, i)
+
+
+def test_round_trip_all_streams_with_truth_and_metadata(tmp_path: Path) -> None:
+    path = tmp_path / "s.h5"
+    with child.open_writer(path, session_id="sess-1", calibration={"version": 3}) as w:
+        for i in range(8):
+            child.write_all(w, i)
+        assert w.counts == {"radar": 8, "camera": 8, "depth": 8}
+
+    with SessionReader(path) as r:
+        assert not r.live  # closed cleanly
+        assert r.counts == {"radar": 8, "camera": 8, "depth": 8}
+        assert r.session_id == "sess-1"
+        assert r.config_toml == child.CONFIG_TOML
+        assert r.geometry == child.GEOMETRY
+        assert r.conditions == child.CONDITIONS
+        assert r.calibration == {"version": 3}
+        assert r.identities == child.IDENTITIES
+        np.testing.assert_array_equal(r.freqs_hz, child.freqs_hz())
+        assert {s: r.clock(s) for s in r.streams} == dict.fromkeys(
+            ("radar", "camera", "depth"), CLOCK_SIMULATED
+        )
+        _assert_frames_match(r, 8)
+
+        # Decoded camera frames are the RGB images (JPEG-close, and colour order not swapped).
+        for i, c in enumerate(r.iter_camera()):
+            original = child.camera_frame(i).rgb.astype(np.int16)
+            assert np.abs(c.rgb.astype(np.int16) - original).mean() < 3.0
+            assert c.rgb[..., 0].mean() == pytest.approx(original[..., 0].mean(), abs=3)
+
+        # Bulk and iterator paths agree with random access.
+        s21, t = r.radar_block(2, 6)
+        assert s21.shape == (4, child.CHANNELS, child.POINTS)
+        for j, i in enumerate(range(2, 6)):
+            np.testing.assert_array_equal(s21[j], child.radar_frame(i).s21)
+            assert t[j] == child.t_ns(i)
+        frames = list(r.iter_radar())
+        assert [f.seq for f in frames] == [child.radar_frame(i).seq for i in range(8)]
+        _assert_truth_equal(frames[6].truth, None)
+        labels = r.truth_block("radar", 0, 8)
+        assert labels["count"].tolist() == [(-1 if i % 7 == 6 else i % 4) for i in range(8)]
+        assert [d.seq for d in r.iter_depth(5)] == [3005, 3006, 3007]
+        assert r.radar(-1).seq == child.radar_frame(7).seq
+        with pytest.raises(IndexError):
+            r.radar(8)
+
+
+def test_radar_only_session_with_its_own_clock(tmp_path: Path) -> None:
+    path = tmp_path / "radar_only.h5"
+    w = SessionWriter(
+        path,
+        config_toml="",
+        geometry={},
+        freqs_hz=child.freqs_hz(),
+        radar_channels=child.CHANNELS,
+        conditions={},
+        identities=[],
+        clock={"radar": CLOCK_REALTIME},
+    )
+    frame = child.radar_frame(0, clock=CLOCK_REALTIME)
+    w.write_radar(RadarFrame(frame.seq, frame.t_ns, frame.clock, frame.s21))
+    with pytest.raises(RecordingError, match="no camera stream"):
+        w.write_camera(child.camera_frame(0))
+    w.close()
+    with SessionReader(path) as r:
+        assert r.streams == ("radar",)
+        assert r.counts == {"radar": 1, "camera": 0, "depth": 0}
+        assert r.clock("radar") == CLOCK_REALTIME
+        assert r.calibration is None
+        assert r.radar(0).truth is None
+        with pytest.raises(RecordingError, match="no camera stream"):
+            r.camera(0)
+
+
+def _spawn(mode: str, path: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(CHILD_PATH), mode, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _expect_line(proc: subprocess.Popen[str], prefix: str) -> str:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith(prefix):
+        proc.kill()
+        raise AssertionError(
+            f"child said {line!r}, expected {prefix!r}; stderr: {proc.communicate()[1][-2000:]}"
+        )
+    return line
+
+
+def test_reader_sees_flushed_frames_while_writer_is_open(tmp_path: Path) -> None:
+    path = tmp_path / "live.h5"
+    proc = _spawn("live", path)
+    try:
+        _expect_line(proc, "flushed 5")
+        with SessionReader(path) as r:
+            assert r.live
+            assert r.counts == {"radar": 5, "camera": 5, "depth": 5}
+            _assert_frames_match(r, 5)
+
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            _expect_line(proc, "wrote 9")
+            # The child does not call flush(): the writer's flush interval (0.2 s) must publish them.
+            deadline = time.monotonic() + 10
+            while r.refresh()["radar"] < 9 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert r.counts == {"radar": 9, "camera": 9, "depth": 9}
+            _assert_frames_match(r, 9)
+
+            proc.stdin.write("close\n")
+            proc.stdin.flush()
+            _expect_line(proc, "closed")
+            assert r.refresh()["radar"] == 9
+        with SessionReader(path) as r:
+            assert not r.live
+            assert r.counts["camera"] == 9
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def test_kill_9_mid_write_keeps_every_flushed_frame(tmp_path: Path) -> None:
+    path = tmp_path / "killed.h5"
+    proc = _spawn("kill", path)
+    try:
+        flushed = int(_expect_line(proc, "flushed").split()[1])
+        while flushed < 12:
+            flushed = int(_expect_line(proc, "flushed").split()[1])
+        os.kill(proc.pid, signal.SIGKILL)  # while it writes the frames after this flush
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    for line in out.splitlines():  # flushes it completed between our read and the kill
+        flushed = max(flushed, int(line.split()[1]))
+    assert flushed < child.KILL_CAP, "the child finished before the kill; the test did not kill mid-write"
+
+    with SessionReader(path) as r:
+        assert r.live  # still marked open by a writer
+        counts = r.counts
+        assert min(counts.values()) >= flushed, (counts, flushed)
+        # Every frame the reader admits to is complete and exact, not only the flushed ones.
+        assert max(counts.values()) <= flushed + 3  # at most the flush that raced the kill
+        _assert_frames_match(r, counts)
+
+    # A copy of the killed file cut short (e.g. a copy interrupted) never yields a wrong frame.
+    cut = tmp_path / "killed_cut.h5"
+    shutil.copyfile(path, cut)
+    os.truncate(cut, int(cut.stat().st_size * 0.6))
+    try:
+        with SessionReader(cut) as r:
+            assert all(r.counts[k] <= counts[k] for k in counts)
+            _assert_frames_match(r, r.counts)
+    except RecordingError as e:
+        assert str(cut) in str(e)
+
+
+def test_truncated_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "t.h5"
+    _write_session(path, n=6)
+    os.truncate(path, path.stat().st_size // 2)
+    with pytest.raises(RecordingError, match="truncated") as e:
+        SessionReader(path)
+    assert str(path) in str(e.value)
+
+
+def test_foreign_hdf5_is_refused(tmp_path: Path) -> None:
+    plain = tmp_path / "other.h5"
+    with h5py.File(plain, "w") as f:
+        f["data"] = np.arange(10)
+    with pytest.raises(RecordingError, match="not a vrclip session") as e:
+        SessionReader(plain)
+    assert str(plain) in str(e.value)
+
+    other = tmp_path / "other_format.h5"
+    with h5py.File(other, "w") as f:
+        f.attrs["format"] = "someone-else"
+    with pytest.raises(RecordingError, match="'someone-else'"):
+        SessionReader(other)
+
+
+def test_newer_schema_and_damaged_layout_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "v2.h5"
+    _write_session(path, n=2)
+    with h5py.File(path, "r+") as f:
+        f.attrs["schema_version"] = 2
+    with pytest.raises(RecordingError, match="upgrade vrclip-edge"):
+        SessionReader(path)
+
+    damaged = tmp_path / "damaged.h5"
+    _write_session(damaged, n=2)
+    with h5py.File(damaged, "r+") as f:
+        del f["radar/t_ns"]
+        f["radar"].create_dataset("t_ns", data=np.zeros(2, np.float32))
+    with pytest.raises(RecordingError, match="/radar/t_ns"):
+        SessionReader(damaged)
+
+
+def test_text_file_missing_file_and_directory_are_refused(tmp_path: Path) -> None:
+    text = tmp_path / "notes.h5"
+    text.write_text("this is not a recording\n" * 100)
+    with pytest.raises(RecordingError, match="not an HDF5 file"):
+        SessionReader(text)
+    with pytest.raises(RecordingError, match="no such file"):
+        SessionReader(tmp_path / "missing.h5")
+    with pytest.raises(RecordingError, match="not a regular file"):
+        SessionReader(tmp_path)
+
+
+def test_overwrite_is_refused_unless_asked(tmp_path: Path) -> None:
+    path = tmp_path / "s.h5"
+    _write_session(path, n=3)
+    with pytest.raises(UserError, match="already exists") as e:
+        child.open_writer(path)
+    assert str(path) in str(e.value)
+    with SessionReader(path) as r:  # the refused writer left the old session intact
+        assert r.counts["radar"] == 3
+
+    _write_session(path, n=1, overwrite=True)
+    with SessionReader(path) as r:
+        assert r.counts["radar"] == 1
+
+
+def test_frame_on_another_clock_is_refused(tmp_path: Path) -> None:
+    with child.open_writer(tmp_path / "s.h5") as w:
+        w.write_radar(child.radar_frame(0))
+        with pytest.raises(RecordingError, match="CLOCK_REALTIME") as e:
+            w.write_radar(child.radar_frame(1, clock=CLOCK_REALTIME))
+        assert "SIMULATED" in str(e.value)
+        with pytest.raises(RecordingError, match="clock"):
+            w.write_camera(child.camera_frame(1, clock=CLOCK_REALTIME))
+        assert w.counts["radar"] == 1
+
+
+def test_bad_frames_and_labels_are_refused(tmp_path: Path) -> None:
+    with child.open_writer(tmp_path / "s.h5") as w:
+        f = child.radar_frame(0)
+        bad_shape = RadarFrame(f.seq, f.t_ns, f.clock, f.s21[:, :100], f.truth)
+        with pytest.raises(RecordingError, match=r"\(144, 100\)"):
+            w.write_radar(bad_shape)
+        stranger = GroundTruth(("mallory",), np.zeros((1, 2), np.float32), np.ones(1, bool))
+        with pytest.raises(UserError, match="mallory"):
+            w.write_radar(RadarFrame(f.seq, f.t_ns, f.clock, f.s21, stranger))
+        crowd = GroundTruth(("alice",) * 5, np.zeros((5, 2), np.float32), np.ones(5, bool))
+        with pytest.raises(UserError, match="max_people=4"):
+            w.write_radar(RadarFrame(f.seq, f.t_ns, f.clock, f.s21, crowd))
+        w.write_radar(f)  # refusals left no partial frame behind
+        assert w.counts["radar"] == 1
+    with SessionReader(tmp_path / "s.h5") as r:
+        assert r.counts["radar"] == 1
+        _assert_truth_equal(r.radar(0).truth, f.truth)
+
+
+def test_corrupt_jpeg_names_the_frame(tmp_path: Path) -> None:
+    path = tmp_path / "s.h5"
+    _write_session(path, n=3)
+    with h5py.File(path, "r+") as f:
+        off, length = f["camera/jpeg_index"][1]
+        f["camera/jpeg"][off : off + length] = np.zeros(length, np.uint8)
+    with SessionReader(path) as r:
+        r.camera(0)
+        with pytest.raises(RecordingError, match="camera frame 1"):
+            r.camera(1)
+    with pytest.raises(RecordingError, match="frame 7"):
+        decode_rgb(np.frombuffer(b"\xff\xd8garbage", np.uint8), 72, 128, "frame 7")

@@ -1,0 +1,322 @@
+"""Time base and start protocol: devices on one clock start at the same instant, and failures are clear."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+from vrclip.edge.errors import UserError
+from vrclip.edge.timebase.cli import timebase_app
+from vrclip.edge.timebase.clock import CLOCK_MONOTONIC, now_ns, sleep_until_ns
+from vrclip.edge.timebase.start_protocol import (
+    MAX_LINE_BYTES,
+    StartServer,
+    StartSignal,
+    parse_start_message,
+    start_at,
+    wait_for_start,
+)
+
+HOST = "127.0.0.1"
+#: Generous for a loaded 2-core CI box, yet two orders of magnitude tighter than a "go now" over TCP.
+MS = 1_000_000
+TOLERANCE_NS = 5 * MS
+
+
+def _free_port() -> int:
+    """A port nothing listens on (bound and released; nothing else on the box races for it in practice)."""
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def _run_devices(port: int, names: list[str], timeout_s: float = 10.0) -> list[tuple[StartSignal, int]]:
+    """Each device in its own thread: wait for the signal, sleep until it, record the actual start."""
+    results: dict[str, tuple[StartSignal, int]] = {}
+    errors: list[BaseException] = []
+
+    def device(name: str) -> None:
+        try:
+            sig = wait_for_start(HOST, port, name, timeout_s)
+            results[name] = (sig, start_at(sig))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=device, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout_s + 5)
+    if errors:
+        raise errors[0]
+    assert set(results) == set(names)
+    return [results[n] for n in names]
+
+
+# ------------------------------------------------------------------------------------------------ clocks
+
+
+def test_unknown_clock_names_it_and_lists_known_ones() -> None:
+    with pytest.raises(UserError) as info:
+        now_ns("CLOCK_TAI")
+    msg = str(info.value)
+    assert "'CLOCK_TAI'" in msg and "CLOCK_REALTIME" in msg and "CLOCK_MONOTONIC" in msg
+    with pytest.raises(UserError, match="CLOCK_TAI"):
+        StartServer(HOST, 0, clock="CLOCK_TAI")
+
+
+def test_named_clocks_read_their_os_clocks() -> None:
+    assert abs(now_ns("CLOCK_REALTIME") - time.time_ns()) < 50 * MS
+    assert abs(now_ns(CLOCK_MONOTONIC) - time.monotonic_ns()) < 50 * MS
+
+
+@pytest.mark.parametrize("clock", ["CLOCK_REALTIME", CLOCK_MONOTONIC])
+def test_sleep_until_wakes_at_target_never_before(clock: str) -> None:
+    for lead_ms in (0, 3, 30):
+        target = now_ns(clock) + lead_ms * MS
+        actual = sleep_until_ns(target, clock)
+        assert actual >= target, "woke before the target"
+        assert actual - target < TOLERANCE_NS
+        assert now_ns(clock) >= actual
+
+
+# ------------------------------------------------------------------------------------- start protocol
+
+
+def test_clients_on_loopback_start_within_a_few_ms_of_each_other_and_of_the_target() -> None:
+    names = [f"dev{i}" for i in range(6)]
+    with StartServer(HOST, 0, expected_clients=len(names), lead_s=0.4) as server:
+        assert server.port != 0
+        results = _run_devices(server.port, names)
+        signal = server.signal
+    assert signal is not None
+    assert {sig for sig, _ in results} == {signal}, "every device must get the same signal"
+    assert signal.clock == "CLOCK_REALTIME"
+    starts = [actual for _, actual in results]
+    assert max(starts) - min(starts) < TOLERANCE_NS
+    for actual in starts:
+        assert signal.target_ns <= actual < signal.target_ns + TOLERANCE_NS
+
+
+def test_server_does_not_arm_before_expected_clients_then_arms_on_the_last_hello() -> None:
+    with StartServer(HOST, 0, expected_clients=2, lead_s=0.3) as server:
+        with socket.create_connection((HOST, server.port), timeout=5) as first:
+            first.sendall(b'{"type":"hello","name":"first"}\n')
+            assert server.wait_armed(0.3) is None, "armed with only 1 of 2 clients"
+            assert server.clients == ["first"]
+            ((sig, _),) = _run_devices(server.port, ["second"])
+            first.settimeout(5)
+            line = first.makefile("rb").readline()
+        assert parse_start_message(line.rstrip(b"\n"), server.address) == sig == server.signal
+
+
+def test_late_client_still_gets_the_target_while_it_is_in_the_future() -> None:
+    with StartServer(HOST, 0, lead_s=5.0) as server:
+        armed = server.arm(lead_s=1.0)  # nobody connected yet
+        late = wait_for_start(HOST, server.port, "late", timeout_s=5)
+        assert late == armed
+        # its hello may be read just after its answer went out; the log names it once read
+        deadline = time.monotonic() + 2
+        while server.served != [] and server.served[-1].startswith("?@") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(server.served) == 1 and server.served[0].startswith("late@")
+
+
+def test_client_joining_after_the_start_is_refused_clearly() -> None:
+    with StartServer(HOST, 0) as server:
+        server.arm(lead_s=0.02)
+        time.sleep(0.08)
+        with pytest.raises(UserError, match=r"already passed") as info:
+            wait_for_start(HOST, server.port, "too-late", timeout_s=3)
+    assert f"{HOST}:{server.port}" in str(info.value)
+
+
+def test_arm_timeout_arms_without_all_clients_and_arming_twice_is_refused() -> None:
+    with StartServer(HOST, 0, expected_clients=3, lead_s=0.2, arm_timeout_s=0.2) as server:
+        ((sig, actual),) = _run_devices(server.port, ["only-one"])
+        assert sig == server.signal and actual >= sig.target_ns
+        with pytest.raises(UserError, match="already armed"):
+            server.arm()
+
+
+def test_client_timeout_without_server_names_host_and_port() -> None:
+    port = _free_port()
+    t0 = time.monotonic()
+    with pytest.raises(UserError) as info:
+        wait_for_start(HOST, port, "dev", timeout_s=0.6)
+    elapsed = time.monotonic() - t0
+    assert f"{HOST}:{port}" in str(info.value)
+    assert "connect failed" in str(info.value)
+    assert 0.55 <= elapsed < 3.0, "must retry until the timeout, then stop"
+
+
+def test_client_retries_until_the_server_comes_up() -> None:
+    port = _free_port()
+    box: dict[str, StartSignal] = {}
+    t = threading.Thread(target=lambda: box.update(sig=wait_for_start(HOST, port, "early", timeout_s=8)))
+    t.start()
+    time.sleep(0.4)  # the device is up first and keeps retrying
+    with StartServer(HOST, port, expected_clients=1, lead_s=0.2) as server:
+        t.join(10)
+        assert box.get("sig") == server.signal
+
+
+def test_connected_but_never_armed_times_out_with_a_clear_error() -> None:
+    with StartServer(HOST, 0) as server, pytest.raises(UserError, match="did not arm") as info:
+        wait_for_start(HOST, server.port, "dev", timeout_s=0.5)
+    assert f"{HOST}:{server.port}" in str(info.value)
+
+
+def test_server_full_is_refused_with_a_message() -> None:
+    with StartServer(HOST, 0, max_clients=1) as srv, socket.create_connection((HOST, srv.port)) as first:
+        first.sendall(b'{"type":"hello","name":"first"}\n')
+        deadline = time.monotonic() + 5
+        while srv.clients != ["first"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with pytest.raises(UserError, match=r"refused.*full \(1 clients\)"):
+            wait_for_start(HOST, srv.port, "second", timeout_s=3)
+        assert srv.clients == ["first"], "a refused device must not count as a client"
+
+
+@pytest.mark.parametrize(
+    ("payload", "reply_match"),
+    [
+        (b"x" * (MAX_LINE_BYTES + 10), "longer than"),
+        (b'{"type":"hello"}\n', "'name'"),
+        (b"\xff\xfe garbage\n", "not a JSON line"),
+    ],
+)
+def test_server_rejects_bad_hello_without_crashing(payload: bytes, reply_match: str) -> None:
+    with StartServer(HOST, 0) as server:
+        with socket.create_connection((HOST, server.port), timeout=5) as sock:
+            sock.sendall(payload)
+            reply = json.loads(sock.makefile("rb").readline())
+        assert reply["type"] == "error" and reply_match in reply["message"]
+        assert server.clients == []
+        # still serving: a good device gets its signal afterwards
+        server.arm(lead_s=0.5)
+        assert wait_for_start(HOST, server.port, "good", timeout_s=3) == server.signal
+
+
+# ------------------------------------------------------------------------------- message validation
+
+SERVER = "10.0.0.5:7390"
+
+
+def _line(**fields: object) -> bytes:
+    msg = {"type": "start", "target_ns": now_ns() + 500 * MS, "clock": "CLOCK_REALTIME", "session": "s1"}
+    msg.update(fields)
+    return json.dumps({k: v for k, v in msg.items() if v is not _DROP}).encode()
+
+
+_DROP = object()
+
+
+def test_valid_start_message_parses() -> None:
+    sig = parse_start_message(_line(session="20260101T000000Z-ab12"), SERVER)
+    assert sig.clock == "CLOCK_REALTIME" and sig.session == "20260101T000000Z-ab12"
+
+
+@pytest.mark.parametrize(
+    ("line", "field_match"),
+    [
+        (b'{"type":"start","target_ns":', "malformed JSON"),
+        (b"[1, 2]", "expected an object"),
+        (_line(type="stop"), "'type'"),
+        (_line(target_ns=_DROP), "without field 'target_ns'"),
+        (_line(clock=_DROP), "without field 'clock'"),
+        (_line(session=_DROP), "without field 'session'"),
+        (_line(target_ns="1700000000000000000"), "'target_ns'"),
+        (_line(target_ns=True), "'target_ns'"),
+        (_line(target_ns=1.7e18), "'target_ns'"),
+        (_line(clock=42), "'clock'"),
+        (_line(clock="CLOCK_TAI"), r"'clock' = 'CLOCK_TAI'.*CLOCK_REALTIME"),
+        (_line(session="../../etc"), "'session'"),
+        (_line(target_ns=1_000), r"'target_ns'.*in the past"),
+        (_line(target_ns=now_ns() + 10**9 * 86_400), r"'target_ns'.*do not share a clock"),
+        (b'{"type":"error","message":"go away"}', "refused this device: go away"),
+    ],
+)
+def test_bad_start_message_names_server_and_field(line: bytes, field_match: str) -> None:
+    with pytest.raises(UserError, match=field_match) as info:
+        parse_start_message(line, SERVER)
+    assert f"time server {SERVER}" in str(info.value)
+
+
+def test_malformed_message_from_a_real_socket_is_a_clear_error() -> None:
+    """A foreign or buggy server on the port: the device must stop with a message, not sleep on junk."""
+    listener = socket.create_server((HOST, 0))
+    port = listener.getsockname()[1]
+
+    def bad_server() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.makefile("rb").readline()  # the hello
+            conn.sendall(b'{"type":"start","target_ns":"soon","clock":"CLOCK_REALTIME","session":"s"}\n')
+            conn.recv(1)
+
+    t = threading.Thread(target=bad_server)
+    t.start()
+    try:
+        with pytest.raises(UserError, match=rf"time server {HOST}:{port} sent field 'target_ns' = 'soon'"):
+            wait_for_start(HOST, port, "dev", timeout_s=3)
+    finally:
+        t.join(5)
+        listener.close()
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def test_cli_bench_writes_json_with_spread_and_error(tmp_path: Path) -> None:
+    out = tmp_path / "bench" / "timebase.json"
+    args = ["bench", "--clients", "3", "--lead", "0.2", "--repeats", "2", "--json", str(out)]
+    result = CliRunner().invoke(timebase_app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert {"clients", "lead_s", "repeats", "clock", "runs", "summary"} <= data.keys()
+    assert data["clients"] == 3 and data["repeats"] == 2 and len(data["runs"]) == 2
+    for run in data["runs"]:
+        assert {"repeat", "session", "target_ns", "actual_ns", "spread_us", "max_abs_error_us"} <= run.keys()
+        assert len(run["actual_ns"]) == 3
+        assert 0 <= run["spread_us"] < TOLERANCE_NS / 1e3
+        assert run["max_abs_error_us"] < TOLERANCE_NS / 1e3
+        assert min(run["actual_ns"]) >= run["target_ns"]
+    assert {"max_spread_us", "median_spread_us", "max_abs_error_us"} <= data["summary"].keys()
+    assert "spread µs" in result.output
+
+
+def test_cli_serve_arms_for_its_clients_and_prints_the_target() -> None:
+    port = _free_port()
+    box: dict[str, StartSignal] = {}
+    t = threading.Thread(target=lambda: box.update(sig=wait_for_start(HOST, port, "cam0", timeout_s=8)))
+    t.start()
+    args = ["serve", "--host", HOST, "--port", str(port), "--clients", "1", "--lead", "0.3"]
+    result = CliRunner().invoke(timebase_app, args)
+    t.join(10)
+    assert result.exit_code == 0, result.output
+    sig = box["sig"]
+    assert f"target_ns={sig.target_ns}" in result.output and sig.session in result.output
+    assert "cam0" in result.output
+
+
+def test_cli_wait_prints_actual_start_and_error() -> None:
+    with StartServer(HOST, 0, expected_clients=1, lead_s=0.3) as server:
+        args = ["wait", "--host", HOST, "--port", str(server.port), "--name", "radar", "--timeout", "5"]
+        result = CliRunner().invoke(timebase_app, args)
+    assert result.exit_code == 0, result.output
+    assert server.signal is not None and f"target {server.signal.target_ns} ns" in result.output
+    assert "error +" in result.output and "µs" in result.output
+
+
+def test_cli_wait_without_server_raises_user_error_for_the_top_level_handler() -> None:
+    port = _free_port()
+    args = ["wait", "--host", HOST, "--port", str(port), "--timeout", "0.3"]
+    result = CliRunner().invoke(timebase_app, args)
+    assert result.exit_code != 0
+    assert isinstance(result.exception, UserError) and f"{HOST}:{port}" in str(result.exception)
