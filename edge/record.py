@@ -42,6 +42,24 @@ def conditions_of(spec: SceneSpec, seconds: float, extra: dict | None = None) ->
     }
 
 
+def simulated_calibration(rig: SimulatedRig) -> dict:
+    """The per-channel calibration of the simulated front end, in the channel-calibration file format.
+
+    On a real rig the calibration wizard measures these; the simulator knows them exactly, so its
+    recordings carry them as if a perfect calibration had been run (marked as such).
+    """
+    errors = rig.radar.errors
+    return {
+        "format": "vrclip-channel-calibration",
+        "version": 1,
+        "channels": int(errors.gain.size),
+        "gain_re": errors.gain.real.tolist(),
+        "gain_im": errors.gain.imag.tolist(),
+        "delay_s": errors.delay_s.tolist(),
+        "source": "simulator ground truth",
+    }
+
+
 def record_simulated(
     config: EdgeConfig, request: RecordRequest, progress: Callable[[int, int], None] | None = None
 ) -> dict[str, int]:
@@ -55,6 +73,7 @@ def record_simulated(
         geometry=rig.geometry.to_dict(),
         freqs_hz=rig.freqs_hz,
         radar_channels=rig.geometry.n_channels,
+        calibration=simulated_calibration(rig),
         conditions=json.dumps(conditions_of(request.spec, request.seconds, request.extra_conditions)),
         identities=list(request.spec.people),
         camera_size=(cam.height, cam.width) if "camera" in request.streams else None,
