@@ -171,9 +171,11 @@ class EngineConfig(Section):
 
 
 class GalleryConfig(Section):
-    path: str = "/var/lib/vrclip/gallery.h5"
+    path: str = "/var/lib/vrclip/gallery.sqlite"
     #: Cosine similarity below which a track is reported as "unknown" (open set).
     threshold: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.6
+    #: Most exemplars kept per identity; when full, the most redundant one is replaced.
+    exemplar_budget: Annotated[int, Field(ge=1, le=1024)] = 32
 
 
 class MqttSinkConfig(Section):
@@ -181,6 +183,9 @@ class MqttSinkConfig(Section):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 1883
     topic: str = "vrclip/identity"
+    #: Events kept while the broker is unreachable; the oldest is dropped when full.
+    outbox: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+    client_id: str = ""
 
 
 class HttpSinkConfig(Section):
@@ -191,6 +196,9 @@ class HttpSinkConfig(Section):
 
 class SinksConfig(Section):
     jsonl_path: str = "/var/log/vrclip/events.jsonl"
+    #: Rotate the JSON-lines file at this size; keep this many rotated files (0 = just truncate).
+    jsonl_max_bytes: Annotated[int, Field(ge=4096, le=100_000_000_000)] = 50_000_000
+    jsonl_keep: Annotated[int, Field(ge=0, le=1000)] = 5
     mqtt: MqttSinkConfig = MqttSinkConfig()
     http: HttpSinkConfig = HttpSinkConfig()
 

@@ -1,0 +1,98 @@
+"""GET /status (JSON) and GET /metrics (Prometheus text) from the running pipeline.
+
+Standard library only (http.server in a daemon thread): the endpoint exists so that a monitoring
+system and a technician's browser can see the box, not to serve traffic. Each connection has a
+socket timeout so a client that opens a connection and never speaks cannot pin a thread for ever,
+and request logging is off (journald is not the place for one line per Prometheus scrape).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from vrclip.edge.errors import ConfigError
+from vrclip.edge.events.health import Health
+
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    timeout = 10.0
+    server_version = "vrclip-edge"
+    protocol_version = "HTTP/1.1"
+
+    def _reply(self, code: int, content_type: str, body: bytes, head_only: bool = False) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if not head_only:
+            self.wfile.write(body)
+
+    def _route(self, head_only: bool) -> None:
+        path = self.path.split("?", 1)[0]
+        health = self.server.health
+        if path == "/status":
+            body = json.dumps(health.snapshot(), indent=1, allow_nan=False).encode("utf-8")
+            self._reply(200, "application/json", body, head_only)
+        elif path == "/metrics":
+            self._reply(200, PROMETHEUS_CONTENT_TYPE, health.prometheus().encode("utf-8"), head_only)
+        elif path == "/":
+            self._reply(
+                200, "text/plain; charset=utf-8", b"vrclip-edge: GET /status or /metrics\n", head_only
+            )
+        else:
+            self._reply(404, "text/plain; charset=utf-8", b"not found: try /status or /metrics\n", head_only)
+
+    def do_GET(self) -> None:
+        self._route(head_only=False)
+
+    def do_HEAD(self) -> None:
+        self._route(head_only=True)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    health: Health
+
+
+class HealthServer:
+    """Serves a Health object on host:port until `close()`. Port 0 picks a free port (see `.port`)."""
+
+    def __init__(self, health: Health, host: str = "127.0.0.1", port: int = 8080) -> None:
+        try:
+            self._server = _Server((host, port), _Handler)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve status on {host}:{port} ({exc.strerror or exc}): change sinks.http.host / "
+                "sinks.http.port, or set sinks.http.enabled = false"
+            ) from None
+        self._server.health = health
+        self.host = host
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever, name="health-http", daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> HealthServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

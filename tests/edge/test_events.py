@@ -1,0 +1,262 @@
+"""IdentityEvent JSON, the JSON-lines and stdout sinks, health counters and the /status, /metrics endpoint."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from vrclip.edge.config import SinksConfig
+from vrclip.edge.errors import ConfigError
+from vrclip.edge.events import (
+    UNKNOWN,
+    EventSinks,
+    Health,
+    HealthServer,
+    IdentityEvent,
+    LatencyWindow,
+    LiveModalities,
+    ModalityState,
+    RotatingJsonlSink,
+    StdoutSink,
+    build_sinks,
+    iso_utc,
+)
+
+LIVE = LiveModalities(radar=True, camera=False, depth=True)
+
+
+def event(i: int = 0, identity: str = "alice") -> IdentityEvent:
+    return IdentityEvent(1_700_000_000_000_000_000 + i, i, identity, 0.75, (1.25, 3.5), 1.5, LIVE)
+
+
+# ---- the event ---------------------------------------------------------------------------------------
+
+
+def test_event_json_carries_the_contract_fields() -> None:
+    e = IdentityEvent(1_700_000_000_123_456_789, 7, UNKNOWN, 0.41, (1.2345678, -0.5), 0.3, LIVE)
+    line = e.to_json()
+    assert "\n" not in line
+    doc = json.loads(line)
+    assert doc["timestamp_ns"] == 1_700_000_000_123_456_789
+    assert doc["timestamp"] == "2023-11-14T22:13:20.123456789Z"
+    assert doc["track_id"] == 7 and doc["identity"] == "unknown" and doc["score"] == 0.41
+    assert doc["position_m"] == [1.2346, -0.5] and doc["reliability"] == 0.3
+    assert doc["modalities"] == {"radar": True, "camera": False, "depth": True}
+    assert doc["type"] == "identity" and doc["version"] == 1 and doc["clock"] == "CLOCK_REALTIME"
+    assert IdentityEvent.from_json(line) == IdentityEvent(e.t_ns, 7, UNKNOWN, 0.41, (1.2346, -0.5), 0.3, LIVE)
+
+
+def test_iso_timestamps_keep_nanoseconds() -> None:
+    assert iso_utc(0) == "1970-01-01T00:00:00.000000000Z"
+    assert iso_utc(1_000_000_001) == "1970-01-01T00:00:01.000000001Z"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"score": float("nan")}, {"position_m": (0.0, float("inf"))}, {"t_ns": -1}, {"identity": ""}],
+)
+def test_events_that_would_break_consumers_are_refused(change: dict) -> None:
+    fields = {"t_ns": 1, "track_id": 1, "identity": "a", "score": 0.5, "position_m": (0.0, 0.0),
+              "reliability": 1.0, "modalities": LIVE} | change  # fmt: skip
+    with pytest.raises(ValueError):
+        IdentityEvent(**fields)
+
+
+def test_from_json_rejects_foreign_lines() -> None:
+    for bad in ("{oops", '{"type": "other"}', '{"type": "identity", "version": 1}'):
+        with pytest.raises(ValueError):
+            IdentityEvent.from_json(bad)
+
+
+# ---- JSON-lines file ---------------------------------------------------------------------------------
+
+
+def test_jsonl_rotates_by_size_and_keeps_n(tmp_path: Path) -> None:
+    path = tmp_path / "logs" / "events.jsonl"
+    line_len = len(event(10).to_json()) + 1  # track ids 10..99: every line has the same length
+    sink = RotatingJsonlSink(path, max_bytes=3 * line_len, keep=2)
+    for i in range(10, 20):  # 3 lines per file: 10 lines = 4 files, only current + 2 kept
+        sink.emit(event(i))
+    sink.close()
+    files = sorted(p.name for p in path.parent.iterdir())
+    assert files == ["events.jsonl", "events.jsonl.1", "events.jsonl.2"]
+    assert sink.rotations == 3 and sink.written == 10
+    for f in path.parent.iterdir():
+        assert f.stat().st_size <= 3 * line_len
+
+    def ids(p: Path) -> list[int]:
+        return [IdentityEvent.from_json(line).track_id for line in p.read_text().splitlines()]
+
+    assert ids(path.with_name("events.jsonl.2")) == [13, 14, 15]
+    assert ids(path.with_name("events.jsonl.1")) == [16, 17, 18]
+    assert ids(path) == [19]
+    # a restarted service appends to the current file and keeps counting its size
+    again = RotatingJsonlSink(path, max_bytes=3 * line_len, keep=2)
+    for i in (20, 21, 22):
+        again.emit(event(i))
+    assert ids(path) == [22] and ids(path.with_name("events.jsonl.1")) == [19, 20, 21]
+
+
+def test_jsonl_write_errors_are_counted_not_raised(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    sink = RotatingJsonlSink(blocker / "events.jsonl")
+    sink.emit(event())
+    assert sink.errors == 1 and "not-a-dir" in sink.last_error and sink.written == 0
+    blocker.unlink()  # the problem goes away: the next event gets through
+    sink.emit(event(1))
+    assert sink.written == 1 and (blocker / "events.jsonl").exists()
+
+
+def test_jsonl_keep_zero_truncates(tmp_path: Path) -> None:
+    path = tmp_path / "e.jsonl"
+    sink = RotatingJsonlSink(path, max_bytes=10, keep=0)
+    sink.emit(event(1))
+    sink.emit(event(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["e.jsonl"]
+    assert IdentityEvent.from_json(path.read_text()).track_id == 2
+    with pytest.raises(ConfigError, match="jsonl_keep"):
+        RotatingJsonlSink(path, keep=-1)
+
+
+def test_stdout_and_fanout_isolate_a_failing_sink(tmp_path: Path) -> None:
+    class Broken:
+        name = "broken"
+
+        def emit(self, event: IdentityEvent) -> None:
+            raise RuntimeError("bug")
+
+        def stats(self) -> dict:
+            return {}
+
+        def close(self) -> None:
+            pass
+
+    buffer = io.StringIO()
+    sinks = EventSinks([Broken(), StdoutSink(buffer)])
+    sinks.emit(event(1))
+    assert IdentityEvent.from_json(buffer.getvalue()).track_id == 1
+    assert sinks.stats()["broken"]["failures"] == 1 and sinks.stats()["stdout"]["written"] == 1
+    closed = io.StringIO()
+    closed.close()
+    dead = StdoutSink(closed)
+    dead.emit(event())
+    assert dead.errors == 1
+
+
+def test_build_sinks_follows_the_config(tmp_path: Path) -> None:
+    cfg = SinksConfig(jsonl_path=str(tmp_path / "e.jsonl"))
+    sinks = build_sinks(cfg, stdout=True)
+    assert [s.name for s in sinks.sinks] == ["jsonl", "stdout"]
+    assert build_sinks(SinksConfig(jsonl_path="")).sinks == []
+    sinks.close()
+
+
+# ---- health ------------------------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_latency_percentiles_over_a_bounded_window() -> None:
+    window = LatencyWindow(size=100)
+    for ms in range(1, 1001):  # only the last 100 (901..1000 ms) count
+        window.record(ms / 1000)
+    q = window.quantiles()
+    assert 0.949 <= q[0.5] <= 0.951 and 0.998 <= q[0.99] <= 1.0
+    assert window.count == 1000 and len(window._ring) == 100
+    window.record(float("nan"))
+    assert window.count == 1000
+    assert LatencyWindow().quantiles() == {}
+
+
+def test_counters_rates_modalities_and_status_line() -> None:
+    clock = FakeClock()
+    health = Health(clock=clock)
+    for _ in range(20):
+        health.frame_in("radar")
+        health.latency("total", 0.040)
+        clock.t += 0.1
+    health.dropped("camera", 3)
+    health.set_modality("radar", "up")
+    health.set_modality("camera", ModalityState.DEGRADED, TimeoutError("no frame\nfor 2 s"))
+    health.count("events", 12)
+    snap = health.snapshot()
+    assert snap["sources"]["radar"] == {"frames_in": 20, "dropped": 0, "rate_hz": 10.0}
+    assert snap["sources"]["camera"]["dropped"] == 3
+    assert snap["latency_ms"]["total"]["p50"] == 40.0 and snap["latency_ms"]["total"]["count"] == 20
+    assert snap["modalities"]["camera"] == {
+        "state": "degraded", "last_error": "TimeoutError: no frame for 2 s", "for_s": 0.0, "changes": 1,
+    }  # fmt: skip
+    line = health.status_line()
+    assert "\n" not in line
+    assert line.startswith("radar up 10.0/s, camera degraded (TimeoutError: no frame for 2 s), depth down")
+    assert "p50 40 ms p99 40 ms" in line and "drops 3" in line and "events 12" in line
+    clock.t += 60  # radar went quiet: its rate falls to zero rather than freezing at 10/s
+    assert health.snapshot()["sources"]["radar"]["rate_hz"] == 0.0
+
+
+def parse_prometheus(text: str) -> dict[str, float]:
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            samples[key] = float(value)
+    return samples
+
+
+def test_prometheus_text() -> None:
+    health = Health()
+    health.frame_in("radar", 5)
+    health.latency("total", 0.05)
+    health.set_modality("radar", "up")
+    health.add_stats_source("sink", lambda: {"mqtt": {"dropped": 4, "connected": True, "last_error": "x"}})
+    text = health.prometheus()
+    samples = parse_prometheus(text)
+    assert samples['vrclip_frames_total{source="radar"}'] == 5
+    assert samples['vrclip_latency_seconds{stage="total",quantile="0.99"}'] == 0.05
+    assert samples['vrclip_latency_seconds_count{stage="total"}'] == 1
+    assert samples['vrclip_modality_state{modality="radar",state="up"}'] == 1
+    assert samples['vrclip_modality_state{modality="depth",state="down"}'] == 1
+    assert (
+        samples['vrclip_sink_dropped{sink="mqtt"}'] == 4
+        and samples['vrclip_sink_connected{sink="mqtt"}'] == 1
+    )
+    assert "# TYPE vrclip_latency_seconds summary" in text and text.endswith("\n")
+
+
+def test_http_status_and_metrics() -> None:
+    health = Health()
+    health.frame_in("radar")
+    health.set_modality("radar", "up")
+    with HealthServer(health, "127.0.0.1", 0) as server:
+        with urllib.request.urlopen(server.url + "/status", timeout=5) as reply:
+            assert reply.headers["Content-Type"] == "application/json"
+            doc = json.load(reply)
+        assert doc["modalities"]["radar"]["state"] == "up" and doc["status"].startswith("radar up")
+        with urllib.request.urlopen(server.url + "/metrics", timeout=5) as reply:
+            assert reply.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            assert parse_prometheus(reply.read().decode())['vrclip_frames_total{source="radar"}'] == 1
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(server.url + "/nope", timeout=5)
+        assert missing.value.code == 404
+        # a silent client does not stop others from being served
+        idle = socket.create_connection(("127.0.0.1", server.port))
+        started = time.monotonic()
+        with urllib.request.urlopen(server.url + "/status", timeout=5) as reply:
+            assert reply.status == 200
+        assert time.monotonic() - started < 2
+        idle.close()
+        with pytest.raises(ConfigError, match=r"sinks\.http\.port"):
+            HealthServer(health, "127.0.0.1", server.port)

@@ -1,0 +1,153 @@
+"""`vrclip-edge gallery`: list, show, rename, delete, export/import (JSON and npz), and its error lines."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+from vrclip.edge.gallery import GalleryError, GalleryStore
+from vrclip.edge.gallery.cli import gallery_app
+from vrclip.edge.gallery.transfer import export_gallery, import_gallery
+
+DIM = 12
+runner = CliRunner()
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    path = tmp_path / "gallery.sqlite"
+    rng = np.random.default_rng(5)
+    with GalleryStore(path, dim=DIM) as store:
+        store.add_exemplars("alice", rng.normal(size=(3, DIM)), budget=8)
+        store.add_exemplars("bob", rng.normal(size=(2, DIM)), budget=8)
+    return path
+
+
+def invoke(db: Path, *args: str, input: str | None = None):
+    return runner.invoke(gallery_app, ["--db", str(db), *args], input=input)
+
+
+def test_list_show_rename_delete(db: Path) -> None:
+    listed = invoke(db, "list")
+    assert listed.exit_code == 0, listed.output
+    assert "alice" in listed.output and "3 exemplars" in listed.output
+    assert "2 identities, 5 exemplars, dim 12" in listed.output
+    shown = invoke(db, "show", "alice")
+    assert shown.exit_code == 0, shown.output
+    assert "exemplars:  3 (3 enrol)" in shown.output and "closest other identity: bob" in shown.output
+    assert invoke(db, "rename", "alice", "carol").exit_code == 0
+    declined = invoke(db, "delete", "bob", input="n\n")
+    assert declined.exit_code != 0
+    assert invoke(db, "delete", "bob", "--yes").exit_code == 0
+    with GalleryStore(db) as store:
+        assert [(i.name, i.exemplars) for i in store.identities()] == [("carol", 3)]
+
+
+def test_errors_are_user_errors_naming_what_is_wrong(db: Path, tmp_path: Path) -> None:
+    missing = invoke(db, "show", "zoe")
+    assert isinstance(missing.exception, GalleryError) and "'zoe'" in str(missing.exception)
+    no_db = invoke(tmp_path / "none.sqlite", "list")
+    assert isinstance(no_db.exception, GalleryError) and "none.sqlite" in str(no_db.exception)
+    assert not (tmp_path / "none.sqlite").exists()  # reading never creates a gallery
+
+
+@pytest.mark.parametrize("suffix", [".json", ".npz"])
+def test_export_import_round_trip(db: Path, tmp_path: Path, suffix: str) -> None:
+    out = tmp_path / f"export{suffix}"
+    assert invoke(db, "export", str(out)).exit_code == 0
+    target = tmp_path / "other.sqlite"
+    result = invoke(target, "import", str(out))
+    assert result.exit_code == 0, result.output
+    with GalleryStore(db) as a, GalleryStore(target) as b:
+        assert [(i.name, i.exemplars) for i in a.identities()] == [
+            (i.name, i.exemplars) for i in b.identities()
+        ]
+        np.testing.assert_array_equal(a.exemplars("alice"), b.exemplars("alice"))
+        assert b.dim == DIM and b.exemplar_sources("bob") == ["import", "import"]
+    # a second import clashes: nothing changes without --overwrite, everything is replaced with it
+    again = invoke(target, "import", str(out))
+    assert isinstance(again.exception, GalleryError) and "--overwrite" in str(again.exception)
+    assert invoke(target, "import", str(out), "--overwrite").exit_code == 0
+    with GalleryStore(target) as b:
+        assert b.info("alice").exemplars == 3
+
+
+def test_import_is_all_or_nothing_and_checks_everything(db: Path, tmp_path: Path) -> None:
+    good = tmp_path / "good.json"
+    with GalleryStore(db) as store:
+        export_gallery(store, good)
+    doc = json.loads(good.read_text())
+
+    def variant(name: str, change) -> Path:
+        bad = json.loads(json.dumps(doc))
+        change(bad)
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(bad))
+        return path
+
+    cases = {
+        variant("reserved", lambda d: d["identities"][1].update(name="unknown")): "reserved",
+        variant("short", lambda d: d["identities"][1]["exemplars"][0].pop()): "12 finite numbers",
+        variant("twice", lambda d: d["identities"].append(d["identities"][0])): "listed twice",
+        variant("version", lambda d: d.update(version=9)): "version 9",
+        variant("zero", lambda d: d["identities"][0].update(exemplars=[[0.0] * DIM])): "zero norm",
+    }
+    target = tmp_path / "t.sqlite"
+    for path, fragment in cases.items():
+        result = invoke(target, "import", str(path))
+        assert isinstance(result.exception, GalleryError), (path, result.output)
+        assert fragment in str(result.exception) and path.name in str(result.exception)
+        assert not target.exists()  # a failed import leaves no empty gallery behind
+    wrong_dim = tmp_path / "wrong.sqlite"
+    GalleryStore(wrong_dim, dim=DIM + 1).close()
+    result = invoke(wrong_dim, "import", str(good))
+    assert isinstance(result.exception, GalleryError) and "13-dimensional" in str(result.exception)
+    (tmp_path / "text.json").write_text("{not json")
+    with GalleryStore(tmp_path / "x.sqlite") as store, pytest.raises(GalleryError, match="not valid JSON"):
+        import_gallery(store, tmp_path / "text.json")
+
+
+def test_npz_import_refuses_bad_arrays(db: Path, tmp_path: Path) -> None:
+    good = tmp_path / "g.npz"
+    with GalleryStore(db) as store:
+        export_gallery(store, good)
+    arrays = dict(np.load(good))
+    arrays["embeddings"] = arrays["embeddings"].copy()
+    arrays["embeddings"][0, 0] = np.nan
+    bad = tmp_path / "nan.npz"
+    np.savez(bad, **arrays)
+    objects = tmp_path / "pickle.npz"
+    np.savez(objects, **{**dict(np.load(good)), "names": np.array([{"x": 1}], dtype=object)})
+    with GalleryStore(tmp_path / "t.sqlite") as store:
+        with pytest.raises(GalleryError, match="NaN"):
+            import_gallery(store, bad)
+        with pytest.raises(GalleryError, match="not a readable npz"):  # never unpickles
+            import_gallery(store, objects)
+        with pytest.raises(GalleryError, match=r"use \.json or \.npz"):
+            import_gallery(store, tmp_path / "g.csv")
+        assert store.identities() == []
+
+
+MOUNTED = (
+    "from vrclip.edge.cli_support import make_app, run\n"
+    "from vrclip.edge.gallery.cli import gallery_app\n"
+    "app = make_app('vrclip-edge', 'test')\n"
+    "app.add_typer(gallery_app, name='gallery')\n"
+    "run(app)\n"
+)
+
+
+def test_mounted_command_prints_one_line_errors(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", MOUNTED, "gallery", "--db", str(tmp_path / "g.sqlite"), "list"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error:") and "g.sqlite" in result.stderr

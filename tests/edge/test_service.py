@@ -1,0 +1,216 @@
+"""sd_notify, the heartbeat-gated watchdog and graceful stop, against real unix datagram sockets."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from vrclip.edge.service import Notifier, ShutdownFlag, WatchdogPinger, watchdog_interval_s
+
+
+class NotifySocket:
+    """What systemd does with $NOTIFY_SOCKET: bind a datagram socket and collect (time, fields)."""
+
+    def __init__(self, address: str | bytes) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(address)
+        self.sock.settimeout(0.05)
+        self.messages: list[tuple[float, list[str]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._collect, daemon=True)
+        self._thread.start()
+
+    def _collect(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            self.messages.append((time.monotonic(), data.decode().split("\n")))
+
+    def wait_for(self, field: str, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(field in fields for _, fields in self.messages):
+                return
+            time.sleep(0.01)
+        raise AssertionError(f"{field} never arrived: {self.messages}")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+    def firsts(self) -> list[str]:
+        return [fields[0] for _, fields in self.messages]
+
+
+@pytest.fixture
+def notify_path(tmp_path: Path):
+    path = tmp_path / "notify.sock"
+    receiver = NotifySocket(str(path))
+    yield str(path), receiver
+    receiver.close()
+
+
+def test_notify_over_a_path_socket(notify_path) -> None:
+    path, receiver = notify_path
+    notifier = Notifier(env={"NOTIFY_SOCKET": path})
+    assert notifier.enabled
+    assert notifier.ready("engine loaded\nradar up")
+    assert notifier.status("42 tracks")
+    assert notifier.extend_timeout(90)
+    receiver.wait_for("EXTEND_TIMEOUT_USEC=90000000")
+    assert receiver.messages[0][1] == ["READY=1", "STATUS=engine loaded radar up"]  # one line, not two
+    assert receiver.messages[1][1] == ["STATUS=42 tracks"]
+    with pytest.raises(ValueError):
+        notifier.send("WATCHDOG=1\nREADY=1")
+
+
+def test_notify_over_an_abstract_socket() -> None:
+    name = f"vrclip-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    receiver = NotifySocket(b"\0" + name.encode())
+    try:
+        notifier = Notifier("@" + name)
+        assert notifier.watchdog("ok")
+        receiver.wait_for("WATCHDOG=1")
+        assert receiver.messages[0][1] == ["WATCHDOG=1", "STATUS=ok"]
+    finally:
+        receiver.close()
+
+
+def test_without_systemd_notifications_are_silent_no_ops(tmp_path: Path) -> None:
+    off = Notifier(env={})
+    assert not off.enabled and not off.ready() and off.sent == 0
+    gone = Notifier(str(tmp_path / "nobody-listens.sock"))
+    assert not gone.ready()  # counted, never raised: the pipeline goes on
+    assert gone.errors == 1 and "No such file" in gone.last_error
+    assert not Notifier("vsock:2:1234").enabled
+
+
+def test_watchdog_interval_from_environment() -> None:
+    assert watchdog_interval_s({"WATCHDOG_USEC": "30000000"}) == 15.0
+    assert watchdog_interval_s({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid())}) == 15.0
+    assert watchdog_interval_s({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}) is None  # not ours
+    assert watchdog_interval_s({"WATCHDOG_USEC": "soon"}) is None
+    assert watchdog_interval_s({}) is None
+
+
+def test_pinger_pings_only_after_progress(notify_path) -> None:
+    path, receiver = notify_path
+    statuses = iter(f"frame {i}" for i in range(100))
+    pinger = WatchdogPinger(Notifier(path), interval_s=1.0, status=lambda: next(statuses))
+    assert not pinger.tick()  # not started: no ping (systemd's start timeout applies, not the watchdog)
+    pinger.heartbeat()
+    assert pinger.ready
+    assert pinger.tick()
+    assert not pinger.tick() and not pinger.tick()  # stalled: silence
+    pinger.heartbeat()
+    pinger.heartbeat()
+    assert pinger.tick()
+    receiver.wait_for("STATUS=frame 1")
+    assert [fields for _, fields in receiver.messages] == [
+        ["READY=1", "STATUS=running"],
+        ["WATCHDOG=1", "STATUS=frame 0"],
+        ["WATCHDOG=1", "STATUS=frame 1"],
+    ]
+    assert pinger.pings == 2 and pinger.skipped == 0
+
+
+def test_fake_pipeline_ready_after_start_and_watchdog_stops_when_it_stalls(notify_path) -> None:
+    """A pipeline that loads, runs, stalls and recovers, with WatchdogSec=0.1 s (ping every 50 ms)."""
+    path, receiver = notify_path
+    env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "100000"}
+    pinger = WatchdogPinger(Notifier(env=env), interval_s=watchdog_interval_s(env))
+    marks: dict[str, float] = {}
+
+    def pipeline() -> None:
+        marks["start"] = time.monotonic()
+        time.sleep(0.3)  # loading the engine, connecting sensors: no heartbeat yet
+        marks["running"] = time.monotonic()
+        for _ in range(40):
+            pinger.heartbeat()
+            time.sleep(0.01)
+        marks["stall"] = time.monotonic()
+        time.sleep(0.6)  # a hung driver call
+        marks["resume"] = time.monotonic()
+        for _ in range(30):
+            pinger.heartbeat()
+            time.sleep(0.01)
+        marks["end"] = time.monotonic()
+
+    with pinger:
+        worker = threading.Thread(target=pipeline)
+        worker.start()
+        worker.join()
+    time.sleep(0.05)
+    kinds = receiver.firsts()
+    assert kinds[0] == "READY=1" and kinds.count("READY=1") == 1
+    ready_at = receiver.messages[0][0]
+    assert ready_at >= marks["running"]
+
+    def pings(start: float, end: float) -> int:
+        return sum(1 for t, fields in receiver.messages if fields[0] == "WATCHDOG=1" and start <= t < end)
+
+    assert pings(marks["start"], marks["running"]) == 0
+    assert pings(marks["running"], marks["stall"]) >= 2
+    # at most the one ping that covers heartbeats just before the stall
+    assert pings(marks["stall"], marks["resume"]) <= 1
+    assert pings(marks["resume"], marks["end"] + 0.1) >= 1
+
+
+CHILD = r"""
+import sys
+from vrclip.edge.service import Notifier, ShutdownFlag, WatchdogPinger
+notifier = Notifier()
+with ShutdownFlag(notifier) as stop, WatchdogPinger(notifier) as pinger:
+    first = True
+    while not stop.is_set():
+        pinger.heartbeat()
+        if first:
+            print("running", flush=True)
+            first = False
+        stop.wait(0.01)
+print("stopped", stop.reason, flush=True)
+"""
+
+
+def test_sigterm_stops_the_loop_cleanly_and_says_stopping(notify_path) -> None:
+    path, receiver = notify_path
+    env = {**os.environ, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "100000"}
+    env.pop("WATCHDOG_PID", None)
+    child = subprocess.Popen([sys.executable, "-c", CHILD], env=env, stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "running"
+    receiver.wait_for("WATCHDOG=1")
+    child.send_signal(signal.SIGTERM)
+    out, _ = child.communicate(timeout=10)
+    assert child.returncode == 0 and out.strip() == "stopped SIGTERM"
+    receiver.wait_for("STOPPING=1")
+    kinds = receiver.firsts()
+    assert kinds[0] == "READY=1" and kinds[-1] == "STOPPING=1" and "WATCHDOG=1" in kinds
+    assert receiver.messages[-1][1] == ["STOPPING=1", "STATUS=stopping (SIGTERM)"]
+
+
+def test_shutdown_flag_in_process() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    flag = ShutdownFlag()
+    with flag:
+        assert not flag.is_set() and not flag.wait(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert flag.wait(1) and flag.reason == "SIGTERM"
+        with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C does not wait for the loop
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    assert signal.getsignal(signal.SIGTERM) is before
+    other = ShutdownFlag()
+    other.request("fatal sensor error")
+    assert other.is_set() and other.reason == "fatal sensor error"
