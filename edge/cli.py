@@ -18,6 +18,7 @@ from vrclip.edge.cli_support import make_app, run
 from vrclip.edge.config import config_to_toml, load_config
 from vrclip.edge.errors import UserError
 from vrclip.edge.gallery.cli import gallery_app
+from vrclip.edge.imaging.bench import bench_app
 from vrclip.edge.service.install import install_service_command
 from vrclip.edge.timebase.cli import timebase_app
 
@@ -28,6 +29,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(dataset_app, name="dataset")
 app.add_typer(timebase_app, name="timebase", help="Start protocol of the rig: time server and clients.")
 app.add_typer(gallery_app, name="gallery")
+app.add_typer(bench_app, name="bench")
 app.command("install-service")(install_service_command)
 
 CONFIG_OPTION = typer.Option(None, "--config", "-c", help="Config TOML (default: built-in defaults).")

@@ -150,6 +150,8 @@ class ImagingConfig(Section):
     nx: Annotated[int, Field(ge=8, le=2048)] = 128
     ny: Annotated[int, Field(ge=8, le=2048)] = 128
     mode: Literal["2d", "3d"] = "2d"
+    #: Height of the 2D image plane (metres): torso height keeps a walking person in focus.
+    height_m: Annotated[float, Field(ge=0.0, le=3.0)] = 1.2
     #: Heights of the 3D grid's slices (metres); used only in 3D mode.
     z_levels_m: tuple[float, ...] = (0.4, 0.8, 1.2, 1.6)
     impl: Literal["auto", "gpu", "cpu", "exact"] = "auto"

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from vrclip.edge.cli_support import make_app, run
+from vrclip.export.trt_cli import register as register_tensorrt_commands
 
 app = make_app(
     "vrclip-export", "Train/evaluate VRCLIP, export ONNX, quantise to INT8 and build TensorRT engines."
 )
+register_tensorrt_commands(app)
 
 
 @app.command("env")
