@@ -1,0 +1,1 @@
+"""The edge pipeline: capture threads, synchroniser, tracker and the run loop of `vrclip-edge run`."""

@@ -1,0 +1,259 @@
+"""Acquisition benchmark: how close does one 144-channel frame get to 144 x the sweep time?
+
+The sweeps themselves cannot be made faster by software; everything on top of them (switch round
+trips, trigger and completion messages, data transfer and parsing) is acquisition overhead, and this
+measures it end to end through the real driver, the real switch client and the simulators over TCP.
+
+The simulator runs in its own process by default, as an instrument would: in the same process its
+event loop would compete with the acquisition loop for the GIL and inflate the overhead.
+
+What remains per channel is about two network round trips (sweep-complete reply + trigger, and the
+switch's NEXT/OK); they do not shrink with the sweep time, so the overhead in percent falls as the
+sweep time grows. On a loaded machine the wake-up latency of normal-priority processes (a scheduler
+slice, milliseconds) adds to every round trip; `realtime=True` runs the bench and the simulator
+under SCHED_FIFO, as an acquisition service can be run, to measure the software rather than the
+neighbours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import select
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from vrclip.edge.config import SweepConfig
+from vrclip.edge.errors import UserError
+from vrclip.edge.geometry import load_geometry
+from vrclip.edge.radar.dialects import DataFormat
+from vrclip.edge.radar.sim_vna import DEFAULT_SETTLE_PER_POINT_S
+from vrclip.edge.radar.simulated import SimulatedRadar, new_event_loop, run_simulated_radar
+from vrclip.edge.radar.source import RadarSource
+from vrclip.edge.radar.switch import SwitchClient
+from vrclip.edge.radar.vna import VnaDriver
+from vrclip.edge.sim.scene import SceneSpec
+
+_CHILD_START_TIMEOUT_S = 60.0
+#: SCHED_FIFO priority for --realtime: above normal tasks, well below kernel threads (50) and watchdogs.
+_REALTIME_PRIORITY = 10
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    channels: int
+    points: int
+    sweep_time_s: float
+    frame_times_s: tuple[float, ...]
+    pipelined: bool
+    simulator: str
+
+    @property
+    def ideal_s(self) -> float:
+        """Pure sweep time of one frame: channels x sweep time."""
+        return self.channels * self.sweep_time_s
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.frame_times_s)
+
+    @property
+    def best_s(self) -> float:
+        return min(self.frame_times_s)
+
+    @property
+    def overhead_pct(self) -> float:
+        """Median frame time over the ideal, in percent above it."""
+        return 100.0 * (self.median_s / self.ideal_s - 1.0)
+
+    @property
+    def best_overhead_pct(self) -> float:
+        return 100.0 * (self.best_s / self.ideal_s - 1.0)
+
+    @property
+    def per_channel_overhead_s(self) -> float:
+        """Median time per channel beyond the sweep: the number that does not depend on sweep time."""
+        return (self.median_s - self.ideal_s) / self.channels
+
+
+def child_main() -> None:
+    """Simulator process entry: parameters as one JSON line on stdin; `READY <vna> <switch>` on stdout.
+
+    The process serves until its stdin closes, so it never outlives the bench that started it.
+    """
+    params = json.loads(sys.stdin.readline())
+    loop = new_event_loop()
+    stop = asyncio.Event()
+
+    def watch_stdin() -> None:
+        sys.stdin.read()
+        loop.call_soon_threadsafe(stop.set)
+
+    threading.Thread(target=watch_stdin, daemon=True).start()
+    sweep = SweepConfig(**params["sweep"])
+    try:
+        loop.run_until_complete(
+            run_simulated_radar(
+                "127.0.0.1",
+                0,
+                0,
+                SceneSpec(people=tuple(params["people"])),
+                sweep,
+                params["dialect"],
+                sweep_time_s=params["sweep_time_s"],
+                on_ready=lambda st: print(f"READY {st.vna_port} {st.switch_port}", flush=True),
+                stop=stop,
+            )
+        )
+    finally:
+        loop.close()
+
+
+@contextlib.contextmanager
+def _simulator_process(params: dict[str, Any]) -> Iterator[tuple[int, int]]:
+    """Start the simulator in its own Python process; yield its (vna_port, switch_port)."""
+    code = "from vrclip.edge.radar.bench import child_main; child_main()"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        proc.stdin.write((json.dumps(params) + "\n").encode())
+        proc.stdin.flush()
+        ready, _, _ = select.select([proc.stdout], [], [], _CHILD_START_TIMEOUT_S)
+        line = proc.stdout.readline().decode(errors="replace") if ready else ""
+        parts = line.split()
+        if len(parts) != 3 or parts[0] != "READY":
+            proc.kill()
+            _, err = proc.communicate(timeout=10)
+            tail = err.decode(errors="replace").strip().splitlines()[-3:]
+            raise UserError(f"the simulator process did not start: {' | '.join(tail) or 'no output'}")
+        yield int(parts[1]), int(parts[2])
+    finally:
+        if proc.poll() is None:
+            proc.stdin.close()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def bench_acquisition(
+    *,
+    points: int = 201,
+    sweep_time_s: float | None = 1e-3,
+    if_bandwidth_hz: float = 100e3,
+    frames: int = 5,
+    dialect: str = "keysight",
+    data_format: DataFormat = "real32",
+    pipelined: bool = True,
+    separate_process: bool = True,
+    people: tuple[str, ...] = ("person-00",),
+    realtime: bool = False,
+) -> BenchResult:
+    """Acquire one warm-up frame and then `frames` timed frames; return their durations."""
+    if frames < 1:
+        raise UserError(f"--frames {frames}: need at least 1 frame")
+    with _realtime_priority(realtime):
+        return _bench(points, sweep_time_s, if_bandwidth_hz, frames, dialect, data_format, pipelined,
+                      separate_process, people, realtime)  # fmt: skip
+
+
+@contextlib.contextmanager
+def _realtime_priority(enabled: bool) -> Iterator[None]:
+    """SCHED_FIFO for this process (and the simulator it starts, which inherits it), then restore."""
+    if not enabled:
+        yield
+        return
+    if not hasattr(os, "sched_setscheduler"):
+        raise UserError("--realtime needs Linux (sched_setscheduler)")
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(_REALTIME_PRIORITY))
+    except PermissionError:
+        raise UserError("--realtime needs root or CAP_SYS_NICE (SCHED_FIFO was refused)") from None
+    try:
+        yield
+    finally:
+        os.sched_setscheduler(0, policy, param)
+
+
+def _bench(
+    points: int,
+    sweep_time_s: float | None,
+    if_bandwidth_hz: float,
+    frames: int,
+    dialect: str,
+    data_format: DataFormat,
+    pipelined: bool,
+    separate_process: bool,
+    people: tuple[str, ...],
+    realtime: bool,
+) -> BenchResult:
+    sweep = SweepConfig(start_hz=0.8e9, stop_hz=2.8e9, points=points, if_bandwidth_hz=if_bandwidth_hz)
+    effective = (
+        sweep_time_s
+        if sweep_time_s is not None
+        else points / if_bandwidth_hz + points * DEFAULT_SETTLE_PER_POINT_S
+    )
+    geometry = load_geometry()
+    if separate_process:
+        params = {
+            "sweep": sweep.model_dump(),
+            "people": list(people),
+            "dialect": dialect,
+            "sweep_time_s": sweep_time_s,
+        }
+        with _simulator_process(params) as (vna_port, switch_port):
+            times = _run(sweep, dialect, data_format, pipelined, frames, geometry, vna_port, switch_port)
+        where = "separate process"
+    else:
+        sim = SimulatedRadar(
+            scene_spec=SceneSpec(people=people), sweep=sweep, dialect=dialect, sweep_time_s=sweep_time_s
+        )
+        with sim:
+            times = _run(
+                sweep, dialect, data_format, pipelined, frames, geometry, sim.vna_port, sim.switch_port
+            )
+        where = "same process (background thread)"
+    if realtime:
+        where += ", SCHED_FIFO"
+    return BenchResult(geometry.n_channels, points, effective, tuple(times), pipelined, where)
+
+
+def _run(
+    sweep: SweepConfig,
+    dialect: str,
+    data_format: DataFormat,
+    pipelined: bool,
+    frames: int,
+    geometry: Any,
+    vna_port: int,
+    switch_port: int,
+) -> list[float]:
+    vna = VnaDriver(f"TCPIP0::127.0.0.1::{vna_port}::SOCKET", dialect, sweep, data_format=data_format)
+    switch = SwitchClient(f"tcp://127.0.0.1:{switch_port}")
+    source = RadarSource(vna, switch, geometry, pipelined=pipelined, max_reconnect_attempts=3)
+    times = []
+    with source:
+        source.read_frame()  # warm-up: first-use costs are not acquisition overhead
+        for _ in range(frames):
+            t0 = time.perf_counter()
+            frame = source.read_frame()
+            times.append(time.perf_counter() - t0)
+            if frame is None:
+                raise UserError("the radar source closed during the benchmark")
+    if source.stats.drops:
+        raise UserError(
+            f"{source.stats.drops} frame(s) dropped during the benchmark: {source.stats.last_error}"
+        )
+    return times

@@ -1,0 +1,173 @@
+"""Error paths of the VNA driver: every fault gives a clear error that names the instrument and the command.
+
+Two kinds of misbehaving instrument: pyvisa-sim devices (tests/edge/data/vna_errors.yaml) and the
+TCP simulator acting out a fault (wrong identity, silence, NaN, truncated/garbled/over-long blocks).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from vrclip.edge.config import SweepConfig
+from vrclip.edge.radar.errors import (
+    RadarSetupError,
+    VnaConnectionError,
+    VnaDataError,
+    VnaIdentityError,
+    VnaInstrumentError,
+    VnaProtocolError,
+    VnaResourceError,
+    VnaTimeoutError,
+)
+from vrclip.edge.radar.sim_vna import SIM_MODELS
+from vrclip.edge.radar.simulated import SimulatedRadar
+from vrclip.edge.radar.switch import SwitchClient
+from vrclip.edge.radar.vna import VnaDriver
+
+pytest.importorskip("pyvisa_sim", reason="pyvisa-sim (dev extra) simulates the misbehaving instruments")
+
+YAML = Path(__file__).parent / "data" / "vna_errors.yaml"
+BACKEND = f"{YAML}@sim"
+SWEEP = SweepConfig(start_hz=1e9, stop_hz=2e9, points=3, if_bandwidth_hz=1e5, power_dbm=0.0)
+KEYSIGHT_IDN = "Keysight Technologies,E5080B,MY59100001,A.15.20.06"
+
+
+def sim_driver(host: str, **kwargs: object) -> VnaDriver:
+    options: dict[str, object] = {"backend": BACKEND, "timeout_ms": 150}
+    options.update(kwargs)
+    sweep = options.pop("sweep", SWEEP)
+    return VnaDriver(f"TCPIP0::{host}.lab::5025::SOCKET", "keysight", sweep, **options)  # type: ignore[arg-type]
+
+
+# --- pyvisa-sim instruments ---------------------------------------------------------------------
+
+
+def test_wrong_idn_names_what_was_found_and_what_was_expected() -> None:
+    vna = sim_driver("wrong-idn")
+    with pytest.raises(VnaIdentityError) as info:
+        vna.connect()
+    message = str(info.value)
+    assert "TCPIP0::wrong-idn.lab::5025::SOCKET" in message and "Tektronix,MSO64" in message
+    assert info.value.command == "*IDN?" and "E5080[AB]" in message
+    assert isinstance(info.value, RadarSetupError)  # retrying cannot fix it
+    assert not vna.connected
+
+
+def test_silent_instrument_times_out_naming_the_command() -> None:
+    with pytest.raises(VnaTimeoutError) as info:
+        sim_driver("silent").connect()
+    assert info.value.command == "*IDN?"
+    assert "TCPIP0::silent.lab::5025::SOCKET" in str(info.value) and "150 ms" in str(info.value)
+
+
+def test_truncated_block_is_reported_as_truncated() -> None:
+    vna = sim_driver("truncated")
+    vna.connect()
+    assert vna.idn == KEYSIGHT_IDN
+    with pytest.raises(VnaProtocolError, match="truncated block: the header announced 24 data bytes") as info:
+        vna.measure()
+    assert info.value.command == "CALC1:DATA? SDATA" and KEYSIGHT_IDN in str(info.value)
+    assert not vna.connected  # the byte stream cannot be trusted any more
+
+
+def test_nan_in_ascii_data_is_refused() -> None:
+    vna = sim_driver("nan", data_format="ascii")
+    vna.connect()
+    with pytest.raises(VnaDataError, match=r"data holds nan at value 2 \(point 1\)") as info:
+        vna.measure()
+    assert info.value.command == "CALC1:DATA? SDATA" and "TCPIP0::nan.lab" in str(info.value)
+
+
+def test_wrong_number_of_values_is_refused() -> None:
+    vna = sim_driver("short", data_format="ascii")
+    vna.connect()
+    with pytest.raises(VnaDataError, match=r"got 4 values, expected 6 \(re/im of 3 points\)"):
+        vna.measure()
+
+
+def test_error_queue_entries_are_reported_verbatim() -> None:
+    # The pyvisa-sim device knows "SOUR1:POW 0" only; -5 dBm is an unknown command to it.
+    vna = sim_driver("nan", sweep=SWEEP.model_copy(update={"power_dbm": -5.0}))
+    with pytest.raises(VnaInstrumentError) as info:
+        vna.connect()
+    assert info.value.command == "SOUR1:POW -5"
+    assert info.value.errors == ['-113,"Undefined header"']
+
+
+@pytest.mark.parametrize("backend", ["@py", BACKEND])
+def test_bad_resource_string_is_a_setup_error(backend: str) -> None:
+    with pytest.raises(VnaResourceError, match=r"radar\.vna\.resource is not a valid VISA resource string"):
+        VnaDriver("TCPIP0::", "keysight", SWEEP, backend=backend).connect()
+
+
+# --- the TCP simulator acting out faults ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def radar():
+    sim = SimulatedRadar(sweep=SWEEP, dialect="rs", sweep_time_s=0.2e-3).start()
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture
+def vna(radar: SimulatedRadar):
+    radar.state.vna.fault = None
+    driver = VnaDriver(radar.vna_resource, "rs", SWEEP, timeout_ms=300)
+    driver.connect()
+    with SwitchClient(radar.switch_url) as switch:
+        switch.select(1, 2)
+    yield driver
+    radar.state.vna.fault = None
+    driver.close()
+
+
+@pytest.mark.parametrize(
+    ("fault", "error", "pattern"),
+    [
+        ("nan", VnaDataError, r"data holds nan at value 0 \(point 0\)"),
+        ("truncated", VnaProtocolError, "truncated block"),
+        ("bad-header", VnaProtocolError, r"block header b'#4AB': the length field is not decimal digits"),
+        ("long-block", VnaProtocolError, "block longer than its header's 24 bytes"),
+    ],
+)
+def test_misbehaving_data_replies(radar: SimulatedRadar, vna: VnaDriver, fault, error, pattern) -> None:
+    vna.sweep_once()
+    radar.state.vna.fault = fault
+    with pytest.raises(error, match=pattern) as info:
+        vna.read_s21()
+    assert info.value.command == "CALC1:DATA? SDAT"
+    assert radar.vna_resource in str(info.value) and SIM_MODELS["rs"].idn in str(info.value)
+    assert not vna.connected
+
+
+def test_instrument_that_goes_silent_mid_run(radar: SimulatedRadar, vna: VnaDriver) -> None:
+    radar.state.vna.fault = "silent"
+    with pytest.raises(VnaTimeoutError) as info:
+        vna.sweep_once()
+    assert info.value.command == "INIT1:IMM;*OPC?"
+    with pytest.raises(VnaConnectionError, match="not connected"):
+        vna.read_s21()
+
+
+def test_binary_nan_in_real64(radar: SimulatedRadar) -> None:
+    radar.state.vna.fault = "nan"
+    try:
+        with (
+            VnaDriver(radar.vna_resource, "rs", SWEEP, data_format="real64") as vna,
+            pytest.raises(VnaDataError, match="nan"),
+        ):
+            vna.measure()
+    finally:
+        radar.state.vna.fault = None
+
+
+def test_instrument_with_another_identity() -> None:
+    from dataclasses import replace
+
+    imposter = replace(SIM_MODELS["keysight"], idn="Anritsu,MS46122B,1234567,1.2.3")
+    with SimulatedRadar(sweep=SWEEP, dialect="keysight", vna_model=imposter) as sim:
+        with pytest.raises(VnaIdentityError, match="Anritsu,MS46122B") as info:
+            VnaDriver(sim.vna_resource, "keysight", SWEEP).connect()
+        assert sim.vna_resource in str(info.value)
