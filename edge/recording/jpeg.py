@@ -14,7 +14,7 @@ from vrclip.edge.errors import RecordingError
 
 def encode_rgb(rgb: np.ndarray, quality: int) -> np.ndarray:
     """(H, W, 3) uint8 RGB -> 1-D uint8 array holding a JPEG file."""
-    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    bgr = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR)
     ok, buf = cv2.imencode(".jpg", bgr, [int(cv2.IMWRITE_JPEG_QUALITY), int(quality)])
     if not ok:  # pragma: no cover - OpenCV only fails here on impossible inputs already refused upstream
         raise RuntimeError(f"OpenCV could not JPEG-encode a {rgb.shape} {rgb.dtype} image")

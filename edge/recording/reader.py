@@ -6,14 +6,15 @@ frames on demand (never the whole file) and turns every problem into a Recording
 file, what is wrong and what to do.
 
 A file marked open for SWMR writing is either being recorded right now or its writer died; both open
-in SWMR mode, where HDF5 does not compare the file's length with the length it expects. A copy cut
-short would then read as zeros, so in that mode each counted frame is checked to have all its chunks
-allocated and inside the file. A cleanly closed file opens normally and HDF5's own checks apply.
+in SWMR mode, where HDF5 does not compare the file's length with the length it expects, so the reader
+checks that itself (vrclip.edge.recording.integrity) and never counts a frame that is not wholly on
+disk. A cleanly closed file opens normally and HDF5's own checks apply.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -24,31 +25,16 @@ import numpy as np
 from vrclip.edge.errors import RecordingError
 from vrclip.edge.frames import CameraFrame, DepthFrame, GroundTruth, RadarFrame
 from vrclip.edge.recording import schema
+from vrclip.edge.recording.integrity import missing_bytes, read_superblock
 from vrclip.edge.recording.jpeg import decode_rgb
 from vrclip.edge.recording.labels import TruthRow, unpack_truth
 from vrclip.edge.recording.schema import CAMERA, COMMITTED, DEPTH, RADAR, STREAMS, DatasetSpec
 
-_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-#: Superblock (v2/v3) file-consistency flags, HDF5 file format specification.
-_SUPER_WRITE_ACCESS = 0x01
-_SUPER_SWMR_WRITE_ACCESS = 0x04
 #: Frames read per HDF5 call by the iterators: bounded memory, few calls.
 _ITER_BLOCK_BYTES = 32 << 20
-
-
-def superblock_flags(path: Path) -> int | None:
-    """The HDF5 superblock's consistency flags (0 for old superblock versions), or None if the file has
-    no HDF5 signature. The signature may sit after a user block at 0, 512, 1024, 2048, ... bytes."""
-    size = path.stat().st_size
-    with path.open("rb") as fh:
-        offset = 0
-        while offset + 12 <= size:
-            fh.seek(offset)
-            head = fh.read(12)
-            if head[:8] == _HDF5_SIGNATURE:
-                return head[11] if head[8] >= 2 else 0
-            offset = 512 if offset == 0 else offset * 2
-    return None
+#: How long a live file may stay shorter than its superblock says before it counts as cut short: a
+#: writer is in that state only between writing the superblock and extending the file in a flush.
+_SHORT_FILE_GRACE_S = 0.5
 
 
 class _StreamView:
@@ -88,11 +74,6 @@ class _StreamView:
             raise RecordingError(f"{where}: /{name}/{COMMITTED} is missing or malformed; the file is damaged")
         self.committed = committed
         self.count = 0
-        #: Leading frames already checked to lie inside the file (SWMR mode only).
-        self.verified = 0
-
-    def ds(self, name: str) -> h5py.Dataset:
-        return self.datasets[name]
 
 
 class SessionReader:
@@ -125,20 +106,22 @@ class SessionReader:
         if not p.is_file():
             raise RecordingError(f"{p}: not a regular file; give the path of a session .h5 recording")
         try:
-            flags = superblock_flags(p)
+            sb = read_superblock(p)
         except OSError as e:
             raise RecordingError(f"{p}: cannot read the file ({e})") from e
-        if flags is None:
+        if sb is None:
             raise RecordingError(
                 f"{p}: not an HDF5 file (no HDF5 signature); a session recording is the .h5 file that "
                 "vrclip-edge writes"
             )
         #: True while the file is marked open by a SWMR writer: live, or its writer died.
-        self.live = bool(flags & _SUPER_SWMR_WRITE_ACCESS)
+        self.live = sb.open_for_swmr_write
+        if self.live:
+            self._check_whole()  # before HDF5 reads anything: it would wait on a missing part
         try:
             return h5py.File(p, "r", swmr=self.live)
         except OSError as e:
-            if flags & _SUPER_WRITE_ACCESS and not self.live:
+            if sb.open_for_write and not self.live:
                 hint = (
                     "it is marked open by a writer that had not started recording; if no process is writing "
                     "it, the recording was interrupted before its first frame"
@@ -248,58 +231,47 @@ class SessionReader:
     # ----------------------------------------------------------------------------------- counts
     def refresh(self) -> dict[str, int]:
         """Re-read frame counts (a live file grows); returns frames per stream."""
-        size = self.path.stat().st_size if self.live else 0
+        self._check_open()
+        if self.live:
+            self._check_whole()
         for s in self._streams.values():
             try:
                 if self.live:
                     for ds in s.datasets.values():
                         ds.refresh()
                     s.committed.refresh()
-                n = min(int(s.committed[0]), *(len(s.datasets[sp.name]) for sp in s.specs if sp.per_frame))
-                n = max(n, 0)
-                if self.live:
-                    n = self._verify(s, n, size)
+                lengths = [len(s.datasets[sp.name]) for sp in s.specs if sp.per_frame]
+                s.count = max(0, min(int(s.committed[0]), *lengths))
             except OSError as e:
                 raise RecordingError(
                     f"{self._where}: cannot read the {s.name} stream ({e}); the file is damaged"
                 ) from e
-            s.count = n
         return self.counts
 
-    def _verify(self, s: _StreamView, n: int, size: int) -> int:
-        """Frames [s.verified, n) whose chunks are all allocated and inside the file; stops at the first
-        that is not (a writer's last, unflushed frame, or a copy cut short)."""
-        seen: set[tuple[str, int]] = set()
-        i = s.verified
-        while i < n:
-            if not self._frame_on_disk(s, i, size, seen):
+    def _check_whole(self) -> None:
+        """Refuse a SWMR-marked file shorter than its superblock says (see integrity): HDF5 would wait
+        forever on, or read zeros from, the missing part."""
+        deadline = time.monotonic() + _SHORT_FILE_GRACE_S
+        while True:
+            try:
+                sb = read_superblock(self.path)
+                if sb is None:
+                    raise RecordingError(f"{self._where}: no longer an HDF5 file; was it overwritten?")
+                missing = missing_bytes(self.path, sb)
+            except OSError as e:
+                raise RecordingError(f"{self._where}: cannot read the file ({e})") from e
+            if missing == 0:
+                return
+            if time.monotonic() >= deadline:
                 break
-            i += 1
-        s.verified = i
-        return min(i, n)
-
-    def _frame_on_disk(self, s: _StreamView, i: int, size: int, seen: set[tuple[str, int]]) -> bool:
-        for spec in s.specs:
-            if not spec.per_frame:
-                continue
-            ds = s.datasets[spec.name]
-            rows = ds.chunks[0]
-            start = i - i % rows
-            if (spec.name, start) in seen:
-                continue
-            if not _chunk_on_disk(ds, start, size):
-                return False
-            seen.add((spec.name, start))
-        if s.name == CAMERA:
-            off, length = (int(v) for v in s.datasets["jpeg_index"][i])
-            jpeg = s.datasets["jpeg"]
-            if off < 0 or length <= 0 or off + length > jpeg.shape[0]:
-                return False
-            step = jpeg.chunks[0]
-            for start in range(off - off % step, off + length, step):
-                if not _chunk_on_disk(jpeg, start, size):
-                    return False
-        return True
+            time.sleep(0.05)
+        size = self.path.stat().st_size
+        raise RecordingError(
+            f"{self._where}: the file is {missing} bytes shorter than its HDF5 header says "
+            f"({size} of {size + missing}): it is a copy cut short - copy it again from the source. "
+            "Only if it is the original file of a writer killed while flushing, extending it makes it "
+            f"readable: truncate -s {size + missing} {self.path}"
+        )
 
     @property
     def counts(self) -> dict[str, int]:
@@ -510,12 +482,6 @@ class SessionReader:
         self.close()
 
 
-def _chunk_on_disk(ds: h5py.Dataset, row: int, size: int) -> bool:
-    """Is the chunk starting at `row` allocated and entirely inside a file of `size` bytes?"""
-    info = ds.id.get_chunk_info_by_coord((row,) + (0,) * (ds.ndim - 1))
-    return info.byte_offset is not None and info.byte_offset + info.size <= size
-
-
 def _str_attr(attrs: h5py.AttributeManager, name: str) -> str | None:
     value = attrs.get(name)
     if isinstance(value, bytes):
@@ -523,4 +489,4 @@ def _str_attr(attrs: h5py.AttributeManager, name: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-__all__ = ["SessionReader", "superblock_flags"]
+__all__ = ["SessionReader"]

@@ -52,8 +52,8 @@ Frame count rule (what makes a killed file safe): a stream holds
 ``min(committed, len of every per-frame dataset)`` frames. The writer resizes datasets one by one and
 HDF5 may write any of them to disk between flushes, so dataset lengths alone can describe a frame whose
 data never reached the disk; ``committed`` is written only after a flush has completed, so it never
-counts such a frame. Readers of a file still marked open for writing additionally check that every
-chunk of a counted frame is allocated and lies inside the file, so a copy cut short still reads safely.
+counts such a frame. A file still marked open for writing is opened only if it is at least as long
+as its superblock says (vrclip.edge.recording.integrity), so a copy cut short is refused, not misread.
 A file whose writer died stays marked as open for SWMR writing; our reader opens it as is (``h5clear
 -s FILE`` clears the mark for other HDF5 tools).
 """
