@@ -68,7 +68,10 @@ def record(
     people: int = typer.Option(1, "--people", help="Number of people walking in the simulated room."),
     lighting: str = typer.Option("day", "--lighting", help="day | dusk | night"),
     occlusion: str = typer.Option("none", "--occlusion", help="none | wall | furniture"),
-    seed: int = typer.Option(0, "--seed", help="Seed of the simulated world."),
+    seed: int = typer.Option(0, "--seed", help="Session seed: walking paths and sensor noise."),
+    world_seed: int = typer.Option(
+        0, "--world-seed", help="Who the people are: person-00 is the same person for the same world seed."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file."),
     config: Path | None = CONFIG_OPTION,
 ) -> None:
@@ -84,7 +87,12 @@ def record(
     Lighting.preset(lighting)
     occluder_preset(occlusion, cfg.room)
     spec = SceneSpec(
-        room=cfg.room, people=default_people(people), occlusion=occlusion, lighting=lighting, seed=seed
+        room=cfg.room,
+        people=default_people(people),
+        occlusion=occlusion,
+        lighting=lighting,
+        seed=seed,
+        world_seed=world_seed,
     )
     started = time.perf_counter()
     with _progress() as bar:

@@ -41,6 +41,8 @@ class SessionPlan:
     seed: int
     seconds: float
     path: str
+    #: Who the identities are; one value for the whole dataset so id-007 is one person throughout.
+    world_seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,7 @@ def plan_sessions(request: DatasetRequest) -> list[SessionPlan]:
             assert lighting in LIGHTING_PRESETS and occlusion in OCCLUSION_PRESETS
             seed = request.seed * 100_003 + i * 101 + s
             path = f"{name}/session-{s:02d}_{lighting}_{occlusion}.h5"
-            plans.append(SessionPlan(name, s, lighting, occlusion, seed, request.seconds, path))
+            plans.append(SessionPlan(name, s, lighting, occlusion, seed, request.seconds, path, request.seed))
     return plans
 
 
@@ -99,6 +101,7 @@ def _make_session(config_toml: str, plan: SessionPlan, out_dir: str) -> str:
         occlusion=plan.occlusion,
         lighting=plan.lighting,
         seed=plan.seed,
+        world_seed=plan.world_seed,
     )
     record_simulated(
         config,

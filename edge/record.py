@@ -37,6 +37,7 @@ def conditions_of(spec: SceneSpec, seconds: float, extra: dict | None = None) ->
         "lighting": spec.lighting,
         "occlusion": spec.occlusion,
         "seed": spec.seed,
+        "world_seed": spec.world_seed,
         "seconds": seconds,
         **(extra or {}),
     }

@@ -142,7 +142,11 @@ class SceneSpec:
     people: tuple[str, ...] = ("person-00",)
     occlusion: str = "none"
     lighting: str = "day"
+    #: Session seed: walking paths, sensor noise. Differs between sessions of the same people.
     seed: int = 0
+    #: World seed: who each named identity *is* (body, gait, clothing). The same name and world seed
+    #: give the same person in every session, which is what re-identification across sessions needs.
+    world_seed: int = 0
     #: Keep walkers this far from the room's edges (metres).
     margin_m: float = 0.5
 
@@ -166,7 +170,7 @@ class Scene:
         self.room = room
         self.lighting = Lighting.preset(spec.lighting)
         self.occluders = occluder_preset(spec.occlusion, room)
-        self.identities = tuple(make_identity(name, spec.seed) for name in spec.people)
+        self.identities = tuple(make_identity(name, spec.world_seed) for name in spec.people)
         self._walks = [self._make_walk(ident) for ident in self.identities]
 
     def _make_walk(self, ident: Identity) -> _Walk:

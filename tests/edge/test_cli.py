@@ -124,3 +124,11 @@ def test_dataset_make_writes_sessions_and_resumes(tmp_path: Path) -> None:
     assert cli(*args).returncode == 0
     assert first.stat().st_mtime_ns == stamp, "a finished session was rewritten instead of kept"
     assert (out / index["sessions"][1]["path"]).is_file()
+
+
+def test_dataset_identities_are_one_person_across_sessions(tmp_path: Path) -> None:
+    from vrclip.edge.dataset import DatasetRequest, plan_sessions
+
+    plans = plan_sessions(DatasetRequest(tmp_path, identities=2, sessions=3, seed=5))
+    assert {p.world_seed for p in plans} == {5}
+    assert len({p.seed for p in plans}) == len(plans)

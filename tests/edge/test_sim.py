@@ -168,3 +168,16 @@ def test_rig_streams_are_time_ordered_and_labelled() -> None:
     radar = [f for f in frames if f.__class__.__name__ == "RadarFrame"]
     assert radar[0].s21.shape == (144, 201) and radar[0].s21.dtype == np.complex64
     assert radar[0].truth.identities == ("a", "b") and radar[0].truth.positions.shape == (2, 2)
+
+
+def test_a_named_identity_is_the_same_person_in_every_session() -> None:
+    sessions = [Scene(SceneSpec(people=("id-007",), seed=s, world_seed=42)) for s in (1, 2)]
+    a, b = (scene.identities[0] for scene in sessions)
+    assert a.appearance == b.appearance and a.gait == b.gait
+    np.testing.assert_array_equal(a.body.scatterers, b.body.scatterers)
+    # ... while the session seed still changes where they walk
+    assert not np.allclose(
+        sessions[0].state(3.0).people[0].position, sessions[1].state(3.0).people[0].position
+    )
+    other_world = Scene(SceneSpec(people=("id-007",), seed=1, world_seed=43)).identities[0]
+    assert other_world.appearance != a.appearance
