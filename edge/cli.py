@@ -19,6 +19,7 @@ from vrclip.edge.config import config_to_toml, load_config
 from vrclip.edge.errors import UserError
 from vrclip.edge.gallery.cli import gallery_app
 from vrclip.edge.imaging.bench import bench_app
+from vrclip.edge.pipeline.cli import register as register_pipeline_commands
 from vrclip.edge.radar.sim_cli import sim_app
 from vrclip.edge.service.install import install_service_command
 from vrclip.edge.timebase.cli import timebase_app
@@ -32,6 +33,7 @@ app.add_typer(timebase_app, name="timebase", help="Start protocol of the rig: ti
 app.add_typer(gallery_app, name="gallery")
 app.add_typer(bench_app, name="bench")
 app.add_typer(sim_app, name="sim")
+register_pipeline_commands(app)
 app.command("install-service")(install_service_command)
 
 CONFIG_OPTION = typer.Option(None, "--config", "-c", help="Config TOML (default: built-in defaults).")

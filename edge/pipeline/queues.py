@@ -36,18 +36,38 @@ class DropOldestQueue(Generic[T]):
             self.put_count += 1
             self._cond.notify_all()
 
+    def put_wait(self, item: T, timeout: float) -> bool:
+        """Offline use (replaying a file as fast as possible): wait for room instead of dropping.
+
+        Returns False if there was still no room after `timeout` (the caller retries or gives up).
+        """
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self._items) < self._maxsize or self._closed, timeout):
+                return False
+            if self._closed:
+                return True
+            self._items.append(item)
+            self.put_count += 1
+            self._cond.notify_all()
+            return True
+
     def get(self, timeout: float | None = None) -> T | None:
         """Oldest item, waiting up to `timeout`; None on timeout or when closed and empty."""
         with self._cond:
             if not self._items and not self._closed:
                 self._cond.wait(timeout)
-            return self._items.popleft() if self._items else None
+            if not self._items:
+                return None
+            item = self._items.popleft()
+            self._cond.notify_all()  # room for a waiting put_wait
+            return item
 
     def drain(self) -> list[T]:
         """Everything queued now, oldest first, without waiting."""
         with self._cond:
             items = list(self._items)
             self._items.clear()
+            self._cond.notify_all()
             return items
 
     def close(self) -> None:

@@ -35,6 +35,7 @@ class Tracker:
         alpha: float = 0.6,
         beta: float = 0.2,
         max_tracks: int = 64,
+        coast_frames: int = 2,
     ) -> None:
         self.gate_m = gate_m
         self.confirm_hits = confirm_hits
@@ -42,6 +43,9 @@ class Tracker:
         self.alpha = alpha
         self.beta = beta
         self.max_tracks = max_tracks
+        #: A confirmed track stays reported through this many missed detections (a far or partly
+        #: shadowed person drops below the CFAR threshold now and then), at its predicted position.
+        self.coast_frames = coast_frames
         self.tracks: list[Track] = []
         self._next_id = 1
 
@@ -86,4 +90,4 @@ class Tracker:
         track.last_t_ns = t_ns
 
     def confirmed(self) -> list[Track]:
-        return [t for t in self.tracks if t.hits >= self.confirm_hits and t.misses == 0]
+        return [t for t in self.tracks if t.hits >= self.confirm_hits and t.misses <= self.coast_frames]

@@ -75,7 +75,7 @@ def _localisation_errors(
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [2, 7])
 def test_walking_person_is_localised_in_the_open(geometry: ArrayGeometry, seed: int) -> None:
-    scene = Scene(SceneSpec(occlusion="none", seed=seed))
+    scene = Scene(SceneSpec(occlusion="none", seed=seed, world_seed=seed))
     prime = int(PRIME_S * EdgeConfig().radar.frame_rate_hz)
     scored = range(prime, prime + 40)
     err, false_alarms = _localisation_errors(scene, geometry, 0, prime + 40, scored)
@@ -89,7 +89,7 @@ def test_walking_person_is_localised_in_the_open(geometry: ArrayGeometry, seed: 
 def test_walking_person_is_localised_behind_the_wall(
     geometry: ArrayGeometry, seed: int, horizon_s: float
 ) -> None:
-    scene = Scene(SceneSpec(occlusion="wall", seed=seed))
+    scene = Scene(SceneSpec(occlusion="wall", seed=seed, world_seed=seed))
     rate = EdgeConfig().radar.frame_rate_hz
     start, length = _longest_occluded_stretch(scene, geometry, rate, horizon_s)
     assert length >= 30, "the scene no longer walks behind the wall long enough to test"

@@ -1,0 +1,215 @@
+"""Assemble a running edge system from the config: sources, engine, gallery, sinks, health, systemd.
+
+Three ways to feed it: hardware (the config's VNA, switch, camera and ZED), the simulated rig
+(`--simulate`: SCPI VNA and switch simulators on loopback, simulated camera and ZED, all on one
+scene clock) and replay of a recording. The same Identifier runs in every case.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from vrclip.edge.config import EdgeConfig, parse_config
+from vrclip.edge.crops import camera_from_config
+from vrclip.edge.errors import UserError
+from vrclip.edge.events.event import IdentityEvent
+from vrclip.edge.events.health import Health
+from vrclip.edge.geometry import ArrayGeometry, load_geometry
+from vrclip.edge.imaging.calibration import ChannelCalibration
+from vrclip.edge.inference.base import InferenceBackend
+from vrclip.edge.inference.factory import open_engine
+from vrclip.edge.pipeline.identify import Identifier
+from vrclip.edge.pipeline.sources import (
+    FrameSource,
+    OpenCvCameraSource,
+    ReplaySource,
+    ScpiRadarSource,
+    SimulatedSource,
+    ZedDepthSource,
+)
+from vrclip.edge.record import simulated_calibration
+from vrclip.edge.recording.reader import SessionReader
+from vrclip.edge.sim.radar import sweep_frequencies
+from vrclip.edge.sim.rig import SimulatedRig
+from vrclip.edge.sim.scene import SceneSpec
+
+SourceFactories = dict[str, Callable[[], FrameSource]]
+
+
+@dataclass
+class Feed:
+    """Where frames come from, plus what the Identifier needs to know about that rig."""
+
+    sources: SourceFactories
+    config: EdgeConfig
+    geometry: ArrayGeometry
+    freqs_hz: np.ndarray
+    calibration: ChannelCalibration | None
+    #: Ground truth, when the feed is simulated: scene time (s) -> [(name, (x, y))].
+    truth: Callable[[int], list[tuple[str, np.ndarray]]] | None = None
+    closers: list[Callable[[], None]] = field(default_factory=list)
+    #: Offline feed (a file replayed as fast as possible): capture waits for the pipeline, never drops.
+    lossless: bool = False
+
+    def close(self) -> None:
+        for close in reversed(self.closers):
+            with contextlib.suppress(Exception):
+                close()
+
+
+def hardware_feed(config: EdgeConfig) -> Feed:
+    """The real rig as the config describes it; the channel calibration comes from paths.calibration_file."""
+    geometry = load_geometry(config.radar.array)
+    calibration_path = Path(config.paths.calibration_file)
+    calibration = None
+    if calibration_path.is_file():
+        calibration = ChannelCalibration.load(calibration_path, geometry.n_channels)
+    sources: SourceFactories = {
+        "radar": lambda: ScpiRadarSource(config),
+        "camera": lambda: OpenCvCameraSource(config),
+    }
+    if config.zed.enabled:
+        sources["depth"] = lambda: ZedDepthSource(config)
+    return Feed(sources, config, geometry, sweep_frequencies(config.radar.sweep), calibration)
+
+
+def simulated_feed(
+    config: EdgeConfig, spec: SceneSpec, *, scpi: bool = True, sweep_time_ms: float | None = None
+) -> Feed:
+    """The simulated rig. With scpi=True the radar goes through the real VNA/switch drivers to the
+    SCPI simulators on loopback; otherwise the radar frames come straight from the simulator."""
+    epoch_ns = time.time_ns()
+    streams = ("radar", "camera", "depth") if config.zed.enabled else ("radar", "camera")
+    rig = SimulatedRig(config, spec, start_ns=epoch_ns, streams=streams)
+    closers: list[Callable[[], None]] = []
+    if scpi:
+        from vrclip.edge.radar.simulated import SimulatedRadar
+
+        simulator = SimulatedRadar(
+            host="127.0.0.1",
+            scene_spec=spec,
+            sweep=config.radar.sweep,
+            epoch_ns=epoch_ns,
+            errors=rig.radar.errors,
+            sweep_time_s=None if sweep_time_ms is None else sweep_time_ms / 1e3,
+        ).start()
+        closers.append(simulator.stop)
+        data = config.model_dump(mode="json")
+        data["radar"]["vna"]["resource"] = simulator.vna_resource
+        data["radar"]["switch"]["port"] = simulator.switch_url
+        radar_config = parse_config(data, source="simulated rig")
+        radar: Callable[[], FrameSource] = lambda: ScpiRadarSource(radar_config)  # noqa: E731
+    else:
+        radar = lambda: SimulatedSource(rig, "radar", config.radar.frame_rate_hz, epoch_ns)  # noqa: E731
+    sources: SourceFactories = {
+        "radar": radar,
+        "camera": lambda: SimulatedSource(rig, "camera", config.camera.fps, epoch_ns),
+    }
+    if config.zed.enabled:
+        sources["depth"] = lambda: SimulatedSource(rig, "depth", config.zed.fps, epoch_ns)
+
+    def truth(t_ns: int) -> list[tuple[str, np.ndarray]]:
+        state = rig.scene.state((t_ns - epoch_ns) / 1e9)
+        return [(p.identity.name, p.position) for p in state.people]
+
+    calibration = ChannelCalibration.from_dict(simulated_calibration(rig), source="simulated rig")
+    return Feed(sources, config, rig.geometry, rig.freqs_hz, calibration, truth, closers)
+
+
+def replay_feed(path: Path, *, paced: bool = True, loop: bool = False) -> Feed:
+    """A recording played back (at its own pace, or as fast as the pipeline goes)."""
+    import tomllib
+
+    with SessionReader(path) as reader:
+        config = parse_config(tomllib.loads(reader.config_toml), source=f"{path} config")
+        geometry = ArrayGeometry.from_dict(reader.geometry)
+        freqs = np.asarray(reader.freqs_hz)
+        calibration = (
+            ChannelCalibration.from_dict(reader.calibration, source=f"{path} calibration")
+            if reader.calibration
+            else None
+        )
+        streams = reader.streams
+    sources: SourceFactories = {
+        name: (lambda name=name: ReplaySource(str(path), name, paced=paced, loop=loop)) for name in streams
+    }
+    return Feed(sources, config, geometry, freqs, calibration, lossless=not paced)
+
+
+def open_backend(config: EdgeConfig, engine: str | None = None) -> InferenceBackend:
+    return open_engine(engine or config.engine.path, config.engine.backend)
+
+
+def make_identifier(
+    feed: Feed, backend: InferenceBackend, match=None, event_interval_s: float = 1.0
+) -> Identifier:
+    camera = camera_from_config(feed.config) if "camera" in feed.sources else None
+    return Identifier(
+        feed.config,
+        feed.geometry,
+        feed.freqs_hz,
+        backend,
+        calibration=feed.calibration,
+        camera=camera,
+        match=match,
+        event_interval_s=event_interval_s,
+    )
+
+
+@dataclass
+class TruthScore:
+    """How often events name the right person (simulated feeds only)."""
+
+    known_total: int = 0
+    known_right: int = 0
+    unknown_total: int = 0
+    unknown_right: int = 0
+
+    def score(self, event: IdentityEvent, people: list[tuple[str, np.ndarray]], enrolled: set[str]) -> None:
+        if not people:
+            return
+        distances = [float(np.hypot(*(np.asarray(event.position_m) - xy))) for _, xy in people]
+        nearest = int(np.argmin(distances))
+        if distances[nearest] > 0.75:
+            return  # a ghost detection; not a person
+        name = people[nearest][0]
+        if name in enrolled:
+            self.known_total += 1
+            self.known_right += event.identity == name
+        else:
+            self.unknown_total += 1
+            self.unknown_right += event.identity == "unknown"
+
+    def summary(self) -> dict[str, float | int | None]:
+        return {
+            "known_events": self.known_total,
+            "known_accuracy": self.known_right / self.known_total if self.known_total else None,
+            "unknown_events": self.unknown_total,
+            "unknown_accuracy": self.unknown_right / self.unknown_total if self.unknown_total else None,
+        }
+
+
+@contextlib.contextmanager
+def closing_feed(feed: Feed) -> Iterator[Feed]:
+    try:
+        yield feed
+    finally:
+        feed.close()
+
+
+def health_for(feed: Feed) -> Health:
+    return Health(tuple(feed.sources))
+
+
+def require_engine_exists(config: EdgeConfig, engine: str | None) -> None:
+    path = Path(engine or config.engine.path)
+    if not path.with_suffix(".json").exists() and not path.exists():
+        raise UserError(
+            f"engine {path}: not found; export one with `vrclip-export onnx CHECKPOINT --out {path}` "
+            "or set [engine] path in the config"
+        )

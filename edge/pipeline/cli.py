@@ -1,0 +1,244 @@
+"""`vrclip-edge run`, `vrclip-edge enroll` and `vrclip-edge bench pipeline`."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from pathlib import Path
+
+import typer
+from vrclip.edge.config import EdgeConfig, load_config, parse_config
+from vrclip.edge.errors import UserError
+from vrclip.edge.events.health import Health
+from vrclip.edge.events.http import HealthServer
+from vrclip.edge.events.sinks import build_sinks
+from vrclip.edge.gallery.matcher import Matcher
+from vrclip.edge.gallery.store import GalleryStore
+from vrclip.edge.pipeline.app import (
+    Feed,
+    TruthScore,
+    hardware_feed,
+    make_identifier,
+    open_backend,
+    replay_feed,
+    require_engine_exists,
+    simulated_feed,
+)
+from vrclip.edge.pipeline.enrolment import embedding_dim, enrol_from_feed
+from vrclip.edge.pipeline.runner import EdgeRunner
+from vrclip.edge.service.notify import Notifier
+from vrclip.edge.service.shutdown import ShutdownFlag
+from vrclip.edge.service.watchdog import WatchdogPinger
+from vrclip.edge.sim.scene import SceneSpec, default_people
+
+CONFIG_OPTION = typer.Option(None, "--config", "-c", help="Config TOML (default: built-in defaults).")
+ENGINE_OPTION = typer.Option(
+    None, "--engine", help="Engine package (<name>.onnx/.engine/.json); default engine.path."
+)
+
+
+def _with_paths(config: EdgeConfig, workdir: Path) -> EdgeConfig:
+    """The config with gallery and event files moved under `workdir` (for simulated runs on a laptop)."""
+    data = config.model_dump(mode="json")
+    data["gallery"]["path"] = str(workdir / "gallery.sqlite")
+    data["sinks"]["jsonl_path"] = str(workdir / "events.jsonl")
+    data["sinks"]["http"]["enabled"] = False
+    # Rendering 1280x720 frames costs CPU; the synchroniser only needs a frame near each radar frame.
+    data["camera"]["fps"] = min(data["camera"]["fps"], 2 * data["radar"]["frame_rate_hz"])
+    data["zed"]["fps"] = min(data["zed"]["fps"], data["radar"]["frame_rate_hz"])
+    return parse_config(data, source="simulated run")
+
+
+def enroll_simulated_people(
+    config: EdgeConfig, engine: str | None, names: tuple[str, ...], seconds: float, world_seed: int
+) -> None:
+    """Enrol each simulated person alone in the room (as on site: one person walks in front of the rig)."""
+    store = GalleryStore(config.gallery.path)
+    try:
+        for i, name in enumerate(names):
+            spec = SceneSpec(room=config.room, people=(name,), seed=1000 + i, world_seed=world_seed)
+            feed = simulated_feed(config, spec, scpi=False)
+            backend = open_backend(config, engine)
+            try:
+                report = enrol_from_feed(
+                    feed, backend, store, name, seconds, budget=config.gallery.exemplar_budget
+                )
+            finally:
+                backend.close()
+                feed.close()
+            typer.echo(
+                f"enrolled {name}: {report.stored} exemplars from {report.offered} frames "
+                f"({report.rejected} rejected, {report.redundant} redundant)",
+                err=True,
+            )
+    finally:
+        store.close()
+
+
+def run_pipeline(
+    config: EdgeConfig,
+    feed: Feed,
+    engine: str | None,
+    *,
+    duration_s: float | None,
+    events_stdout: bool,
+    enrolled: set[str] | None = None,
+) -> dict:
+    """Run until stopped (SIGTERM/SIGINT), the duration ends or a replay ends; returns a summary."""
+    backend = open_backend(config, engine)
+    store = GalleryStore(config.gallery.path)
+    store.ensure_dim(embedding_dim(backend))
+    matcher = Matcher(GalleryStore(config.gallery.path), config.gallery.threshold)
+    sinks = build_sinks(config.sinks, stdout=events_stdout)
+    health = Health(tuple(feed.sources))
+    health.add_stats_source("sink", sinks.stats)
+    score = TruthScore()
+    http = None
+    if config.sinks.http.enabled:
+        http = HealthServer(health, config.sinks.http.host, config.sinks.http.port)
+
+    def emit(event) -> None:  # type: ignore[no-untyped-def]
+        sinks.emit(event)
+        if feed.truth is not None and enrolled is not None:
+            score.score(event, feed.truth(event.t_ns), enrolled)
+
+    identifier = make_identifier(feed, backend, match=matcher.match_batch)
+    notifier = Notifier()
+    try:
+        with ShutdownFlag(notifier) as stop, WatchdogPinger(notifier, status=health.status_line) as pinger:
+            runner = EdgeRunner(
+                identifier,
+                feed.sources,
+                health,
+                slop_ns=int(config.sync.slop_ms * 1e6),
+                lossless=feed.lossless,
+                emit=emit,
+                heartbeat=pinger.heartbeat,
+                status_stream=sys.stderr,
+            )
+            summary = runner.run(stop, duration_s=duration_s)
+            if not stop.is_set():  # a duration or a replay ended it: tell systemd we are going
+                notifier.send("STOPPING=1", f"STATUS=stopping: {summary.reason}")
+    finally:
+        identifier.close()
+        sinks.close()
+        store.close()
+        matcher.store.close()
+        backend.close()
+        if http is not None:
+            http.close()
+    snapshot = health.snapshot()
+    return {
+        "frames": summary.frames,
+        "events": summary.events,
+        "seconds": round(summary.seconds, 2),
+        "reason": summary.reason,
+        "status": health.status_line(),
+        "truth": score.summary() if feed.truth is not None and enrolled is not None else None,
+        "health": snapshot,
+    }
+
+
+def run(
+    config_path: Path | None = CONFIG_OPTION,
+    engine: str | None = ENGINE_OPTION,
+    simulate: bool = typer.Option(False, "--simulate", help="Run on the simulated rig (no hardware)."),
+    replay: Path | None = typer.Option(None, "--replay", help="Run on a recording instead of sensors."),
+    duration: float | None = typer.Option(None, "--duration", min=0.1, help="Stop after this many seconds."),
+    people: int = typer.Option(2, "--people", help="Simulated: people to enrol and let walk."),
+    unknown: int = typer.Option(1, "--unknown", help="Simulated: extra people who are not enrolled."),
+    enroll_seconds: float = typer.Option(8.0, "--enroll-seconds", help="Simulated: enrolment per person."),
+    lighting: str = typer.Option("day", "--lighting", help="Simulated: day | dusk | night"),
+    occlusion: str = typer.Option("none", "--occlusion", help="Simulated: none | wall | furniture"),
+    seed: int = typer.Option(7, "--seed", help="Simulated: session seed."),
+    world_seed: int = typer.Option(42, "--world-seed", help="Simulated: who the people are."),
+    direct_radar: bool = typer.Option(
+        False, "--direct-radar", help="Simulated: radar frames straight from the simulator, not over SCPI."
+    ),
+    sweep_time_ms: float = typer.Option(0.2, "--sweep-time-ms", help="Simulated VNA: time of one sweep."),
+    workdir: Path = typer.Option(Path("vrclip-sim"), "--workdir", help="Simulated: gallery and events here."),
+    events_stdout: bool = typer.Option(True, "--events-stdout/--no-events-stdout", help="Print events."),
+) -> None:
+    """Run the edge pipeline: sensors -> imaging -> tracks -> fused engine -> gallery -> identity events."""
+    config = load_config(config_path)
+    if simulate and replay:
+        raise UserError("give --simulate or --replay, not both")
+    require_engine_exists(config, engine)
+    enrolled: set[str] | None = None
+    if simulate:
+        workdir.mkdir(parents=True, exist_ok=True)
+        config = _with_paths(config, workdir)
+        Path(config.gallery.path).unlink(missing_ok=True)
+        names = default_people(people)
+        enroll_simulated_people(config, engine, names, enroll_seconds, world_seed)
+        enrolled = set(names)
+        visitors = tuple(f"visitor-{i:02d}" for i in range(unknown))
+        spec = SceneSpec(
+            room=config.room, people=names + visitors, occlusion=occlusion, lighting=lighting,
+            seed=seed, world_seed=world_seed,
+        )  # fmt: skip
+        feed = simulated_feed(config, spec, scpi=not direct_radar, sweep_time_ms=sweep_time_ms)
+    elif replay is not None:
+        feed = replay_feed(replay)
+    else:
+        feed = hardware_feed(config)
+    try:
+        result = run_pipeline(
+            config, feed, engine, duration_s=duration, events_stdout=events_stdout, enrolled=enrolled
+        )
+    finally:
+        feed.close()
+    typer.echo(
+        f"stopped ({result['reason']}): {result['frames']} frames, {result['events']} events", err=True
+    )
+    typer.echo(result["status"], err=True)
+    if result["truth"] is not None:
+        typer.echo(
+            "identity check against the simulator's ground truth: " + json.dumps(result["truth"]), err=True
+        )
+
+
+def enroll(
+    name: str = typer.Argument(..., help="Name of the person in front of the sensors."),
+    seconds: float = typer.Option(10.0, "--seconds", min=1.0, help="How long to collect."),
+    config_path: Path | None = CONFIG_OPTION,
+    engine: str | None = ENGINE_OPTION,
+    db: Path | None = typer.Option(None, "--db", help="Gallery file (default gallery.path)."),
+    simulate: bool = typer.Option(False, "--simulate", help="Enrol a simulated person (named NAME)."),
+    world_seed: int = typer.Option(42, "--world-seed", help="Simulated: who the people are."),
+    replay: Path | None = typer.Option(None, "--replay", help="Enrol from a recording."),
+) -> None:
+    """Enrol NAME: collect embeddings while exactly one person is in view (other frames are rejected)."""
+    config = load_config(config_path)
+    require_engine_exists(config, engine)
+    if simulate:
+        feed = simulated_feed(
+            config, SceneSpec(room=config.room, people=(name,), world_seed=world_seed), scpi=False
+        )
+    elif replay is not None:
+        feed = replay_feed(replay, paced=False)
+    else:
+        feed = hardware_feed(config)
+    backend = open_backend(config, engine)
+    store = GalleryStore(db or config.gallery.path)
+    stop = threading.Event()
+    try:
+        report = enrol_from_feed(
+            feed, backend, store, name, seconds, budget=config.gallery.exemplar_budget, stop=stop
+        )
+    finally:
+        store.close()
+        backend.close()
+        feed.close()
+    typer.echo(
+        f"{name}: {report.stored} exemplars stored from {report.offered} frames "
+        f"({report.rejected} without exactly one person, {report.redundant} redundant)"
+    )
+    if report.stored == 0:
+        raise UserError(f"nothing was enrolled for {name}: no frame showed exactly one person")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run)
+    app.command("enroll")(enroll)

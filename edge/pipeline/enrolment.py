@@ -1,0 +1,77 @@
+"""Enrol an identity from a feed: run the pipeline, keep one embedding per frame with exactly one person."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from vrclip.edge.gallery.enrol import Enroller
+from vrclip.edge.gallery.store import GalleryStore
+from vrclip.edge.inference.base import InferenceBackend
+from vrclip.edge.pipeline.app import Feed, health_for, make_identifier
+from vrclip.edge.pipeline.identify import TrackResult
+from vrclip.edge.pipeline.runner import EdgeRunner
+from vrclip.edge.pipeline.sync import SyncedFrame
+
+
+@dataclass(frozen=True)
+class EnrolmentReport:
+    name: str
+    frames: int
+    offered: int
+    rejected: int
+    stored: int
+    redundant: int
+
+
+def enrol_from_feed(
+    feed: Feed,
+    backend: InferenceBackend,
+    store: GalleryStore,
+    name: str,
+    seconds: float,
+    *,
+    budget: int = 32,
+    stop: threading.Event | None = None,
+) -> EnrolmentReport:
+    """Run `feed` for `seconds` and offer each frame's embedding; frames without exactly one track are
+    rejected. Commits as it goes, so an interrupted enrolment keeps what it had accepted."""
+    store.ensure_dim(embedding_dim(backend))
+    identifier = make_identifier(feed, backend)
+    enroller = Enroller(store, name, budget)
+
+    def offer(synced: SyncedFrame, results: list[TrackResult]) -> None:
+        # Radar tracks or the ZED's body count, whichever sees more: the radar can miss a second,
+        # farther person for a few frames; the ZED misses people hidden from it.
+        seen_by_zed = len(synced.depth.positions) if synced.depth is not None else 0
+        people = max(len(identifier.tracker.confirmed()), seen_by_zed)
+        if not results:
+            return
+        for result in results:
+            enroller.offer(result.embedding, people)
+
+    runner = EdgeRunner(
+        identifier,
+        feed.sources,
+        health_for(feed),
+        slop_ns=_slop(feed),
+        on_results=offer,
+        lossless=feed.lossless,
+    )
+    with enroller:
+        summary = runner.run(stop or threading.Event(), duration_s=seconds)
+    identifier.close()
+    return EnrolmentReport(
+        name, summary.frames, enroller.offered, enroller.rejected, enroller.stored, enroller.redundant
+    )
+
+
+def embedding_dim(backend: InferenceBackend) -> int:
+    """Length of the engine's embedding output (named "embedding", else the first output)."""
+    outputs = backend.manifest.outputs
+    spec = next((o for o in outputs if o.name == "embedding"), outputs[0])
+    return int(spec.sample_shape[0])
+
+
+def _slop(feed: Feed) -> int:
+    return int(feed.config.sync.slop_ms * 1e6)

@@ -1,0 +1,223 @@
+"""From one synchronised frame to identity events: image, detect, track, build model inputs, infer, match.
+
+Everything the model needs is derived from the engine manifest (crop size, RF window, input names),
+so a new engine package reconfigures the runtime without code changes. Embeddings are averaged per
+track (normalised running mean) before matching: one frame can be dark or occluded, a track's
+history rarely is all of the time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from vrclip.edge.config import EdgeConfig
+from vrclip.edge.crops import CropSpec, crop_person
+from vrclip.edge.events.event import IdentityEvent, LiveModalities
+from vrclip.edge.gallery.matcher import Match
+from vrclip.edge.geometry import ArrayGeometry
+from vrclip.edge.imaging.calibration import ChannelCalibration
+from vrclip.edge.imaging.clutter import ClutterFilter
+from vrclip.edge.imaging.pipeline import ImagingPipeline
+from vrclip.edge.inference.base import InferenceBackend
+from vrclip.edge.manifest import EngineManifest, TensorSpec
+from vrclip.edge.pipeline.sync import SyncedFrame
+from vrclip.edge.pipeline.tracker import Track, Tracker
+from vrclip.edge.rfwindow import RFSequence, RFWindowExtractor, RFWindowSpec
+from vrclip.edge.sim.camera import PinholeCamera
+
+UNKNOWN = "unknown"
+
+
+@dataclass
+class TrackState:
+    """What the runtime remembers per track between frames (bounded: T windows, a few positions)."""
+
+    rf: RFSequence
+    positions: deque = field(default_factory=lambda: deque(maxlen=64))
+    embedding_sum: np.ndarray | None = None
+    last_event_ns: int = 0
+    last_identity: str | None = None
+    samples: int = 0
+
+
+@dataclass(frozen=True)
+class TrackResult:
+    """One track's inference outcome in one frame (for enrolment and for events)."""
+
+    track_id: int
+    embedding: np.ndarray
+    smoothed: np.ndarray
+    position: tuple[float, float]
+    reliability: float
+    camera_live: bool
+
+
+class ModelFeeds:
+    """Builds the engine's input tensors from tracks, as the manifest says the model was trained."""
+
+    def __init__(self, manifest: EngineManifest) -> None:
+        pre = manifest.preprocessing
+        if pre.rgb is None or pre.rf is None:
+            raise ValueError(f"engine {manifest.model_name!r}: the manifest lacks RGB or RF preprocessing")
+        self.rgb = pre.rgb
+        self.rf = pre.rf
+        self.window = (
+            RFWindowSpec.from_dict(pre.rf.window)
+            if pre.rf.window
+            else RFWindowSpec(
+                frames=pre.rf.frames, range_bins=pre.rf.range_bins, pad_factor=pre.rf.zero_pad_factor
+            )
+        )
+        self.crop = CropSpec(height=pre.rgb.height, width=pre.rgb.width)
+        specs = {spec.name: spec for spec in manifest.inputs}
+        self.anchor: TensorSpec | None = specs.get("anchor")
+        self.present: TensorSpec | None = specs.get("present")
+
+    def build(
+        self, crops: np.ndarray, rf: np.ndarray, anchors: np.ndarray, camera_live: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        feeds = {self.rgb.input: self.rgb.to_input(crops), self.rf.input: rf.astype(np.float32)}
+        if self.anchor is not None:
+            shape = self.anchor.sample_shape
+            feeds["anchor"] = np.ascontiguousarray(
+                anchors[:, -shape[0] :, :] if len(shape) == 2 and anchors.ndim == 3 else anchors[:, -1, :]
+            ).astype(np.float32)
+        if self.present is not None:
+            present = np.stack([camera_live.astype(np.float32), np.ones(len(rf), np.float32)], axis=1)
+            feeds["present"] = present
+        return feeds
+
+
+class Identifier:
+    """The per-frame core of `vrclip-edge run`, free of threads so tests and benches drive it directly."""
+
+    def __init__(
+        self,
+        config: EdgeConfig,
+        geometry: ArrayGeometry,
+        freqs_hz: np.ndarray,
+        backend: InferenceBackend,
+        *,
+        calibration: ChannelCalibration | None = None,
+        camera: PinholeCamera | None = None,
+        match: Callable[[np.ndarray], list[Match]] | None = None,
+        event_interval_s: float = 1.0,
+    ) -> None:
+        self.config = config
+        self.backend = backend
+        self.feeds = ModelFeeds(backend.manifest)
+        self.imaging = ImagingPipeline(config, geometry, calibration)
+        self.tracker = Tracker()
+        self.extractor = RFWindowExtractor(self.feeds.window, geometry, freqs_hz, calibration)
+        # The runtime cannot know a session's mean in advance: a running mean is its online equivalent.
+        self._rf_clutter = ClutterFilter("mean", self.feeds.window.background_alpha)
+        self.camera = camera
+        self.match = match
+        self.event_interval_ns = int(event_interval_s * 1e9)
+        self.tracks: dict[int, TrackState] = {}
+
+    def step(self, synced: SyncedFrame) -> tuple[list[TrackResult], list[IdentityEvent]]:
+        radar = synced.radar
+        result = self.imaging.process(radar.s21)
+        detections = np.array([[d.x_m, d.y_m] for d in result.detections], np.float64).reshape(-1, 2)
+        self.tracker.update(detections, radar.t_ns)
+        profiles = self.extractor.profiles(self._rf_clutter(self.extractor.calibrate(radar.s21)))
+        live = {t.track_id for t in self.tracker.tracks}
+        for stale in set(self.tracks) - live:
+            del self.tracks[stale]
+        ready: list[Track] = []
+        for track in self.tracker.tracks:
+            if track.misses > self.tracker.coast_frames:
+                continue
+            state = self.tracks.get(track.track_id)
+            if state is None:
+                state = self.tracks[track.track_id] = TrackState(RFSequence(self.feeds.window.frames))
+            state.rf.push(self.extractor.gate(profiles, track.position))
+            state.positions.append(track.position.copy())
+            if state.rf.ready and track.hits >= self.tracker.confirm_hits:
+                ready.append(track)
+        results = self._infer(ready, synced)
+        events = self._events(results, synced) if self.match is not None else []
+        return results, events
+
+    def _crop(self, synced: SyncedFrame, position: np.ndarray) -> tuple[np.ndarray, bool]:
+        if synced.camera is None or self.camera is None:
+            return np.zeros((self.crop_spec.height, self.crop_spec.width, 3), np.uint8), False
+        return crop_person(synced.camera.rgb, self.camera, position, self.crop_spec)
+
+    @property
+    def crop_spec(self) -> CropSpec:
+        return self.feeds.crop
+
+    def _infer(self, ready: list[Track], synced: SyncedFrame) -> list[TrackResult]:
+        if not ready:
+            return []
+        crops, live, rf, anchors = [], [], [], []
+        frames = self.feeds.window.frames
+        for track in ready:
+            crop, ok = self._crop(synced, track.position)
+            crops.append(crop)
+            live.append(ok)
+            state = self.tracks[track.track_id]
+            rf.append(state.rf.sample())
+            history = list(state.positions)[-frames:]
+            history = [history[0]] * (frames - len(history)) + history
+            anchors.append(np.asarray(history))
+        feeds = self.feeds.build(np.stack(crops), np.stack(rf), np.stack(anchors), np.asarray(live))
+        out = self.backend.infer(feeds)
+        embeddings = np.asarray(out["embedding"], np.float32)
+        positions = np.asarray(out["position"], np.float32).reshape(len(ready), -1)
+        reliability = np.asarray(out["reliability"], np.float32).reshape(len(ready), -1)[:, 0]
+        results = []
+        for i, track in enumerate(ready):
+            state = self.tracks[track.track_id]
+            e = embeddings[i] / max(float(np.linalg.norm(embeddings[i])), 1e-12)
+            state.embedding_sum = e if state.embedding_sum is None else state.embedding_sum + e
+            state.samples += 1
+            smoothed = state.embedding_sum / max(float(np.linalg.norm(state.embedding_sum)), 1e-12)
+            results.append(
+                TrackResult(
+                    track.track_id, e, smoothed, (float(positions[i, 0]), float(positions[i, 1])),
+                    float(reliability[i]), bool(live[i]),
+                )
+            )  # fmt: skip
+        return results
+
+    def _events(self, results: list[TrackResult], synced: SyncedFrame) -> list[IdentityEvent]:
+        if not results:
+            return []
+        assert self.match is not None
+        matches = self.match(np.stack([r.smoothed for r in results]))
+        events = []
+        now_ns = synced.radar.t_ns
+        for result, match in zip(results, matches, strict=True):
+            state = self.tracks[result.track_id]
+            changed = match.identity != state.last_identity
+            if not changed and now_ns - state.last_event_ns < self.event_interval_ns:
+                continue
+            state.last_identity = match.identity
+            state.last_event_ns = now_ns
+            events.append(
+                IdentityEvent(
+                    t_ns=now_ns,
+                    track_id=result.track_id,
+                    identity=match.identity,
+                    score=float(match.score),
+                    position_m=result.position,
+                    reliability=result.reliability,
+                    modalities=LiveModalities(True, result.camera_live, synced.depth is not None),
+                    clock=synced.radar.clock,
+                )
+            )
+        return events
+
+    def close(self) -> None:
+        self.imaging.close()
+
+
+def monotonic_ms_since(t_ns: int) -> float:
+    return (time.monotonic_ns() - t_ns) / 1e6

@@ -1,0 +1,174 @@
+"""The run loop of `vrclip-edge run`: capture threads in, identity events out, health all along.
+
+One process, bounded everywhere: each source has its own capture thread and a small drop-oldest
+queue, the synchroniser's buffers are bounded, track state is bounded by the tracker. The loop
+is driven by radar frames; a camera or ZED that is down only removes its modality from events.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol, TextIO
+
+from vrclip.edge.events.event import IdentityEvent
+from vrclip.edge.events.health import Health
+from vrclip.edge.pipeline.identify import Identifier, TrackResult
+from vrclip.edge.pipeline.queues import DropOldestQueue
+from vrclip.edge.pipeline.sources import Captured, CaptureThread, FrameSource
+from vrclip.edge.pipeline.sync import SyncedFrame, Synchronizer
+
+#: Frames each capture queue holds before it drops the oldest (about half a second of radar).
+QUEUE_FRAMES = {"radar": 6, "camera": 4, "depth": 4}
+
+
+class StopSignal(Protocol):
+    """Anything with is_set(): a threading.Event or the service's ShutdownFlag."""
+
+    def is_set(self) -> bool: ...
+
+
+@dataclass
+class RunSummary:
+    frames: int = 0
+    events: int = 0
+    started_s: float = field(default_factory=time.monotonic)
+    ended_s: float = 0.0
+    reason: str = ""
+
+    @property
+    def seconds(self) -> float:
+        return (self.ended_s or time.monotonic()) - self.started_s
+
+
+class EdgeRunner:
+    """Owns the capture threads and drives the Identifier with synchronised frames."""
+
+    def __init__(
+        self,
+        identifier: Identifier,
+        sources: dict[str, Callable[[], FrameSource]],
+        health: Health,
+        *,
+        slop_ns: int,
+        emit: Callable[[IdentityEvent], None] | None = None,
+        on_results: Callable[[SyncedFrame, list[TrackResult]], None] | None = None,
+        heartbeat: Callable[[], None] | None = None,
+        status_stream: TextIO | None = None,
+        status_interval_s: float = 5.0,
+        lossless: bool = False,
+    ) -> None:
+        if "radar" not in sources:
+            raise ValueError("the pipeline is driven by radar frames: a radar source is required")
+        self.identifier = identifier
+        self.health = health
+        self.emit = emit
+        self.on_results = on_results
+        self.heartbeat = heartbeat
+        self.status_stream = status_stream
+        self.status_interval_s = status_interval_s
+        self.queues: dict[str, DropOldestQueue[Captured]] = {
+            name: DropOldestQueue(QUEUE_FRAMES.get(name, 4)) for name in sources
+        }
+        self.threads = {
+            name: CaptureThread(factory, name, self.queues[name], health, lossless=lossless)
+            for name, factory in sources.items()
+        }
+        self.sync = Synchronizer(slop_ns)
+        self.lossless = lossless
+        self._latest: dict[str, int] = {}
+
+    def run(
+        self, stop: StopSignal, duration_s: float | None = None, max_frames: int | None = None
+    ) -> RunSummary:
+        summary = RunSummary()
+        for thread in self.threads.values():
+            thread.start()
+        deadline = None if duration_s is None else time.monotonic() + duration_s
+        next_status = time.monotonic() + self.status_interval_s
+        radar_q = self.queues["radar"]
+        try:
+            while not stop.is_set():
+                if deadline is not None and time.monotonic() >= deadline:
+                    summary.reason = "duration reached"
+                    break
+                if max_frames is not None and summary.frames >= max_frames:
+                    summary.reason = "frame count reached"
+                    break
+                item = radar_q.get(timeout=0.25)
+                self._collect_partners(None if item is None else item.frame.t_ns)
+                if item is None:
+                    if self.threads["radar"].ended.is_set() and not len(radar_q):
+                        summary.reason = "radar stream ended"
+                        break
+                    next_status = self._status(next_status)
+                    continue
+                synced = self.sync.pair(item.frame)  # type: ignore[arg-type]
+                results, events = self.identifier.step(synced)
+                for event in events:
+                    if self.emit is not None:
+                        self.emit(event)
+                    self.health.count("events")
+                    self.health.count("unknown_events" if event.identity == "unknown" else "known_events")
+                summary.events += len(events)
+                if self.on_results is not None:
+                    self.on_results(synced, results)
+                self.health.latency("capture_to_event", (time.monotonic_ns() - item.received_ns) / 1e9)
+                self.health.frame_in("pipeline")
+                summary.frames += 1
+                if self.heartbeat is not None:
+                    self.heartbeat()
+                next_status = self._status(next_status)
+            else:
+                summary.reason = "stop requested"
+        finally:
+            for thread in self.threads.values():
+                thread.stop()
+            self._sync_drops()
+            summary.ended_s = time.monotonic()
+        return summary
+
+    def _collect_partners(self, radar_t_ns: int | None) -> None:
+        """Move camera/depth frames into the synchroniser. Live: whatever has arrived. Lossless
+        (offline replay): first wait until each stream has passed the radar frame's time plus the
+        slop, so a slower decoder cannot make a radar frame miss its partner."""
+        partners = [name for name in ("camera", "depth") if name in self.queues]
+        waited_until = time.monotonic() + 5.0
+        while True:
+            for name in partners:
+                for captured in self.queues[name].drain():
+                    self.sync.add(captured.frame)
+                    self._latest[name] = captured.frame.t_ns
+            if not self.lossless or radar_t_ns is None:
+                return
+            behind = [
+                name
+                for name in partners
+                if self._latest.get(name, -1) < radar_t_ns + self.sync.slop_ns
+                and not self.threads[name].ended.is_set()
+            ]
+            if not behind or time.monotonic() > waited_until:
+                return
+            time.sleep(0.002)
+
+    def _sync_drops(self) -> None:
+        # A camera faster than the radar leaves frames no radar frame pairs with: counted, not "dropped".
+        for name, n in self.sync.stats.dropped.items():
+            if n:
+                self.health.count(f"unpaired_{name}", n)
+                self.sync.stats.dropped[name] = 0
+
+    def _status(self, next_status: float) -> float:
+        now = time.monotonic()
+        if now < next_status:
+            return next_status
+        self._sync_drops()
+        if self.status_stream is not None:
+            print(self.health.status_line(), file=self.status_stream, flush=True)
+        return now + self.status_interval_s
+
+
+def stderr_status() -> TextIO:
+    return sys.stderr

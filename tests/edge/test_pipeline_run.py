@@ -1,0 +1,196 @@
+"""The edge pipeline end to end on the simulated rig, with a tiny engine package (not a trained model).
+
+What is checked here is the plumbing a user relies on: frames flow, people are tracked where they
+are, events carry the live modalities, a failing sensor degrades instead of stopping the process,
+replays end cleanly, enrolment refuses crowded frames, systemd hears READY only once frames flow.
+Identity accuracy with the trained model is measured by `vrclip-edge bench pipeline`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from vrclip.edge.config import EdgeConfig
+from vrclip.edge.errors import SensorError
+from vrclip.edge.events.health import Health
+from vrclip.edge.gallery.store import GalleryStore
+from vrclip.edge.inference.factory import open_engine
+from vrclip.edge.manifest import EngineManifest, load_manifest, write_manifest
+from vrclip.edge.pipeline.app import make_identifier, replay_feed, simulated_feed
+from vrclip.edge.pipeline.enrolment import enrol_from_feed
+from vrclip.edge.pipeline.runner import EdgeRunner
+from vrclip.edge.record import RecordRequest, record_simulated
+from vrclip.edge.sim.scene import SceneSpec
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from fakes.models import TinySpec, tiny_package
+
+CHANNELS = [0, 13, 26, 39]
+SPEC = TinySpec(height=32, width=16, frames=3, channels=len(CHANNELS), range_bins=8)
+FAST = {"radar": {"frame_rate_hz": 8}, "camera": {"fps": 8, "width": 320, "height": 180}, "zed": {"fps": 4}}
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("engine")
+    onnx_path = tiny_package(folder, spec=SPEC)
+    data = load_manifest(folder / "model.json").model_dump(mode="json")
+    data["preprocessing"]["rf"]["window"] = {
+        "frames": SPEC.frames, "range_bins": SPEC.range_bins, "channels": CHANNELS, "pad_factor": 8,
+        "background": "running",
+    }  # fmt: skip
+    write_manifest(folder / "model.json", EngineManifest.model_validate(data))
+    return onnx_path
+
+
+@pytest.fixture()
+def config() -> EdgeConfig:
+    return EdgeConfig.model_validate(FAST)
+
+
+def run_for(feed, engine: Path, seconds: float, **kwargs):  # type: ignore[no-untyped-def]
+    backend = open_engine(engine, "onnxruntime")
+    identifier = make_identifier(feed, backend, **kwargs)
+    health = Health(tuple(feed.sources))
+    frames = []
+    runner = EdgeRunner(
+        identifier,
+        feed.sources,
+        health,
+        slop_ns=int(feed.config.sync.slop_ms * 1e6),
+        lossless=feed.lossless,
+        on_results=lambda synced, results: frames.append(
+            (synced, results, [t.position.copy() for t in identifier.tracker.confirmed()])
+        ),
+    )
+    summary = runner.run(threading.Event(), duration_s=seconds)
+    backend.close()
+    return summary, frames, health
+
+
+def test_simulated_rig_tracks_people_where_they_are(engine: Path, config: EdgeConfig) -> None:
+    feed = simulated_feed(config, SceneSpec(people=("a",), seed=3), scpi=False)
+    try:
+        summary, frames, health = run_for(feed, engine, 4.0)
+    finally:
+        feed.close()
+    assert summary.frames >= 20, summary
+    errors = []
+    for synced, _, tracks in frames:
+        truth = feed.truth(synced.radar.t_ns)[0][1]
+        if tracks:
+            errors.append(min(np.hypot(*(t - truth)) for t in tracks))
+    assert len(errors) >= 10 and np.median(errors) < 0.3
+    results = [r for _, rs, _ in frames for r in rs]
+    assert results, "no track ever reached the engine"
+    assert all(abs(np.linalg.norm(r.embedding) - 1) < 1e-4 for r in results)
+    assert any(r.camera_live for r in results)
+    assert health.snapshot()["modalities"]["radar"]["state"] == "up"
+
+
+class BrokenCamera:
+    modality = "camera"
+
+    def open(self) -> None:
+        raise SensorError("camera 0: unplugged (test)")
+
+    def read(self):  # type: ignore[no-untyped-def]
+        raise AssertionError("never opened")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_dead_camera_degrades_instead_of_stopping(engine: Path, config: EdgeConfig) -> None:
+    feed = simulated_feed(config, SceneSpec(people=("a",), seed=3), scpi=False)
+    feed.sources["camera"] = BrokenCamera
+    try:
+        summary, frames, health = run_for(feed, engine, 3.0)
+    finally:
+        feed.close()
+    assert summary.frames >= 15
+    camera = health.snapshot()["modalities"]["camera"]
+    assert camera["state"] == "down" and "unplugged" in camera["last_error"]
+    results = [r for _, rs, _ in frames for r in rs]
+    assert results and not any(r.camera_live for r in results)
+
+
+def test_replay_runs_to_the_end_of_the_recording(engine: Path, config: EdgeConfig, tmp_path: Path) -> None:
+    path = tmp_path / "s.h5"
+    record_simulated(config, RecordRequest(path, 2.0, SceneSpec(people=("a",), seed=5)))
+    feed = replay_feed(path, paced=False)
+    summary, frames, _ = run_for(feed, engine, 60.0)
+    assert summary.reason == "radar stream ended"
+    assert summary.frames == 16, "an offline replay must process every radar frame"
+    assert sum(synced.camera is not None for synced, _, _ in frames) == 16, (
+        "and pair each with its camera frame"
+    )
+
+
+def test_enrolment_rejects_frames_with_two_people(engine: Path, config: EdgeConfig, tmp_path: Path) -> None:
+    store = GalleryStore(tmp_path / "g.sqlite")
+    feed = simulated_feed(config, SceneSpec(people=("a", "b"), seed=11), scpi=False)
+    backend = open_engine(engine, "onnxruntime")
+    try:
+        report = enrol_from_feed(feed, backend, store, "a", 4.0)
+    finally:
+        backend.close()
+        feed.close()
+    assert report.offered > 0
+    assert report.rejected >= report.offered * 0.5
+    solo = simulated_feed(config, SceneSpec(people=("a",), seed=11), scpi=False)
+    backend = open_engine(engine, "onnxruntime")
+    try:
+        alone = enrol_from_feed(solo, backend, store, "solo", 3.0)
+    finally:
+        backend.close()
+        solo.close()
+    assert alone.stored > 0 and store.info("solo").exemplars == alone.stored
+    store.close()
+
+
+def test_run_cli_notifies_systemd_only_once_frames_flow(engine: Path, tmp_path: Path) -> None:
+    sock_path = tmp_path / "notify.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(str(sock_path))
+    server.settimeout(0.2)
+    config = tmp_path / "edge.toml"
+    config.write_text("[radar]\nframe_rate_hz = 8\n[camera]\nwidth = 320\nheight = 180\n")
+    env = {**os.environ, "NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "2000000"}
+    exe = Path(sys.executable).parent / "vrclip-edge"
+    args = [exe, "run", "--simulate", "--direct-radar", "--engine", str(engine), "--config", str(config),
+            "--duration", "6", "--people", "1", "--unknown", "1", "--enroll-seconds", "2",
+            "--workdir", str(tmp_path / "wd")]  # fmt: skip
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    messages: list[str] = []
+    while proc.poll() is None:
+        with contextlib.suppress(TimeoutError):
+            messages.append(server.recv(4096).decode())
+    out, err = proc.communicate()
+    server.close()
+    assert proc.returncode == 0, err
+    text = "\n".join(messages)
+    assert "READY=1" in text and "STOPPING=1" in text
+    assert text.index("READY=1") < text.index("STOPPING=1")
+    assert "WATCHDOG=1" in text
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert all(set(e["modalities"]) == {"radar", "camera", "depth"} for e in events)
+    assert (tmp_path / "wd" / "events.jsonl").exists()
+
+
+def test_run_without_an_engine_is_a_one_line_error(tmp_path: Path) -> None:
+    exe = Path(sys.executable).parent / "vrclip-edge"
+    result = subprocess.run(
+        [exe, "run", "--engine", str(tmp_path / "missing.onnx")], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "missing.onnx" in result.stderr and "vrclip-export onnx" in result.stderr
