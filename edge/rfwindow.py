@@ -1,0 +1,252 @@
+"""RF windows for the RF encoder: per-channel range profiles gated around one person's position.
+
+The RF encoder does not look at the whole scene; it looks at the echoes of one person, which every
+virtual channel receives at its own bistatic path length |p - tx| + |p - rx|. So for each radar
+frame this module
+
+1. applies the per-channel front-end calibration, S21 / (g exp(-j 2 pi f tau)) (without it each
+   channel's echo sits up to ~0.75 m of path away from where the geometry says, and the window
+   misses the person),
+2. removes the static background (walls, furniture and antenna coupling are 10-100x a person's echo):
+   either a per-session mean (training from recordings) or the runtime's running mean,
+3. Hann-windows the sweep and IFFTs it zero-padded to a finely sampled range profile
+   (`vrclip.edge.imaging.profiles.ProfileLayout`, the same layout the imager uses), and
+4. samples each channel's profile at `range_bins` path lengths spanning `span_m` around that
+   channel's path to the person (floor position at `centre_height_m`), multiplied by the carrier
+   phase, so a scatterer at the gate point adds up in phase across channels, and
+5. undoes the spherical spreading loss of each channel at the gate point (range compensation), so
+   the echo level is the person's (body size, reflectivity), not their distance's.
+
+`frames` consecutive gated frames of one person form one RF sample, (T, C, R) complex, handed to the
+model as (T, C, R, 2) float32 (real, imaginary). Trainer and runtime both build samples here (no
+torch), so the model sees the same representation in the field as in training.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+from vrclip.edge.geometry import ArrayGeometry
+from vrclip.edge.imaging.calibration import ChannelCalibration
+from vrclip.edge.imaging.clutter import ClutterFilter
+from vrclip.edge.imaging.profiles import ProfileLayout
+
+Background = Literal["session", "running", "none"]
+#: Range at which range compensation leaves the echo level unchanged (metres).
+REFERENCE_RANGE_M = 3.0
+
+
+@dataclass(frozen=True)
+class RFWindowSpec:
+    """What one RF sample holds. Stored in checkpoints and engine manifests: change it, retrain."""
+
+    #: Consecutive radar frames per sample (T).
+    frames: int = 12
+    #: Profile samples per channel (R).
+    range_bins: int = 16
+    #: Bistatic path length the R samples span, centred on the person (metres).
+    span_m: float = 1.6
+    #: Height of the gate point above the floor position (metres): the trunk.
+    centre_height_m: float = 1.0
+    #: Virtual channels used, in switching order; empty = all of them.
+    channels: tuple[int, ...] = ()
+    #: IFFT length as a multiple of the sweep points (finer profile = less interpolation error).
+    pad_factor: int = 8
+    #: Static background removal: per-session mean, the runtime's running mean, or none.
+    background: Background = "session"
+    #: Weight of the newest frame in the running mean (background = "running").
+    background_alpha: float = 0.05
+    #: Undo spherical spreading: scale each channel by R_tx R_rx / (3 m)^2 at the gate point, so the
+    #: echo level measures the person's radar cross-section instead of their distance to the array.
+    range_compensation: bool = True
+
+    def __post_init__(self) -> None:
+        if self.frames < 1 or self.range_bins < 1:
+            raise ValueError(
+                f"RF window needs frames >= 1 and range_bins >= 1, got {self.frames}, {self.range_bins}"
+            )
+        if not self.span_m > 0:
+            raise ValueError(f"RF window span_m = {self.span_m}: must be positive")
+        if self.background not in ("session", "running", "none"):
+            raise ValueError(f"RF window background = {self.background!r}: must be session, running or none")
+        if len(set(self.channels)) != len(self.channels) or any(c < 0 for c in self.channels):
+            raise ValueError(f"RF window channels {self.channels}: must be distinct non-negative indices")
+
+    def n_channels(self, total: int) -> int:
+        return len(self.channels) or total
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["channels"] = list(self.channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RFWindowSpec:
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        if "channels" in known:
+            known["channels"] = tuple(int(c) for c in known["channels"])
+        return cls(**known)
+
+
+class RFWindowExtractor:
+    """One radar (geometry + sweep + calibration) bound to a window spec; gates frames for any position."""
+
+    def __init__(
+        self,
+        spec: RFWindowSpec,
+        geometry: ArrayGeometry,
+        freqs_hz: np.ndarray,
+        calibration: ChannelCalibration | dict[str, Any] | None = None,
+        source: str = "<radar>",
+    ) -> None:
+        self.spec = spec
+        self.geometry = geometry
+        total = geometry.n_channels
+        if spec.channels and max(spec.channels) >= total:
+            raise ValueError(
+                f"{source}: RF window channel {max(spec.channels)} does not exist; "
+                f"the array has {total} channels"
+            )
+        self.channel_index = np.asarray(spec.channels or range(total), dtype=np.int64)
+        if isinstance(calibration, dict):
+            calibration = ChannelCalibration.from_dict(calibration, source=f"{source} calibration")
+        calibration = calibration or ChannelCalibration.identity(total)
+        if calibration.n_channels != total:
+            raise ValueError(
+                f"{source}: the calibration holds {calibration.n_channels} channels but the array has {total}"
+            )
+        self.layout = ProfileLayout.build(freqs_hz, spec.pad_factor)
+        self._correction = calibration.correction(freqs_hz)[self.channel_index]
+        # Window (with the imager's pre-emphasis) applied before the IFFT; float32 keeps the hot loop cheap.
+        self._weights = self.layout.fft_weights.astype(np.float32)
+        half = (spec.range_bins - 1) / 2
+        step = spec.span_m / spec.range_bins
+        #: (R,) path-length offsets of the samples around the gate point (metres).
+        self.offsets_m = (np.arange(spec.range_bins) - half) * step
+        self._clutter: ClutterFilter | None = (
+            ClutterFilter("mean", spec.background_alpha) if spec.background == "running" else None
+        )
+
+    @property
+    def n_channels(self) -> int:
+        return int(self.channel_index.size)
+
+    # ------------------------------------------------------------------------------- conditioning
+    def calibrate(self, s21: np.ndarray) -> np.ndarray:
+        """(..., C_all, P) raw S21 -> (..., C, P) calibrated S21 of the selected channels, complex64."""
+        x = np.asarray(s21)
+        return np.multiply(x[..., self.channel_index, :], self._correction, dtype=np.complex64)
+
+    @staticmethod
+    def session_background(calibrated: np.ndarray) -> np.ndarray:
+        """Per-session static background: the mean of every calibrated frame (n, C, P) of the session.
+
+        A walking person's echo moves and averages out; what stays is what did not move.
+        """
+        return np.mean(np.asarray(calibrated, dtype=np.complex128), axis=0).astype(np.complex64)
+
+    def profiles(self, conditioned: np.ndarray) -> np.ndarray:
+        """(..., C, P) background-free frames -> (..., C, N) complex64 baseband range profiles."""
+        x = np.asarray(conditioned)
+        lay = self.layout
+        k = lay.k_ref
+        buf = np.zeros((*x.shape[:-1], lay.n_fft), np.complex64)
+        weighted = x * self._weights
+        buf[..., : lay.points - k] = weighted[..., k:]
+        buf[..., lay.n_fft - k :] = weighted[..., :k]
+        return np.fft.ifft(buf, axis=-1).astype(np.complex64)
+
+    # ------------------------------------------------------------------------------------ gating
+    def gate_paths(self, position_xy: np.ndarray) -> np.ndarray:
+        """(C, R) bistatic path lengths sampled for a person at floor position (x, y)."""
+        p = np.array([float(position_xy[0]), float(position_xy[1]), self.spec.centre_height_m])
+        centre = self.geometry.path_lengths(p)[self.channel_index]
+        return centre[:, None] + self.offsets_m[None, :]
+
+    def gate(self, profiles: np.ndarray, position_xy: np.ndarray) -> np.ndarray:
+        """(C, N) profiles of one frame -> (C, R) complex64 window around the person, carrier-compensated."""
+        paths = self.gate_paths(position_xy)
+        pos = self.layout.bin_positions(paths)
+        n = self.layout.n_fft
+        i0 = np.floor(pos).astype(np.int64)
+        frac = (pos - i0).astype(np.float32)
+        rows = np.arange(profiles.shape[0])[:, None]
+        a = profiles[rows, i0 % n]
+        b = profiles[rows, (i0 + 1) % n]
+        g = a * (1.0 - frac) + b * frac
+        out = g * self.layout.carrier(paths)
+        if self.spec.range_compensation:
+            out = out * self._spreading(position_xy)[:, None]
+        return out.astype(np.complex64)
+
+    def _spreading(self, position_xy: np.ndarray) -> np.ndarray:
+        """(C,) R_tx R_rx / R_ref^2 of the gate point: the 1/(R_tx R_rx) loss of every channel, undone."""
+        p = np.array([float(position_xy[0]), float(position_xy[1]), self.spec.centre_height_m])
+        tx = self.geometry.channel_tx[self.channel_index]
+        rx = self.geometry.channel_rx[self.channel_index]
+        return np.linalg.norm(tx - p, axis=1) * np.linalg.norm(rx - p, axis=1) / REFERENCE_RANGE_M**2
+
+    def windows(
+        self, s21: np.ndarray, positions: np.ndarray, background: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Gate a block of frames: s21 (n, C_all, P) raw, positions (n, 2) -> (n, C, R) complex64.
+
+        `background` (C, P) is subtracted from the calibrated frames (spec.background == "session":
+        pass `session_background` of the whole session; None computes it from this block). With
+        "running" the extractor's own running-mean filter is advanced frame by frame, exactly as the
+        runtime does; with "none" nothing is subtracted.
+        """
+        cal = self.calibrate(s21)
+        if self.spec.background == "session":
+            cal = cal - (self.session_background(cal) if background is None else background)
+        elif self.spec.background == "running":
+            assert self._clutter is not None
+            cal = np.stack([self._clutter(frame) for frame in cal]) if len(cal) else cal
+        prof = self.profiles(cal)
+        out = np.zeros((len(prof), self.n_channels, self.spec.range_bins), np.complex64)
+        for i, (frame, xy) in enumerate(zip(prof, np.asarray(positions), strict=True)):
+            if np.all(np.isfinite(xy)):
+                out[i] = self.gate(frame, xy)
+        return out
+
+    def reset(self) -> None:
+        """Forget the running background (after the rig moved or the sweep changed)."""
+        if self._clutter is not None:
+            self._clutter.reset()
+
+
+def to_model_input(windows: np.ndarray) -> np.ndarray:
+    """(..., T, C, R) complex -> (..., T, C, R, 2) float32 (real, imaginary): the model's RF input."""
+    w = np.asarray(windows)
+    return np.stack([w.real, w.imag], axis=-1).astype(np.float32)
+
+
+class RFSequence:
+    """The last T gated windows of one track, bounded: the runtime feeds one per radar frame."""
+
+    def __init__(self, frames: int) -> None:
+        if frames < 1:
+            raise ValueError(f"RF sequence length must be >= 1, got {frames}")
+        self.frames = frames
+        self._buffer: deque[np.ndarray] = deque(maxlen=frames)
+
+    def push(self, window: np.ndarray) -> None:
+        self._buffer.append(np.asarray(window, dtype=np.complex64))
+
+    @property
+    def ready(self) -> bool:
+        return len(self._buffer) == self.frames
+
+    def sample(self) -> np.ndarray:
+        """(T, C, R, 2) float32 model input; raises if fewer than T frames were pushed."""
+        if not self.ready:
+            raise ValueError(
+                f"RF sequence holds {len(self._buffer)} of the {self.frames} frames a sample needs"
+            )
+        return to_model_input(np.stack(self._buffer))
+
+
+__all__ = ["RFSequence", "RFWindowExtractor", "RFWindowSpec", "to_model_input"]
