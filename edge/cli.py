@@ -19,6 +19,7 @@ from vrclip.edge.config import config_to_toml, load_config
 from vrclip.edge.errors import UserError
 from vrclip.edge.gallery.cli import gallery_app
 from vrclip.edge.imaging.bench import bench_app
+from vrclip.edge.pipeline.bench import bench_pipeline
 from vrclip.edge.pipeline.cli import register as register_pipeline_commands
 from vrclip.edge.radar.sim_cli import sim_app
 from vrclip.edge.service.install import install_service_command
@@ -31,6 +32,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(dataset_app, name="dataset")
 app.add_typer(timebase_app, name="timebase", help="Start protocol of the rig: time server and clients.")
 app.add_typer(gallery_app, name="gallery")
+bench_app.command("pipeline")(bench_pipeline)
 app.add_typer(bench_app, name="bench")
 app.add_typer(sim_app, name="sim")
 register_pipeline_commands(app)

@@ -55,6 +55,7 @@ class EdgeRunner:
         slop_ns: int,
         emit: Callable[[IdentityEvent], None] | None = None,
         on_results: Callable[[SyncedFrame, list[TrackResult]], None] | None = None,
+        on_frame: Callable[[SyncedFrame], None] | None = None,
         heartbeat: Callable[[], None] | None = None,
         status_stream: TextIO | None = None,
         status_interval_s: float = 5.0,
@@ -66,6 +67,7 @@ class EdgeRunner:
         self.health = health
         self.emit = emit
         self.on_results = on_results
+        self.on_frame = on_frame
         self.heartbeat = heartbeat
         self.status_stream = status_stream
         self.status_interval_s = status_interval_s
@@ -106,6 +108,8 @@ class EdgeRunner:
                     next_status = self._status(next_status)
                     continue
                 synced = self.sync.pair(item.frame)  # type: ignore[arg-type]
+                if self.on_frame is not None:
+                    self.on_frame(synced)
                 results, events = self.identifier.step(synced)
                 for event in events:
                     if self.emit is not None:

@@ -194,3 +194,28 @@ def test_run_without_an_engine_is_a_one_line_error(tmp_path: Path) -> None:
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "missing.onnx" in result.stderr and "vrclip-export onnx" in result.stderr
+
+
+def test_bench_pipeline_reports_the_figures_it_promises(engine: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    exe = Path(sys.executable).parent / "vrclip-edge"
+    config = tmp_path / "edge.toml"
+    config.write_text("[camera]\nwidth = 320\nheight = 180\n")
+    args = [exe, "bench", "pipeline", "--engine", str(engine), "--config", str(config), "--json", str(out),
+            "--frames", "30", "--warmup", "5", "--session-seconds", "3", "--enroll-seconds", "2"]  # fmt: skip
+    result = subprocess.run(args, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(out.read_text())
+    assert set(figures) >= {
+        "fps",
+        "target_fps",
+        "frames",
+        "dropped",
+        "latency_ms",
+        "rss_mb",
+        "identity_accuracy",
+    }
+    assert figures["frames"] == 30 and figures["target_fps"] == 12.5
+    assert 0 < figures["fps"] <= 14
+    assert figures["latency_ms"]["p50"] > 0 and figures["latency_ms"]["p99"] >= figures["latency_ms"]["p50"]
+    assert figures["rss_mb"]["end"] > 50
