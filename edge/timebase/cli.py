@@ -70,7 +70,7 @@ def serve(
             signal = server.wait_armed(0.5)
         out.print(
             f"armed session {signal.session}: start at target_ns={signal.target_ns} ({signal.clock}), "
-            f"devices: {', '.join(server.clients) or 'none'}"
+            f"devices: {', '.join(server.armed_clients) or 'none'}"
         )
         # Keep serving until the start instant so that a device that reconnects late still gets it.
         while now_ns(signal.clock) < signal.target_ns:

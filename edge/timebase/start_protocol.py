@@ -176,6 +176,7 @@ class StartServer:
         self._stop = threading.Event()
         self._conns: dict[socket.socket, _Conn] = {}
         self._names: list[str] = []
+        self._armed_names: list[str] = []
         self._served: list[_Conn] = []
         self._listener: socket.socket | None = None
         self._wake_r: socket.socket | None = None
@@ -265,6 +266,12 @@ class StartServer:
             return list(self._names)
 
     @property
+    def armed_clients(self) -> list[str]:
+        """Names of the devices that had said hello when the server armed (they may have left since)."""
+        with self._lock:
+            return list(self._armed_names)
+
+    @property
     def served(self) -> list[str]:
         """Peers (``name@host:port``) that were sent the start signal, in order."""
         with self._lock:
@@ -296,6 +303,7 @@ class StartServer:
     # -- internals
 
     def _arm_locked(self, lead_s: float) -> StartSignal:
+        self._armed_names = list(self._names)
         session = self._session or new_session_id()
         self._signal = StartSignal(
             target_ns=now_ns(self.clock) + round(lead_s * 1e9), clock=self.clock, session=session
