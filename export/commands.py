@@ -1,0 +1,164 @@
+"""`vrclip-export train` and `vrclip-export evaluate`: registered on the CLI app by `register(app)`.
+
+Imports of torch and the training code happen inside the commands, so `vrclip-export --help` stays
+fast and works where torch is missing.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+console = Console(stderr=True)
+
+
+def _bar() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[note]}"),
+        console=console,
+    )
+
+
+def train(
+    dataset: Path = typer.Argument(..., help="Dataset folder (dataset.json + session .h5 recordings)."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Run folder: checkpoint.pt (every epoch) and vrclip.pt."
+    ),
+    model_preset: str = typer.Option("tiny", "--preset", help="Model configuration: tiny or vit-b-16."),
+    weights: Path | None = typer.Option(None, "--weights", help="Local OpenAI CLIP ViT-B/16 weights file."),
+    epochs: int = typer.Option(50, "--epochs", help="Epochs of every stage."),
+    vision_epochs: int | None = typer.Option(None, "--vision-epochs", help="Override for stage 1."),
+    rf_epochs: int | None = typer.Option(None, "--rf-epochs", help="Override for stage 2."),
+    gate_epochs: int | None = typer.Option(None, "--gate-epochs", help="Override for stage 3."),
+    batch: int = typer.Option(50, "--batch", help="Batch size."),
+    lr: float = typer.Option(3e-4, "--lr", help="Peak AdamW learning rate."),
+    weight_decay: float = typer.Option(1e-4, "--weight-decay"),
+    warmup: float = typer.Option(0.1, "--warmup", help="Fraction of steps of linear warm-up."),
+    min_lr: float = typer.Option(1e-6, "--min-lr", help="Learning rate at the end of the cosine decay."),
+    seed: int = typer.Option(42, "--seed"),
+    segment_seconds: float = typer.Option(10.0, "--segment-seconds", help="Training segment per identity."),
+    frames: int = typer.Option(12, "--frames", help="Radar frames per RF sample (T)."),
+    range_bins: int = typer.Option(16, "--range-bins", help="Range samples per channel (R)."),
+    span_m: float = typer.Option(1.6, "--span-m", help="Bistatic path length the range samples span."),
+    channel_stride: int = typer.Option(1, "--channel-stride", help="Use every n-th virtual channel."),
+    anchor_jitter: float = typer.Option(0.1, "--anchor-jitter", help="Tracker error simulated (m, std)."),
+    threads: int = typer.Option(2, "--threads", help="torch CPU threads."),
+    jobs: int = typer.Option(2, "--jobs", "-j", help="Preprocessing worker processes."),
+    cache: Path | None = typer.Option(
+        None, "--cache", help="Preprocessing cache (default DATASET/.vrclip-cache)."
+    ),
+    restart: bool = typer.Option(False, "--restart", help="Ignore an existing checkpoint in --out."),
+) -> None:
+    """Train VRCLIP in three stages (vision, RF, gate); resumes from OUT/checkpoint.pt after a kill."""
+    from vrclip.export.train import TrainConfig, Trainer
+
+    cfg = TrainConfig(
+        dataset=dataset,
+        out=out,
+        preset=model_preset,
+        weights=weights,
+        epochs=epochs,
+        vision_epochs=vision_epochs,
+        rf_epochs=rf_epochs,
+        gate_epochs=gate_epochs,
+        batch_size=batch,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup=warmup,
+        min_lr=min_lr,
+        seed=seed,
+        segment_seconds=segment_seconds,
+        frames=frames,
+        range_bins=range_bins,
+        span_m=span_m,
+        channel_stride=channel_stride,
+        anchor_jitter_m=anchor_jitter,
+        threads=threads,
+        jobs=jobs,
+        cache=cache,
+    )
+    started = time.perf_counter()
+    with _bar() as bar:
+        prep_task = bar.add_task("preprocess", total=None, note="")
+
+        def prep_tick(done: int, total: int, name: str) -> None:
+            bar.update(prep_task, completed=done, total=total, note=name)
+
+        tasks: dict[str, int] = {}
+
+        def tick(stage: str, epoch: int, epochs_: int, step: int, steps: int, loss: float) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(f"stage {stage}", total=epochs_ * steps, note="")
+            bar.update(
+                tasks[stage],
+                completed=epoch * steps + step,
+                note=f"epoch {epoch + 1}/{epochs_} loss {loss:.4f}",
+            )
+
+        trainer = Trainer(cfg, progress=tick, log=console.print)
+        trainer.prepare(prep_tick)
+        prepared = time.perf_counter()
+        console.print(
+            f"{len(trainer.classes)} identities, {len(trainer.train_index)} training / "
+            f"{len(trainer.test_index)} test "
+            f"samples (preprocessing {prepared - started:.1f} s)"
+        )
+        final = trainer.run(restart=restart)
+    typer.echo(
+        f"wrote {final}: training {time.perf_counter() - prepared:.1f} s, "
+        f"total {time.perf_counter() - started:.1f} s"
+    )
+
+
+def evaluate(
+    checkpoint: Path = typer.Argument(..., help="A trained checkpoint (vrclip.pt or checkpoint.pt)."),
+    dataset: Path = typer.Argument(..., help="The dataset folder the checkpoint was trained on."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the metrics report (JSON) here."),
+    figures: Path | None = typer.Option(None, "--figures", help="Folder for the PNGs (default: the JSON's)."),
+    stride: int = typer.Option(3, "--stride", help="Use every n-th test sample of each track."),
+    threads: int = typer.Option(2, "--threads"),
+    jobs: int = typer.Option(2, "--jobs", "-j"),
+    cache: Path | None = typer.Option(
+        None, "--cache", help="Preprocessing cache (default DATASET/.vrclip-cache)."
+    ),
+) -> None:
+    """mAP, CMC rank-1/5/10, precision, F1, localisation error; fused, vision-only, radio-only."""
+    from vrclip.export.evaluate import EvalConfig, format_table
+    from vrclip.export.evaluate import evaluate as run_evaluation
+
+    cfg = EvalConfig(checkpoint, dataset, json_out, figures, stride, threads, jobs, cache)
+    with _bar() as bar:
+        prep_task = bar.add_task("preprocess", total=None, note="")
+        emb_task = bar.add_task("embed", total=None, note="")
+        result = run_evaluation(
+            cfg,
+            lambda d, t, n: bar.update(prep_task, completed=d, total=t, note=n),
+            lambda d, t: bar.update(emb_task, completed=d, total=t),
+            log=console.print,
+        )
+    typer.echo(format_table(result))
+
+
+def register(app: typer.Typer) -> None:
+    """Add `train` and `evaluate` to the vrclip-export app."""
+    app.command("train")(train)
+    app.command("evaluate")(evaluate)
+
+
+__all__ = ["evaluate", "register", "train"]

@@ -1,0 +1,581 @@
+"""From HDF5 session recordings to (crop, RF window sequence, anchor, position, identity) samples.
+
+Each recording is read once per preprocessing spec and cached as plain .npy files beside nothing
+else (memory-mapped on later runs), because decoding JPEGs and running a 144-channel IFFT per radar
+frame costs far more than a training epoch of the tiny model.
+
+A *track* is one identity in one session: per radar frame, its ground-truth floor position, an
+anchor (the position jittered by `anchor_jitter_m`, standing in for the tracker's estimate that the
+runtime gates around), the person crop from the camera frame nearest in time (cut around the anchor
+projected to that frame), whether the camera saw the person, and the gated RF window. A *sample* is
+the end frame e of T consecutive frames of a track: RF frames e-T+1..e, crop and anchor of frame e.
+
+The split follows the published protocol: per identity one random contiguous segment (10 s) of one
+random session is the training set; everything not overlapping it is the test set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tomllib
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from vrclip.edge.config import parse_config
+from vrclip.edge.crops import CropSpec, camera_from_config, crop_person
+from vrclip.edge.errors import ConfigError, RecordingError, UserError
+from vrclip.edge.geometry import ArrayGeometry
+from vrclip.edge.recording.reader import SessionReader
+from vrclip.edge.rfwindow import RFWindowExtractor, RFWindowSpec
+
+#: Bump when the cached arrays change meaning, so stale caches are rebuilt rather than misread.
+CACHE_VERSION = 2
+#: Camera frames further than this from a radar frame are not paired with it (the RGB is "absent").
+PAIR_SLOP_NS = 60_000_000
+
+
+class DatasetError(UserError):
+    """The dataset cannot be used: missing or unlabelled recordings, or too little data for the split."""
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """One recording of the dataset and what the index says about it."""
+
+    path: Path
+    #: Stable name of the session: its path relative to the dataset root.
+    name: str
+    lighting: str
+    occlusion: str
+
+
+@dataclass(frozen=True)
+class PrepSpec:
+    """Everything that shapes the cached arrays; its hash names the cache."""
+
+    rf: RFWindowSpec = field(default_factory=RFWindowSpec)
+    crop: CropSpec = field(default_factory=CropSpec)
+    anchor_jitter_m: float = 0.1
+    #: Frame-to-frame correlation of the anchor error (AR(1)): a tracker's error drifts, it does not jump.
+    anchor_correlation: float = 0.9
+    seed: int = 42
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rf": self.rf.to_dict(),
+            "crop": asdict(self.crop),
+            "anchor_jitter_m": self.anchor_jitter_m,
+            "anchor_correlation": self.anchor_correlation,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PrepSpec:
+        return cls(
+            RFWindowSpec.from_dict(data["rf"]),
+            CropSpec(**data["crop"]),
+            float(data["anchor_jitter_m"]),
+            float(data["anchor_correlation"]),
+            int(data["seed"]),
+        )
+
+    def digest(self) -> str:
+        text = json.dumps({"v": CACHE_VERSION, **self.to_dict()}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Track:
+    """One identity in one session, frame-aligned to the radar stream."""
+
+    session: SessionInfo
+    identity: str
+    #: (n,) radar timestamps (ns).
+    t_ns: np.ndarray
+    #: (n, 2) float32 true floor position (NaN where the person is not in the frame's labels).
+    position: np.ndarray
+    #: (n, 2) float32 anchor the RF window and the crop were cut around.
+    anchor: np.ndarray
+    #: (n,) bool: a camera frame was paired and the person could be projected into it.
+    rgb_ok: np.ndarray
+    #: (n,) bool: the camera saw the person (not occluded, in view) in the paired frame.
+    visible: np.ndarray
+    #: (n, H, W, 3) uint8 person crops (possibly memory-mapped).
+    crops: np.ndarray
+    #: (n, C, R) complex64 gated RF windows (possibly memory-mapped).
+    rf: np.ndarray
+
+    @property
+    def frames(self) -> int:
+        return int(self.t_ns.size)
+
+    @property
+    def labelled(self) -> np.ndarray:
+        return np.all(np.isfinite(self.position), axis=1)
+
+    def rate_hz(self) -> float:
+        if self.frames < 2:
+            return 0.0
+        return float(1e9 / np.median(np.diff(self.t_ns)))
+
+
+# -------------------------------------------------------------------------------------- the index
+def discover_sessions(root: str | Path) -> list[SessionInfo]:
+    """Sessions of a dataset folder: from its dataset.json when present, else every *.h5 below it."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(
+            f"{root}: no such dataset folder; make one with `vrclip-edge dataset make --out {root}`"
+        )
+    index = root / "dataset.json"
+    sessions: list[SessionInfo] = []
+    if index.is_file():
+        try:
+            data = json.loads(index.read_text())
+            entries = data["sessions"]
+            for e in entries:
+                path = root / str(e["path"])
+                sessions.append(SessionInfo(path, str(e["path"]), str(e["lighting"]), str(e["occlusion"])))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DatasetError(
+                f"{index}: not a dataset index ({exc!r}); "
+                "expected {'sessions': [{path, lighting, occlusion}, ...]}"
+            ) from exc
+        missing = [s.name for s in sessions if not s.path.is_file()]
+        if missing:
+            raise DatasetError(
+                f"{index}: lists {len(missing)} recordings that do not exist (first: {root / missing[0]}); "
+                "finish the dataset with the same `vrclip-edge dataset make` command"
+            )
+    else:
+        for path in sorted(root.rglob("*.h5")):
+            with SessionReader(path) as reader:
+                cond = reader.conditions
+            sessions.append(
+                SessionInfo(
+                    path,
+                    str(path.relative_to(root)),
+                    str(cond.get("lighting", "unknown")),
+                    str(cond.get("occlusion", "unknown")),
+                )
+            )
+    if not sessions:
+        raise DatasetError(f"{root}: holds no recordings (*.h5) and no dataset.json")
+    return sessions
+
+
+# ---------------------------------------------------------------------------------- preprocessing
+def _pair_camera(radar_t: np.ndarray, camera_t: np.ndarray) -> np.ndarray:
+    """Index of the nearest camera frame for every radar frame, -1 where none lies within the slop."""
+    if camera_t.size == 0:
+        return np.full(radar_t.shape, -1, np.int64)
+    j = np.clip(np.searchsorted(camera_t, radar_t), 1, max(camera_t.size - 1, 1))
+    if camera_t.size == 1:
+        j = np.zeros_like(j)
+    else:
+        left = camera_t[j - 1]
+        j = np.where(np.abs(radar_t - left) <= np.abs(camera_t[j] - radar_t), j - 1, j)
+    return np.where(np.abs(camera_t[j] - radar_t) <= PAIR_SLOP_NS, j, -1)
+
+
+def _positions_of(truth: dict[str, np.ndarray], ident: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 2) positions and (n,) visible flags of identity index `ident` (NaN/False where absent)."""
+    ids = truth["ids"].astype(np.int64)
+    count = truth["count"].astype(np.int64)
+    slots = np.arange(ids.shape[1])[None, :]
+    hit = (ids == ident) & (slots < count[:, None])
+    found = hit.any(axis=1)
+    slot = hit.argmax(axis=1)
+    rows = np.arange(ids.shape[0])
+    pos = truth["positions"][rows, slot].astype(np.float32)
+    pos[~found] = np.nan
+    vis = truth["visible"][rows, slot].astype(bool) & found
+    return pos, vis
+
+
+def preprocess_session(session: SessionInfo, spec: PrepSpec) -> list[dict[str, np.ndarray]]:
+    """Read one recording and build one array dict per labelled identity (see `Track`)."""
+    where = str(session.path)
+    with SessionReader(session.path) as reader:
+        if "camera" not in reader.streams:
+            raise DatasetError(f"{where}: has no camera stream; VRCLIP trains on RGB + radar recordings")
+        n = reader.count("radar")
+        if n == 0:
+            raise DatasetError(f"{where}: holds no radar frames")
+        truth = reader.truth_block("radar", 0, n)
+        if not reader.identities or int(np.max(truth["count"])) <= 0:
+            raise DatasetError(
+                f"{where}: has no identity labels (no ground truth per frame); "
+                "VRCLIP needs labelled recordings"
+            )
+        try:
+            config = parse_config(tomllib.loads(reader.config_toml), source=f"{where} config")
+            geometry = ArrayGeometry.from_dict(reader.geometry)
+        except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError, ConfigError) as e:
+            raise RecordingError(f"{where}: its stored config/geometry is unreadable ({e})") from e
+        try:
+            extractor = RFWindowExtractor(
+                spec.rf, geometry, reader.freqs_hz, reader.calibration, source=where
+            )
+        except (ValueError, ConfigError) as e:
+            raise DatasetError(f"{where}: cannot gate RF windows ({e})") from e
+        camera = camera_from_config(config)
+        if reader.camera_size != (camera.height, camera.width):
+            raise RecordingError(
+                f"{where}: camera frames are {reader.camera_size} but its config says "
+                f"{camera.height}x{camera.width}; the file is inconsistent"
+            )
+        cam_n = reader.count("camera")
+        cam_truth = reader.truth_block("camera", 0, cam_n)
+        # Radar in bounded blocks; the per-session background needs every calibrated frame once.
+        block = 64
+        calibrated_sum = np.zeros((extractor.n_channels, reader.freqs_hz.size), np.complex128)
+        t_parts = []
+        for b in range(0, n, block):
+            s21, t = reader.radar_block(b, min(n, b + block))
+            calibrated_sum += extractor.calibrate(s21).astype(np.complex128).sum(axis=0)
+            t_parts.append(t)
+        background = (calibrated_sum / n).astype(np.complex64)
+        t_ns = np.concatenate(t_parts).astype(np.int64)
+        cam_t = _camera_times(reader, cam_n)
+        pair = _pair_camera(t_ns, cam_t)
+        tracks = []
+        for ident_index, identity in enumerate(reader.identities):
+            position, _ = _positions_of(truth, ident_index)
+            if not np.isfinite(position).all(axis=1).any():
+                continue
+            cam_pos, cam_vis = _positions_of(cam_truth, ident_index)
+            rng = np.random.default_rng(_track_seed(spec.seed, session.name, identity))
+            jitter = ar1_noise(rng, n, spec.anchor_jitter_m, spec.anchor_correlation)
+            anchor = position + jitter
+            extractor.reset()
+            rf = np.zeros((n, extractor.n_channels, spec.rf.range_bins), np.complex64)
+            for b in range(0, n, block):
+                e = min(n, b + block)
+                s21, _ = reader.radar_block(b, e)
+                rf[b:e] = extractor.windows(s21, anchor[b:e], background)
+            crops = np.zeros((n, spec.crop.height, spec.crop.width, 3), np.uint8)
+            rgb_ok = np.zeros(n, bool)
+            visible = np.zeros(n, bool)
+            decoded: dict[int, np.ndarray] = {}
+            for i in range(n):
+                j = int(pair[i])
+                if j < 0 or not np.isfinite(cam_pos[j]).all() or not np.isfinite(anchor[i]).all():
+                    continue
+                if j not in decoded:
+                    decoded.clear()  # radar and camera advance together: keep one decoded frame
+                    decoded[j] = reader.camera(j).rgb
+                # Crop around where the person was at the camera frame, with this frame's anchor error.
+                crops[i], rgb_ok[i] = crop_person(decoded[j], camera, cam_pos[j] + jitter[i], spec.crop)
+                visible[i] = bool(cam_vis[j])
+            tracks.append(
+                {
+                    "identity": np.array(identity),
+                    "t_ns": t_ns,
+                    "position": position,
+                    "anchor": anchor,
+                    "rgb_ok": rgb_ok,
+                    "visible": visible,
+                    "crops": crops,
+                    "rf": rf,
+                }
+            )
+        if not tracks:
+            raise DatasetError(f"{where}: no frame carries a position label for any identity")
+        return tracks
+
+
+def _camera_times(reader: SessionReader, count: int) -> np.ndarray:
+    """The camera stream's timestamps without decoding every JPEG.
+
+    SessionReader has a bulk accessor for radar timestamps only; its stream view is the one place the
+    camera's t_ns dataset is reachable. Fall back to per-frame reads if that internal layout changes.
+    """
+    if count == 0:
+        return np.zeros(0, np.int64)
+    view = getattr(reader, "_view", None)
+    try:
+        assert view is not None
+        return np.asarray(view("camera").ds("t_ns")[:count], dtype=np.int64)
+    except (AssertionError, AttributeError, KeyError, TypeError):
+        return np.array([reader.camera(i).t_ns for i in range(count)], np.int64)
+
+
+def ar1_noise(rng: np.random.Generator, n: int, std: float, rho: float) -> np.ndarray:
+    """(n, 2) float32 stationary AR(1) noise with standard deviation `std` and lag-1 correlation `rho`."""
+    if not 0.0 <= rho < 1.0:
+        raise ValueError(f"anchor correlation {rho}: must be in [0, 1)")
+    eps = rng.normal(0.0, std, size=(n, 2))
+    out = np.empty((n, 2))
+    if n:
+        out[0] = eps[0]
+    innovation = np.sqrt(1.0 - rho * rho)
+    for i in range(1, n):
+        out[i] = rho * out[i - 1] + innovation * eps[i]
+    return out.astype(np.float32)
+
+
+def _track_seed(seed: int, session: str, identity: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{session}:{identity}".encode()).digest()[:8], "little")
+
+
+def _cache_dir(cache_root: Path, spec: PrepSpec, session: SessionInfo) -> Path:
+    st = session.path.stat()
+    stamp = hashlib.sha256(f"{session.name}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    safe = session.name.replace("/", "__").removesuffix(".h5")
+    return cache_root / spec.digest() / f"{safe}-{stamp}"
+
+
+_ARRAYS = ("t_ns", "position", "anchor", "rgb_ok", "visible", "crops", "rf")
+
+
+def _write_cache(folder: Path, tracks: list[dict[str, np.ndarray]]) -> None:
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    for k, tr in enumerate(tracks):
+        for name in _ARRAYS:
+            np.save(tmp / f"{k}.{name}.npy", tr[name])
+    (tmp / "tracks.json").write_text(json.dumps([str(tr["identity"]) for tr in tracks]))
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # another process finished the same session first
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _read_cache(folder: Path, session: SessionInfo) -> list[Track] | None:
+    index = folder / "tracks.json"
+    if not index.is_file():
+        return None
+    try:
+        identities = json.loads(index.read_text())
+        tracks = []
+        for k, identity in enumerate(identities):
+            arrays = {name: np.load(folder / f"{k}.{name}.npy", mmap_mode="r") for name in _ARRAYS}
+            small = {
+                name: np.array(arrays[name]) for name in ("t_ns", "position", "anchor", "rgb_ok", "visible")
+            }
+            tracks.append(Track(session, str(identity), crops=arrays["crops"], rf=arrays["rf"], **small))
+        return tracks
+    except (OSError, ValueError) as e:  # a damaged cache is rebuilt, never trusted
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+        _ = e
+        return None
+
+
+def _prepare_one(args: tuple[SessionInfo, PrepSpec, str]) -> str:
+    session, spec, cache_root = args
+    folder = _cache_dir(Path(cache_root), spec, session)
+    if not (folder / "tracks.json").is_file():
+        _write_cache(folder, preprocess_session(session, spec))
+    return session.name
+
+
+def load_tracks(
+    sessions: Sequence[SessionInfo],
+    spec: PrepSpec,
+    cache_root: str | Path,
+    jobs: int = 1,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> list[Track]:
+    """Preprocess (or load from the cache) every session; returns all tracks in session order."""
+    cache_root = Path(cache_root)
+    try:
+        cache_root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DatasetError(
+            f"{cache_root}: cannot create the preprocessing cache ({e.strerror}); "
+            "pass --cache DIR on a writable disk"
+        ) from e
+    todo = [s for s in sessions if not (_cache_dir(cache_root, spec, s) / "tracks.json").is_file()]
+    done = len(sessions) - len(todo)
+    if progress:
+        progress(done, len(sessions), "")
+    if todo:
+        work = [(s, spec, str(cache_root)) for s in todo]
+        if jobs <= 1 or len(todo) == 1:
+            for item in work:
+                name = _prepare_one(item)
+                done += 1
+                if progress:
+                    progress(done, len(sessions), name)
+        else:
+            with ProcessPoolExecutor(max_workers=min(jobs, len(todo))) as pool:
+                for name in pool.map(_prepare_one, work):
+                    done += 1
+                    if progress:
+                        progress(done, len(sessions), name)
+    tracks: list[Track] = []
+    for s in sessions:
+        got = _read_cache(_cache_dir(cache_root, spec, s), s)
+        if got is None:  # damaged cache: rebuild once in this process
+            _prepare_one((s, spec, str(cache_root)))
+            got = _read_cache(_cache_dir(cache_root, spec, s), s)
+        if got is None:
+            raise DatasetError(f"{cache_root}: cannot write or read the preprocessing cache for {s.name}")
+        tracks.extend(got)
+    return tracks
+
+
+# -------------------------------------------------------------------------------------------- split
+@dataclass(frozen=True)
+class Segment:
+    """The training segment of one identity: radar frames [start, stop) of one session."""
+
+    identity: str
+    session: str
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class SampleIndex:
+    """Samples as (track index, end frame) pairs."""
+
+    track: np.ndarray
+    end: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.track.size)
+
+    def subset(self, mask: np.ndarray) -> SampleIndex:
+        return SampleIndex(self.track[mask], self.end[mask])
+
+
+def choose_segments(tracks: Sequence[Track], seconds: float, frames: int, seed: int) -> list[Segment]:
+    """One random `seconds`-long segment of one random session per identity (the published split)."""
+    rng = np.random.default_rng(seed)
+    by_identity: dict[str, list[int]] = {}
+    for i, tr in enumerate(tracks):
+        by_identity.setdefault(tr.identity, []).append(i)
+    segments = []
+    for identity in sorted(by_identity):
+        candidates = []
+        for i in by_identity[identity]:
+            tr = tracks[i]
+            need = max(frames, round(seconds * tr.rate_hz()))
+            if tr.frames >= need:
+                candidates.append((i, need))
+        if not candidates:
+            longest = max(by_identity[identity], key=lambda i: tracks[i].frames)
+            tr = tracks[longest]
+            raise DatasetError(
+                f"{identity}: its longest recording {tr.session.path} has {tr.frames} radar frames "
+                f"({tr.frames / max(tr.rate_hz(), 1e-9):.1f} s) but the training segment needs {seconds:g} s "
+                f"(and at least T = {frames} frames); record longer sessions or lower --segment-seconds"
+            )
+        i, need = candidates[int(rng.integers(len(candidates)))]
+        start = int(rng.integers(0, tracks[i].frames - need + 1))
+        segments.append(Segment(identity, tracks[i].session.name, start, start + need))
+    return segments
+
+
+def all_samples(tracks: Sequence[Track], frames: int) -> SampleIndex:
+    """Every (track, end) whose T frames are all labelled."""
+    ti, ends = [], []
+    for i, tr in enumerate(tracks):
+        ok = tr.labelled.astype(np.int64)
+        if tr.frames < frames:
+            continue
+        run = np.convolve(ok, np.ones(frames, np.int64), mode="valid")  # run[k] covers k..k+T-1
+        good = np.flatnonzero(run == frames) + frames - 1
+        ti.append(np.full(good.size, i, np.int64))
+        ends.append(good.astype(np.int64))
+    if not ti:
+        return SampleIndex(np.zeros(0, np.int64), np.zeros(0, np.int64))
+    return SampleIndex(np.concatenate(ti), np.concatenate(ends))
+
+
+def split_samples(
+    tracks: Sequence[Track], segments: Sequence[Segment], frames: int
+) -> tuple[SampleIndex, SampleIndex]:
+    """(train, test): train = windows inside the segments; test = windows not overlapping them."""
+    samples = all_samples(tracks, frames)
+    train = np.zeros(len(samples), bool)
+    overlap = np.zeros(len(samples), bool)
+    for seg in segments:
+        for i, tr in enumerate(tracks):
+            if tr.identity != seg.identity or tr.session.name != seg.session:
+                continue
+            mine = samples.track == i
+            first = samples.end - frames + 1
+            inside = mine & (first >= seg.start) & (samples.end < seg.stop)
+            touches = mine & (samples.end >= seg.start) & (first < seg.stop)
+            train |= inside
+            overlap |= touches
+    test = ~overlap
+    if not train.any():
+        raise DatasetError(
+            "the split left no training samples; the training segments hold fewer than T frames"
+        )
+    if not test.any():
+        raise DatasetError(
+            "the split left no test samples: every recording is used for training; record more sessions "
+            "or longer ones than the training segment"
+        )
+    return samples.subset(train), samples.subset(test)
+
+
+# ------------------------------------------------------------------------------------------ batches
+@dataclass
+class Batch:
+    rgb: np.ndarray  # (B, H, W, 3) uint8
+    rf: np.ndarray  # (B, T, C, R, 2) float32
+    anchor: np.ndarray  # (B, T, 2) float32: the track over the RF window, newest last
+    position: np.ndarray  # (B, 2) float32
+    present: np.ndarray  # (B, 2) float32
+    visible: np.ndarray  # (B,) bool
+    label: np.ndarray  # (B,) int64
+
+
+def make_batch(
+    tracks: Sequence[Track], index: SampleIndex, rows: np.ndarray, frames: int, classes: dict[str, int]
+) -> Batch:
+    rgb, rf, anchor, position, present, visible, label = [], [], [], [], [], [], []
+    for r in rows:
+        tr = tracks[int(index.track[r])]
+        e = int(index.end[r])
+        rgb.append(tr.crops[e])
+        w = tr.rf[e - frames + 1 : e + 1]
+        rf.append(np.stack([w.real, w.imag], axis=-1))
+        anchor.append(tr.anchor[e - frames + 1 : e + 1])
+        position.append(tr.position[e])
+        present.append((float(tr.rgb_ok[e]), 1.0))
+        visible.append(bool(tr.visible[e]) and bool(tr.rgb_ok[e]))
+        label.append(classes[tr.identity])
+    return Batch(
+        np.stack(rgb),
+        np.stack(rf).astype(np.float32),
+        np.asarray(anchor, np.float32),
+        np.asarray(position, np.float32),
+        np.asarray(present, np.float32),
+        np.asarray(visible, bool),
+        np.asarray(label, np.int64),
+    )
+
+
+__all__ = [
+    "Batch",
+    "DatasetError",
+    "PrepSpec",
+    "SampleIndex",
+    "Segment",
+    "SessionInfo",
+    "Track",
+    "all_samples",
+    "choose_segments",
+    "discover_sessions",
+    "load_tracks",
+    "make_batch",
+    "preprocess_session",
+    "split_samples",
+]

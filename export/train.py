@@ -1,0 +1,558 @@
+"""Training recipe: three stages, each an AdamW run with 10 % linear warm-up then cosine decay (LambdaLR).
+
+1. vision: the visual encoder (with adapters) and its identity head; ID cross-entropy on clean and
+   degraded crops of people the camera sees, plus the illumination objective
+   L_corr = 1 - Pearson(delta, 1/d), delta = |f(x at degradation d) - f(x)|, d ~ U[d_min, 1].
+2. rf: the RF encoder, its identity head and both shared-space projections, vision frozen;
+   L_CCA between the projected visual and RF embeddings, position MSE, RF ID cross-entropy.
+3. gate: the shared-space projections and the identity prototypes, both encoders frozen; cosine-
+   classifier cross-entropy of the fused, the visual and the RF embedding against one set of
+   prototypes (which is what puts the two modalities into one space, so the gate's distance means
+   agreement), plus L_CCA. RGB inputs are degraded at random and sometimes swapped with another
+   sample's crop, so the gate sees RGB that disagrees with the radio and learns to discount it; RF
+   inputs are embedded with dropout and dropped channels, so it also sees fallible radio.
+
+Determinism: every epoch draws its shuffling, degradations and dropout from generators seeded with
+(seed, stage, epoch), and a checkpoint is written atomically after every epoch; so on a CPU a run
+killed and resumed gives bit-identical weights to one that ran through.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from vrclip.edge.crops import CropSpec
+from vrclip.edge.errors import UserError
+from vrclip.edge.rfwindow import RFWindowSpec
+from vrclip.export.cca import cca_loss
+from vrclip.export.checkpoint import load_checkpoint, load_model_state, save_atomic
+from vrclip.export.data import (
+    Batch,
+    PrepSpec,
+    Segment,
+    Track,
+    choose_segments,
+    discover_sessions,
+    load_tracks,
+    make_batch,
+    split_samples,
+)
+from vrclip.export.model import VRCLIP, CheckpointError, ModelConfig, load_clip_visual_weights, preset
+
+STAGES = ("vision", "rf", "gate")
+CHECKPOINT_NAME = "checkpoint.pt"
+FINAL_NAME = "vrclip.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every knob of a run; defaults are the published recipe (tiny model for CPU training)."""
+
+    dataset: Path
+    out: Path
+    preset: str = "tiny"
+    weights: Path | None = None
+    epochs: int = 50
+    #: Per-stage epoch overrides (None = `epochs`).
+    vision_epochs: int | None = None
+    rf_epochs: int | None = None
+    gate_epochs: int | None = None
+    batch_size: int = 50
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    warmup: float = 0.1
+    min_lr: float = 1e-6
+    seed: int = 42
+    segment_seconds: float = 10.0
+    frames: int = 12
+    range_bins: int = 16
+    span_m: float = 1.6
+    #: RF channels used: every `channel_stride`-th virtual channel (1 = all).
+    channel_stride: int = 1
+    anchor_jitter_m: float = 0.1
+    anchor_correlation: float = 0.9
+    adapter_blocks: int | None = None
+    adapter_lambda: float | None = None
+    #: Train the whole visual tower (True), only adapters + output (False), or decide by weights (None).
+    full_finetune: bool | None = None
+    corr_weight: float = 1.0
+    cca_weight: float = 1.0
+    position_weight: float = 1.0
+    rf_id_weight: float = 1.0
+    #: Darkest degradation drawn (d = 0 would be a black image and 1/d infinite).
+    min_degradation: float = 0.05
+    #: Noise standard deviation (pixel scale 0..1) added at full degradation.
+    degradation_noise: float = 0.06
+    #: Colour cast (per-channel gain spread) at full degradation.
+    degradation_cast: float = 0.3
+    #: Stage 2: probability of zeroing each RF channel of a training sample.
+    channel_dropout: float = 0.2
+    #: Stage 3: probability that a sample's crop is replaced by another sample's.
+    swap_prob: float = 0.2
+    threads: int = 2
+    jobs: int = 2
+    cache: Path | None = None
+
+    def stage_epochs(self, stage: str) -> int:
+        value = {"vision": self.vision_epochs, "rf": self.rf_epochs, "gate": self.gate_epochs}[stage]
+        return self.epochs if value is None else value
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+    def prep_spec(self, n_channels: int = 144) -> PrepSpec:
+        channels = () if self.channel_stride == 1 else tuple(range(0, n_channels, self.channel_stride))
+        rf = RFWindowSpec(
+            frames=self.frames, range_bins=self.range_bins, span_m=self.span_m, channels=channels
+        )
+        return PrepSpec(
+            rf=rf,
+            crop=CropSpec(),
+            anchor_jitter_m=self.anchor_jitter_m,
+            anchor_correlation=self.anchor_correlation,
+            seed=self.seed,
+        )
+
+    def validate(self) -> None:
+        checks = [
+            (self.epochs >= 1, f"--epochs {self.epochs}: must be >= 1"),
+            (
+                self.batch_size >= 8,
+                f"--batch {self.batch_size}: must be >= 8 (CCA needs a batch to correlate)",
+            ),
+            (
+                self.lr > 0 and self.min_lr >= 0 and self.min_lr <= self.lr,
+                f"--lr {self.lr} / --min-lr {self.min_lr}",
+            ),
+            (0.0 <= self.warmup < 1.0, f"--warmup {self.warmup}: must be a fraction in [0, 1)"),
+            (self.frames >= 1, f"--frames {self.frames}: must be >= 1"),
+            (self.channel_stride >= 1, f"--channel-stride {self.channel_stride}: must be >= 1"),
+            (0.0 < self.min_degradation <= 1.0, f"min_degradation {self.min_degradation}: must be in (0, 1]"),
+            (self.segment_seconds > 0, f"--segment-seconds {self.segment_seconds}: must be positive"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+        for stage in STAGES:
+            if self.stage_epochs(stage) < 0:
+                raise UserError(f"--{stage}-epochs {self.stage_epochs(stage)}: must be >= 0")
+
+
+#: Settings that change the model, the data or the optimisation: a checkpoint is resumed only if they match.
+RESUME_KEYS = tuple(
+    f.name for f in fields(TrainConfig) if f.name not in ("out", "threads", "jobs", "cache", "dataset")
+)
+
+
+def warmup_cosine(total_steps: int, warmup: float, min_ratio: float) -> Callable[[int], float]:
+    """LambdaLR factor: linear warm-up over `warmup` of the steps, then cosine from 1 to `min_ratio`."""
+    warm = max(1, round(total_steps * warmup)) if warmup > 0 else 0
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = min(1.0, (step - warm) / max(1, total_steps - warm))
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def degrade(
+    rgb: torch.Tensor, d: torch.Tensor, noise_std: float, generator: torch.Generator, cast: float = 0.0
+) -> torch.Tensor:
+    """Darken by d (1 = untouched) and add sensor noise growing as the light goes: x g d + (1 - d) s n.
+
+    g is a per-channel colour cast 1 + (1 - d) u, u ~ U[-cast, cast]^3: dim light is also tinted light
+    (dusk is warm, night lighting blue), and the cast vanishes with the degradation at d = 1.
+    """
+    b = rgb.shape[0]
+    dd = d.view(-1, 1, 1, 1)
+    noise = torch.randn(rgb.shape, generator=generator)
+    tint = 1.0 + (1.0 - dd) * cast * (2.0 * torch.rand(b, 3, 1, 1, generator=generator) - 1.0)
+    return (rgb * tint * dd + (1.0 - dd) * noise_std * noise).clamp(0.0, 1.0)
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    a = a - a.mean()
+    b = b - b.mean()
+    return (a * b).sum() / (torch.sqrt((a * a).sum() * (b * b).sum()) + 1e-12)
+
+
+def illumination_loss(delta: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """L_corr = 1 - Pearson(delta, 1/d)."""
+    return 1.0 - pearson(delta, 1.0 / d)
+
+
+def to_tensors(batch: Batch) -> dict[str, torch.Tensor]:
+    return {
+        "rgb": torch.from_numpy(np.ascontiguousarray(batch.rgb)).permute(0, 3, 1, 2).float() / 255.0,
+        "rf": torch.from_numpy(batch.rf),
+        "anchor": torch.from_numpy(batch.anchor),
+        "position": torch.from_numpy(batch.position),
+        "present": torch.from_numpy(batch.present),
+        "visible": torch.from_numpy(batch.visible),
+        "label": torch.from_numpy(batch.label),
+    }
+
+
+def rotate_phase(rf: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One random global phase per sample: the carrier phase at the gate point is not an identity cue."""
+    phi = torch.rand(rf.shape[0], generator=generator) * (2 * math.pi)
+    c, s = torch.cos(phi).view(-1, 1, 1, 1), torch.sin(phi).view(-1, 1, 1, 1)
+    re, im = rf[..., 0], rf[..., 1]
+    return torch.stack([re * c - im * s, re * s + im * c], dim=-1)
+
+
+def drop_channels(rf: torch.Tensor, generator: torch.Generator, p: float) -> torch.Tensor:
+    """Zero each virtual channel of a sample with probability p: no single Tx/Rx pair may carry identity
+    (in the field channels fail, and which ones see the person's front depends on where they walk)."""
+    if p <= 0:
+        return rf
+    keep = (torch.rand(rf.shape[0], 1, rf.shape[2], 1, 1, generator=generator) >= p).to(rf.dtype)
+    return rf * keep
+
+
+@dataclass
+class StageContext:
+    """What a stage's loss function sees besides the batch."""
+
+    model: VRCLIP
+    cfg: TrainConfig
+    generator: torch.Generator
+    #: Precomputed frozen embeddings of every training sample (row-aligned with the train index).
+    cache: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+Progress = Callable[[str, int, int, int, int, float], None]
+"""progress(stage, epoch, epochs, step, steps, loss)."""
+
+
+class Trainer:
+    """Runs the three stages over one dataset, checkpointing and resuming."""
+
+    def __init__(
+        self, cfg: TrainConfig, progress: Progress | None = None, log: Callable[[str], None] = print
+    ):
+        cfg.validate()
+        self.cfg = cfg
+        self.progress = progress
+        self.log = log
+        self.out = Path(cfg.out)
+        self.tracks: list[Track] = []
+        self.classes: list[str] = []
+        self.segments: list[Segment] = []
+
+    # ------------------------------------------------------------------------------------ data
+    def prepare(self, prep_progress: Callable[[int, int, str], None] | None = None) -> None:
+        cfg = self.cfg
+        sessions = discover_sessions(cfg.dataset)
+        prep = cfg.prep_spec()
+        cache = cfg.cache or Path(cfg.dataset) / ".vrclip-cache"
+        self.prep = prep
+        self.tracks = load_tracks(sessions, prep, cache, cfg.jobs, prep_progress)
+        self.classes = sorted({t.identity for t in self.tracks})
+        if len(self.classes) < 2:
+            raise UserError(
+                f"{cfg.dataset}: holds {len(self.classes)} identity; re-identification needs at least 2"
+            )
+        self.segments = choose_segments(self.tracks, cfg.segment_seconds, cfg.frames, cfg.seed)
+        self.train_index, self.test_index = split_samples(self.tracks, self.segments, cfg.frames)
+        if len(self.train_index) < cfg.batch_size:
+            raise UserError(
+                f"the training segments hold {len(self.train_index)} samples, fewer than one batch of "
+                f"{cfg.batch_size}; lower --batch or lengthen --segment-seconds"
+            )
+        self.class_index = {name: i for i, name in enumerate(self.classes)}
+
+    def model_config(self) -> ModelConfig:
+        cfg = self.cfg
+        n_channels = self.tracks[0].rf.shape[1]
+        overrides: dict[str, Any] = {
+            "num_classes": len(self.classes),
+            "rf_frames": cfg.frames,
+            "rf_channels": int(n_channels),
+            "rf_range_bins": cfg.range_bins,
+        }
+        if cfg.adapter_blocks is not None:
+            overrides["vision_adapter_blocks"] = cfg.adapter_blocks
+        if cfg.adapter_lambda is not None:
+            overrides["vision_adapter_lambda"] = cfg.adapter_lambda
+        return preset(cfg.preset, **overrides)
+
+    # ---------------------------------------------------------------------------------- checkpoint
+    def _envelope(self, model: VRCLIP) -> dict[str, Any]:
+        return {
+            "model_config": model.cfg.to_dict(),
+            "prep": self.prep.to_dict(),
+            "classes": list(self.classes),
+            "segments": [asdict(s) for s in self.segments],
+            "train_config": self.cfg.to_dict(),
+            "model": model.state_dict(),
+        }
+
+    def _check_resumable(self, data: dict[str, Any], path: Path) -> None:
+        saved = data.get("train_config", {})
+        mine = self.cfg.to_dict()
+        diff = [
+            f"{k}: checkpoint {saved.get(k)!r}, now {mine[k]!r}"
+            for k in RESUME_KEYS
+            if saved.get(k) != mine[k]
+        ]
+        if data.get("classes") != self.classes:
+            diff.append("identities differ (another dataset?)")
+        if diff:
+            raise CheckpointError(
+                f"{path}: was written by a run with other settings ({'; '.join(diff[:6])}); "
+                "use the same settings to resume, another --out, or --restart to start over"
+            )
+
+    # ---------------------------------------------------------------------------------------- run
+    def run(self, restart: bool = False) -> Path:
+        cfg = self.cfg
+        torch.set_num_threads(max(1, cfg.threads))
+        if not self.tracks:
+            self.prepare()
+        torch.manual_seed(cfg.seed)
+        model = VRCLIP(self.model_config())
+        pretrained = False
+        if cfg.weights is not None:
+            loaded = load_clip_visual_weights(model.visual, cfg.weights)
+            pretrained = True
+            self.log(f"loaded {loaded} visual tensors from {cfg.weights}")
+        self.full_finetune = (not pretrained) if cfg.full_finetune is None else cfg.full_finetune
+        ckpt_path = self.out / CHECKPOINT_NAME
+        resume: dict[str, Any] | None = None
+        if ckpt_path.exists() and not restart:
+            resume = load_checkpoint(ckpt_path)
+            self._check_resumable(resume, ckpt_path)
+            load_model_state(model, resume["model"], str(ckpt_path))
+            self.log(f"resuming from {ckpt_path}: stage {resume['stage']}, {resume['epoch']} epochs done")
+        self.out.mkdir(parents=True, exist_ok=True)
+        history: list[dict[str, Any]] = list(resume.get("history", [])) if resume else []
+        started = time.perf_counter()
+        for stage_no, stage in enumerate(STAGES):
+            if resume is not None and STAGES.index(resume["stage"]) > stage_no:
+                continue
+            stage_resume = resume if resume is not None and resume["stage"] == stage else None
+            self._run_stage(model, stage, stage_resume, history)
+            resume = None
+        final = self.out / FINAL_NAME
+        env = self._envelope(model)
+        env.update(stage="done", epoch=0, history=history, train_seconds=time.perf_counter() - started)
+        save_atomic(env, final)
+        return final
+
+    def _parameters(self, model: VRCLIP, stage: str) -> list[nn.Parameter]:
+        if stage == "vision":
+            if self.full_finetune:
+                params = list(model.visual.parameters())
+            else:
+                trunk = {id(p) for p in model.visual.trunk_parameters()}
+                params = [p for p in model.visual.parameters() if id(p) not in trunk]
+            return params + list(model.vision_head.parameters())
+        if stage == "rf":
+            return [
+                *model.rf_encoder.parameters(),
+                *model.rf_head.parameters(),
+                *model.align_vision.parameters(),
+                *model.align_rf.parameters(),
+            ]
+        return [*model.align_vision.parameters(), *model.align_rf.parameters(), model.prototypes]
+
+    def _run_stage(
+        self, model: VRCLIP, stage: str, resume: dict[str, Any] | None, history: list[dict[str, Any]]
+    ) -> None:
+        cfg = self.cfg
+        epochs = cfg.stage_epochs(stage)
+        n = len(self.train_index)
+        steps = n // cfg.batch_size
+        params = self._parameters(model, stage)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in params:
+            p.requires_grad_(True)
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, warmup_cosine(max(1, epochs * steps), cfg.warmup, cfg.min_lr / cfg.lr)
+        )
+        start_epoch = 0
+        if resume is not None:
+            try:
+                optimizer.load_state_dict(resume["optimizer"])
+                scheduler.load_state_dict(resume["scheduler"])
+            except (KeyError, ValueError) as e:
+                raise CheckpointError(
+                    f"{self.out / CHECKPOINT_NAME}: optimiser state does not fit ({e})"
+                ) from e
+            start_epoch = int(resume["epoch"])
+        if start_epoch >= epochs:
+            return
+        ctx = StageContext(model, cfg, torch.Generator())
+        self._precompute(stage, ctx)
+        loss_fn = {"vision": self._vision_loss, "rf": self._rf_loss, "gate": self._gate_loss}[stage]
+        for epoch in range(start_epoch, epochs):
+            seed = cfg.seed * 1_000_003 + STAGES.index(stage) * 10_007 + epoch
+            ctx.generator.manual_seed(seed)
+            torch.manual_seed(seed)  # dropout
+            self._set_modes(model, stage)
+            order = torch.randperm(n, generator=ctx.generator).numpy()
+            total, count = 0.0, 0
+            for step in range(steps):
+                rows = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+                batch = to_tensors(
+                    make_batch(self.tracks, self.train_index, rows, cfg.frames, self.class_index)
+                )
+                loss, parts = loss_fn(ctx, batch, torch.from_numpy(rows))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                total += float(loss.detach())
+                count += 1
+                if self.progress:
+                    self.progress(stage, epoch, epochs, step + 1, steps, total / count)
+            record = {
+                "stage": stage,
+                "epoch": epoch + 1,
+                "loss": total / max(count, 1),
+                **parts,
+                "lr": scheduler.get_last_lr()[0],
+            }
+            history.append(record)
+            env = self._envelope(model)
+            env.update(
+                stage=stage,
+                epoch=epoch + 1,
+                optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict(),
+                history=history,
+            )
+            save_atomic(env, self.out / CHECKPOINT_NAME)
+
+    @staticmethod
+    def _set_modes(model: VRCLIP, stage: str) -> None:
+        model.eval()
+        if stage == "vision":
+            model.visual.train()
+        elif stage == "rf":
+            model.rf_encoder.train()
+
+    # -------------------------------------------------------------------------------- frozen parts
+    @torch.no_grad()
+    def _precompute(self, stage: str, ctx: StageContext) -> None:
+        """Embeddings of frozen encoders over the whole training set, computed once per stage."""
+        if stage != "rf":
+            return  # stage 1 trains vision; stage 3 embeds both modalities on the fly (augmented)
+        model = ctx.model
+        model.eval()
+        rows_all = np.arange(len(self.train_index))
+        vision = []
+        for b in range(0, rows_all.size, 100):
+            rows = rows_all[b : b + 100]
+            batch = to_tensors(
+                make_batch(self.tracks, self.train_index, rows, self.cfg.frames, self.class_index)
+            )
+            vision.append(model.visual(batch["rgb"]))
+        ctx.cache["vision"] = torch.cat(vision)
+
+    # ------------------------------------------------------------------------------------- losses
+    def _vision_loss(
+        self, ctx: StageContext, batch: dict[str, torch.Tensor], rows: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg, model, g = ctx.cfg, ctx.model, ctx.generator
+        rgb = batch["rgb"]
+        flip = torch.rand(rgb.shape[0], generator=g) < 0.5
+        rgb = torch.where(flip.view(-1, 1, 1, 1), rgb.flip(-1), rgb)
+        d = cfg.min_degradation + (1.0 - cfg.min_degradation) * torch.rand(rgb.shape[0], generator=g)
+        dark = degrade(rgb, d, cfg.degradation_noise, g, cfg.degradation_cast)
+        both = model.visual(torch.cat([rgb, dark]))
+        clean, degraded = both.chunk(2)
+        seen = batch["visible"]
+        labels = batch["label"]
+        if seen.any():
+            ce = 0.5 * (
+                F.cross_entropy(model.vision_head(clean[seen]), labels[seen])
+                + F.cross_entropy(model.vision_head(degraded[seen]), labels[seen])
+            )
+        else:
+            ce = clean.sum() * 0.0
+        ok = batch["present"][:, 0] > 0
+        delta = (F.normalize(degraded, dim=-1) - F.normalize(clean, dim=-1)).norm(dim=-1)
+        corr = illumination_loss(delta[ok], d[ok]) if int(ok.sum()) >= 3 else delta.sum() * 0.0
+        loss = ce + cfg.corr_weight * corr
+        return loss, {"ce": float(ce.detach()), "corr": float(corr.detach())}
+
+    def _rf_loss(
+        self, ctx: StageContext, batch: dict[str, torch.Tensor], rows: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg, model = ctx.cfg, ctx.model
+        rf = drop_channels(rotate_phase(batch["rf"], ctx.generator), ctx.generator, cfg.channel_dropout)
+        emb, offset = model.rf_encoder(rf, batch["anchor"])
+        target = batch["position"] - batch["anchor"][:, -1]
+        pos = F.mse_loss(offset, target)
+        ce = F.cross_entropy(model.rf_head(emb), batch["label"])
+        seen = batch["visible"]
+        if int(seen.sum()) > model.cfg.cca_k + 1:
+            vision = ctx.cache["vision"][rows]
+            cca = cca_loss(
+                model.align_vision(vision[seen]),
+                model.align_rf(emb[seen]),
+                model.cfg.cca_k,
+                model.cfg.cca_ridge,
+            )
+        else:
+            cca = emb.sum() * 0.0
+        loss = cfg.cca_weight * cca + cfg.position_weight * pos + cfg.rf_id_weight * ce
+        return loss, {"cca": float(cca.detach()), "pos_mse": float(pos.detach()), "ce": float(ce.detach())}
+
+    def _gate_loss(
+        self, ctx: StageContext, batch: dict[str, torch.Tensor], rows: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg, model, g = ctx.cfg, ctx.model, ctx.generator
+        rgb = batch["rgb"]
+        b = rgb.shape[0]
+        d = cfg.min_degradation + (1.0 - cfg.min_degradation) * torch.rand(b, generator=g)
+        d = torch.where(torch.rand(b, generator=g) < 0.3, torch.ones(b), d)
+        swap = torch.rand(b, generator=g) < cfg.swap_prob
+        partner = torch.randint(0, b, (b,), generator=g)
+        swap &= batch["label"][partner] != batch["label"]
+        rgb = torch.where(swap.view(-1, 1, 1, 1), rgb[partner], rgb)
+        with torch.no_grad():
+            vision = model.visual(degrade(rgb, d, cfg.degradation_noise, g, cfg.degradation_cast))
+        with torch.no_grad():
+            # The RF encoder has memorised its training segment; embedding it with its dropout on and
+            # channels dropped makes the radio as fallible here as it is on unseen sessions, so the gate
+            # does not learn that the radio is always right.
+            model.rf_encoder.train()
+            noisy = drop_channels(rotate_phase(batch["rf"], g), g, cfg.channel_dropout)
+            rf = model.rf_encoder(noisy, batch["anchor"])[0]
+            model.rf_encoder.eval()
+        av, ar = model.align_vision(vision), model.align_rf(rf)
+        present = batch["present"]
+        fused, _, _ = model.fuse(av, ar, present)
+        labels = batch["label"]
+        ce_fused = F.cross_entropy(model.prototype_logits(fused), labels)
+        ce_rf = F.cross_entropy(model.prototype_logits(ar), labels)
+        seen = batch["visible"] & ~swap
+        ce_vision = (
+            F.cross_entropy(model.prototype_logits(av[seen]), labels[seen]) if seen.any() else av.sum() * 0
+        )
+        if int(seen.sum()) > model.cfg.cca_k + 1:
+            cca = cca_loss(av[seen], ar[seen], model.cfg.cca_k, model.cfg.cca_ridge)
+        else:
+            cca = av.sum() * 0.0
+        loss = ce_fused + ce_rf + ce_vision + cfg.cca_weight * cca
+        parts = {"ce_fused": ce_fused, "ce_rf": ce_rf, "ce_vision": ce_vision, "cca": cca}
+        return loss, {k: float(v.detach()) for k, v in parts.items()}
+
+
+__all__ = ["STAGES", "TrainConfig", "Trainer", "degrade", "illumination_loss", "warmup_cosine"]
