@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from vrclip.edge.cli_support import make_app, run
 from vrclip.export.commands import register as register_model_commands
+from vrclip.export.export_cli import register as register_export_commands
 from vrclip.export.trt_cli import register as register_tensorrt_commands
 
 app = make_app(
     "vrclip-export", "Train/evaluate VRCLIP, export ONNX, quantise to INT8 and build TensorRT engines."
 )
 register_model_commands(app)
+register_export_commands(app)
 register_tensorrt_commands(app)
 
 

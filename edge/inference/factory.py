@@ -37,8 +37,9 @@ class PackagePaths:
     @classmethod
     def of(cls, path: str | Path) -> PackagePaths:
         manifest = manifest_path_for(path)
-        stem = manifest.with_suffix("")
-        return cls(manifest, stem.with_suffix(".onnx"), stem.with_suffix(".engine"))
+        # Not with_suffix: "m.int8.json" must pair with "m.int8.onnx", not with the float "m.onnx".
+        base = manifest.name.removesuffix(".json")
+        return cls(manifest, manifest.parent / f"{base}.onnx", manifest.parent / f"{base}.engine")
 
 
 def check_onnx(paths: PackagePaths, manifest: EngineManifest) -> None:

@@ -228,3 +228,16 @@ def test_rgb_preprocessing_builds_the_model_input() -> None:
     assert np.allclose(y[0, 0], 1.0) and np.allclose(y[0, 1], -0.5) and np.allclose(y[1, 2], (0.2 - 0.5) / 2)
     with pytest.raises(ValueError, match=r"expected \(batch, 16, 8, 3\)"):
         in_model.to_input(np.zeros((2, 8, 16, 3), np.uint8))
+
+
+def test_written_manifests_are_readable_by_other_users(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import stat
+
+    from vrclip.edge.manifest import atomic_write_bytes
+
+    target = tmp_path / "m.json"
+    atomic_write_bytes(target, b"{}")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
