@@ -23,10 +23,14 @@ $(VENV)/.dev-installed: pyproject.toml
 install-runtime: $(VENV)/.runtime-installed
 install-dev: $(VENV)/.dev-installed
 
+# The main job on the simulated rig: SCPI VNA + switch simulators on loopback, simulated camera and ZED;
+# two people are enrolled, then they and one unenrolled visitor walk while identity events stream out.
 demo: $(VENV)/.runtime-installed
 	mkdir -p $(DEMO_DIR)
 	$(BIN)/vrclip-edge config check systemd/edge.example.toml
-	$(BIN)/vrclip-edge record --simulate --seconds 5 --people 2 --lighting dusk --occlusion furniture \
+	$(BIN)/vrclip-edge run --simulate --engine models/vrclip-tiny.onnx --people 2 --unknown 1 \
+		--duration 30 --workdir $(DEMO_DIR)/sim
+	$(BIN)/vrclip-edge record --simulate --seconds 3 --people 2 --lighting dusk --occlusion furniture \
 		--out $(DEMO_DIR)/session.h5 --overwrite
 	$(BIN)/vrclip-edge inspect $(DEMO_DIR)/session.h5
 
