@@ -6,15 +6,7 @@ import time
 from pathlib import Path
 
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from vrclip.edge.cli_support import make_app, run
+from vrclip.edge.cli_support import make_app, progress_bar, run
 from vrclip.edge.config import config_to_toml, load_config
 from vrclip.edge.errors import UserError
 from vrclip.edge.gallery.cli import gallery_app
@@ -39,16 +31,6 @@ register_pipeline_commands(app)
 app.command("install-service")(install_service_command)
 
 CONFIG_OPTION = typer.Option(None, "--config", "-c", help="Config TOML (default: built-in defaults).")
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
 
 
 @config_app.command("check")
@@ -99,7 +81,7 @@ def record(
         world_seed=world_seed,
     )
     started = time.perf_counter()
-    with _progress() as bar:
+    with progress_bar() as bar:
         task = bar.add_task(f"recording {out.name}", total=None)
 
         def tick(done: int, total: int) -> None:
@@ -131,7 +113,7 @@ def dataset_make(
 
     request = DatasetRequest(out, identities, sessions, seconds, seed, jobs, width, height, rate)
     started = time.perf_counter()
-    with _progress() as bar:
+    with progress_bar() as bar:
         task = bar.add_task("sessions", total=identities * sessions)
 
         def tick(done: int, total: int, path: str) -> None:

@@ -12,10 +12,34 @@ from collections.abc import Callable
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from vrclip.edge import __version__
 from vrclip.edge.errors import UserError
 
 stderr = Console(stderr=True)
+
+
+def progress_bar(
+    *extra: ProgressColumn, console: Console | None = None, label: str = "{task.description}"
+) -> Progress:
+    """The progress bar every long command shows: what, bar, done/total, elapsed, remaining (+ extras)."""
+    return Progress(
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        *extra,
+        console=console,
+    )
 
 
 def version_option(prog: str) -> Callable[[bool], None]:

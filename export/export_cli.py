@@ -12,13 +12,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
     Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
 )
+from vrclip.edge.cli_support import progress_bar
 
 console = Console(stderr=True)
 
@@ -66,14 +62,7 @@ def onnx_command(
 
 
 def _bar() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description:11s}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-    )
+    return progress_bar(console=console, label="{task.description:11s}")
 
 
 def quantize_command(

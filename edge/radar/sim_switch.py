@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 
 from vrclip.edge.radar.frontend import SimulatedFrontEnd
+from vrclip.edge.radar.line_server import LineServer
 from vrclip.edge.radar.linereader import BoundedLineReader, LineTooLong
 from vrclip.edge.radar.switch_protocol import (
     MAX_LINE_BYTES,
@@ -90,57 +91,29 @@ class SimulatedSwitch:
             await asyncio.sleep(self.settle_s)
 
 
-class SwitchServer:
+class SwitchServer(LineServer):
     """Serves one SimulatedSwitch over TCP, one reply line per request line."""
 
     def __init__(self, switch: SimulatedSwitch, *, max_clients: int = MAX_CLIENTS) -> None:
+        super().__init__(max_clients=max_clients)
         self.switch = switch
-        self.max_clients = max_clients
-        self._clients = 0
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
 
-    async def start(self, host: str, port: int) -> int:
-        self._server = await asyncio.start_server(self._serve_client, host, port)
-        return int(self._server.sockets[0].getsockname()[1])
-
-    async def close(self) -> None:
-        """Stop listening and drop every client, as an instrument does when switched off."""
-        if self._server is not None:
-            self._server.close()
-        for writer in list(self._writers):
-            writer.transport.abort()
-        if self._server is not None:
-            await self._server.wait_closed()
-
-    async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._clients >= self.max_clients:
-            writer.close()
-            return
-        self._clients += 1
-        self._writers.add(writer)
+    async def _serve_lines(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         lines = BoundedLineReader(reader, MAX_LINE_BYTES - 1)
-        try:
-            while True:
-                line = await lines.readline()
-                if line is None:
-                    break
-                if isinstance(line, LineTooLong):
-                    reply = format_error(
-                        ErrCode.LINE_TOO_LONG, f"line of {line.size} bytes; limit {MAX_LINE_BYTES}"
-                    )
+        while True:
+            line = await lines.readline()
+            if line is None:
+                break
+            if isinstance(line, LineTooLong):
+                reply = format_error(
+                    ErrCode.LINE_TOO_LONG, f"line of {line.size} bytes; limit {MAX_LINE_BYTES}"
+                )
+            else:
+                try:
+                    text = line.rstrip(b"\r").decode("ascii")
+                except UnicodeDecodeError:
+                    reply = format_error(ErrCode.BAD_ARGUMENT, "non-ASCII bytes in request")
                 else:
-                    try:
-                        text = line.rstrip(b"\r").decode("ascii")
-                    except UnicodeDecodeError:
-                        reply = format_error(ErrCode.BAD_ARGUMENT, "non-ASCII bytes in request")
-                    else:
-                        reply = await self.switch.handle(text)
-                writer.write(reply.encode("ascii") + b"\n")
-                await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            self._clients -= 1
-            self._writers.discard(writer)
-            writer.close()
+                    reply = await self.switch.handle(text)
+            writer.write(reply.encode("ascii") + b"\n")
+            await writer.drain()

@@ -25,6 +25,7 @@ import numpy as np
 from vrclip.edge.config import SweepConfig
 from vrclip.edge.radar import scpi
 from vrclip.edge.radar.frontend import SimulatedFrontEnd
+from vrclip.edge.radar.line_server import LineServer
 from vrclip.edge.radar.linereader import BoundedLineReader, LineTooLong
 from vrclip.edge.radar.scpi_parser import Call, CommandTable, ScpiError, unquote
 
@@ -456,62 +457,33 @@ def scpi_float(value: float) -> str:
     return f"{value:.12E}"
 
 
-class VnaServer:
+class VnaServer(LineServer):
     """Serves one SimulatedVna on a TCP port: one program message per line, one response per query."""
 
     def __init__(self, instrument: SimulatedVna, *, max_clients: int = MAX_CLIENTS) -> None:
+        super().__init__(max_clients=max_clients)
         self.instrument = instrument
-        self.max_clients = max_clients
-        self._clients = 0
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
 
-    async def start(self, host: str, port: int) -> int:
-        """Listen; return the bound port (useful with port 0)."""
-        self._server = await asyncio.start_server(self._serve_client, host, port)
-        return int(self._server.sockets[0].getsockname()[1])
-
-    async def close(self) -> None:
-        """Stop listening and drop every client, as an instrument does when switched off."""
-        if self._server is not None:
-            self._server.close()
-        for writer in list(self._writers):
-            writer.transport.abort()
-        if self._server is not None:
-            await self._server.wait_closed()
-
-    async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._clients >= self.max_clients:
-            writer.close()
-            return
-        self._clients += 1
-        self._writers.add(writer)
+    async def _serve_lines(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         lines = BoundedLineReader(reader, MAX_MESSAGE_BYTES)
-        try:
-            while True:
-                line = await lines.readline()
-                if line is None:
-                    break
-                if isinstance(line, LineTooLong):
-                    self.instrument.push_error(-223, f"program message of {line.size} bytes")
-                    continue
-                try:
-                    text = line.rstrip(b"\r").decode("ascii")
-                except UnicodeDecodeError:
-                    self.instrument.push_error(-102, "non-ASCII characters in program message")
-                    continue
-                response = await self.instrument.execute(text)
-                fault = self.instrument.fault
-                if response is None or fault == "silent":
-                    continue
-                if fault == "truncated" and response.startswith(b"#"):
-                    writer.write(response[: len(response) // 2])  # and never the rest
-                else:
-                    writer.write(response + b"\n")
-                await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            self._clients -= 1
-            self._writers.discard(writer)
-            writer.close()
+        while True:
+            line = await lines.readline()
+            if line is None:
+                break
+            if isinstance(line, LineTooLong):
+                self.instrument.push_error(-223, f"program message of {line.size} bytes")
+                continue
+            try:
+                text = line.rstrip(b"\r").decode("ascii")
+            except UnicodeDecodeError:
+                self.instrument.push_error(-102, "non-ASCII characters in program message")
+                continue
+            response = await self.instrument.execute(text)
+            fault = self.instrument.fault
+            if response is None or fault == "silent":
+                continue
+            if fault == "truncated" and response.startswith(b"#"):
+                writer.write(response[: len(response) // 2])  # and never the rest
+            else:
+                writer.write(response + b"\n")
+            await writer.drain()
