@@ -13,6 +13,9 @@ from vrclip.edge.pipeline.identify import TrackResult
 from vrclip.edge.pipeline.runner import EdgeRunner
 from vrclip.edge.pipeline.sync import SyncedFrame
 
+#: How long the ZED's last person count vouches for a radar frame during enrolment.
+ZED_COUNT_VALID_NS = 500_000_000
+
 
 @dataclass(frozen=True)
 class EnrolmentReport:
@@ -40,10 +43,16 @@ def enrol_from_feed(
     identifier = make_identifier(feed, backend)
     enroller = Enroller(store, name, budget)
 
+    last_zed: dict[str, int] = {}
+
     def offer(synced: SyncedFrame, results: list[TrackResult]) -> None:
         # Radar tracks or the ZED's body count, whichever sees more: the radar can miss a second,
-        # farther person for a few frames; the ZED misses people hidden from it.
-        seen_by_zed = len(synced.depth.positions) if synced.depth is not None else 0
+        # farther person for a few frames; the ZED misses people hidden from it. The ZED runs slower
+        # than the radar, so its latest count stays valid for ZED_COUNT_VALID_NS.
+        if synced.depth is not None:
+            last_zed.update(t_ns=synced.depth.t_ns, count=len(synced.depth.positions))
+        recent = last_zed and abs(synced.radar.t_ns - last_zed["t_ns"]) <= ZED_COUNT_VALID_NS
+        seen_by_zed = last_zed["count"] if recent else 0
         people = max(len(identifier.tracker.confirmed()), seen_by_zed)
         if not results:
             return
