@@ -99,7 +99,8 @@ class EdgeRunner:
                 if max_frames is not None and summary.frames >= max_frames:
                     summary.reason = "frame count reached"
                     break
-                item = radar_q.get(timeout=0.25)
+                # Short wait: camera/ZED queues are drained at least every 0.1 s even when radar is slow.
+                item = radar_q.get(timeout=0.1)
                 self._collect_partners(None if item is None else item.frame.t_ns)
                 if item is None:
                     if self.threads["radar"].ended.is_set() and not len(radar_q):
