@@ -491,15 +491,18 @@ def _calibrate_method(name: str) -> Any:
     }[name]
 
 
-def quantize_s8s8(
+def _quantize_static_qdq(
     src: Path,
     dst: Path,
     reader: Any,
     plan: QuantPlan,
-    method: str = "minmax",
-    calibration_cache: Path | None = None,
+    method: str,
+    calibration_cache: Path | None,
+    *,
+    symmetric_activations: bool,
+    extra: dict[str, Any],
 ) -> None:
-    """Symmetric S8S8 Q/DQ, per-channel weights: the TensorRT explicit-quantisation form."""
+    """Static Q/DQ with per-channel symmetric int8 weights; activations int8 (symmetric) or uint8."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     with _quiet_ort_logging():
@@ -511,23 +514,40 @@ def quantize_s8s8(
             op_types_to_quantize=list(plan.op_types),
             per_channel=True,
             reduce_range=False,
-            activation_type=QuantType.QInt8,
+            activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             nodes_to_exclude=list(plan.exclude),
             calibrate_method=_calibrate_method(method),
             calibration_cache_path=str(calibration_cache) if calibration_cache else None,
             extra_options={
-                "ActivationSymmetric": True,
                 "WeightSymmetric": True,
                 "MatMulConstBOnly": True,
-                # Q/DQ on the inputs and weights of MatMul/Gemm only, not on their outputs (so what
-                # follows, GELU, residual adds, LayerNorm, sees float), and biases stay float (no int32
-                # DequantizeLinear): the placement TensorRT's explicit quantisation fuses best.
                 "OpTypesToExcludeOutputQuantization": list(QUANTISED_OP_TYPES),
-                "QuantizeBias": False,
+                **extra,
                 **_strided(reader, method),
             },
         )
+
+
+def quantize_s8s8(
+    src: Path,
+    dst: Path,
+    reader: Any,
+    plan: QuantPlan,
+    method: str = "minmax",
+    calibration_cache: Path | None = None,
+) -> None:
+    """Symmetric S8S8 Q/DQ, per-channel weights: the TensorRT explicit-quantisation form.
+
+    Q/DQ on the inputs and weights of MatMul/Gemm only, not on their outputs (so what follows, GELU,
+    residual adds, LayerNorm, sees float), and biases stay float (no int32 DequantizeLinear): the
+    placement TensorRT's explicit quantisation fuses best.
+    """
+    _quantize_static_qdq(
+        src, dst, reader, plan, method, calibration_cache,
+        symmetric_activations=True,
+        extra={"ActivationSymmetric": True, "QuantizeBias": False},
+    )  # fmt: skip
 
 
 def quantize_u8s8(
@@ -539,29 +559,9 @@ def quantize_u8s8(
     calibration_cache: Path | None = None,
 ) -> None:
     """Static U8S8 Q/DQ (asymmetric uint8 activations, int8 weights): ONNX Runtime's fast CPU form."""
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-
-    with _quiet_ort_logging():
-        quantize_static(
-            str(src),
-            str(dst),
-            reader,
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(plan.op_types),
-            per_channel=True,
-            reduce_range=False,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            nodes_to_exclude=list(plan.exclude),
-            calibrate_method=_calibrate_method(method),
-            calibration_cache_path=str(calibration_cache) if calibration_cache else None,
-            extra_options={
-                "WeightSymmetric": True,
-                "MatMulConstBOnly": True,
-                "OpTypesToExcludeOutputQuantization": list(QUANTISED_OP_TYPES),
-                **_strided(reader, method),
-            },
-        )
+    _quantize_static_qdq(
+        src, dst, reader, plan, method, calibration_cache, symmetric_activations=False, extra={}
+    )
 
 
 def quantize_dynamic_matmul(src: Path, dst: Path, plan: QuantPlan) -> None:
