@@ -145,6 +145,19 @@ def test_cpu_variant(float_model: Path, small_dataset: Path, cache: Path) -> Non
     assert result.manifest.accuracy["gate"]["cosine_mean"] >= 0.9
 
 
+def test_cpu_variant_u8s8_uses_uint8_activations(float_model: Path, small_dataset: Path, cache: Path) -> None:
+    result = quantize_model(float_model, [small_dataset], options(cache, variant="cpu", cpu_method="u8s8"))
+    graph = onnx.load(str(result.onnx_path)).graph
+    zero_points = {i.name: i.data_type for i in graph.initializer if i.name.endswith("_zero_point")}
+    activation_zps = [
+        zero_points[n.input[2]]
+        for n in graph.node
+        if n.op_type == "QuantizeLinear" and n.input[2] in zero_points
+    ]
+    assert activation_zps and all(t == onnx.TensorProto.UINT8 for t in activation_zps)
+    assert result.manifest.precision == "int8-cpu"
+
+
 def test_gate_fails_on_a_broken_quantisation_and_writes_nothing(
     float_model: Path, small_dataset: Path, cache: Path, tmp_path: Path, monkeypatch
 ) -> None:
