@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -192,14 +192,6 @@ class TruthScore:
             "unknown_events": self.unknown_total,
             "unknown_accuracy": self.unknown_right / self.unknown_total if self.unknown_total else None,
         }
-
-
-@contextlib.contextmanager
-def closing_feed(feed: Feed) -> Iterator[Feed]:
-    try:
-        yield feed
-    finally:
-        feed.close()
 
 
 def health_for(feed: Feed) -> Health:

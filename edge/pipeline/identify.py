@@ -8,7 +8,6 @@ history rarely is all of the time.
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -217,7 +216,3 @@ class Identifier:
 
     def close(self) -> None:
         self.imaging.close()
-
-
-def monotonic_ms_since(t_ns: int) -> float:
-    return (time.monotonic_ns() - t_ns) / 1e6

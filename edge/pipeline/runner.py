@@ -7,7 +7,6 @@ is driven by radar frames; a camera or ZED that is down only removes its modalit
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -173,7 +172,3 @@ class EdgeRunner:
         if self.status_stream is not None:
             print(self.health.status_line(), file=self.status_stream, flush=True)
         return now + self.status_interval_s
-
-
-def stderr_status() -> TextIO:
-    return sys.stderr
