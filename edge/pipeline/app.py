@@ -141,6 +141,18 @@ def replay_feed(path: Path, *, paced: bool = True, loop: bool = False) -> Feed:
     return Feed(sources, config, geometry, freqs, calibration, lossless=not paced)
 
 
+def with_workdir(config: EdgeConfig, workdir: Path) -> EdgeConfig:
+    """The config with gallery and event files moved under `workdir` (simulated runs, benches)."""
+    data = config.model_dump(mode="json")
+    data["gallery"]["path"] = str(workdir / "gallery.sqlite")
+    data["sinks"]["jsonl_path"] = str(workdir / "events.jsonl")
+    data["sinks"]["http"]["enabled"] = False
+    # Rendering 1280x720 frames costs CPU; the synchroniser only needs a frame near each radar frame.
+    data["camera"]["fps"] = min(data["camera"]["fps"], 2 * data["radar"]["frame_rate_hz"])
+    data["zed"]["fps"] = min(data["zed"]["fps"], data["radar"]["frame_rate_hz"])
+    return parse_config(data, source="simulated run")
+
+
 def open_backend(config: EdgeConfig, engine: str | None = None) -> InferenceBackend:
     return open_engine(engine or config.engine.path, config.engine.backend)
 

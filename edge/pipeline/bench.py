@@ -29,9 +29,9 @@ from vrclip.edge.pipeline.app import (
     open_backend,
     replay_feed,
     require_engine_exists,
-    simulated_feed,
+    with_workdir,
 )
-from vrclip.edge.pipeline.enrolment import embedding_dim, enrol_from_feed
+from vrclip.edge.pipeline.enrolment import embedding_dim, enroll_simulated_people
 from vrclip.edge.pipeline.runner import EdgeRunner
 from vrclip.edge.pipeline.sync import SyncedFrame
 from vrclip.edge.record import RecordRequest, record_simulated
@@ -71,9 +71,7 @@ def bench_pipeline(
     data["zed"]["fps"] = rate / 2
     with tempfile.TemporaryDirectory(prefix="vrclip-bench-") as tmp:
         work = Path(tmp)
-        data["gallery"]["path"] = str(work / "gallery.sqlite")
-        data["sinks"]["jsonl_path"] = str(work / "events.jsonl")
-        config = parse_config(data, source="bench settings")
+        config = with_workdir(parse_config(data, source="bench settings"), work)
         names = default_people(people)
         visitors = tuple(f"visitor-{i:02d}" for i in range(unknown))
         spec = SceneSpec(
@@ -83,17 +81,11 @@ def bench_pipeline(
         session = work / "session.h5"
         typer.echo(f"recording a {seconds:.0f} s simulated session at {rate} Hz ...", err=True)
         record_simulated(config, RecordRequest(session, seconds, spec))
+        for report in enroll_simulated_people(
+            config, engine, names, enroll_seconds, world_seed, seed_base=100
+        ):
+            typer.echo(f"enrolled {report.name}: {report.stored} exemplars", err=True)
         store = GalleryStore(config.gallery.path)
-        for i, name in enumerate(names):
-            solo = SceneSpec(room=config.room, people=(name,), seed=100 + i, world_seed=world_seed)
-            feed = simulated_feed(config, solo, scpi=False)
-            backend = open_backend(config, engine)
-            try:
-                report = enrol_from_feed(feed, backend, store, name, enroll_seconds)
-            finally:
-                backend.close()
-                feed.close()
-            typer.echo(f"enrolled {name}: {report.stored} exemplars", err=True)
         results = _measure(config, engine, session, store, frames, warmup, set(names))
         store.close()
     results["target_fps"] = rate

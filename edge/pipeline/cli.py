@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 import typer
-from vrclip.edge.config import EdgeConfig, load_config, parse_config
+from vrclip.edge.config import EdgeConfig, load_config
 from vrclip.edge.errors import UserError
 from vrclip.edge.events.health import Health
 from vrclip.edge.events.http import HealthServer
@@ -24,8 +24,9 @@ from vrclip.edge.pipeline.app import (
     replay_feed,
     require_engine_exists,
     simulated_feed,
+    with_workdir,
 )
-from vrclip.edge.pipeline.enrolment import embedding_dim, enrol_from_feed
+from vrclip.edge.pipeline.enrolment import embedding_dim, enrol_from_feed, enroll_simulated_people
 from vrclip.edge.pipeline.runner import EdgeRunner
 from vrclip.edge.service.notify import Notifier
 from vrclip.edge.service.shutdown import ShutdownFlag
@@ -36,44 +37,6 @@ CONFIG_OPTION = typer.Option(None, "--config", "-c", help="Config TOML (default:
 ENGINE_OPTION = typer.Option(
     None, "--engine", help="Engine package (<name>.onnx/.engine/.json); default engine.path."
 )
-
-
-def _with_paths(config: EdgeConfig, workdir: Path) -> EdgeConfig:
-    """The config with gallery and event files moved under `workdir` (for simulated runs on a laptop)."""
-    data = config.model_dump(mode="json")
-    data["gallery"]["path"] = str(workdir / "gallery.sqlite")
-    data["sinks"]["jsonl_path"] = str(workdir / "events.jsonl")
-    data["sinks"]["http"]["enabled"] = False
-    # Rendering 1280x720 frames costs CPU; the synchroniser only needs a frame near each radar frame.
-    data["camera"]["fps"] = min(data["camera"]["fps"], 2 * data["radar"]["frame_rate_hz"])
-    data["zed"]["fps"] = min(data["zed"]["fps"], data["radar"]["frame_rate_hz"])
-    return parse_config(data, source="simulated run")
-
-
-def enroll_simulated_people(
-    config: EdgeConfig, engine: str | None, names: tuple[str, ...], seconds: float, world_seed: int
-) -> None:
-    """Enrol each simulated person alone in the room (as on site: one person walks in front of the rig)."""
-    store = GalleryStore(config.gallery.path)
-    try:
-        for i, name in enumerate(names):
-            spec = SceneSpec(room=config.room, people=(name,), seed=1000 + i, world_seed=world_seed)
-            feed = simulated_feed(config, spec, scpi=False)
-            backend = open_backend(config, engine)
-            try:
-                report = enrol_from_feed(
-                    feed, backend, store, name, seconds, budget=config.gallery.exemplar_budget
-                )
-            finally:
-                backend.close()
-                feed.close()
-            typer.echo(
-                f"enrolled {name}: {report.stored} exemplars from {report.offered} frames "
-                f"({report.rejected} rejected, {report.redundant} redundant)",
-                err=True,
-            )
-    finally:
-        store.close()
 
 
 def run_pipeline(
@@ -168,10 +131,15 @@ def run(
     enrolled: set[str] | None = None
     if simulate:
         workdir.mkdir(parents=True, exist_ok=True)
-        config = _with_paths(config, workdir)
+        config = with_workdir(config, workdir)
         Path(config.gallery.path).unlink(missing_ok=True)
         names = default_people(people)
-        enroll_simulated_people(config, engine, names, enroll_seconds, world_seed)
+        for report in enroll_simulated_people(config, engine, names, enroll_seconds, world_seed):
+            typer.echo(
+                f"enrolled {report.name}: {report.stored} exemplars from {report.offered} frames "
+                f"({report.rejected} rejected, {report.redundant} redundant)",
+                err=True,
+            )
         enrolled = set(names)
         visitors = tuple(f"visitor-{i:02d}" for i in range(unknown))
         spec = SceneSpec(

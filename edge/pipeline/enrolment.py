@@ -5,13 +5,15 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+from vrclip.edge.config import EdgeConfig
 from vrclip.edge.gallery.enrol import Enroller
 from vrclip.edge.gallery.store import GalleryStore
 from vrclip.edge.inference.base import InferenceBackend
-from vrclip.edge.pipeline.app import Feed, health_for, make_identifier
+from vrclip.edge.pipeline.app import Feed, health_for, make_identifier, open_backend, simulated_feed
 from vrclip.edge.pipeline.identify import TrackResult
 from vrclip.edge.pipeline.runner import EdgeRunner
 from vrclip.edge.pipeline.sync import SyncedFrame
+from vrclip.edge.sim.scene import SceneSpec
 
 #: How long the ZED's last person count vouches for a radar frame during enrolment.
 ZED_COUNT_VALID_NS = 500_000_000
@@ -84,3 +86,29 @@ def embedding_dim(backend: InferenceBackend) -> int:
 
 def _slop(feed: Feed) -> int:
     return int(feed.config.sync.slop_ms * 1e6)
+
+
+def enroll_simulated_people(
+    config: EdgeConfig,
+    engine: str | None,
+    names: tuple[str, ...],
+    seconds: float,
+    world_seed: int,
+    *,
+    seed_base: int = 1000,
+) -> list[EnrolmentReport]:
+    """Enrol each simulated person alone in the room (as on site: one person walks in front of the rig),
+    into config.gallery.path; session i uses seed `seed_base + i`."""
+    reports = []
+    with GalleryStore(config.gallery.path) as store:
+        for i, name in enumerate(names):
+            spec = SceneSpec(room=config.room, people=(name,), seed=seed_base + i, world_seed=world_seed)
+            feed = simulated_feed(config, spec, scpi=False)
+            backend = open_backend(config, engine)
+            try:
+                budget = config.gallery.exemplar_budget
+                reports.append(enrol_from_feed(feed, backend, store, name, seconds, budget=budget))
+            finally:
+                backend.close()
+                feed.close()
+    return reports
