@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
 import pytest
+
+from tests.scripts import console_script
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = {"edge": "vrclip.edge", "export": "vrclip.export", "calibration": "vrclip.calibration",
@@ -26,7 +27,7 @@ def test_every_package_folder_is_declared_in_pyproject() -> None:
 
 @pytest.mark.parametrize("prog", ["vrclip-edge", "vrclip-export", "vrclip-calibrate", "vrclip-firmware"])
 def test_console_scripts_answer_help_and_version(prog: str) -> None:
-    exe = Path(sys.executable).parent / prog
+    exe = console_script(prog)
     version = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
     assert version.returncode == 0 and version.stdout.startswith(prog + " ")
     helped = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)

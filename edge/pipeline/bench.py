@@ -134,6 +134,7 @@ def _measure(  # type: ignore[no-untyped-def]
         on_frame=on_frame,
         on_results=on_results,
     )
+    imager = identifier.imaging.imager.name
     started = time.monotonic()
     summary = runner.run(threading.Event(), max_frames=frames + warmup)
     memory["end"] = rss_mb()
@@ -156,4 +157,5 @@ def _measure(  # type: ignore[no-untyped-def]
         "unknown_accuracy": truth["unknown_accuracy"],
         "events": {"known": truth["known_events"], "unknown": truth["unknown_events"]},
         "backend": type(backend).__name__,
+        "imager": imager,
     }

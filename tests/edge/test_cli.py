@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -12,7 +11,9 @@ import numpy as np
 import pytest
 from vrclip.edge.recording.reader import SessionReader
 
-EXE = Path(sys.executable).parent / "vrclip-edge"
+from tests.scripts import console_script
+
+EXE = console_script("vrclip-edge")
 SMALL = "[camera]\nwidth = 320\nheight = 180\nfps = 5\n[radar]\nframe_rate_hz = 5\n[zed]\nfps = 5\n"
 
 

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import typer
 from typer.testing import CliRunner
+from vrclip.edge.config import EdgeConfig
 from vrclip.edge.imaging import bench as bench_module
 from vrclip.edge.imaging.bench import bench_app
 
-KEYS = {"impl", "grid", "channels", "points", "fps", "ms_per_frame", "rel_err"}
+KEYS = {"impl", "grid", "channels", "points", "pad_factor", "fps", "ms_per_frame", "rel_err"}
 
 
 def _cli() -> typer.Typer:
@@ -45,6 +46,21 @@ def test_bench_writes_json_of_the_documented_shape(tmp_path: Path, monkeypatch: 
         assert row["fps"] > 0 and row["ms_per_frame"] == pytest.approx(1e3 / row["fps"])
     assert rows[0]["rel_err"] == 0.0
     assert 0.0 < rows[1]["rel_err"] <= 1e-3 and 0.0 < rows[3]["rel_err"] <= 1e-3
+    assert rows[0]["pad_factor"] is None and rows[1]["pad_factor"] == 8
+
+
+def test_more_zero_padding_lowers_the_fast_imagers_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--pad-factor is how a GPU run buys float accuracy: the interpolation error falls with padding."""
+    monkeypatch.setattr(bench_module, "gpu_available", lambda: False)
+    cfg = EdgeConfig()
+    cfg.imaging.nx = cfg.imaging.ny = 16
+    cases = [bench_module.Case(101, "2d")]
+    errors = {}
+    for pad in (4, 32):
+        rows = bench_module.run_bench(cfg, cases, ["cpu"], 1, 1, 1, pad_factor=pad)["results"]
+        assert [r["pad_factor"] for r in rows] == [pad]
+        errors[pad] = rows[0]["rel_err"]
+    assert errors[32] < errors[4] / 4
 
 
 def test_bench_refuses_an_unknown_or_missing_implementation(monkeypatch: pytest.MonkeyPatch) -> None:

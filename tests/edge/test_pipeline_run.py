@@ -31,6 +31,8 @@ from vrclip.edge.pipeline.runner import EdgeRunner
 from vrclip.edge.record import RecordRequest, record_simulated
 from vrclip.edge.sim.scene import SceneSpec
 
+from tests.scripts import console_script
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fakes.models import TinySpec, tiny_package
 
@@ -166,7 +168,7 @@ def test_run_cli_notifies_systemd_only_once_frames_flow(engine: Path, tmp_path: 
     config = tmp_path / "edge.toml"
     config.write_text("[radar]\nframe_rate_hz = 8\n[camera]\nwidth = 320\nheight = 180\n")
     env = {**os.environ, "NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "2000000"}
-    exe = Path(sys.executable).parent / "vrclip-edge"
+    exe = console_script("vrclip-edge")
     args = [exe, "run", "--simulate", "--direct-radar", "--engine", str(engine), "--config", str(config),
             "--duration", "6", "--people", "1", "--unknown", "1", "--enroll-seconds", "2",
             "--workdir", str(tmp_path / "wd")]  # fmt: skip
@@ -188,7 +190,7 @@ def test_run_cli_notifies_systemd_only_once_frames_flow(engine: Path, tmp_path: 
 
 
 def test_run_without_an_engine_is_a_one_line_error(tmp_path: Path) -> None:
-    exe = Path(sys.executable).parent / "vrclip-edge"
+    exe = console_script("vrclip-edge")
     result = subprocess.run(
         [exe, "run", "--engine", str(tmp_path / "missing.onnx")], capture_output=True, text=True, timeout=60
     )
@@ -198,7 +200,7 @@ def test_run_without_an_engine_is_a_one_line_error(tmp_path: Path) -> None:
 
 def test_bench_pipeline_reports_the_figures_it_promises(engine: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    exe = Path(sys.executable).parent / "vrclip-edge"
+    exe = console_script("vrclip-edge")
     config = tmp_path / "edge.toml"
     config.write_text("[camera]\nwidth = 320\nheight = 180\n")
     args = [exe, "bench", "pipeline", "--engine", str(engine), "--config", str(config), "--json", str(out),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -14,6 +13,8 @@ from typer.testing import CliRunner
 from vrclip.edge.config import load_config
 from vrclip.edge.errors import UserError
 from vrclip.edge.service.install import ENV_EXAMPLE, install_service_command, render_unit
+
+from tests.scripts import console_script
 
 ROOT = Path(__file__).resolve().parents[2]
 ANALYZE = shutil.which("systemd-analyze")
@@ -59,7 +60,7 @@ def test_unit_asks_for_notify_watchdog_account_and_hardening() -> None:
 
 @needs_analyze
 def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
-    exe = Path(sys.executable).parent / "vrclip-edge"  # verify checks ExecStart= is executable
+    exe = console_script("vrclip-edge")  # verify checks ExecStart= is executable
     unit = tmp_path / "vrclip-edge.service"
     unit.write_text(render_unit(exe))
     result = subprocess.run([ANALYZE, "verify", str(unit)], capture_output=True, text=True, timeout=60)

@@ -249,6 +249,25 @@ def test_valid_start_message_parses() -> None:
         (_line(target_ns=now_ns() + 10**9 * 86_400), r"'target_ns'.*do not share a clock"),
         (b'{"type":"error","message":"go away"}', "refused this device: go away"),
     ],
+    # Fixed ids: two cases hold the current time, and ids that change between collections break
+    # pytest-xdist (its workers must collect the same tests).
+    ids=[
+        "malformed-json",
+        "not-an-object",
+        "wrong-type",
+        "no-target",
+        "no-clock",
+        "no-session",
+        "target-as-string",
+        "target-as-bool",
+        "target-as-float",
+        "clock-as-int",
+        "unknown-clock",
+        "session-path-traversal",
+        "target-in-the-past",
+        "target-a-day-ahead",
+        "server-refuses",
+    ],
 )
 def test_bad_start_message_names_server_and_field(line: bytes, field_match: str) -> None:
     with pytest.raises(UserError, match=field_match) as info:
