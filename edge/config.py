@@ -71,6 +71,10 @@ class SwitchConfig(Section):
     port: str = "tcp://127.0.0.1:5026"
     baudrate: Annotated[int, Field(ge=1200, le=4_000_000)] = 115_200
     timeout_ms: Annotated[int, Field(ge=10, le=60_000)] = 1000
+    #: How the switch moves to the next pair: "command" sends NEXT over the link before every sweep;
+    #: "trigger" has the controller step on the VNA's sweep-end pulse (a cable from the VNA's
+    #: trigger output to the controller's STEP IN; protocol 1.3), saving a round trip per channel.
+    step: Literal["command", "trigger"] = "command"
 
 
 class ArrayConfig(Section):

@@ -7,12 +7,18 @@ measures it end to end through the real driver, the real switch client and the s
 The simulator runs in its own process by default, as an instrument would: in the same process its
 event loop would compete with the acquisition loop for the GIL and inflate the overhead.
 
-What remains per channel is about two network round trips (sweep-complete reply + trigger, and the
-switch's NEXT/OK); they do not shrink with the sweep time, so the overhead in percent falls as the
-sweep time grows. On a loaded machine the wake-up latency of normal-priority processes (a scheduler
-slice, milliseconds) adds to every round trip; `realtime=True` runs the bench and the simulator
-under SCHED_FIFO, as an acquisition service can be run, to measure the software rather than the
-neighbours.
+Two ways to step the switch (radar.switch.step). "command": a NEXT round trip per channel, so per
+channel the sweep-complete reply, a switch round trip and the next trigger separate two sweeps;
+those do not shrink with the sweep time. "trigger" (the default here): the VNA's sweep-end pulse
+steps the switch through a cable and the driver chains the sweeps inside the instrument
+(`VnaDriver.acquire_chained`), so only the instrument's own command handling separates them.
+
+The simulator runs in its own process and, by default, busy-polls instead of sleeping between
+messages (`BusyPollSelector`): an instrument is always awake, and a sleeping Python process would
+add the kernel's wake-up latency to every message and have it counted as driver overhead. On a
+loaded machine the wake-up latency of normal-priority processes (a scheduler slice, milliseconds)
+adds to every round trip; `realtime=True` runs the bench and the simulator under SCHED_FIFO, as
+an acquisition service can be run, to measure the software rather than the neighbours.
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ class BenchResult:
     frame_times_s: tuple[float, ...]
     pipelined: bool
     simulator: str
+    step: str = "command"
 
     @property
     def ideal_s(self) -> float:
@@ -90,7 +97,7 @@ def child_main() -> None:
     The process serves until its stdin closes, so it never outlives the bench that started it.
     """
     params = json.loads(sys.stdin.readline())
-    loop = new_event_loop()
+    loop = new_event_loop(busy_poll=params.get("busy_poll", False))
     stop = asyncio.Event()
 
     def watch_stdin() -> None:
@@ -159,13 +166,20 @@ def bench_acquisition(
     separate_process: bool = True,
     people: tuple[str, ...] = ("person-00",),
     realtime: bool = False,
+    step: str = "command",
+    busy_poll: bool = False,
 ) -> BenchResult:
-    """Acquire one warm-up frame and then `frames` timed frames; return their durations."""
+    """Acquire one warm-up frame and then `frames` timed frames; return their durations.
+
+    step = "trigger" wires the simulated VNA's trigger output to the switch's step input
+    (radar.switch.step = "trigger"); "command" steps it with a NEXT round trip per channel.
+    busy_poll makes the separate simulator process poll instead of sleep (see BusyPollSelector).
+    """
     if frames < 1:
         raise UserError(f"--frames {frames}: need at least 1 frame")
     with _realtime_priority(realtime):
         return _bench(points, sweep_time_s, if_bandwidth_hz, frames, dialect, data_format, pipelined,
-                      separate_process, people, realtime)  # fmt: skip
+                      separate_process, people, realtime, step, busy_poll)  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -198,6 +212,8 @@ def _bench(
     separate_process: bool,
     people: tuple[str, ...],
     realtime: bool,
+    step: str,
+    busy_poll: bool,
 ) -> BenchResult:
     sweep = SweepConfig(start_hz=0.8e9, stop_hz=2.8e9, points=points, if_bandwidth_hz=if_bandwidth_hz)
     effective = (
@@ -212,22 +228,25 @@ def _bench(
             "people": list(people),
             "dialect": dialect,
             "sweep_time_s": sweep_time_s,
+            "busy_poll": busy_poll,
         }
         with _simulator_process(params) as (vna_port, switch_port):
-            times = _run(sweep, dialect, data_format, pipelined, frames, geometry, vna_port, switch_port)
-        where = "separate process"
+            times = _run(
+                sweep, dialect, data_format, pipelined, frames, geometry, vna_port, switch_port, step
+            )
+        where = "separate process" + (", busy-polling" if busy_poll else "")
     else:
         sim = SimulatedRadar(
             scene_spec=SceneSpec(people=people), sweep=sweep, dialect=dialect, sweep_time_s=sweep_time_s
         )
         with sim:
             times = _run(
-                sweep, dialect, data_format, pipelined, frames, geometry, sim.vna_port, sim.switch_port
+                sweep, dialect, data_format, pipelined, frames, geometry, sim.vna_port, sim.switch_port, step
             )
         where = "same process (background thread)"
     if realtime:
         where += ", SCHED_FIFO"
-    return BenchResult(geometry.n_channels, points, effective, tuple(times), pipelined, where)
+    return BenchResult(geometry.n_channels, points, effective, tuple(times), pipelined, where, step)
 
 
 def _run(
@@ -239,10 +258,14 @@ def _run(
     geometry: Any,
     vna_port: int,
     switch_port: int,
+    step: str = "command",
 ) -> list[float]:
-    vna = VnaDriver(f"TCPIP0::127.0.0.1::{vna_port}::SOCKET", dialect, sweep, data_format=data_format)
+    vna = VnaDriver(
+        f"TCPIP0::127.0.0.1::{vna_port}::SOCKET", dialect, sweep, data_format=data_format,
+        trigger_output=step == "trigger",
+    )  # fmt: skip
     switch = SwitchClient(f"tcp://127.0.0.1:{switch_port}")
-    source = RadarSource(vna, switch, geometry, pipelined=pipelined, max_reconnect_attempts=3)
+    source = RadarSource(vna, switch, geometry, pipelined=pipelined, max_reconnect_attempts=3, step=step)
     times = []
     with source:
         source.read_frame()  # warm-up: first-use costs are not acquisition overhead

@@ -59,6 +59,9 @@ class Dialect:
     byte_order_commands: dict[str, str] = field(default_factory=dict)
     #: The byte order this family uses after a preset; the driver still sets it explicitly.
     default_byte_order: ByteOrder = "norm"
+    #: Turn on the rear-panel trigger output as one pulse after each sweep (hardware switch stepping:
+    #: the cable to the switch controller's step input replaces one network round trip per channel).
+    trigger_output_on: tuple[str, ...] = ()
     points_query: str = "SENS1:SWE:POIN?"
     start_query: str = "SENS1:FREQ:STAR?"
     stop_query: str = "SENS1:FREQ:STOP?"
@@ -135,6 +138,13 @@ KEYSIGHT = Dialect(
     ),
     trigger="SENS1:SWE:MODE SING;*OPC?",
     data_query="CALC1:DATA? SDATA",
+    # PNA auxiliary trigger output 1: a positive pulse after every sweep.
+    trigger_output_on=(
+        "TRIG:CHAN1:AUX1:INT SWE",
+        "TRIG:CHAN1:AUX1:POS AFT",
+        "TRIG:CHAN1:AUX1:OPOL POS",
+        "TRIG:CHAN1:AUX1 ON",
+    ),
     format_commands={
         "real32": "FORM:DATA REAL,32",
         "real64": "FORM:DATA REAL,64",
@@ -169,6 +179,13 @@ ROHDE_SCHWARZ = Dialect(
     ),
     trigger="INIT1:IMM;*OPC?",
     data_query="CALC1:DATA? SDAT",
+    # Trigger Out A (trigger board option): a positive pulse after every sweep.
+    trigger_output_on=(
+        "TRIG:CHAN1:AUX1:INT SWE",
+        "TRIG:CHAN1:AUX1:POS AFT",
+        "TRIG:CHAN1:AUX1:STYP POS",
+        "TRIG:CHAN1:AUX1 ON",
+    ),
     format_commands={"real32": "FORM:DATA REAL,32", "real64": "FORM:DATA REAL,64", "ascii": "FORM:DATA ASC"},
     byte_order_commands={"norm": "FORM:BORD NORM", "swap": "FORM:BORD SWAP"},
     default_byte_order="swap",

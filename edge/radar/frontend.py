@@ -48,6 +48,9 @@ class SimulatedFrontEnd:
         self.selected: tuple[int, int] | None = None
         #: When set, the switch controller's self-test fails with this reason (fault injection).
         self.self_test_fault: str | None = None
+        #: The cable from the VNA's trigger output to the switch controller's step input: called once
+        #: per completed sweep while the VNA's trigger output is on.
+        self.trigger_listeners: list[Callable[[], None]] = []
         self._sim: RadarSimulator | None = None
         self._sim_key: tuple[float, float, int] | None = None
 
@@ -55,6 +58,11 @@ class SimulatedFrontEnd:
         if self._clock is not None:
             return float(self._clock())
         return (time.time_ns() - self.epoch_ns) / 1e9
+
+    def trigger_pulse(self) -> None:
+        """The VNA's sweep-end pulse on its trigger output (rear panel), seen by whatever is wired to it."""
+        for listener in self.trigger_listeners:
+            listener()
 
     def select(self, tx: int, rx: int) -> None:
         if not (0 <= tx < self.n_tx and 0 <= rx < self.n_rx):

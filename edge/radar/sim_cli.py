@@ -131,7 +131,17 @@ def bench_acquisition_cmd(
         "real32", "--format", help=f"Data transfer format: {', '.join(DATA_FORMATS)}."
     ),
     sequential: bool = typer.Option(False, help="Disable the switch/read overlap (to see what it saves)."),
+    step: str = typer.Option(
+        "trigger",
+        help="Switch stepping: trigger (on the VNA's sweep-end pulse, radar.switch.step = 'trigger') "
+        "or command (a NEXT round trip per channel).",
+    ),
     in_process: bool = typer.Option(False, help="Run the simulator in this process instead of its own."),
+    busy_poll: bool = typer.Option(
+        True,
+        help="The simulator process polls instead of sleeping, answering like an instrument that is "
+        "always awake (costs one core while it runs; --no-busy-poll adds the kernel's wake-up latency).",
+    ),
     max_overhead_pct: float = typer.Option(10.0, min=0.0, help="Exit with status 1 above this overhead."),
     realtime: bool = typer.Option(
         False,
@@ -141,6 +151,7 @@ def bench_acquisition_cmd(
     """Time full 144-channel frames through the real driver and switch client against the simulators."""
     _check_choice("--dialect", dialect, list(DIALECTS))
     _check_choice("--format", data_format, DATA_FORMATS)
+    _check_choice("--step", step, ["trigger", "command"])
     result = bench_acquisition(
         points=points,
         sweep_time_s=sweep_time_ms / 1e3 if sweep_time_ms > 0 else None,
@@ -151,11 +162,14 @@ def bench_acquisition_cmd(
         pipelined=not sequential,
         separate_process=not in_process,
         realtime=realtime,
+        step=step,
+        busy_poll=busy_poll and not in_process,
     )
     out = _console()
     out.print(
         f"{result.channels} channels x {result.points} points, sweep {result.sweep_time_s * 1e3:.3f} ms, "
         f"{dialect} {data_format}, {'pipelined' if result.pipelined else 'sequential'}, "
+        f"switch stepped by {'VNA trigger' if result.step == 'trigger' else 'command'}, "
         f"simulator in {result.simulator}"
     )
     out.print(

@@ -37,6 +37,23 @@ class SimulatedSwitch:
         self.position = 0
         #: Number of SEL/NEXT switch operations performed (for tests and the bench).
         self.operations = 0
+        #: Hardware stepping (ARM): advance on each pulse at the trigger input, count the steps.
+        self.armed = False
+        self.steps = 0
+        front_end.trigger_listeners.append(self.on_trigger_input)
+
+    def on_trigger_input(self) -> None:
+        """A pulse on the STEP IN connector: when armed, select the next pair of the sequence.
+
+        Solid-state switches settle in microseconds, well inside the VNA's re-arm time, so the
+        step is immediate. A relay fault stops the stepping (the count then shows missed steps).
+        """
+        if not self.armed or not self.sequence or self.front_end.self_test_fault is not None:
+            return
+        self.position = (self.position + 1) % len(self.sequence)
+        self.front_end.select(*self.sequence[self.position])
+        self.operations += 1
+        self.steps += 1
 
     async def handle(self, line: str) -> str:
         """One request line (no terminator) -> one reply line (no terminator)."""
@@ -55,6 +72,7 @@ class SimulatedSwitch:
         if command == "SEL?" and not args:
             return "SEL NONE" if fe.selected is None else f"SEL {fe.selected[0]} {fe.selected[1]}"
         if command == "SEL":
+            self._refuse_if_armed(command)
             parts = args.split(" ")
             if len(parts) != 2:
                 raise ProtocolViolation(ErrCode.BAD_ARGUMENT, "usage: SEL <tx> <rx>")
@@ -66,20 +84,42 @@ class SimulatedSwitch:
             count, _, body = args.partition(" ")
             self.sequence = parse_sequence(count, body, fe.n_tx, fe.n_rx)
             self.position = 0
+            self.armed = False
             return "OK"
         if command == "NEXT" and not args:
+            self._refuse_if_armed(command)
             if not self.sequence:
                 raise ProtocolViolation(ErrCode.NO_SEQUENCE, "no sequence loaded; send SEQ first")
             tx, rx = self.sequence[self.position]
             await self._switch(tx, rx)  # a fault raises before the position moves
             self.position = (self.position + 1) % len(self.sequence)
             return f"OK {tx} {rx}"
+        if command == "ARM" and not args:
+            if not self.sequence:
+                raise ProtocolViolation(ErrCode.NO_SEQUENCE, "no sequence loaded; send SEQ first")
+            tx, rx = self.sequence[0]
+            await self._switch(tx, rx)
+            self.position, self.steps, self.armed = 0, 0, True
+            return f"OK {tx} {rx}"
+        if command == "DISARM" and not args:
+            self.armed = False
+            return "OK"
+        if command == "POS?" and not args:
+            if not self.armed:
+                raise ProtocolViolation(ErrCode.ARM_STATE, "not armed; send ARM first")
+            return f"POS {self.position} {self.steps}"
         if command == "TEST?" and not args:
             fault = fe.self_test_fault
             return "TEST PASS" if fault is None else f"TEST FAIL {' '.join(fault.split())}"
-        if command in ("VER?", "SIZE?", "SEL?", "NEXT", "TEST?"):
+        if command in ("VER?", "SIZE?", "SEL?", "NEXT", "TEST?", "ARM", "DISARM", "POS?"):
             raise ProtocolViolation(ErrCode.BAD_ARGUMENT, f"{command} takes no arguments")
         raise ProtocolViolation(ErrCode.UNKNOWN_COMMAND, f"unknown command {command[:32]!r}")
+
+    def _refuse_if_armed(self, command: str) -> None:
+        if self.armed:
+            raise ProtocolViolation(
+                ErrCode.ARM_STATE, f"{command} while armed for hardware stepping; send DISARM (or SEQ) first"
+            )
 
     async def _switch(self, tx: int, rx: int) -> None:
         fault = self.front_end.self_test_fault

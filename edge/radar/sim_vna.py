@@ -15,6 +15,7 @@ complex S21 data only; anything else is rejected with a SCPI error rather than a
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import time
 from collections import deque
@@ -138,6 +139,9 @@ class SimulatedVna:
         self.traces: dict[str, str] = {m.default_trace: "S11"}
         self.selected_trace: str | None = m.default_trace
         self._esr = 0
+        #: Rear-panel trigger output 1: off after a preset; pulses once per sweep (or point), before
+        #: or after it, when on. The front end carries the pulse to whatever is wired to it.
+        self.trigger_out = {"ENAB": False, "INT": "SWE", "POS": "AFT", "POL": "POS"}
         self._pending: tuple[float, np.ndarray] | None = None
         self._trace_data: np.ndarray | None = None
 
@@ -168,7 +172,17 @@ class SimulatedVna:
             return
         self.errors.append(scpi.format_error(code, detail))
 
+    def _pulses(self, position: str) -> None:
+        """Trigger-output pulses at the sweep's start ("BEF") or end ("AFT"), as configured."""
+        out = self.trigger_out
+        if not out["ENAB"] or out["POS"] != position:
+            return
+        for _ in range(self.settings.points if out["INT"] == "POIN" else 1):
+            self.front_end.trigger_pulse()
+
     def _start_sweep(self) -> None:
+        self._commit()  # a finished sweep nobody asked about still ends (and pulses) first
+        self._pulses("BEF")
         done_at = self._now() + self.sweep_duration_s()
         data = self.front_end.measure(self._sweep_config(), self.front_end.scene_time())
         self._pending = (done_at, data)
@@ -178,6 +192,7 @@ class SimulatedVna:
             self._trace_data = self._pending[1]
             self._pending = None
             self.sweeps += 1
+            self._pulses("AFT")
 
     async def _wait_sweep(self) -> None:
         if self._pending is not None:
@@ -245,6 +260,15 @@ class SimulatedVna:
         t.add("CALCulate#:PARameter:DELete:ALL", self._delete_all, query=False)
         t.add("CALCulate#:PARameter:SELect", self._select_trace, query=False)
         t.add("CALCulate#:DATA", self._data_query, query=True)
+        aux = "TRIGger:CHANnel#:AUXiliary#"
+        t.add(f"{aux}[:ENABle]", self._set_trigger_enable, query=False)
+        t.add(f"{aux}[:ENABle]", lambda c: self._get(c, "1" if self.trigger_out["ENAB"] else "0"), query=True)
+        choices = {"INTerval": ("INT", ("SWE", "POIN")), "POSition": ("POS", ("BEF", "AFT"))}
+        polarity = "OPOLarity" if self.dialect == "keysight" else "STYPe"
+        choices[polarity] = ("POL", ("POS", "NEG"))
+        for node, (key, allowed) in choices.items():
+            t.add(f"{aux}:{node}", functools.partial(self._set_trigger_choice, key, allowed), query=False)
+            t.add(f"{aux}:{node}", functools.partial(self._trigger_choice_query, key), query=True)
         if self.dialect == "keysight":
             t.add("SENSe#:BWIDth[:RESolution]", self._set_ifbw, query=False)
             t.add(
@@ -382,6 +406,26 @@ class SimulatedVna:
         if name not in self.traces:
             raise ScpiError(-224, f"{call.header} {name!r}; no such trace")
         self.selected_trace = name
+
+    def _set_trigger_enable(self, call: Call) -> None:
+        self._channel(call)
+        value = call.params[0].upper() if call.params else ""
+        if value not in ("ON", "1", "OFF", "0"):
+            raise ScpiError(-224 if value else -109, f"{call.header} {value}")
+        self.trigger_out["ENAB"] = value in ("ON", "1")
+
+    def _set_trigger_choice(self, key: str, allowed: tuple[str, ...], call: Call) -> None:
+        self._channel(call)
+        value = call.params[0].upper() if call.params else ""
+        long_forms = {"SWE": "SWEEP", "POIN": "POINT", "BEF": "BEFORE", "AFT": "AFTER", "POS": "POSITIVE",
+                      "NEG": "NEGATIVE"}  # fmt: skip
+        match = next((a for a in allowed if value in (a, long_forms[a])), None)
+        if match is None:
+            raise ScpiError(-224 if value else -109, f"{call.header} {value}")
+        self.trigger_out[key] = match
+
+    def _trigger_choice_query(self, key: str, call: Call) -> str:
+        return self._get(call, str(self.trigger_out[key]))
 
     def _set_sweep_mode(self, call: Call) -> None:
         self._channel(call)

@@ -66,7 +66,13 @@ class RadarSource:
         reconnect_max_backoff_s: float = 30.0,
         max_reconnect_attempts: int | None = None,
         pipelined: bool = True,
+        step: str = "command",
     ) -> None:
+        """step: "command" (a NEXT per channel) or "trigger" (the controller steps on the VNA's pulse)."""
+        if step not in ("command", "trigger"):
+            raise ValueError(f"radar.switch.step = {step!r}: must be 'command' or 'trigger'")
+        if step == "trigger" and not vna.trigger_output:
+            raise ValueError("step='trigger' needs a VnaDriver built with trigger_output=True")
         self.vna = vna
         self.switch = switch
         self.geometry = geometry
@@ -78,6 +84,9 @@ class RadarSource:
         #: Consecutive failed reconnection attempts after which read_frame() raises (None: never).
         self.max_reconnect_attempts = max_reconnect_attempts
         self.pipelined = pipelined
+        self.step = step
+        #: Hardware steps the armed controller should have counted (step = "trigger").
+        self._steps_expected = 0
         self.stats = RadarStats()
         self._pairs = [(int(t), int(r)) for t, r in np.asarray(geometry.pairs).reshape(-1, 2)]
         self._seq = 0
@@ -106,6 +115,7 @@ class RadarSource:
             geometry or load_geometry(radar.array),
             frame_rate_hz=radar.frame_rate_hz,
             reconnect_max_backoff_s=radar.vna.reconnect_max_backoff_s,
+            step=radar.switch.step,
             **kwargs,  # type: ignore[arg-type]
         )
 
@@ -150,6 +160,10 @@ class RadarSource:
             self.switch.connect()
             self.switch.prepare(np.asarray(self._pairs))
             self.vna.connect()
+            if self.step == "trigger":
+                # Armed last: the VNA's setup holds its sweep, so no stray pulse steps the switch.
+                self._check_pair(0, self.switch.arm())
+                self._steps_expected = 0
         except BaseException:
             self.vna.close()
             self.switch.close()
@@ -238,6 +252,8 @@ class RadarSource:
 
     def _acquire(self) -> np.ndarray:
         """One frame: (channels, points) complex64 in switching order."""
+        if self.step == "trigger":
+            return self._acquire_hardware_stepped()
         if not self.pipelined:
             return self._acquire_sequential()
         if self.vna.can_pipeline:
@@ -291,6 +307,34 @@ class RadarSource:
                 self._check_pair(k + 1, switch.receive_next())
                 vna.trigger()
             out[k] = vna.receive_s21()
+        return out
+
+    def _acquire_hardware_stepped(self) -> np.ndarray:
+        """The controller steps on each sweep-end pulse: per channel only the VNA is talked to.
+
+        Over a raw socket the sweeps are chained inside the instrument (`VnaDriver.acquire_chained`):
+        no network round trip separates two sweeps, and each trace is read during the next sweep.
+        Once per frame the controller's step count is checked against the sweeps, so a loose
+        trigger cable costs one frame, never a mislabelled one.
+        """
+        vna, n = self.vna, len(self._pairs)
+        if vna.can_pipeline and self.pipelined:
+            out = vna.acquire_chained(n)
+        else:
+            out = np.empty((n, vna.sweep.points), dtype=np.complex64)
+            for k in range(n):
+                vna.sweep_once()
+                out[k] = vna.read_s21()
+        self._steps_expected += n
+        position, steps = self.switch.position()
+        if (position, steps) != (0, self._steps_expected):
+            self.switch.close()
+            raise SwitchProtocolError(
+                self.switch.device, "POS?",
+                f"controller at position {position} after {steps} hardware steps, expected 0 after "
+                f"{self._steps_expected}: it missed or doubled trigger pulses; check the cable from the "
+                "VNA's trigger output to the controller's STEP IN (frame dropped, switch re-armed)",
+            )  # fmt: skip
         return out
 
     def _check_pair(self, channel: int, got: tuple[int, int]) -> None:

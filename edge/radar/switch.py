@@ -340,6 +340,37 @@ class SwitchClient:
     def receive_next(self) -> tuple[int, int]:
         return self._parse_pair_reply("NEXT", self.receive(), "OK")
 
+    def arm(self) -> tuple[int, int]:
+        """Hardware stepping: select the sequence's first pair and step on each trigger-input pulse.
+
+        Returns the pair now connected. Needs protocol 1.3 and the VNA's trigger output wired to
+        the controller's step input (see docs/switch_protocol.md).
+        """
+        minor = parse_version(self.version)[1] if self.version else 0
+        if minor < 3:
+            raise SwitchSetupError(
+                self.device, "ARM", f"controller speaks protocol {self.version}; hardware stepping needs 1.3 "
+                "or newer: update the controller firmware or set radar.switch.step = 'command'",
+            )  # fmt: skip
+        return self._parse_pair_reply("ARM", self.request("ARM"), "OK")
+
+    def disarm(self) -> None:
+        self._expect_ok("DISARM", self.request("DISARM"))
+
+    def position(self) -> tuple[int, int]:
+        """(sequence position, hardware steps since ARM) of an armed controller."""
+        reply = self.request("POS?")
+        parts = reply.split(" ")
+        if len(parts) != 3 or parts[0] != "POS" or not (parts[1].isdigit() and parts[2].isdigit()):
+            self.close()
+            raise SwitchProtocolError(
+                self.device, "POS?", f"expected 'POS <index> <steps>', got {reply[:80]!r}"
+            )
+        if len(parts[1]) > 3 or len(parts[2]) > 18:
+            self.close()
+            raise SwitchProtocolError(self.device, "POS?", f"implausible position reply {reply[:80]!r}")
+        return int(parts[1]), int(parts[2])
+
     def self_test(self) -> None:
         """Run the controller's self-test; raise SwitchSelfTestError with its reason if it fails."""
         reply = self.request("TEST?")

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from enum import IntEnum
 
 #: Version this code speaks. Clients accept any controller with the same major version.
-PROTOCOL_VERSION = "1.2.0"
+PROTOCOL_VERSION = "1.3.0"
 #: Longest line in bytes, terminator included, in either direction. A 256-entry SEQ line is ~1.6 kB.
 MAX_LINE_BYTES = 2048
 #: Longest switching sequence a controller must store.
@@ -33,6 +33,7 @@ class ErrCode(IntEnum):
     LINE_TOO_LONG = 103
     NO_SEQUENCE = 104
     SEQUENCE_TOO_LONG = 105
+    ARM_STATE = 106
     HARDWARE_FAULT = 200
 
 

@@ -82,7 +82,9 @@ class VnaDriver:
         data_format: DataFormat = "real32",
         byte_order: ByteOrder | None = None,
         reconnect_max_backoff_s: float = 30.0,
+        trigger_output: bool = False,
     ) -> None:
+        """trigger_output turns on the sweep-end pulse at every (re)connect (hardware switch stepping)."""
         self.resource = resource
         self.dialect = dialect if isinstance(dialect, Dialect) else get_dialect(dialect)
         self.sweep = sweep
@@ -100,6 +102,7 @@ class VnaDriver:
             )
         self.byte_order: ByteOrder = order
         self.reconnect_max_backoff_s = reconnect_max_backoff_s
+        self.trigger_output = trigger_output
         #: The instrument's `*IDN?` reply once connected ("" before).
         self.idn = ""
         #: Limits of the connected model (None before connecting).
@@ -129,6 +132,7 @@ class VnaDriver:
             data_format=data_format,
             byte_order=byte_order,
             reconnect_max_backoff_s=vna.reconnect_max_backoff_s,
+            trigger_output=radar.switch.step == "trigger",
         )
 
     # --- identity and state -------------------------------------------------------------------
@@ -293,6 +297,14 @@ class VnaDriver:
     def _configure(self) -> None:
         for command in ("*CLS", *self.dialect.setup_commands(self.sweep, self.data_format, self.byte_order)):
             self._execute_checked(command)
+        if self.trigger_output:
+            if not self.dialect.trigger_output_on:
+                raise VnaResourceError(
+                    self.device, None, f"the {self.dialect.name} dialect has no trigger-output commands; "
+                    "set radar.switch.step = 'command'",
+                )  # fmt: skip
+            for command in self.dialect.trigger_output_on:
+                self._execute_checked(command)
         self._verify_readback()
         # Replies to a sweep trigger come after the sweep: allow for it on top of the link timeout.
         self._set_timeout(self.timeout_ms + int(4000 * self.estimated_sweep_s))
@@ -362,8 +374,11 @@ class VnaDriver:
             raise RuntimeError("wait_for_sweep() without a trigger()")
         if self._data_pending:
             raise RuntimeError("wait_for_sweep() while a data reply is unread; call receive_s21() first")
-        reply = self._read_line(self.dialect.trigger, MAX_SHORT_REPLY)
         self._sweep_pending = False
+        self._read_opc_reply()
+
+    def _read_opc_reply(self) -> None:
+        reply = self._read_line(self.dialect.trigger, MAX_SHORT_REPLY)
         if reply.strip().lstrip("+") != "1":
             self.close()
             raise VnaProtocolError(
@@ -401,6 +416,39 @@ class VnaDriver:
             )
         self._write(self.dialect.data_query)
         self._data_pending = True
+
+    def acquire_chained(self, sweeps: int) -> np.ndarray:
+        """`sweeps` sweeps back to back, the next trigger always waiting in the instrument's input.
+
+        For hardware switch stepping (the switch moves on the sweep-end pulse, so nothing has to
+        happen between sweeps): after the first trigger, the host keeps one "data query + trigger"
+        message queued behind the running sweep's `*OPC?`. The instrument executes its input in
+        order, so when a sweep ends it answers "1", answers the data query with that sweep's trace
+        and starts the next sweep at once: the gap between sweeps is the instrument's own command
+        processing, not a network round trip. The host reads each reply during the following sweep.
+        Raw sockets only (see `can_pipeline`). Returns (sweeps, points) complex64.
+        """
+        if not self.can_pipeline:
+            raise RuntimeError("acquire_chained() needs a raw-socket (::SOCKET) resource")
+        if self._sweep_pending or self._data_pending:
+            raise RuntimeError("acquire_chained() while other replies are unread")
+        d = self.dialect
+        # One write per message: pyvisa-py cannot turn Nagle's algorithm off, and two small writes in
+        # a row would hold the second back until the first's ACK.
+        queued = f"{d.data_query}\n{d.trigger}\n".encode("ascii")
+        out = np.empty((sweeps, self.sweep.points), dtype=np.complex64)
+        self._write(d.trigger)
+        if sweeps > 1:
+            self._io(d.trigger, lambda inst: inst.write_raw(queued))
+        for k in range(sweeps):
+            self._read_opc_reply()  # sweep k done; its data and sweep k + 1 are already on their way
+            if k + 2 < sweeps:
+                self._io(d.trigger, lambda inst: inst.write_raw(queued))
+            elif k + 1 < sweeps:
+                self._write(d.data_query)  # the last sweep's data, and no further trigger
+            self._data_pending = True
+            out[k] = self.receive_s21()
+        return out
 
     def receive_s21(self) -> np.ndarray:
         """Read and validate the reply to `request_s21()`: (points,) complex64."""

@@ -174,3 +174,71 @@ def test_from_config() -> None:
         assert source.frame_rate_hz == 5.0 and source.geometry.n_channels == 144
         with source:
             assert source.read_frame().s21.shape == (144, 21)
+
+
+def make_triggered_source(sim: SimulatedRadar, geometry: ArrayGeometry, dialect: str, **kwargs: object):
+    """The switch steps on the VNA's sweep-end pulse (radar.switch.step = "trigger")."""
+    vna = VnaDriver(sim.vna_resource, dialect, SWEEP, timeout_ms=300, trigger_output=True)
+    switch = SwitchClient(sim.switch_url, timeout_ms=300)
+    options: dict[str, object] = {
+        "reconnect_initial_s": 0.05,
+        "reconnect_max_backoff_s": 0.2,
+        "step": "trigger",
+    }
+    options.update(kwargs)
+    return RadarSource(vna, switch, geometry, **options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("dialect", "pipelined"), [("keysight", True), ("rs", True), ("keysight", False)])
+def test_hardware_stepped_frames_equal_the_model_frame_after_frame(dialect: str, pipelined: bool) -> None:
+    geometry = small_geometry()
+    with simulator(geometry, dialect=dialect) as sim:
+        with make_triggered_source(sim, geometry, dialect, pipelined=pipelined) as source:
+            frames = [source.read_frame() for _ in range(3)]
+        model = RadarSimulator(Scene(SPEC), geometry, SWEEP, FrontEndErrors.draw(6, seed=5, noise_std=0.0))
+        expected = model.frame(model.scene.state(T_SCENE), np.random.default_rng(0))
+        for frame in frames:  # each frame starts on the first pair again: the sequence wrapped
+            np.testing.assert_array_equal(frame.s21, expected)
+        assert sim.state.switch.steps == 3 * geometry.n_channels and sim.state.switch.armed
+        assert source.stats.drops == 0
+
+
+def test_a_missed_trigger_pulse_drops_one_frame_and_rearms() -> None:
+    """A loose cable: the controller misses pulses. The frame is dropped, never mislabelled."""
+    geometry = small_geometry()
+    with simulator(geometry) as sim:
+        with make_triggered_source(sim, geometry, "keysight") as source:
+            assert source.read_frame() is not None
+            listeners = sim.front_end.trigger_listeners
+            cable = listeners.pop()
+            dropped_pulses = [0]
+
+            def loose() -> None:  # passes every pulse but the third
+                dropped_pulses[0] += 1
+                if dropped_pulses[0] != 3:
+                    cable()
+
+            listeners.append(loose)
+            frame = source.read_frame()
+            assert frame is not None and frame.seq == 2  # seq 1 was dropped; the switch was re-armed
+            assert source.stats.drops == 1 and "missed or doubled trigger pulses" in source.stats.last_error
+        model = RadarSimulator(Scene(SPEC), geometry, SWEEP, FrontEndErrors.draw(6, seed=5, noise_std=0.0))
+        np.testing.assert_array_equal(
+            frame.s21, model.frame(model.scene.state(T_SCENE), np.random.default_rng(0))
+        )
+
+
+def test_trigger_stepping_needs_a_driver_with_the_trigger_output() -> None:
+    geometry = small_geometry()
+    vna = VnaDriver("TCPIP0::127.0.0.1::1::SOCKET", "keysight", SWEEP)
+    with pytest.raises(ValueError, match="trigger_output=True"):
+        RadarSource(vna, SwitchClient("tcp://127.0.0.1:1"), geometry, step="trigger")
+    with pytest.raises(ValueError, match=r"radar\.switch\.step = 'sideways'"):
+        RadarSource(vna, SwitchClient("tcp://127.0.0.1:1"), geometry, step="sideways")
+
+
+def test_from_config_wires_the_trigger_output_for_trigger_stepping() -> None:
+    radar = RadarConfig()
+    radar.switch.step = "trigger"
+    source = RadarSource.from_config(radar)
+    assert source.step == "trigger" and source.vna.trigger_output

@@ -236,3 +236,37 @@ def test_sequence_codec_round_trip_and_limits() -> None:
     with pytest.raises(ProtocolViolation):
         format_sequence([])
     assert len(format_sequence([(63, 63)] * MAX_SEQUENCE)) + 1 <= MAX_LINE_BYTES
+
+
+def test_armed_controller_steps_on_trigger_pulses(radar: SimulatedRadar, client: SwitchClient) -> None:
+    """Protocol 1.3: ARM, step per pulse at STEP IN, POS? counts, SEL/NEXT refused until DISARM or SEQ."""
+    pairs = [(0, 1), (2, 3), (11, 0)]
+    client.upload_sequence(pairs)
+    assert client.arm() == pairs[0] and radar.front_end.selected == pairs[0]
+    assert client.position() == (0, 0)
+    for expected in [pairs[1], pairs[2], pairs[0], pairs[1]]:
+        radar.front_end.trigger_pulse()  # the VNA's sweep-end pulse
+        assert radar.front_end.selected == expected
+    assert client.position() == (1, 4)
+    with pytest.raises(SwitchReplyError, match=r"ERR 106.*while armed") as info:
+        client.next()
+    assert info.value.code == ErrCode.ARM_STATE
+    with pytest.raises(SwitchReplyError, match="ERR 106"):
+        client.select(0, 0)
+    client.disarm()
+    radar.front_end.trigger_pulse()  # disarmed: pulses are ignored
+    assert radar.front_end.selected == pairs[1]
+    with pytest.raises(SwitchReplyError, match="ERR 106 not armed"):
+        client.position()
+    client.upload_sequence(pairs)  # SEQ also disarms
+    assert client.next() == pairs[0]
+
+
+def test_arm_needs_a_sequence_and_a_1_3_controller(radar: SimulatedRadar) -> None:
+    radar.state.switch.sequence = []
+    with SwitchClient(radar.switch_url, timeout_ms=1000) as c:
+        with pytest.raises(SwitchReplyError, match="ERR 104"):
+            c.arm()
+        c.version = "1.2.0"  # what an older controller reports
+        with pytest.raises(SwitchSetupError, match=r"hardware stepping needs 1\.3.*step = 'command'"):
+            c.arm()

@@ -255,3 +255,41 @@ def test_reconnect_backs_off_and_gives_up_after_max_attempts() -> None:
             vna.reconnect(max_attempts=4, on_failure=lambda exc, delay: delays.append(delay))
         assert delays == [0.1, 0.2, 0.2]  # doubling, capped at reconnect_max_backoff_s
         assert time.perf_counter() - t0 >= 0.5
+
+
+def test_trigger_output_pulses_after_each_sweep(sim) -> None:
+    """The driver turns the rear-panel trigger output on (per dialect); it pulses once a sweep."""
+    dialect, radar = sim
+    pulses: list[int] = []
+    radar.front_end.trigger_listeners.append(lambda: pulses.append(1))
+    try:
+        with VnaDriver(radar.vna_resource, dialect, SWEEP, trigger_output=True) as vna:
+            out = radar.state.vna.trigger_out
+            assert out == {"ENAB": True, "INT": "SWE", "POS": "AFT", "POL": "POS"}
+            for _ in range(3):
+                vna.sweep_once()
+            assert len(pulses) == 3
+    finally:
+        radar.front_end.trigger_listeners.pop()
+
+
+def test_trigger_output_commands_are_checked(sim) -> None:
+    dialect, radar = sim
+    polarity = "OPOL" if dialect == "keysight" else "STYP"
+    with socket.create_connection(("127.0.0.1", radar.vna_port), timeout=5) as sock:
+        f = sock.makefile("rwb")
+
+        def ask(line: str) -> str:
+            f.write(line.encode() + b"\n")
+            f.flush()
+            return f.readline().decode().strip()
+
+        assert ask("*CLS;TRIG:CHAN1:AUX1:INT POINT;:TRIG:CHAN1:AUX1:INT?") == "POIN"
+        f.write(b"TRIG:CHAN1:AUX1:POS SIDEWAYS\n")
+        f.write(f"TRIG:CHAN1:AUX1:{polarity} NEGATIVE\n".encode())
+        assert ask("SYST:ERR?") == '-224,"Illegal parameter value;TRIG:CHAN1:AUX1:POS SIDEWAYS"'
+        assert ask("SYST:ERR?") == '0,"No error"'
+        assert ask(f"TRIG:CHAN1:AUX1:{polarity}?") == "NEG"
+        f.write(b"TRIG:CHAN2:AUX1 ON\n")  # the simulator has channel 1 only
+        assert ask("SYST:ERR?").startswith("-114,")
+        assert ask("*RST;TRIG:CHAN1:AUX1?") == "0"  # a preset turns the output off
