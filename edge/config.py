@@ -162,8 +162,11 @@ class ImagingConfig(Section):
     clutter: Literal["mean", "mti", "none"] = "mean"
     #: Weight of the newest frame in the running-mean background.
     background_alpha: Annotated[float, Field(gt=0.0, le=1.0)] = 0.05
-    #: IFFT length as a multiple of the number of sweep points.
+    #: IFFT length as a multiple of the number of sweep points (CPU imagers: their cost grows with it).
     zero_pad_factor: Annotated[int, Field(ge=1, le=64)] = 8
+    #: The same for the GPU imager: finer profiles cost it next to nothing (0.10 ms a frame at 32 vs
+    #: 0.12 ms at 8 on an H200) and take its interpolation error from ~3e-4 to ~2e-5 of the exact sum.
+    gpu_zero_pad_factor: Annotated[int, Field(ge=1, le=64)] = 32
     cfar_threshold_db: Annotated[float, Field(ge=0.0, le=60.0)] = 12.0
     max_people: Annotated[int, Field(ge=1, le=64)] = 8
 

@@ -127,7 +127,7 @@ def run_bench(
                 "grid": grid.label,
                 "channels": geometry.n_channels,
                 "points": case.points,
-                "pad_factor": None if impl == "exact" else pad_factor or case_cfg.imaging.zero_pad_factor,
+                "pad_factor": None if impl == "exact" else _pad_of(case_cfg, impl, pad_factor),
                 "fps": 1.0 / seconds,
                 "ms_per_frame": seconds * 1e3,
                 "rel_err": rel_err,
@@ -136,6 +136,13 @@ def run_bench(
             if on_row is not None:
                 on_row(row)
     return {"results": results}
+
+
+def _pad_of(cfg: EdgeConfig, impl: str, override: int | None) -> int:
+    """The zero-padding factor `make_imager` gave this imager."""
+    if override:
+        return override
+    return cfg.imaging.gpu_zero_pad_factor if impl == "gpu" else cfg.imaging.zero_pad_factor
 
 
 def _table(results: list[dict[str, Any]]) -> Table:
@@ -177,8 +184,8 @@ def imaging(
         "--pad-factor",
         min=1,
         max=64,
-        help="Zero-padding factor of the fast imagers' range FFT (default: imaging.zero_pad_factor). "
-        "More padding lowers the interpolation error; the GPU pays little for it.",
+        help="Zero-padding factor of the fast imagers' range FFT (default: imaging.zero_pad_factor, "
+        "imaging.gpu_zero_pad_factor for the GPU). More padding lowers the interpolation error.",
     ),
     config: Path | None = typer.Option(
         None, "--config", "-c", help="Config TOML (default: built-in defaults)."

@@ -114,14 +114,15 @@ def make_imager(
 
     impl overrides `cfg.imaging.impl`; grid overrides the grid from the config (height_m sets the
     2D plane's height, default grid.DEFAULT_2D_HEIGHT_M = 1.2 m); pad_factor overrides
-    `imaging.zero_pad_factor`; threads bounds the CPU imager's worker threads.
+    `imaging.zero_pad_factor` (`imaging.gpu_zero_pad_factor` for the GPU imager); threads bounds
+    the CPU imager's worker threads.
     """
     which = resolve_impl(impl or cfg.imaging.impl)
     grid = grid or ImagingGrid.from_config(cfg, height_m=height_m)
     sweep = cfg.radar.sweep
     # The VNA's frequency points, as the instrument steps them (same as the simulator's).
     freqs = np.linspace(sweep.start_hz, sweep.stop_hz, sweep.points)
-    pad = pad_factor or cfg.imaging.zero_pad_factor
+    pad = pad_factor or (cfg.imaging.gpu_zero_pad_factor if which == "gpu" else cfg.imaging.zero_pad_factor)
     if which == "exact":
         from vrclip.edge.imaging.exact import ExactImager
 
