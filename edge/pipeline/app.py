@@ -206,6 +206,58 @@ class TruthScore:
         }
 
 
+@dataclass
+class ThresholdSweep:
+    """Every per-frame match of a simulated run, re-scored at many open-set thresholds.
+
+    The events of one run show one threshold; the site engineer choosing `gallery.threshold` needs
+    the trade-off: how many enrolled people keep their name and how many visitors stay unknown as
+    the threshold moves. Each frame's match of each track counts (best identity and its score, before
+    thresholding), scored against the nearest simulated person.
+    """
+
+    #: (score, best identity was right, person is enrolled) per scored match.
+    records: list[tuple[float, bool, bool]] = field(default_factory=list)
+
+    def add(self, score: float, best: str | None, position: np.ndarray, people, enrolled: set[str]) -> None:  # type: ignore[no-untyped-def]
+        if not people:
+            return
+        distances = [float(np.hypot(*(np.asarray(position) - xy))) for _, xy in people]
+        nearest = int(np.argmin(distances))
+        if distances[nearest] > 0.75:
+            return
+        name = people[nearest][0]
+        self.records.append((float(score), best == name, name in enrolled))
+
+    def at(self, threshold: float) -> tuple[float | None, float | None]:
+        """(identity accuracy of enrolled people, unknown accuracy of visitors) at `threshold`."""
+        known = [(s >= threshold and right) for s, right, enrolled in self.records if enrolled]
+        unknown = [s < threshold for s, _, enrolled in self.records if not enrolled]
+        return (
+            sum(known) / len(known) if known else None,
+            sum(unknown) / len(unknown) if unknown else None,
+        )
+
+    def table(self, thresholds: np.ndarray) -> list[dict[str, float | None]]:
+        rows = []
+        for t in thresholds:
+            known, unknown = self.at(float(t))
+            rows.append(
+                {"threshold": round(float(t), 3), "identity_accuracy": known, "unknown_accuracy": unknown}
+            )
+        return rows
+
+    def best_threshold(self, thresholds: np.ndarray) -> float | None:
+        """The threshold with the best worse-of-the-two accuracy (both figures matter to a site)."""
+        scored = [
+            (min(k, u), t)
+            for t in thresholds
+            for k, u in [self.at(float(t))]
+            if k is not None and u is not None
+        ]
+        return round(float(max(scored)[1]), 3) if scored else None
+
+
 def health_for(feed: Feed) -> Health:
     return Health(tuple(feed.sources))
 

@@ -24,6 +24,7 @@ from vrclip.edge.events.health import Health
 from vrclip.edge.gallery.matcher import Matcher
 from vrclip.edge.gallery.store import GalleryStore
 from vrclip.edge.pipeline.app import (
+    ThresholdSweep,
     TruthScore,
     make_identifier,
     open_backend,
@@ -36,6 +37,9 @@ from vrclip.edge.pipeline.runner import EdgeRunner
 from vrclip.edge.pipeline.sync import SyncedFrame
 from vrclip.edge.record import RecordRequest, record_simulated
 from vrclip.edge.sim.scene import SceneSpec, default_people
+
+#: Open-set thresholds the bench re-scores the run's matches at.
+SWEEP_THRESHOLDS = np.round(np.arange(0.30, 0.951, 0.05), 2)
 
 
 def rss_mb() -> float:
@@ -61,6 +65,9 @@ def bench_pipeline(
     lighting: str = typer.Option("day", "--lighting"),
     occlusion: str = typer.Option("none", "--occlusion"),
     world_seed: int = typer.Option(42, "--world-seed"),
+    threshold: float | None = typer.Option(
+        None, "--threshold", min=-1.0, max=1.0, help="Open-set threshold (default gallery.threshold)."
+    ),
 ) -> None:
     """Run the pipeline on a replayed simulated session at the rig's rate and report what it sustains."""
     base = load_config(config_path)
@@ -69,6 +76,8 @@ def bench_pipeline(
     data["radar"]["frame_rate_hz"] = rate
     data["camera"]["fps"] = rate
     data["zed"]["fps"] = rate / 2
+    if threshold is not None:
+        data["gallery"]["threshold"] = threshold
     with tempfile.TemporaryDirectory(prefix="vrclip-bench-") as tmp:
         work = Path(tmp)
         config = with_workdir(parse_config(data, source="bench settings"), work)
@@ -105,6 +114,7 @@ def _measure(  # type: ignore[no-untyped-def]
     health = Health(tuple(feed.sources))
     identifier = make_identifier(feed, backend, match=matcher.match_batch)
     score = TruthScore()
+    sweep = ThresholdSweep()
     current: dict[str, SyncedFrame] = {}
     memory: dict[str, float] = {}
 
@@ -121,6 +131,13 @@ def _measure(  # type: ignore[no-untyped-def]
 
     def on_results(synced: SyncedFrame, results) -> None:  # type: ignore[no-untyped-def]
         processed[0] += 1
+        truth = synced.radar.truth
+        if results and truth is not None:
+            people = list(zip(truth.identities, np.asarray(truth.positions, np.float64), strict=True))
+            for result, m in zip(
+                results, matcher.match_batch(np.stack([r.smoothed for r in results])), strict=True
+            ):
+                sweep.add(m.score, m.best, np.asarray(result.position), people, enrolled)
         if processed[0] == warmup:
             memory["start"] = rss_mb()
             memory["t_start"] = time.monotonic()
@@ -158,4 +175,8 @@ def _measure(  # type: ignore[no-untyped-def]
         "events": {"known": truth["known_events"], "unknown": truth["unknown_events"]},
         "backend": type(backend).__name__,
         "imager": imager,
+        "threshold": matcher.threshold,
+        # Every frame's match of every track, re-scored: the trade-off behind gallery.threshold.
+        "threshold_sweep": sweep.table(SWEEP_THRESHOLDS),
+        "suggested_threshold": sweep.best_threshold(SWEEP_THRESHOLDS),
     }

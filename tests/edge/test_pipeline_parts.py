@@ -96,3 +96,25 @@ def test_tracker_drops_a_track_after_misses_and_gives_a_new_id() -> None:
     assert tracker.tracks == []
     again = tracker.update(np.array([[0.0, 3.0]]), 600 * MS)[0].track_id
     assert again != first
+
+
+def test_threshold_sweep_scores_every_match_at_every_threshold() -> None:
+    from vrclip.edge.pipeline.app import ThresholdSweep
+
+    sweep = ThresholdSweep()
+    people = [("ann", np.array([1.0, 2.0])), ("visitor", np.array([3.0, 2.0]))]
+    enrolled = {"ann"}
+    sweep.add(0.9, "ann", np.array([1.1, 2.0]), people, enrolled)  # right, confident
+    sweep.add(0.5, "ann", np.array([1.0, 2.1]), people, enrolled)  # right, unsure
+    sweep.add(0.8, "bob", np.array([1.0, 2.0]), people, enrolled)  # wrong name
+    sweep.add(0.7, "ann", np.array([3.0, 2.0]), people, enrolled)  # a visitor who looks like ann
+    sweep.add(0.4, "ann", np.array([3.1, 2.0]), people, enrolled)  # a visitor, far from everyone
+    sweep.add(0.99, "ann", np.array([9.0, 9.0]), people, enrolled)  # a ghost: not scored
+    assert sweep.at(0.6) == (1 / 3, 1 / 2)
+    assert sweep.at(0.45) == (2 / 3, 1 / 2)
+    assert sweep.at(0.75) == (1 / 3, 1.0)
+    rows = sweep.table(np.array([0.45, 0.75]))
+    assert [r["threshold"] for r in rows] == [0.45, 0.75] and rows[1]["unknown_accuracy"] == 1.0
+    # Worse-of-the-two: 0.45 -> min(2/3, 1/2); 0.75 -> min(1/3, 1) -> 0.45 wins.
+    assert sweep.best_threshold(np.array([0.45, 0.75])) == 0.45
+    assert ThresholdSweep().best_threshold(np.array([0.5])) is None
