@@ -88,15 +88,17 @@ def simulated_feed(
     rig = SimulatedRig(config, spec, start_ns=epoch_ns, streams=streams)
     closers: list[Callable[[], None]] = []
     if scpi:
-        from vrclip.edge.radar.simulated import SimulatedRadar
+        from vrclip.edge.radar.sim_process import SimulatorProcess
 
-        simulator = SimulatedRadar(
-            host="127.0.0.1",
-            scene_spec=spec,
-            sweep=config.radar.sweep,
-            epoch_ns=epoch_ns,
-            errors=rig.radar.errors,
+        # Its own process: served from a thread here, every SCPI message would wait for the GIL.
+        simulator = SimulatorProcess(
+            spec,
+            config.radar.sweep,
+            dialect=config.radar.vna.dialect,
             sweep_time_s=None if sweep_time_ms is None else sweep_time_ms / 1e3,
+            errors=rig.radar.errors,
+            array=config.radar.array,
+            epoch_ns=epoch_ns,
         ).start()
         closers.append(simulator.stop)
         data = config.model_dump(mode="json")

@@ -23,15 +23,9 @@ an acquisition service can be run, to measure the software rather than the neigh
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
 import os
-import select
 import statistics
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,8 +35,9 @@ from vrclip.edge.config import SweepConfig
 from vrclip.edge.errors import UserError
 from vrclip.edge.geometry import load_geometry
 from vrclip.edge.radar.dialects import DataFormat
+from vrclip.edge.radar.sim_process import SimulatorProcess
 from vrclip.edge.radar.sim_vna import DEFAULT_SETTLE_PER_POINT_S
-from vrclip.edge.radar.simulated import SimulatedRadar, new_event_loop, run_simulated_radar
+from vrclip.edge.radar.simulated import SimulatedRadar
 from vrclip.edge.radar.source import RadarSource
 from vrclip.edge.radar.switch import SwitchClient
 from vrclip.edge.radar.vna import VnaDriver
@@ -89,69 +84,6 @@ class BenchResult:
     def per_channel_overhead_s(self) -> float:
         """Median time per channel beyond the sweep: the number that does not depend on sweep time."""
         return (self.median_s - self.ideal_s) / self.channels
-
-
-def child_main() -> None:
-    """Simulator process entry: parameters as one JSON line on stdin; `READY <vna> <switch>` on stdout.
-
-    The process serves until its stdin closes, so it never outlives the bench that started it.
-    """
-    params = json.loads(sys.stdin.readline())
-    loop = new_event_loop(busy_poll=params.get("busy_poll", False))
-    stop = asyncio.Event()
-
-    def watch_stdin() -> None:
-        sys.stdin.read()
-        loop.call_soon_threadsafe(stop.set)
-
-    threading.Thread(target=watch_stdin, daemon=True).start()
-    sweep = SweepConfig(**params["sweep"])
-    try:
-        loop.run_until_complete(
-            run_simulated_radar(
-                "127.0.0.1",
-                0,
-                0,
-                SceneSpec(people=tuple(params["people"])),
-                sweep,
-                params["dialect"],
-                sweep_time_s=params["sweep_time_s"],
-                on_ready=lambda st: print(f"READY {st.vna_port} {st.switch_port}", flush=True),
-                stop=stop,
-            )
-        )
-    finally:
-        loop.close()
-
-
-@contextlib.contextmanager
-def _simulator_process(params: dict[str, Any]) -> Iterator[tuple[int, int]]:
-    """Start the simulator in its own Python process; yield its (vna_port, switch_port)."""
-    code = "from vrclip.edge.radar.bench import child_main; child_main()"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    assert proc.stdin is not None and proc.stdout is not None
-    try:
-        proc.stdin.write((json.dumps(params) + "\n").encode())
-        proc.stdin.flush()
-        ready, _, _ = select.select([proc.stdout], [], [], _CHILD_START_TIMEOUT_S)
-        line = proc.stdout.readline().decode(errors="replace") if ready else ""
-        parts = line.split()
-        if len(parts) != 3 or parts[0] != "READY":
-            proc.kill()
-            _, err = proc.communicate(timeout=10)
-            tail = err.decode(errors="replace").strip().splitlines()[-3:]
-            raise UserError(f"the simulator process did not start: {' | '.join(tail) or 'no output'}")
-        yield int(parts[1]), int(parts[2])
-    finally:
-        if proc.poll() is None:
-            proc.stdin.close()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def bench_acquisition(
@@ -223,16 +155,19 @@ def _bench(
     )
     geometry = load_geometry()
     if separate_process:
-        params = {
-            "sweep": sweep.model_dump(),
-            "people": list(people),
-            "dialect": dialect,
-            "sweep_time_s": sweep_time_s,
-            "busy_poll": busy_poll,
-        }
-        with _simulator_process(params) as (vna_port, switch_port):
+        spec = SceneSpec(people=people)
+        child = SimulatorProcess(spec, sweep, dialect=dialect, sweep_time_s=sweep_time_s, busy_poll=busy_poll)
+        with child:
             times = _run(
-                sweep, dialect, data_format, pipelined, frames, geometry, vna_port, switch_port, step
+                sweep,
+                dialect,
+                data_format,
+                pipelined,
+                frames,
+                geometry,
+                child.vna_port,
+                child.switch_port,
+                step,
             )
         where = "separate process" + (", busy-polling" if busy_poll else "")
     else:
