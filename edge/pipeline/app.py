@@ -104,6 +104,10 @@ def simulated_feed(
         data = config.model_dump(mode="json")
         data["radar"]["vna"]["resource"] = simulator.vna_resource
         data["radar"]["switch"]["port"] = simulator.switch_url
+        if "step" not in config.radar.switch.model_fields_set:
+            # The simulated rig has its VNA's trigger output wired to the switch's STEP IN; unless
+            # the config chooses, it steps that way (no round trip per channel: a faster rig).
+            data["radar"]["switch"]["step"] = "trigger"
         radar_config = parse_config(data, source="simulated rig")
         radar: Callable[[], FrameSource] = lambda: ScpiRadarSource(radar_config)  # noqa: E731
     else:

@@ -242,3 +242,29 @@ def test_from_config_wires_the_trigger_output_for_trigger_stepping() -> None:
     radar.switch.step = "trigger"
     source = RadarSource.from_config(radar)
     assert source.step == "trigger" and source.vna.trigger_output
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        ("nan", "data holds nan"),
+        ("truncated", "does not end after its header"),
+        ("bad-header", "block header"),
+        ("long-block", "does not end after its header"),
+    ],
+)
+def test_chained_acquisition_refuses_bad_traces_and_recovers(fault: str, message: str) -> None:
+    """The exact-length reads of hardware-stepped frames check every reply as the slow path does."""
+    geometry = small_geometry()
+    with simulator(geometry) as sim, make_triggered_source(sim, geometry, "keysight") as source:
+        assert source.read_frame() is not None
+        sim.state.vna.fault = fault
+
+        def heal() -> None:
+            time.sleep(0.5)
+            sim.state.vna.fault = None
+
+        threading.Thread(target=heal, daemon=True).start()
+        frame = source.read_frame()  # blocks through the dropped frames and the reconnection
+        assert frame is not None and source.stats.drops >= 1
+        assert message in (source.stats.last_error or "")

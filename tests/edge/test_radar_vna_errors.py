@@ -129,7 +129,7 @@ def vna(radar: SimulatedRadar):
         ("nan", VnaDataError, r"data holds nan at value 0 \(point 0\)"),
         ("truncated", VnaProtocolError, "truncated block"),
         ("bad-header", VnaProtocolError, r"block header b'#4AB': the length field is not decimal digits"),
-        ("long-block", VnaProtocolError, "block longer than its header's 24 bytes"),
+        ("long-block", VnaProtocolError, "block does not end after its header's 24 bytes"),
     ],
 )
 def test_misbehaving_data_replies(radar: SimulatedRadar, vna: VnaDriver, fault, error, pattern) -> None:
