@@ -26,6 +26,10 @@ class GroundTruth:
     #: (K,) bool: person visible to the camera (not hidden behind an occluder, inside the view).
     visible: np.ndarray
 
+    def named_positions(self) -> list[tuple[str, np.ndarray]]:
+        """[(name, (x, y) float64)]: the form the simulated-run scorers take (pipeline.app)."""
+        return list(zip(self.identities, np.asarray(self.positions, np.float64), strict=True))
+
 
 @dataclass(frozen=True)
 class RadarFrame:

@@ -127,7 +127,7 @@ def run_bench(
                 "grid": grid.label,
                 "channels": geometry.n_channels,
                 "points": case.points,
-                "pad_factor": None if impl == "exact" else _pad_of(case_cfg, impl, pad_factor),
+                "pad_factor": None if impl == "exact" else imager.pad_factor,
                 "fps": 1.0 / seconds,
                 "ms_per_frame": seconds * 1e3,
                 "rel_err": rel_err,
@@ -136,13 +136,6 @@ def run_bench(
             if on_row is not None:
                 on_row(row)
     return {"results": results}
-
-
-def _pad_of(cfg: EdgeConfig, impl: str, override: int | None) -> int:
-    """The zero-padding factor `make_imager` gave this imager."""
-    if override:
-        return override
-    return cfg.imaging.gpu_zero_pad_factor if impl == "gpu" else cfg.imaging.zero_pad_factor
 
 
 def _table(results: list[dict[str, Any]]) -> Table:

@@ -39,6 +39,8 @@ class Imager(ABC):
     ) -> None:
         self.grid = grid
         self.geometry = geometry
+        #: IFFT length as a multiple of the sweep points (what `make_imager` chose for this imager).
+        self.pad_factor = pad_factor
         self.layout = ProfileLayout.build(freqs_hz, pad_factor)
         self.n_channels = geometry.n_channels
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from vrclip.edge.config import EdgeConfig, parse_config
@@ -179,6 +180,19 @@ def make_identifier(
     )
 
 
+#: A detection farther than this from every simulated person is a ghost, not anyone (metres).
+GHOST_DISTANCE_M = 0.75
+
+
+def nearest_person(position: Any, people: list[tuple[str, np.ndarray]]) -> str | None:
+    """Name of the simulated person nearest `position` (x, y), or None for a ghost or an empty room."""
+    if not people:
+        return None
+    distances = [float(np.hypot(*(np.asarray(position) - xy))) for _, xy in people]
+    nearest = int(np.argmin(distances))
+    return people[nearest][0] if distances[nearest] <= GHOST_DISTANCE_M else None
+
+
 @dataclass
 class TruthScore:
     """How often events name the right person (simulated feeds only)."""
@@ -189,13 +203,9 @@ class TruthScore:
     unknown_right: int = 0
 
     def score(self, event: IdentityEvent, people: list[tuple[str, np.ndarray]], enrolled: set[str]) -> None:
-        if not people:
+        name = nearest_person(event.position_m, people)
+        if name is None:
             return
-        distances = [float(np.hypot(*(np.asarray(event.position_m) - xy))) for _, xy in people]
-        nearest = int(np.argmin(distances))
-        if distances[nearest] > 0.75:
-            return  # a ghost detection; not a person
-        name = people[nearest][0]
         if name in enrolled:
             self.known_total += 1
             self.known_right += event.identity == name
@@ -225,14 +235,17 @@ class ThresholdSweep:
     #: (score, best identity was right, person is enrolled) per scored match.
     records: list[tuple[float, bool, bool]] = field(default_factory=list)
 
-    def add(self, score: float, best: str | None, position: np.ndarray, people, enrolled: set[str]) -> None:  # type: ignore[no-untyped-def]
-        if not people:
+    def add(
+        self,
+        score: float,
+        best: str | None,
+        position: Any,
+        people: list[tuple[str, np.ndarray]],
+        enrolled: set[str],
+    ) -> None:
+        name = nearest_person(position, people)
+        if name is None:
             return
-        distances = [float(np.hypot(*(np.asarray(position) - xy))) for _, xy in people]
-        nearest = int(np.argmin(distances))
-        if distances[nearest] > 0.75:
-            return
-        name = people[nearest][0]
         self.records.append((float(score), best == name, name in enrolled))
 
     def at(self, threshold: float) -> tuple[float | None, float | None]:

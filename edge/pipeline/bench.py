@@ -124,8 +124,7 @@ def _measure(  # type: ignore[no-untyped-def]
     def emit(event: IdentityEvent) -> None:
         truth = current["frame"].radar.truth
         if truth is not None:
-            people = list(zip(truth.identities, np.asarray(truth.positions, np.float64), strict=True))
-            score.score(event, people, enrolled)
+            score.score(event, truth.named_positions(), enrolled)
 
     processed = [0]
 
@@ -133,11 +132,11 @@ def _measure(  # type: ignore[no-untyped-def]
         processed[0] += 1
         truth = synced.radar.truth
         if results and truth is not None:
-            people = list(zip(truth.identities, np.asarray(truth.positions, np.float64), strict=True))
+            people = truth.named_positions()
             for result, m in zip(
                 results, matcher.match_batch(np.stack([r.smoothed for r in results])), strict=True
             ):
-                sweep.add(m.score, m.best, np.asarray(result.position), people, enrolled)
+                sweep.add(m.score, m.best, result.position, people, enrolled)
         if processed[0] == warmup:
             memory["start"] = rss_mb()
             memory["t_start"] = time.monotonic()

@@ -154,52 +154,29 @@ def _bench(
         else points / if_bandwidth_hz + points * DEFAULT_SETTLE_PER_POINT_S
     )
     geometry = load_geometry()
+    spec = SceneSpec(people=people)
+    server: SimulatorProcess | SimulatedRadar
     if separate_process:
-        spec = SceneSpec(people=people)
-        child = SimulatorProcess(spec, sweep, dialect=dialect, sweep_time_s=sweep_time_s, busy_poll=busy_poll)
-        with child:
-            times = _run(
-                sweep,
-                dialect,
-                data_format,
-                pipelined,
-                frames,
-                geometry,
-                child.vna_port,
-                child.switch_port,
-                step,
-            )
+        server = SimulatorProcess(
+            spec, sweep, dialect=dialect, sweep_time_s=sweep_time_s, busy_poll=busy_poll
+        )
         where = "separate process" + (", busy-polling" if busy_poll else "")
     else:
-        sim = SimulatedRadar(
-            scene_spec=SceneSpec(people=people), sweep=sweep, dialect=dialect, sweep_time_s=sweep_time_s
-        )
-        with sim:
-            times = _run(
-                sweep, dialect, data_format, pipelined, frames, geometry, sim.vna_port, sim.switch_port, step
-            )
+        server = SimulatedRadar(scene_spec=spec, sweep=sweep, dialect=dialect, sweep_time_s=sweep_time_s)
         where = "same process (background thread)"
+    with server:
+        vna = VnaDriver(
+            server.vna_resource, dialect, sweep, data_format=data_format, trigger_output=step == "trigger"
+        )
+        times = _run(vna, SwitchClient(server.switch_url), geometry, pipelined, frames, step)
     if realtime:
         where += ", SCHED_FIFO"
     return BenchResult(geometry.n_channels, points, effective, tuple(times), pipelined, where, step)
 
 
 def _run(
-    sweep: SweepConfig,
-    dialect: str,
-    data_format: DataFormat,
-    pipelined: bool,
-    frames: int,
-    geometry: Any,
-    vna_port: int,
-    switch_port: int,
-    step: str = "command",
+    vna: VnaDriver, switch: SwitchClient, geometry: Any, pipelined: bool, frames: int, step: str
 ) -> list[float]:
-    vna = VnaDriver(
-        f"TCPIP0::127.0.0.1::{vna_port}::SOCKET", dialect, sweep, data_format=data_format,
-        trigger_output=step == "trigger",
-    )  # fmt: skip
-    switch = SwitchClient(f"tcp://127.0.0.1:{switch_port}")
     source = RadarSource(vna, switch, geometry, pipelined=pipelined, max_reconnect_attempts=3, step=step)
     times = []
     with source:

@@ -68,8 +68,8 @@ def vna(
     out = _console()
 
     def ready(state: RadarSimState) -> None:
-        out.print(f"simulated VNA ({dialect}) listening: resource TCPIP0::{host}::{state.vna_port}::SOCKET")
-        out.print(f"simulated switch listening: port tcp://{host}:{state.switch_port}")
+        out.print(f"simulated VNA ({dialect}) listening: resource {state.vna_resource}")
+        out.print(f"simulated switch listening: port {state.switch_url}")
         out.print("Ctrl-C to stop")
         out.file.flush()  # a supervisor or test reading a pipe needs the ports now, not at exit
 

@@ -28,6 +28,7 @@ import numpy as np
 from vrclip.edge.config import ArrayConfig, RoomConfig, SweepConfig
 from vrclip.edge.errors import UserError
 from vrclip.edge.geometry import load_geometry
+from vrclip.edge.radar.simulated import new_event_loop, run_simulated_radar, switch_url, vna_resource
 from vrclip.edge.sim.radar import FrontEndErrors
 from vrclip.edge.sim.scene import SceneSpec
 
@@ -70,8 +71,6 @@ def _errors_from_dict(data: dict[str, Any]) -> FrontEndErrors:
 
 def child_main() -> None:
     """Entry point of the simulator process (see the module docstring)."""
-    from vrclip.edge.radar.simulated import new_event_loop, run_simulated_radar
-
     params = json.loads(sys.stdin.readline())
     loop = new_event_loop(busy_poll=bool(params.get("busy_poll", False)))
     stop = asyncio.Event()
@@ -139,11 +138,11 @@ class SimulatorProcess:
 
     @property
     def vna_resource(self) -> str:
-        return f"TCPIP0::{self.host}::{self.vna_port}::SOCKET"
+        return vna_resource(self.host, self.vna_port)
 
     @property
     def switch_url(self) -> str:
-        return f"tcp://{self.host}:{self.switch_port}"
+        return switch_url(self.host, self.switch_port)
 
     def start(self) -> SimulatorProcess:
         code = "from vrclip.edge.radar.sim_process import child_main; child_main()"

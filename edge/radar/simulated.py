@@ -50,6 +50,16 @@ class BusyPollSelector(selectors.SelectSelector):
                 return events
 
 
+def vna_resource(host: str, port: int | None) -> str:
+    """The VISA raw-socket resource of a simulated VNA listening on host:port."""
+    return f"TCPIP0::{host}::{port}::SOCKET"
+
+
+def switch_url(host: str, port: int) -> str:
+    """The switch client's address of a simulated controller listening on host:port."""
+    return f"tcp://{host}:{port}"
+
+
 def new_event_loop(busy_poll: bool = False) -> asyncio.AbstractEventLoop:
     """An event loop whose timers have microsecond resolution (see module docstring)."""
     return asyncio.SelectorEventLoop(BusyPollSelector() if busy_poll else selectors.SelectSelector())
@@ -69,11 +79,11 @@ class RadarSimState:
     @property
     def vna_resource(self) -> str:
         """The VISA resource string the real driver uses to reach the simulated VNA."""
-        return f"TCPIP0::{self.host}::{self.vna_port}::SOCKET"
+        return vna_resource(self.host, self.vna_port)
 
     @property
     def switch_url(self) -> str:
-        return f"tcp://{self.host}:{self.switch_port}"
+        return switch_url(self.host, self.switch_port)
 
 
 def make_front_end(

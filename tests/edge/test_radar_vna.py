@@ -7,9 +7,11 @@ the driver reads can be compared exactly with what `RadarSimulator` computes for
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 
 import numpy as np
@@ -35,6 +37,27 @@ T_SCENE = 1.25
 SWEEP = SweepConfig(start_hz=1e9, stop_hz=2e9, points=21, if_bandwidth_hz=1e6, power_dbm=-5.0)
 SPEC = SceneSpec(people=("person-00", "person-01"), seed=7)
 GEOMETRY = load_geometry()
+
+
+class ScpiSession:
+    """A raw SCPI conversation with a simulated VNA, below the driver: `send` lines, `ask` queries."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._file = sock.makefile("rwb")
+
+    def send(self, line: str) -> None:
+        self._file.write(line.encode() + b"\n")
+
+    def ask(self, line: str) -> str:
+        self.send(line)
+        self._file.flush()
+        return self._file.readline().decode().strip()
+
+
+@contextlib.contextmanager
+def scpi_session(port: int) -> Iterator[ScpiSession]:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        yield ScpiSession(sock)
 
 
 def quiet_errors(noise_std: float = 0.0) -> FrontEndErrors:
@@ -156,26 +179,18 @@ def test_trace_holds_the_previous_sweep_until_the_new_one_completes() -> None:
     """What makes the driver's *OPC? wait necessary: reading too early gives the old data."""
     radar = start_sim("rs", sweep_time_s=0.2)
     try:
-        with socket.create_connection(("127.0.0.1", radar.vna_port), timeout=5) as sock:
-            f = sock.makefile("rwb")
-
-            def ask(line: str) -> bytes:
-                f.write(line.encode() + b"\n")
-                f.flush()
-                return f.readline().strip()
-
+        with scpi_session(radar.vna_port) as scpi:
             for cmd in ("INIT1:CONT OFF", "CALC1:PAR:SDEF 'T','S21'", "CALC1:PAR:SEL 'T'", "FORM:DATA ASC"):
-                f.write(cmd.encode() + b"\n")
+                scpi.send(cmd)
             radar.front_end.select(0, 0)
-            ask("INIT1:IMM;*OPC?")
-            first = ask("CALC1:DATA? SDAT")
+            scpi.ask("INIT1:IMM;*OPC?")
+            first = scpi.ask("CALC1:DATA? SDAT")
             radar.front_end.select(5, 5)
-            f.write(b"INIT1:IMM\n")
-            f.flush()
-            assert ask("CALC1:DATA? SDAT") == first  # sweep still running: old trace
-            assert ask("*OPC?") == b"1"
-            assert ask("CALC1:DATA? SDAT") != first
-            assert ask("SYST:ERR?") == b'0,"No error"'
+            scpi.send("INIT1:IMM")
+            assert scpi.ask("CALC1:DATA? SDAT") == first  # sweep still running: old trace
+            assert scpi.ask("*OPC?") == "1"
+            assert scpi.ask("CALC1:DATA? SDAT") != first
+            assert scpi.ask("SYST:ERR?") == '0,"No error"'
     finally:
         radar.stop()
 
@@ -183,19 +198,13 @@ def test_trace_holds_the_previous_sweep_until_the_new_one_completes() -> None:
 def test_simulator_error_queue_is_scpi(sim) -> None:
     dialect, radar = sim
     other = "CALC1:PAR:SDEF 'x','S21'" if dialect == "keysight" else "SENS1:SWE:MODE SING"
-    with socket.create_connection(("127.0.0.1", radar.vna_port), timeout=5) as sock:
-        f = sock.makefile("rwb")
-
-        def ask(line: str) -> str:
-            f.write(line.encode() + b"\n")
-            f.flush()
-            return f.readline().decode().strip()
-
+    with scpi_session(radar.vna_port) as scpi:
+        ask = scpi.ask
         assert ask("*CLS;SYST:ERR?") == '0,"No error"'
-        f.write(b"SENS1:FROB 3\n")
-        f.write(other.encode() + b"\n")  # the other dialect's command
-        f.write(b"SENS1:FREQ:STAR 1\n")  # below the instrument's range
-        f.write(b"sense1:frequency:start 1.5e9;STOP 1.6e9\n")  # long form, lower case, relative path
+        scpi.send("SENS1:FROB 3")
+        scpi.send(other)  # the other dialect's command
+        scpi.send("SENS1:FREQ:STAR 1")  # below the instrument's range
+        scpi.send("sense1:frequency:start 1.5e9;STOP 1.6e9")  # long form, lower case, relative path
         assert ask("SYST:ERR?") == '-113,"Undefined header;SENS1:FROB"'
         assert ask("SYST:ERR?").startswith("-113,")
         assert ask("SYST:ERR?") == '-222,"Data out of range;SENS1:FREQ:STAR 1"'
@@ -276,20 +285,14 @@ def test_trigger_output_pulses_after_each_sweep(sim) -> None:
 def test_trigger_output_commands_are_checked(sim) -> None:
     dialect, radar = sim
     polarity = "OPOL" if dialect == "keysight" else "STYP"
-    with socket.create_connection(("127.0.0.1", radar.vna_port), timeout=5) as sock:
-        f = sock.makefile("rwb")
-
-        def ask(line: str) -> str:
-            f.write(line.encode() + b"\n")
-            f.flush()
-            return f.readline().decode().strip()
-
+    with scpi_session(radar.vna_port) as scpi:
+        ask = scpi.ask
         assert ask("*CLS;TRIG:CHAN1:AUX1:INT POINT;:TRIG:CHAN1:AUX1:INT?") == "POIN"
-        f.write(b"TRIG:CHAN1:AUX1:POS SIDEWAYS\n")
-        f.write(f"TRIG:CHAN1:AUX1:{polarity} NEGATIVE\n".encode())
+        scpi.send("TRIG:CHAN1:AUX1:POS SIDEWAYS")
+        scpi.send(f"TRIG:CHAN1:AUX1:{polarity} NEGATIVE")
         assert ask("SYST:ERR?") == '-224,"Illegal parameter value;TRIG:CHAN1:AUX1:POS SIDEWAYS"'
         assert ask("SYST:ERR?") == '0,"No error"'
         assert ask(f"TRIG:CHAN1:AUX1:{polarity}?") == "NEG"
-        f.write(b"TRIG:CHAN2:AUX1 ON\n")  # the simulator has channel 1 only
+        scpi.send("TRIG:CHAN2:AUX1 ON")  # the simulator has channel 1 only
         assert ask("SYST:ERR?").startswith("-114,")
         assert ask("*RST;TRIG:CHAN1:AUX1?") == "0"  # a preset turns the output off
