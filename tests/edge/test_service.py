@@ -200,6 +200,48 @@ def test_sigterm_stops_the_loop_cleanly_and_says_stopping(notify_path) -> None:
     assert receiver.messages[-1][1] == ["STOPPING=1", "STATUS=stopping (SIGTERM)"]
 
 
+SIGNAL_DURING_WAIT = """
+import os, random, signal, threading, time
+from vrclip.edge.service import ShutdownFlag
+for _ in range(200):
+    with ShutdownFlag(signals=(signal.SIGUSR1,)) as flag:
+        killer = threading.Thread(
+            target=lambda: (time.sleep(random.random() * 0.002), os.kill(os.getpid(), signal.SIGUSR1))
+        )
+        killer.start()
+        while not flag.wait(0):
+            pass
+        killer.join()
+print("all stopped", flush=True)
+"""
+
+
+def test_a_signal_that_lands_inside_wait_still_stops_the_loop() -> None:
+    """The handler must take no lock the interrupted wait() may hold (a threading.Event hangs here)."""
+    done = subprocess.run(
+        [sys.executable, "-c", SIGNAL_DURING_WAIT], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "all stopped", done.stderr
+
+
+def test_wait_wakes_other_threads_at_once() -> None:
+    flag = ShutdownFlag()
+    woke: list[float] = []
+    waiters = [
+        threading.Thread(target=lambda: woke.append(time.monotonic()) if flag.wait(30) else None)
+        for _ in range(3)
+    ]
+    for waiter in waiters:
+        waiter.start()
+    time.sleep(0.05)
+    asked = time.monotonic()
+    flag.request("fatal sensor error")
+    for waiter in waiters:
+        waiter.join(5)
+    assert len(woke) == 3 and max(woke) - asked < 1.0
+    assert flag.wait(0) and flag.wait(None)
+
+
 def test_shutdown_flag_in_process() -> None:
     before = signal.getsignal(signal.SIGTERM)
     flag = ShutdownFlag()
