@@ -47,6 +47,9 @@ def train(
     span_m: float = typer.Option(1.6, "--span-m", help="Bistatic path length the range samples span."),
     channel_stride: int = typer.Option(1, "--channel-stride", help="Use every n-th virtual channel."),
     anchor_jitter: float = typer.Option(0.1, "--anchor-jitter", help="Tracker error simulated (m, std)."),
+    align_weight: float = typer.Option(
+        1.0, "--align-weight", help="Stage 3 gate-calibration loss weight (0: the gate learns from CE alone)."
+    ),
     threads: int = typer.Option(2, "--threads", help="torch CPU threads."),
     jobs: int = typer.Option(2, "--jobs", "-j", help="Preprocessing worker processes."),
     cache: Path | None = typer.Option(
@@ -78,6 +81,7 @@ def train(
         span_m=span_m,
         channel_stride=channel_stride,
         anchor_jitter_m=anchor_jitter,
+        align_weight=align_weight,
         threads=threads,
         jobs=jobs,
         cache=cache,

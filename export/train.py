@@ -98,6 +98,16 @@ class TrainConfig:
     channel_dropout: float = 0.2
     #: Stage 3: probability that a sample's crop is replaced by another sample's.
     swap_prob: float = 0.2
+    #: Stage 3: weight of the gate-calibration loss, which pulls a sample's two aligned embeddings
+    #: together when its crop is lit and shows the right person, and pushes them at least
+    #: `align_margin` apart (gate distance, 0..1) when the crop shows someone else. Without it the
+    #: gate learns on training segments the radio has memorised, trusts the radio alone (W ~ 0.25)
+    #: and the fused embedding ends up worse than vision on unseen sessions (measured: fused 31.7 vs
+    #: vision 47.8 mAP).
+    align_weight: float = 1.0
+    align_margin: float = 0.5
+    #: Stage 3: the darkest degradation level (d of L_corr) still pulled towards the radio.
+    align_min_light: float = 0.5
     threads: int = 2
     jobs: int = 2
     cache: Path | None = None
@@ -137,6 +147,9 @@ class TrainConfig:
             (self.frames >= 1, f"--frames {self.frames}: must be >= 1"),
             (self.channel_stride >= 1, f"--channel-stride {self.channel_stride}: must be >= 1"),
             (0.0 < self.min_degradation <= 1.0, f"min_degradation {self.min_degradation}: must be in (0, 1]"),
+            (self.align_weight >= 0, f"--align-weight {self.align_weight}: must be >= 0"),
+            (0.0 <= self.align_margin <= 1.0, f"align_margin {self.align_margin}: must be in [0, 1]"),
+            (0.0 < self.align_min_light <= 1.0, f"align_min_light {self.align_min_light}: must be in (0, 1]"),
             (self.segment_seconds > 0, f"--segment-seconds {self.segment_seconds}: must be positive"),
         ]
         for ok, message in checks:
@@ -190,6 +203,29 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def illumination_loss(delta: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     """L_corr = 1 - Pearson(delta, 1/d)."""
     return 1.0 - pearson(delta, 1.0 / d)
+
+
+def gate_calibration_loss(
+    aligned_vision: torch.Tensor,
+    aligned_rf: torch.Tensor,
+    *,
+    trusted: torch.Tensor,
+    impostor: torch.Tensor,
+    margin: float,
+) -> torch.Tensor:
+    """Mean gate distance of trusted pairs plus the hinge max(0, margin - distance) of impostor pairs.
+
+    The distance is the one the reliability gate uses (0.5 (1 - cos), in [0, 1]); trusted pairs (a lit
+    crop of the right person) should reach W = 2 exp(-beta d) near 2, impostors (another person's
+    crop) near 2 exp(-beta margin).
+    """
+    v = F.normalize(aligned_vision, dim=-1)
+    r = F.normalize(aligned_rf, dim=-1)
+    distance = 0.5 * (1.0 - (v * r).sum(dim=-1))
+    zero = distance.sum() * 0.0
+    pull = distance[trusted].mean() if bool(trusted.any()) else zero
+    push = F.relu(margin - distance[impostor]).mean() if bool(impostor.any()) else zero
+    return pull + push
 
 
 def to_tensors(batch: Batch) -> dict[str, torch.Tensor]:
@@ -550,9 +586,20 @@ class Trainer:
             cca = cca_loss(av[seen], ar[seen], model.cfg.cca_k, model.cfg.cca_ridge)
         else:
             cca = av.sum() * 0.0
-        loss = ce_fused + ce_rf + ce_vision + cfg.cca_weight * cca
-        parts = {"ce_fused": ce_fused, "ce_rf": ce_rf, "ce_vision": ce_vision, "cca": cca}
+        align = gate_calibration_loss(
+            av, ar, trusted=seen & (d >= cfg.align_min_light), impostor=swap, margin=cfg.align_margin
+        )
+        loss = ce_fused + ce_rf + ce_vision + cfg.cca_weight * cca + cfg.align_weight * align
+        parts = {"ce_fused": ce_fused, "ce_rf": ce_rf, "ce_vision": ce_vision, "cca": cca, "align": align}
         return loss, {k: float(v.detach()) for k, v in parts.items()}
 
 
-__all__ = ["STAGES", "TrainConfig", "Trainer", "degrade", "illumination_loss", "warmup_cosine"]
+__all__ = [
+    "STAGES",
+    "TrainConfig",
+    "Trainer",
+    "degrade",
+    "gate_calibration_loss",
+    "illumination_loss",
+    "warmup_cosine",
+]

@@ -27,6 +27,7 @@ from vrclip.export.train import (  # noqa: E402
     TrainConfig,
     Trainer,
     degrade,
+    gate_calibration_loss,
     illumination_loss,
     warmup_cosine,
 )
@@ -74,6 +75,40 @@ def test_illumination_objective_and_degradation() -> None:
     out = degrade(rgb, d, 0.06, g, cast=0.3)
     torch.testing.assert_close(out[3], rgb[3])  # d = 1: untouched
     assert float(out[0].mean()) < 0.3 * float(rgb[0].mean()) + 0.05  # d = 0.1: dark
+
+
+def test_gate_calibration_pulls_trusted_pairs_and_pushes_impostors_past_the_margin() -> None:
+    v = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    r = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])  # distances 0, 0.5, 0
+    none = torch.zeros(3, dtype=torch.bool)
+    trusted = torch.tensor([True, True, False])
+    assert float(gate_calibration_loss(v, r, trusted=trusted, impostor=none, margin=0.5)) == pytest.approx(
+        0.25
+    )
+    impostor = torch.tensor([False, True, True])  # one past the margin already (0.5), one at 0
+    got = gate_calibration_loss(v, r, trusted=none, impostor=impostor, margin=0.5)
+    assert float(got) == pytest.approx(0.25)
+    assert float(gate_calibration_loss(v, r, trusted=none, impostor=none, margin=0.5)) == 0.0
+    # the gradient moves a trusted pair's radio embedding towards its vision embedding
+    r_var = r.clone().requires_grad_(True)
+    gate_calibration_loss(v, r_var, trusted=trusted, impostor=none, margin=0.5).backward()
+    assert r_var.grad is not None and float(r_var.grad[1, 0]) < 0
+
+
+@pytest.mark.parametrize(
+    ("setting", "named"),
+    [
+        ({"epochs": 0}, "--epochs 0"),
+        ({"batch_size": 4}, "--batch 4"),
+        ({"warmup": 1.0}, "--warmup 1.0"),
+        ({"align_weight": -1.0}, "--align-weight -1.0"),
+        ({"align_margin": 1.5}, "align_margin 1.5"),
+        ({"align_min_light": 0.0}, "align_min_light 0.0"),
+    ],
+)
+def test_bad_training_settings_name_the_option(tmp_path: Path, setting: dict, named: str) -> None:
+    with pytest.raises(UserError, match=named):
+        config(tmp_path, tmp_path / "run", **setting).validate()
 
 
 def test_training_writes_checkpoints_and_resumes_bit_identically_after_a_kill(
