@@ -126,7 +126,8 @@ class EdgeRunner:
                     self.heartbeat()
                 next_status = self._status(next_status)
             else:
-                summary.reason = "stop requested"
+                # The service's ShutdownFlag knows why (SIGTERM, SIGINT, a fatal error); an Event does not.
+                summary.reason = getattr(stop, "reason", None) or "stop requested"
         finally:
             for thread in self.threads.values():
                 thread.stop()

@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -187,6 +189,38 @@ def test_run_cli_notifies_systemd_only_once_frames_flow(engine: Path, tmp_path: 
     events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert all(set(e["modalities"]) == {"radar", "camera", "depth"} for e in events)
     assert (tmp_path / "wd" / "events.jsonl").exists()
+
+
+def test_run_cli_stops_cleanly_on_sigterm_and_says_why(engine: Path, tmp_path: Path) -> None:
+    sock_path = tmp_path / "notify.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(str(sock_path))
+    server.settimeout(0.2)
+    config = tmp_path / "edge.toml"
+    config.write_text("[radar]\nframe_rate_hz = 8\n[camera]\nwidth = 320\nheight = 180\n")
+    env = {**os.environ, "NOTIFY_SOCKET": str(sock_path)}
+    exe = console_script("vrclip-edge")
+    args = [exe, "run", "--simulate", "--direct-radar", "--engine", str(engine), "--config", str(config),
+            "--duration", "120", "--people", "1", "--unknown", "0", "--enroll-seconds", "2",
+            "--workdir", str(tmp_path / "wd")]  # fmt: skip
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    messages: list[str] = []
+    deadline = time.monotonic() + 90
+    while not any("READY=1" in m for m in messages) and proc.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(TimeoutError):
+            messages.append(server.recv(4096).decode())
+    assert proc.poll() is None, "the run ended before it was ready"
+    proc.send_signal(signal.SIGTERM)
+    asked = time.monotonic()
+    _, err = proc.communicate(timeout=30)
+    stopped_in = time.monotonic() - asked
+    with contextlib.suppress(TimeoutError):
+        while True:
+            messages.append(server.recv(4096).decode())
+    server.close()
+    assert proc.returncode == 0, err
+    assert "stopped (SIGTERM)" in err and stopped_in < 15
+    assert any("STOPPING=1" in m for m in messages)
 
 
 def test_run_without_an_engine_is_a_one_line_error(tmp_path: Path) -> None:
