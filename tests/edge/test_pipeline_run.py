@@ -162,19 +162,37 @@ def test_enrolment_rejects_frames_with_two_people(engine: Path, config: EdgeConf
     store.close()
 
 
-def test_run_cli_notifies_systemd_only_once_frames_flow(engine: Path, tmp_path: Path) -> None:
+def start_simulated_run(
+    engine: Path,
+    tmp_path: Path,
+    *,
+    duration: int,
+    unknown: int,
+    stdout: int,
+    watchdog_usec: str | None = None,
+) -> tuple[subprocess.Popen, socket.socket]:
+    """`vrclip-edge run --simulate` (one enrolled person, a small camera) notifying a socket we bind."""
     sock_path = tmp_path / "notify.sock"
     server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     server.bind(str(sock_path))
     server.settimeout(0.2)
     config = tmp_path / "edge.toml"
     config.write_text("[radar]\nframe_rate_hz = 8\n[camera]\nwidth = 320\nheight = 180\n")
-    env = {**os.environ, "NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "2000000"}
+    env = {**os.environ, "NOTIFY_SOCKET": str(sock_path)}
+    if watchdog_usec is not None:
+        env["WATCHDOG_USEC"] = watchdog_usec
     exe = console_script("vrclip-edge")
     args = [exe, "run", "--simulate", "--direct-radar", "--engine", str(engine), "--config", str(config),
-            "--duration", "6", "--people", "1", "--unknown", "1", "--enroll-seconds", "2",
+            "--duration", str(duration), "--people", "1", "--unknown", str(unknown), "--enroll-seconds", "2",
             "--workdir", str(tmp_path / "wd")]  # fmt: skip
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(args, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True)
+    return proc, server
+
+
+def test_run_cli_notifies_systemd_only_once_frames_flow(engine: Path, tmp_path: Path) -> None:
+    proc, server = start_simulated_run(
+        engine, tmp_path, duration=6, unknown=1, stdout=subprocess.PIPE, watchdog_usec="2000000"
+    )
     messages: list[str] = []
     while proc.poll() is None:
         with contextlib.suppress(TimeoutError):
@@ -192,18 +210,7 @@ def test_run_cli_notifies_systemd_only_once_frames_flow(engine: Path, tmp_path: 
 
 
 def test_run_cli_stops_cleanly_on_sigterm_and_says_why(engine: Path, tmp_path: Path) -> None:
-    sock_path = tmp_path / "notify.sock"
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    server.bind(str(sock_path))
-    server.settimeout(0.2)
-    config = tmp_path / "edge.toml"
-    config.write_text("[radar]\nframe_rate_hz = 8\n[camera]\nwidth = 320\nheight = 180\n")
-    env = {**os.environ, "NOTIFY_SOCKET": str(sock_path)}
-    exe = console_script("vrclip-edge")
-    args = [exe, "run", "--simulate", "--direct-radar", "--engine", str(engine), "--config", str(config),
-            "--duration", "120", "--people", "1", "--unknown", "0", "--enroll-seconds", "2",
-            "--workdir", str(tmp_path / "wd")]  # fmt: skip
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc, server = start_simulated_run(engine, tmp_path, duration=120, unknown=0, stdout=subprocess.DEVNULL)
     messages: list[str] = []
     deadline = time.monotonic() + 90
     while not any("READY=1" in m for m in messages) and proc.poll() is None and time.monotonic() < deadline:
