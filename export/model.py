@@ -426,6 +426,12 @@ class RFEncoder(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------- VRCLIP
+def gate_distance(v: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """(B,) distance d = |v - r|^2 / 4 = (1 - cos) / 2 in [0, 1] between unit-norm aligned embeddings:
+    what the reliability gate W = 2 exp(-beta d) reads, and what training calibrates it on."""
+    return 0.5 * (1.0 - (v * r).sum(dim=-1))
+
+
 @dataclass
 class ModelOutputs:
     """Everything a training step may need; `inference()` returns the deployable subset."""
@@ -464,7 +470,7 @@ class VRCLIP(nn.Module):
         r = F.normalize(aligned_rf, dim=-1)
         rgb_on = present[:, 0:1]
         rf_on = present[:, 1:2]
-        distance = 0.5 * (1.0 - (v * r).sum(dim=-1, keepdim=True))  # |v - r|^2 / 4, in [0, 1]
+        distance = gate_distance(v, r).unsqueeze(-1)
         gate = 2.0 * torch.exp(-self.cfg.gate_beta * distance)
         # RF absent: nothing anchors the check, RGB counts with weight 1; RGB absent: weight 0.
         weight = rgb_on * (rf_on * gate + (1.0 - rf_on))

@@ -46,7 +46,14 @@ from vrclip.export.data import (
     make_batch,
     split_samples,
 )
-from vrclip.export.model import VRCLIP, CheckpointError, ModelConfig, load_clip_visual_weights, preset
+from vrclip.export.model import (
+    VRCLIP,
+    CheckpointError,
+    ModelConfig,
+    gate_distance,
+    load_clip_visual_weights,
+    preset,
+)
 
 STAGES = ("vision", "rf", "gate")
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -215,13 +222,11 @@ def gate_calibration_loss(
 ) -> torch.Tensor:
     """Mean gate distance of trusted pairs plus the hinge max(0, margin - distance) of impostor pairs.
 
-    The distance is the one the reliability gate uses (0.5 (1 - cos), in [0, 1]); trusted pairs (a lit
+    The distance is the reliability gate's own (`gate_distance`, in [0, 1]); trusted pairs (a lit
     crop of the right person) should reach W = 2 exp(-beta d) near 2, impostors (another person's
     crop) near 2 exp(-beta margin).
     """
-    v = F.normalize(aligned_vision, dim=-1)
-    r = F.normalize(aligned_rf, dim=-1)
-    distance = 0.5 * (1.0 - (v * r).sum(dim=-1))
+    distance = gate_distance(F.normalize(aligned_vision, dim=-1), F.normalize(aligned_rf, dim=-1))
     zero = distance.sum() * 0.0
     pull = distance[trusted].mean() if bool(trusted.any()) else zero
     push = F.relu(margin - distance[impostor]).mean() if bool(impostor.any()) else zero

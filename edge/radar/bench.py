@@ -43,7 +43,6 @@ from vrclip.edge.radar.switch import SwitchClient
 from vrclip.edge.radar.vna import VnaDriver
 from vrclip.edge.sim.scene import SceneSpec
 
-_CHILD_START_TIMEOUT_S = 60.0
 #: SCHED_FIFO priority for --realtime: above normal tasks, well below kernel threads (50) and watchdogs.
 _REALTIME_PRIORITY = 10
 
