@@ -17,9 +17,20 @@ frame this module
 5. undoes the spherical spreading loss of each channel at the gate point (range compensation), so
    the echo level is the person's (body size, reflectivity), not their distance's.
 
-`frames` consecutive gated frames of one person form one RF sample, (T, C, R) complex, handed to the
-model as (T, C, R, 2) float32 (real, imaginary). Trainer and runtime both build samples here (no
-torch), so the model sees the same representation in the field as in training.
+Beamformed windows (`beam_heights_m` set) go one step further: instead of handing the model every
+Tx/Rx pair's own window, they sum all pairs coherently (back-projection) at points around the person:
+one *beam* per (height, cross-range offset), sampled at `range_bins` offsets along the line from the
+array to the person. A pair's window depends on where the person stands relative to that pair, so a
+model that sees pairs must learn a different pattern at every position; a beam's profile is the
+person's own reflectivity against height (head, shoulders, what they carry, at what height), which
+stays the same wherever they walk. Measured on vrr-sim3 with no learning at all (mean |beam| over 12
+frames, max over the local grid, cosine distance, same-session matches excluded): 69.3 % mAP across
+sessions, against 7.4 % for the same statistic of the per-pair windows (all 144 x 16).
+
+`frames` consecutive gated frames of one person form one RF sample, (T, C, R) complex (C = pairs,
+or beams ordered height-major), handed to the model as (T, C, R, 2) float32 (real, imaginary).
+Trainer and runtime both build samples here (no torch), so the model sees the same representation in
+the field as in training.
 """
 
 from __future__ import annotations
@@ -62,6 +73,12 @@ class RFWindowSpec:
     #: Undo spherical spreading: scale each channel by R_tx R_rx / (3 m)^2 at the gate point, so the
     #: echo level measures the person's radar cross-section instead of their distance to the array.
     range_compensation: bool = True
+    #: Beamformed windows: heights (m above the floor) of the beams; empty = one window per Tx/Rx pair.
+    #: With beams, `span_m` is a one-way distance along the array->person line, not a bistatic path.
+    beam_heights_m: tuple[float, ...] = ()
+    #: Cross-range offsets (m, perpendicular to the array->person line) of the beams at every height:
+    #: a tracker's position is off by ~0.1 m, so the beams cover the body's width around it.
+    beam_offsets_m: tuple[float, ...] = (0.0,)
 
     def __post_init__(self) -> None:
         if self.frames < 1 or self.range_bins < 1:
@@ -74,13 +91,29 @@ class RFWindowSpec:
             raise ValueError(f"RF window background = {self.background!r}: must be session, running or none")
         if len(set(self.channels)) != len(self.channels) or any(c < 0 for c in self.channels):
             raise ValueError(f"RF window channels {self.channels}: must be distinct non-negative indices")
+        if self.beam_heights_m and not self.beam_offsets_m:
+            raise ValueError("RF window beam_offsets_m is empty: give at least one offset, e.g. (0.0,)")
+        if any(not np.isfinite(h) or h < 0 for h in self.beam_heights_m):
+            raise ValueError(f"RF window beam_heights_m {self.beam_heights_m}: must be finite heights >= 0")
+
+    @property
+    def beamformed(self) -> bool:
+        return bool(self.beam_heights_m)
+
+    def n_pairs(self, total: int) -> int:
+        """Tx/Rx pairs read from each frame."""
+        return len(self.channels) or total
 
     def n_channels(self, total: int) -> int:
-        return len(self.channels) or total
+        """Channels of the model input: beams when beamformed, else the pairs."""
+        if self.beamformed:
+            return len(self.beam_heights_m) * len(self.beam_offsets_m)
+        return self.n_pairs(total)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["channels"] = list(self.channels)
+        for key in ("channels", "beam_heights_m", "beam_offsets_m"):
+            d[key] = list(d[key])
         return d
 
     @classmethod
@@ -88,6 +121,9 @@ class RFWindowSpec:
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         if "channels" in known:
             known["channels"] = tuple(int(c) for c in known["channels"])
+        for key in ("beam_heights_m", "beam_offsets_m"):
+            if key in known:
+                known[key] = tuple(float(v) for v in known[key])
         return cls(**known)
 
 
@@ -124,15 +160,26 @@ class RFWindowExtractor:
         self._weights = self.layout.fft_weights.astype(np.float32)
         half = (spec.range_bins - 1) / 2
         step = spec.span_m / spec.range_bins
-        #: (R,) path-length offsets of the samples around the gate point (metres).
+        #: (R,) offsets of the samples around the gate point (metres): of bistatic path per pair, or of
+        #: distance along the array->person line for beams.
         self.offsets_m = (np.arange(spec.range_bins) - half) * step
+        self._tx = geometry.channel_tx[self.channel_index]
+        self._rx = geometry.channel_rx[self.channel_index]
+        #: Horizontal centre of the array: beams' range axis points from here to the person.
+        self._array_xy = geometry.virtual_positions.mean(axis=0)[:2]
         self._clutter: ClutterFilter | None = (
             ClutterFilter("mean", spec.background_alpha) if spec.background == "running" else None
         )
 
     @property
-    def n_channels(self) -> int:
+    def n_pairs(self) -> int:
+        """Tx/Rx pairs read from each frame (what calibration and background work on)."""
         return int(self.channel_index.size)
+
+    @property
+    def n_channels(self) -> int:
+        """Channels of each output window (the model's C): beams, or the pairs."""
+        return self.spec.n_channels(self.geometry.n_channels)
 
     # ------------------------------------------------------------------------------- conditioning
     def calibrate(self, s21: np.ndarray) -> np.ndarray:
@@ -166,18 +213,55 @@ class RFWindowExtractor:
         centre = self.geometry.path_lengths(p)[self.channel_index]
         return centre[:, None] + self.offsets_m[None, :]
 
-    def gate(self, profiles: np.ndarray, position_xy: np.ndarray) -> np.ndarray:
-        """(C, N) profiles of one frame -> (C, R) complex64 window around the person, carrier-compensated."""
-        paths = self.gate_paths(position_xy)
+    def beam_points(self, position_xy: np.ndarray) -> np.ndarray:
+        """(B, R, 3) points the beams sample for a person at floor position (x, y), B height-major."""
+        spec = self.spec
+        xy = np.array([float(position_xy[0]), float(position_xy[1])])
+        along = xy - self._array_xy
+        norm = float(np.hypot(*along))
+        along = along / norm if norm > 1e-6 else np.array([0.0, 1.0])
+        across = np.array([-along[1], along[0]])
+        heights = np.asarray(spec.beam_heights_m, dtype=np.float64)
+        offsets = np.asarray(spec.beam_offsets_m, dtype=np.float64)
+        horizontal = (
+            xy[None, None, :]
+            + offsets[:, None, None] * across[None, None, :]
+            + self.offsets_m[None, :, None] * along[None, None, :]
+        )  # (O, R, 2)
+        pts = np.empty((heights.size, offsets.size, self.offsets_m.size, 3))
+        pts[..., :2] = horizontal[None]
+        pts[..., 2] = heights[:, None, None]
+        return pts.reshape(heights.size * offsets.size, self.offsets_m.size, 3)
+
+    def _sample(self, profiles: np.ndarray, paths: np.ndarray) -> np.ndarray:
+        """Profiles (C, N) read at path lengths (C, ...): linear interpolation, then the carrier."""
         pos = self.layout.bin_positions(paths)
         n = self.layout.n_fft
         i0 = np.floor(pos).astype(np.int64)
         frac = (pos - i0).astype(np.float32)
-        rows = np.arange(profiles.shape[0])[:, None]
+        rows = np.arange(profiles.shape[0]).reshape((-1,) + (1,) * (paths.ndim - 1))
         a = profiles[rows, i0 % n]
         b = profiles[rows, (i0 + 1) % n]
-        g = a * (1.0 - frac) + b * frac
-        out = g * self.layout.carrier(paths)
+        return (a * (1.0 - frac) + b * frac) * self.layout.carrier(paths)
+
+    def beams(self, profiles: np.ndarray, position_xy: np.ndarray) -> np.ndarray:
+        """(C_pairs, N) profiles of one frame -> (B, R) complex64: every pair summed in phase at each
+        beam point (with each pair's spreading loss undone there), divided by the number of pairs."""
+        pts = self.beam_points(position_xy).reshape(-1, 3)
+        d_tx = np.linalg.norm(pts[None, :, :] - self._tx[:, None, :], axis=-1)
+        d_rx = np.linalg.norm(pts[None, :, :] - self._rx[:, None, :], axis=-1)
+        values = self._sample(profiles, d_tx + d_rx)  # (C, P)
+        if self.spec.range_compensation:
+            values = values * (d_tx * d_rx / REFERENCE_RANGE_M**2)
+        out = values.mean(axis=0).reshape(self.n_channels, self.spec.range_bins)
+        return out.astype(np.complex64)
+
+    def gate(self, profiles: np.ndarray, position_xy: np.ndarray) -> np.ndarray:
+        """(C_pairs, N) profiles of one frame -> (C, R) complex64 window around the person: each pair's
+        carrier-compensated profile, or the beams when the spec asks for them."""
+        if self.spec.beamformed:
+            return self.beams(profiles, position_xy)
+        out = self._sample(profiles, self.gate_paths(position_xy))
         if self.spec.range_compensation:
             out = out * self._spreading(position_xy)[:, None]
         return out.astype(np.complex64)
@@ -185,9 +269,8 @@ class RFWindowExtractor:
     def _spreading(self, position_xy: np.ndarray) -> np.ndarray:
         """(C,) R_tx R_rx / R_ref^2 of the gate point: the 1/(R_tx R_rx) loss of every channel, undone."""
         p = np.array([float(position_xy[0]), float(position_xy[1]), self.spec.centre_height_m])
-        tx = self.geometry.channel_tx[self.channel_index]
-        rx = self.geometry.channel_rx[self.channel_index]
-        return np.linalg.norm(tx - p, axis=1) * np.linalg.norm(rx - p, axis=1) / REFERENCE_RANGE_M**2
+        d_tx = np.linalg.norm(self._tx - p, axis=1)
+        return d_tx * np.linalg.norm(self._rx - p, axis=1) / REFERENCE_RANGE_M**2
 
     def windows(
         self, s21: np.ndarray, positions: np.ndarray, background: np.ndarray | None = None

@@ -43,8 +43,13 @@ def train(
     seed: int = typer.Option(42, "--seed"),
     segment_seconds: float = typer.Option(10.0, "--segment-seconds", help="Training segment per identity."),
     frames: int = typer.Option(12, "--frames", help="Radar frames per RF sample (T)."),
-    range_bins: int = typer.Option(16, "--range-bins", help="Range samples per channel (R)."),
-    span_m: float = typer.Option(1.6, "--span-m", help="Bistatic path length the range samples span."),
+    rf_input: str = typer.Option(
+        "beams", "--rf-input", help="RF encoder input: beams (heights x offsets around the person) or pairs."
+    ),
+    range_bins: int = typer.Option(8, "--range-bins", help="Range samples per channel (R)."),
+    span_m: float = typer.Option(
+        0.8, "--span-m", help="Extent of the range samples (m; bistatic path with --rf-input pairs)."
+    ),
     channel_stride: int = typer.Option(1, "--channel-stride", help="Use every n-th virtual channel."),
     anchor_jitter: float = typer.Option(0.1, "--anchor-jitter", help="Tracker error simulated (m, std)."),
     align_weight: float = typer.Option(
@@ -77,6 +82,7 @@ def train(
         seed=seed,
         segment_seconds=segment_seconds,
         frames=frames,
+        rf_input=rf_input,
         range_bins=range_bins,
         span_m=span_m,
         channel_stride=channel_stride,

@@ -235,7 +235,7 @@ def preprocess_session(session: SessionInfo, spec: PrepSpec) -> list[dict[str, n
         cam_truth = reader.truth_block("camera", 0, cam_n)
         # Radar in bounded blocks; the per-session background needs every calibrated frame once.
         block = 64
-        calibrated_sum = np.zeros((extractor.n_channels, reader.freqs_hz.size), np.complex128)
+        calibrated_sum = np.zeros((extractor.n_pairs, reader.freqs_hz.size), np.complex128)
         t_parts = []
         for b in range(0, n, block):
             s21, t = reader.radar_block(b, min(n, b + block))

@@ -217,7 +217,9 @@ def window_for(cfg: ModelConfig, prep: dict[str, Any] | None) -> dict[str, Any]:
         problems.append(f"window frames {spec.frames} vs model frames {cfg.rf.frames}")
     if spec.range_bins != cfg.rf.range_bins:
         problems.append(f"window range_bins {spec.range_bins} vs model range_bins {cfg.rf.range_bins}")
-    if spec.channels and len(spec.channels) != cfg.rf.channels:
+    if spec.beamformed and spec.n_channels(0) != cfg.rf.channels:
+        problems.append(f"window forms {spec.n_channels(0)} beams, the model takes {cfg.rf.channels}")
+    elif not spec.beamformed and spec.channels and len(spec.channels) != cfg.rf.channels:
         problems.append(f"window selects {len(spec.channels)} channels, the model takes {cfg.rf.channels}")
     if problems:
         raise CheckpointError(

@@ -112,6 +112,13 @@ class Identifier:
         self.imaging = ImagingPipeline(config, geometry, calibration)
         self.tracker = Tracker()
         self.extractor = RFWindowExtractor(self.feeds.window, geometry, freqs_hz, calibration)
+        if self.extractor.n_channels != self.feeds.rf.channels:
+            raise ValueError(
+                f"engine {backend.manifest.model_name!r} takes {self.feeds.rf.channels} RF channels but its "
+                f"window spec on this array ({geometry.n_channels} Tx/Rx pairs) gives "
+                f"{self.extractor.n_channels}: the engine was trained for another array or window; "
+                "retrain or export it for this rig"
+            )
         # The runtime cannot know a session's mean in advance: a running mean is its online equivalent.
         self._rf_clutter = ClutterFilter("mean", self.feeds.window.background_alpha)
         self.camera = camera
