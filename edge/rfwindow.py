@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
+from vrclip.edge.config import SPEED_OF_LIGHT
 from vrclip.edge.geometry import ArrayGeometry
 from vrclip.edge.imaging.calibration import ChannelCalibration
 from vrclip.edge.imaging.clutter import ClutterFilter
@@ -165,6 +166,8 @@ class RFWindowExtractor:
         self.offsets_m = (np.arange(spec.range_bins) - half) * step
         self._tx = geometry.channel_tx[self.channel_index]
         self._rx = geometry.channel_rx[self.channel_index]
+        self._tx32 = self._tx.astype(np.float32)
+        self._rx32 = self._rx.astype(np.float32)
         #: Horizontal centre of the array: beams' range axis points from here to the person.
         self._array_xy = geometry.virtual_positions.mean(axis=0)[:2]
         self._clutter: ClutterFilter | None = (
@@ -246,15 +249,34 @@ class RFWindowExtractor:
 
     def beams(self, profiles: np.ndarray, position_xy: np.ndarray) -> np.ndarray:
         """(C_pairs, N) profiles of one frame -> (B, R) complex64: every pair summed in phase at each
-        beam point (with each pair's spreading loss undone there), divided by the number of pairs."""
-        pts = self.beam_points(position_xy).reshape(-1, 3)
-        d_tx = np.linalg.norm(pts[None, :, :] - self._tx[:, None, :], axis=-1)
-        d_rx = np.linalg.norm(pts[None, :, :] - self._rx[:, None, :], axis=-1)
-        values = self._sample(profiles, d_tx + d_rx)  # (C, P)
+        beam point (with each pair's spreading loss undone there), divided by the number of pairs.
+
+        The runtime calls this per track per radar frame (144 pairs x ~700 points), so it works in
+        float32 on flat indices: path lengths of a few metres keep ~1e-6 m in float32, i.e. ~1e-4 rad
+        of carrier phase, far below the noise.
+        """
+        pts = self.beam_points(position_xy).reshape(-1, 3).astype(np.float32)
+        d_tx = _distances(self._tx32, pts)
+        d_rx = _distances(self._rx32, pts)
+        path = d_tx + d_rx  # (C, P)
+        n = self.layout.n_fft
+        pos = path * np.float32(1.0 / self.layout.bin_m)
+        i0 = np.minimum(pos.astype(np.int32), n - 2)  # paths are positive: truncation is floor
+        frac = pos - i0
+        flat = np.ascontiguousarray(profiles, dtype=np.complex64).ravel()
+        idx = i0 + (np.arange(profiles.shape[0], dtype=np.int32) * n)[:, None]
+        a = flat[idx]
+        values = a + (flat[idx + 1] - a) * frac
+        cycles = path * np.float32(self.layout.f_ref_hz / SPEED_OF_LIGHT)
+        phase = (cycles - np.floor(cycles)) * np.float32(2.0 * np.pi)
+        carrier = np.empty(phase.shape, np.complex64)  # cos + j sin: ~25x faster than a complex exp
+        carrier.real = np.cos(phase)
+        carrier.imag = np.sin(phase)
+        values *= carrier
         if self.spec.range_compensation:
-            values = values * (d_tx * d_rx / REFERENCE_RANGE_M**2)
-        out = values.mean(axis=0).reshape(self.n_channels, self.spec.range_bins)
-        return out.astype(np.complex64)
+            values *= d_tx * d_rx * np.float32(1.0 / REFERENCE_RANGE_M**2)
+        out = values.sum(axis=0) * np.float32(1.0 / profiles.shape[0])
+        return out.reshape(self.n_channels, self.spec.range_bins).astype(np.complex64)
 
     def gate(self, profiles: np.ndarray, position_xy: np.ndarray) -> np.ndarray:
         """(C_pairs, N) profiles of one frame -> (C, R) complex64 window around the person: each pair's
@@ -299,6 +321,14 @@ class RFWindowExtractor:
         """Forget the running background (after the rig moved or the sweep changed)."""
         if self._clutter is not None:
             self._clutter.reset()
+
+
+def _distances(origins: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """(C, 3) x (P, 3) -> (C, P) Euclidean distances, in the inputs' dtype."""
+    total = np.square(points[None, :, 0] - origins[:, 0:1])
+    total += np.square(points[None, :, 1] - origins[:, 1:2])
+    total += np.square(points[None, :, 2] - origins[:, 2:3])
+    return np.sqrt(total)
 
 
 def to_model_input(windows: np.ndarray) -> np.ndarray:
