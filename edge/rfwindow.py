@@ -59,7 +59,8 @@ class RFWindowSpec:
     frames: int = 12
     #: Profile samples per channel (R).
     range_bins: int = 16
-    #: Bistatic path length the R samples span, centred on the person (metres).
+    #: Extent of the R samples, centred on the person (metres): bistatic path per pair, or one-way
+    #: distance along the array->person line for beams.
     span_m: float = 1.6
     #: Height of the gate point above the floor position (metres): the trunk.
     centre_height_m: float = 1.0

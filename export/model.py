@@ -126,7 +126,10 @@ PRESETS: dict[str, ModelConfig] = {
             quick_gelu=False,
             gray_world=True,
         ),
-        rf=RFConfig(d_model=128, state_dim=8, layers=1, output_dim=128, channel_dim=16),
+        # Dropout 0.5 in the RF frame encoder: each identity trains on ~90 overlapping windows of one
+        # session and the RF encoder memorises them; on vrr-sim3 radio-only mAP went 75.6 (0.1) ->
+        # 76.6 (0.3) -> 79.3 (0.5) -> 79.5 (0.7).
+        rf=RFConfig(d_model=128, state_dim=8, layers=1, output_dim=128, channel_dim=16, dropout=0.5),
         align_dim=64,
     ),
     # For unit tests: the same architecture, a few thousand parameters.

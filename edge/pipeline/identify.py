@@ -21,7 +21,7 @@ from vrclip.edge.geometry import ArrayGeometry
 from vrclip.edge.imaging.calibration import ChannelCalibration
 from vrclip.edge.imaging.clutter import ClutterFilter
 from vrclip.edge.imaging.pipeline import ImagingPipeline
-from vrclip.edge.inference.base import InferenceBackend
+from vrclip.edge.inference.base import EngineMismatchError, InferenceBackend
 from vrclip.edge.manifest import EngineManifest, TensorSpec
 from vrclip.edge.pipeline.sync import SyncedFrame
 from vrclip.edge.pipeline.tracker import Track, Tracker
@@ -113,7 +113,7 @@ class Identifier:
         self.tracker = Tracker()
         self.extractor = RFWindowExtractor(self.feeds.window, geometry, freqs_hz, calibration)
         if self.extractor.n_channels != self.feeds.rf.channels:
-            raise ValueError(
+            raise EngineMismatchError(
                 f"engine {backend.manifest.model_name!r} takes {self.feeds.rf.channels} RF channels but its "
                 f"window spec on this array ({geometry.n_channels} Tx/Rx pairs) gives "
                 f"{self.extractor.n_channels}: the engine was trained for another array or window; "

@@ -15,9 +15,10 @@ pytest.importorskip("open_clip")
 pytest.importorskip("onnxruntime")
 
 from vrclip.edge.cli_support import make_app, run  # noqa: E402
+from vrclip.edge.inference.base import EngineMismatchError  # noqa: E402
 from vrclip.edge.inference.factory import open_engine  # noqa: E402
 from vrclip.edge.manifest import load_manifest  # noqa: E402
-from vrclip.edge.pipeline.identify import ModelFeeds  # noqa: E402
+from vrclip.edge.pipeline.identify import Identifier, ModelFeeds  # noqa: E402
 from vrclip.edge.rfwindow import RFWindowSpec  # noqa: E402
 from vrclip.export.checkpoint import save_atomic  # noqa: E402
 from vrclip.export.data import PrepSpec  # noqa: E402
@@ -28,6 +29,7 @@ from vrclip.export.onnx_export import (  # noqa: E402
     ExportOptions,
     export_checkpoint,
     random_inputs,
+    window_for,
 )
 
 #: Every 18th of the 144 virtual channels: 8 channels, so the micro model stays tiny.
@@ -126,6 +128,36 @@ def test_manifest_configures_the_runtime_and_open_engine_runs_it(exported: tuple
         want = model(*(torch.from_numpy(np.asarray(feeds[n])) for n in InferenceModel.INPUT_NAMES))
     assert np.max(np.abs(out["embedding"] - want[0].numpy())) <= 1e-4
     assert np.allclose(np.linalg.norm(out["embedding"], axis=1), 1.0, atol=1e-5)
+
+
+def test_a_beam_window_must_give_the_model_its_channel_count() -> None:
+    cfg = preset("micro", rf_frames=4, rf_channels=8, rf_range_bins=8, num_classes=3)
+    fits = RFWindowSpec(
+        frames=4, range_bins=8, beam_heights_m=(0.4, 0.8, 1.2, 1.6), beam_offsets_m=(-0.1, 0.1)
+    )
+    assert window_for(cfg, PrepSpec(rf=fits).to_dict()) == fits.to_dict()
+    three = RFWindowSpec(frames=4, range_bins=8, beam_heights_m=(0.5, 1.0, 1.5))
+    with pytest.raises(CheckpointError, match="forms 3 beams, the model takes 8"):
+        window_for(cfg, PrepSpec(rf=three).to_dict())
+
+
+def test_runtime_refuses_an_engine_its_window_cannot_feed(exported: tuple[Path, Path], geometry) -> None:
+    """A manifest whose window gives another channel count than the engine's RF input (an engine
+    trained for another array, or a hand-edited manifest) stops `run` with a one-line error."""
+    from types import SimpleNamespace
+
+    from vrclip.edge.config import EdgeConfig
+    from vrclip.edge.sim.radar import sweep_frequencies
+
+    _, path = exported
+    manifest = load_manifest(path.with_suffix(".json"))
+    rf = manifest.preprocessing.rf
+    beams = RFWindowSpec(frames=4, range_bins=8, beam_heights_m=(0.5, 1.0, 1.5)).to_dict()
+    pre = manifest.preprocessing.model_copy(update={"rf": rf.model_copy(update={"window": beams})})
+    backend = SimpleNamespace(manifest=manifest.model_copy(update={"preprocessing": pre}))
+    config = EdgeConfig()
+    with pytest.raises(EngineMismatchError, match=r"takes 8 RF channels .* gives 3"):
+        Identifier(config, geometry, sweep_frequencies(config.radar.sweep), backend)  # type: ignore[arg-type]
 
 
 def test_running_background_is_recorded_only_when_trained_so(tmp_path: Path) -> None:
