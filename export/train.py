@@ -131,9 +131,6 @@ class TrainConfig:
     align_margin: float = 0.5
     #: Stage 3: the darkest degradation level (d of L_corr) still pulled towards the radio.
     align_min_light: float = 0.5
-    #: Stage 3: a crop that does not show the person (the camera sees the wall or furniture in front
-    #: of them) is pushed from the radio like another person's crop, so the gate learns to drop it.
-    align_hidden: bool = False
     threads: int = 2
     jobs: int = 2
     cache: Path | None = None
@@ -625,11 +622,8 @@ class Trainer:
             cca = cca_loss(av[seen], ar[seen], model.cfg.cca_k, model.cfg.cca_ridge)
         else:
             cca = av.sum() * 0.0
-        impostor = swap
-        if cfg.align_hidden:
-            impostor = swap | ((present[:, 0] > 0) & ~batch["visible"])
         align = gate_calibration_loss(
-            av, ar, trusted=seen & (d >= cfg.align_min_light), impostor=impostor, margin=cfg.align_margin
+            av, ar, trusted=seen & (d >= cfg.align_min_light), impostor=swap, margin=cfg.align_margin
         )
         loss = ce_fused + ce_rf + ce_vision + cfg.cca_weight * cca + cfg.align_weight * align
         parts = {"ce_fused": ce_fused, "ce_rf": ce_rf, "ce_vision": ce_vision, "cca": cca, "align": align}
