@@ -24,7 +24,7 @@ array to the person. A pair's window depends on where the person stands relative
 model that sees pairs must learn a different pattern at every position; a beam's profile is the
 person's own reflectivity against height (head, shoulders, what they carry, at what height), which
 stays the same wherever they walk. Measured on vrr-sim3 with no learning at all (mean |beam| over 12
-frames, max over the local grid, cosine distance, same-session matches excluded): 69.3 % mAP across
+frames, max over the local grid, cosine distance, same-session matches excluded): 69.6 % mAP across
 sessions, against 7.4 % for the same statistic of the per-pair windows (all 144 x 16).
 
 `frames` consecutive gated frames of one person form one RF sample, (T, C, R) complex (C = pairs,
