@@ -104,6 +104,9 @@ def test_gate_calibration_pulls_trusted_pairs_and_pushes_impostors_past_the_marg
         ({"align_weight": -1.0}, "--align-weight -1.0"),
         ({"align_margin": 1.5}, "align_margin 1.5"),
         ({"align_min_light": 0.0}, "align_min_light 0.0"),
+        ({"rf_input": "images"}, "--rf-input 'images': must be beams or pairs"),
+        ({"range_bins": 0}, "--range-bins 0"),
+        ({"span_m": 0.0}, "--span-m 0.0"),
     ],
 )
 def test_bad_training_settings_name_the_option(tmp_path: Path, setting: dict, named: str) -> None:
@@ -231,3 +234,10 @@ def test_training_is_deterministic_in_data_split(small_dataset: Path, tmp_path: 
     assert len(a.train_index) > 0 and len(a.test_index) > 0
     assert {s.identity for s in a.segments} == {"id-000", "id-001", "id-002"}
     _ = b  # another seed may pick other segments; it must still split
+
+
+def test_the_rf_input_is_beams_unless_pairs_are_asked_for(tmp_path: Path) -> None:
+    beams = config(tmp_path, tmp_path / "run").prep_spec().rf
+    assert beams.beamformed and beams.n_channels(144) == 13 * 7 and beams.n_pairs(144) == 36
+    pairs = config(tmp_path, tmp_path / "run", rf_input="pairs").prep_spec().rf
+    assert not pairs.beamformed and pairs.n_channels(144) == 36
