@@ -238,42 +238,39 @@ class RFWindowExtractor:
         return pts.reshape(heights.size * offsets.size, self.offsets_m.size, 3)
 
     def _sample(self, profiles: np.ndarray, paths: np.ndarray) -> np.ndarray:
-        """Profiles (C, N) read at path lengths (C, ...): linear interpolation, then the carrier."""
-        pos = self.layout.bin_positions(paths)
-        n = self.layout.n_fft
-        i0 = np.floor(pos).astype(np.int64)
-        frac = (pos - i0).astype(np.float32)
-        rows = np.arange(profiles.shape[0]).reshape((-1,) + (1,) * (paths.ndim - 1))
-        a = profiles[rows, i0 % n]
-        b = profiles[rows, (i0 + 1) % n]
-        return (a * (1.0 - frac) + b * frac) * self.layout.carrier(paths)
+        """Profiles (C, N) read at path lengths (C, ...) metres: linear interpolation between profile
+        samples, times the carrier exp(+j 2 pi f_ref path / c), complex64.
 
-    def beams(self, profiles: np.ndarray, position_xy: np.ndarray) -> np.ndarray:
-        """(C_pairs, N) profiles of one frame -> (B, R) complex64: every pair summed in phase at each
-        beam point (with each pair's spreading loss undone there), divided by the number of pairs.
-
-        The runtime calls this per track per radar frame (144 pairs x ~700 points), so it works in
-        float32 on flat indices: path lengths of a few metres keep ~1e-6 m in float32, i.e. ~1e-4 rad
-        of carrier phase, far below the noise.
+        The runtime calls this per track per radar frame (for beams 144 pairs x ~700 points), so it
+        works in float32 on flat indices: path lengths of a few metres keep ~1e-6 m in float32, i.e.
+        ~1e-4 rad of carrier phase, far below the noise. The profile repeats every N samples (c / df
+        of path), so indices wrap.
         """
-        pts = self.beam_points(position_xy).reshape(-1, 3).astype(np.float32)
-        d_tx = _distances(self._tx32, pts)
-        d_rx = _distances(self._rx32, pts)
-        path = d_tx + d_rx  # (C, P)
+        path = np.asarray(paths, dtype=np.float32)
         n = self.layout.n_fft
         pos = path * np.float32(1.0 / self.layout.bin_m)
-        i0 = np.minimum(pos.astype(np.int32), n - 2)  # paths are positive: truncation is floor
-        frac = pos - i0
+        below = np.floor(pos)
+        frac = pos - below
+        i0 = below.astype(np.int32) % n
+        rows = (np.arange(profiles.shape[0], dtype=np.int32) * n).reshape((-1,) + (1,) * (path.ndim - 1))
         flat = np.ascontiguousarray(profiles, dtype=np.complex64).ravel()
-        idx = i0 + (np.arange(profiles.shape[0], dtype=np.int32) * n)[:, None]
-        a = flat[idx]
-        values = a + (flat[idx + 1] - a) * frac
+        a = flat[i0 + rows]
+        values = a + (flat[(i0 + 1) % n + rows] - a) * frac
         cycles = path * np.float32(self.layout.f_ref_hz / SPEED_OF_LIGHT)
         phase = (cycles - np.floor(cycles)) * np.float32(2.0 * np.pi)
         carrier = np.empty(phase.shape, np.complex64)  # cos + j sin: ~25x faster than a complex exp
         carrier.real = np.cos(phase)
         carrier.imag = np.sin(phase)
         values *= carrier
+        return values
+
+    def beams(self, profiles: np.ndarray, position_xy: np.ndarray) -> np.ndarray:
+        """(C_pairs, N) profiles of one frame -> (B, R) complex64: every pair summed in phase at each
+        beam point (with each pair's spreading loss undone there), divided by the number of pairs."""
+        pts = self.beam_points(position_xy).reshape(-1, 3).astype(np.float32)
+        d_tx = _distances(self._tx32, pts)
+        d_rx = _distances(self._rx32, pts)
+        values = self._sample(profiles, d_tx + d_rx)  # (C, P)
         if self.spec.range_compensation:
             values *= d_tx * d_rx * np.float32(1.0 / REFERENCE_RANGE_M**2)
         out = values.sum(axis=0) * np.float32(1.0 / profiles.shape[0])
