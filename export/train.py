@@ -351,7 +351,7 @@ class Trainer:
             "rf_channels": int(n_channels),
             "rf_range_bins": cfg.range_bins,
         }
-        if cfg.rf_input == "beams":
+        if self.prep.rf.beamformed:
             # One channel group per height: the encoder pools each height's cross-range beams.
             overrides["rf_channel_groups"] = len(self.prep.rf.beam_heights_m)
         if cfg.adapter_blocks is not None:
