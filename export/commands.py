@@ -51,6 +51,14 @@ def train(
         0.8, "--span-m", help="Extent of the range samples (m; bistatic path with --rf-input pairs)."
     ),
     channel_stride: int = typer.Option(1, "--channel-stride", help="Use every n-th virtual channel."),
+    rf_shift: int = typer.Option(
+        1,
+        "--rf-shift",
+        help="Stage 2: shift each beam grid by up to this many bins/offsets (0: off; beams only).",
+    ),
+    rf_reverse: float = typer.Option(
+        0.5, "--rf-reverse", help="Stage 2: probability of playing an RF window backwards."
+    ),
     anchor_jitter: float = typer.Option(0.1, "--anchor-jitter", help="Tracker error simulated (m, std)."),
     align_weight: float = typer.Option(
         1.0, "--align-weight", help="Stage 3 gate-calibration loss weight (0: the gate learns from CE alone)."
@@ -86,6 +94,8 @@ def train(
         range_bins=range_bins,
         span_m=span_m,
         channel_stride=channel_stride,
+        rf_shift=rf_shift,
+        rf_reverse=rf_reverse,
         anchor_jitter_m=anchor_jitter,
         align_weight=align_weight,
         threads=threads,

@@ -29,6 +29,8 @@ from vrclip.export.train import (  # noqa: E402
     degrade,
     gate_calibration_loss,
     illumination_loss,
+    reverse_time,
+    shift_beams,
     warmup_cosine,
 )
 
@@ -107,6 +109,9 @@ def test_gate_calibration_pulls_trusted_pairs_and_pushes_impostors_past_the_marg
         ({"rf_input": "images"}, "--rf-input 'images': must be beams or pairs"),
         ({"range_bins": 0}, "--range-bins 0"),
         ({"span_m": 0.0}, "--span-m 0.0"),
+        ({"rf_shift": -1}, "--rf-shift -1"),
+        ({"rf_shift": 8}, "--rf-shift 8: .* less than --range-bins"),
+        ({"rf_reverse": 1.5}, "--rf-reverse 1.5"),
     ],
 )
 def test_bad_training_settings_name_the_option(tmp_path: Path, setting: dict, named: str) -> None:
@@ -241,3 +246,41 @@ def test_the_rf_input_is_beams_unless_pairs_are_asked_for(tmp_path: Path) -> Non
     assert beams.beamformed and beams.n_channels(144) == 13 * 7 and beams.n_pairs(144) == 36
     pairs = config(tmp_path, tmp_path / "run", rf_input="pairs").prep_spec().rf
     assert not pairs.beamformed and pairs.n_channels(144) == 36
+
+
+def test_beam_shift_moves_a_whole_window_by_at_most_one_bin_and_offset_within_its_height() -> None:
+    heights, offsets, ranges, frames = 3, 5, 6, 4
+    rf = torch.zeros(64, frames, heights * offsets, ranges, 2)
+    grid = rf.view(64, frames, heights, offsets, ranges, 2)
+    grid[:, :, 1, 2, 3, 0] = 1.0  # one echo: middle height, centre offset, range bin 3, every frame
+    out, moved = shift_beams(rf, torch.Generator().manual_seed(0), offsets, 1)
+    out_grid = out.view(64, frames, heights, offsets, ranges, 2)
+    for i in range(64):
+        hot = torch.nonzero(out_grid[i, 0, ..., 0])
+        assert hot.shape[0] == 1  # moved, not smeared or lost
+        h, o, r = (int(v) for v in hot[0])
+        assert h == 1 and abs(o - 2) <= 1 and abs(r - 3) <= 1
+        assert bool(moved[i]) == ((o, r) != (2, 3))
+        torch.testing.assert_close(out_grid[i], out_grid[i, :1].expand_as(out_grid[i]))  # all frames alike
+    assert 0 < int(moved.sum()) < 64
+    # at the edge the shifted-in cells are empty, not wrapped around
+    edge = torch.zeros(1, 1, offsets, ranges, 2)
+    edge[0, 0, :, -1, 0] = 1.0
+    shifted = [shift_beams(edge, torch.Generator().manual_seed(s), offsets, 1)[0] for s in range(20)]
+    assert all(float(x[..., 0, 0].sum()) == 0.0 for x in shifted)
+    unchanged, none_moved = shift_beams(rf, torch.Generator(), offsets, 0)
+    assert unchanged is rf and not bool(none_moved.any())
+
+
+def test_reversed_windows_play_rf_and_track_backwards_together() -> None:
+    rf = torch.randn(6, 4, 3, 2, 2)
+    anchor = torch.cumsum(torch.rand(6, 4, 2), dim=1)
+    back_rf, back_anchor, flipped = reverse_time(rf, anchor, torch.Generator().manual_seed(1), 1.0)
+    assert bool(flipped.all())
+    torch.testing.assert_close(back_rf, rf.flip(1))
+    torch.testing.assert_close(back_anchor, anchor.flip(1))
+    g = torch.Generator().manual_seed(1)
+    state = g.get_state()
+    same_rf, same_anchor, none = reverse_time(rf, anchor, g, 0.0)
+    assert same_rf is rf and same_anchor is anchor and not bool(none.any())
+    assert torch.equal(g.get_state(), state)  # off = no randomness drawn: earlier runs reproduce
