@@ -4,7 +4,9 @@
    degraded crops of people the camera sees, plus the illumination objective
    L_corr = 1 - Pearson(delta, 1/d), delta = |f(x at degradation d) - f(x)|, d ~ U[d_min, 1].
 2. rf: the RF encoder, its identity head and both shared-space projections, vision frozen;
-   L_CCA between the projected visual and RF embeddings, position MSE, RF ID cross-entropy.
+   L_CCA between the projected visual and RF embeddings, position MSE, RF ID cross-entropy; each RF
+   window's beam grid is shifted by up to a bin and some windows play backwards (`shift_beams`,
+   `reverse_time`), so the encoder cannot memorise a training window's tracker error and direction.
 3. gate: the shared-space projections and the identity prototypes, both encoders frozen; cosine-
    classifier cross-entropy of the fused, the visual and the RF embedding against one set of
    prototypes (which is what puts the two modalities into one space, so the gate's distance means
