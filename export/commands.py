@@ -30,7 +30,11 @@ def train(
         ..., "--out", "-o", help="Run folder: checkpoint.pt (every epoch) and vrclip.pt."
     ),
     model_preset: str = typer.Option("tiny", "--preset", help="Model configuration: tiny or vit-b-16."),
-    weights: Path | None = typer.Option(None, "--weights", help="Local OpenAI CLIP ViT-B/16 weights file."),
+    weights: Path | None = typer.Option(
+        None,
+        "--weights",
+        help="Visual tower weights: OpenAI CLIP ViT-B/16 (vit-b-16) or `pretrain-vision` output (tiny).",
+    ),
     epochs: int = typer.Option(50, "--epochs", help="Epochs of every stage."),
     vision_epochs: int | None = typer.Option(None, "--vision-epochs", help="Override for stage 1."),
     rf_epochs: int | None = typer.Option(None, "--rf-epochs", help="Override for stage 2."),
@@ -135,6 +139,68 @@ def train(
     )
 
 
+def pretrain_vision(
+    dataset: Path = typer.Argument(
+        ..., help="Dataset folder whose rig (camera, room, JPEG quality) the crops are rendered through."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Folder: rendered crops, checkpoint, vision-pretrained.pt."
+    ),
+    model_preset: str = typer.Option("tiny", "--preset", help="Visual encoder configuration."),
+    identities: int = typer.Option(400, "--identities", help="Pretraining people (none is in a dataset)."),
+    sessions: int = typer.Option(6, "--sessions", help="Sessions per person (random light and occluder)."),
+    frames: int = typer.Option(10, "--frames", help="Crops per session."),
+    world_seed: int = typer.Option(7, "--world-seed", help="Who the pretraining people are."),
+    epochs: int = typer.Option(12, "--epochs"),
+    batch: int = typer.Option(64, "--batch"),
+    lr: float = typer.Option(1e-3, "--lr", help="Peak AdamW learning rate."),
+    seed: int = typer.Option(0, "--seed"),
+    threads: int = typer.Option(2, "--threads", help="torch CPU threads."),
+    jobs: int = typer.Option(2, "--jobs", "-j", help="Rendering worker processes."),
+    restart: bool = typer.Option(False, "--restart", help="Ignore an existing checkpoint in --out."),
+) -> None:
+    """Pretrain the visual tower on rendered people outside any dataset; `train --weights` loads it."""
+    from vrclip.export.pretrain import PretrainConfig, pretrain
+
+    cfg = PretrainConfig(
+        dataset=dataset,
+        out=out,
+        preset=model_preset,
+        identities=identities,
+        sessions=sessions,
+        frames=frames,
+        world_seed=world_seed,
+        epochs=epochs,
+        batch_size=batch,
+        lr=lr,
+        seed=seed,
+        threads=threads,
+        jobs=jobs,
+    )
+    started = time.perf_counter()
+    with _bar() as bar:
+        render_task = bar.add_task("render", total=identities, note="")
+        train_task: list[int] = []
+
+        def tick(epoch: int, epochs_: int, step: int, steps: int, loss: float, accuracy: float) -> None:
+            if not train_task:
+                train_task.append(bar.add_task("pretrain", total=epochs_ * steps, note=""))
+            bar.update(
+                train_task[0],
+                completed=epoch * steps + step,
+                note=f"epoch {epoch + 1}/{epochs_} loss {loss:.3f} acc {accuracy:.3f}",
+            )
+
+        final = pretrain(
+            cfg,
+            progress=tick,
+            render_progress=lambda d, t: bar.update(render_task, completed=d, total=t),
+            log=console.print,
+            restart=restart,
+        )
+    typer.echo(f"wrote {final} in {time.perf_counter() - started:.1f} s; train with --weights {final}")
+
+
 def evaluate(
     checkpoint: Path = typer.Argument(..., help="A trained checkpoint (vrclip.pt or checkpoint.pt)."),
     dataset: Path = typer.Argument(..., help="The dataset folder the checkpoint was trained on."),
@@ -165,9 +231,10 @@ def evaluate(
 
 
 def register(app: typer.Typer) -> None:
-    """Add `train` and `evaluate` to the vrclip-export app."""
+    """Add `train`, `pretrain-vision` and `evaluate` to the vrclip-export app."""
     app.command("train")(train)
+    app.command("pretrain-vision")(pretrain_vision)
     app.command("evaluate")(evaluate)
 
 
-__all__ = ["evaluate", "register", "train"]
+__all__ = ["evaluate", "pretrain_vision", "register", "train"]

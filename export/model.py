@@ -240,7 +240,14 @@ class VisualEncoder(nn.Module):
         return [p for p in self.parameters() if id(p) not in keep]
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+#: The `format` of a `vrclip-export pretrain-vision` weights file, which also records the visual
+#: configuration it was trained with (`vision`).
+PRETRAINED_VISION_FORMAT = "vrclip-vision-pretrain"
+
+
+def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """(tensors, the visual configuration the file records or None): OpenAI/open_clip files record
+    none; a `pretrain-vision` file records its own."""
     if not path.is_file():
         raise CheckpointError(
             f"{path}: no such weights file; give the path of the OpenAI CLIP ViT-B/16 weights"
@@ -262,11 +269,15 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
                 f"{path}: neither a PyTorch state dict nor a TorchScript archive ({first}); "
                 "give OpenAI's ViT-B-16.pt or an open_clip checkpoint"
             ) from first
+    recorded = None
+    if isinstance(obj, dict) and obj.get("format") == PRETRAINED_VISION_FORMAT:
+        recorded = obj.get("vision") if isinstance(obj.get("vision"), dict) else {}
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict")
-    return {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    tensors = {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    return tensors, recorded
 
 
 def resize_positional_embedding(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -286,11 +297,34 @@ def resize_positional_embedding(pos: torch.Tensor, grid: tuple[int, int]) -> tor
     return torch.cat([cls, img], dim=0)
 
 
+def _check_recorded_vision(path: Path, recorded: dict[str, Any], cfg: VisionConfig) -> None:
+    """A pretrained tower whose input handling differs (gray-world vs CLIP statistics, crop size) would
+    load, every shape agreeing, and then see inputs unlike those it learned from: refuse it."""
+    expected = asdict(cfg)
+    keys = ("image_size", "patch_size", "width", "layers", "heads", "gray_world", "quick_gelu")
+    differs = [
+        f"{k} {recorded[k]} in the file vs {expected[k]}"
+        for k in keys
+        if k in recorded and _as_list(recorded[k]) != _as_list(expected[k])
+    ]
+    if differs:
+        raise CheckpointError(
+            f"{path}: was pretrained for another visual encoder ({'; '.join(differs)}); "
+            "run `vrclip-export pretrain-vision` with the --preset you train"
+        )
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, tuple | list) else [value]
+
+
 def load_clip_visual_weights(encoder: VisualEncoder, path: str | Path) -> int:
     """Load the visual tower of a CLIP checkpoint (OpenAI or open_clip layout) from a local file into
     `encoder`, resizing the positional embedding to the crop's patch grid. Returns tensors loaded."""
     path = Path(path)
-    state = _read_state_dict(path)
+    state, recorded = _read_state_dict(path)
+    if recorded is not None:
+        _check_recorded_vision(path, recorded, encoder.cfg)
     visual = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
     if not visual:
         visual = state  # a visual-tower-only file

@@ -1,0 +1,97 @@
+"""`vrclip-export pretrain-vision`: rendered people outside the dataset, a tower `train --weights` loads."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from vrclip.edge.crops import CropSpec
+from vrclip.edge.errors import UserError
+from vrclip.export.model import CheckpointError, VisualEncoder, load_clip_visual_weights, preset
+from vrclip.export.pretrain import (
+    CHECKPOINT_NAME,
+    PretrainConfig,
+    pretrain,
+    pretrain_name,
+    render_identity,
+    rig_of_dataset,
+)
+
+SMALL = {"identities": 4, "sessions": 2, "frames": 6, "epochs": 2, "batch_size": 8, "jobs": 1, "threads": 1}
+
+
+def small_config(dataset: Path, out: Path, **overrides: object) -> PretrainConfig:
+    return PretrainConfig(dataset=dataset, out=out, preset="micro", **{**SMALL, **overrides})  # type: ignore[arg-type]
+
+
+def test_rendered_people_are_deterministic_and_never_a_dataset_identity(small_dataset: Path) -> None:
+    rig = rig_of_dataset(small_dataset)
+    crop = CropSpec(height=64, width=32)
+    a, vis_a = render_identity(rig, 3, 2, 4, 7, 0.1, crop)
+    b, vis_b = render_identity(rig, 3, 2, 4, 7, 0.1, crop)
+    other, _ = render_identity(rig, 4, 2, 4, 7, 0.1, crop)
+    assert a.shape[1:] == (64, 32, 3) and a.dtype == np.uint8 and 0 < len(a) <= 8
+    assert np.array_equal(a, b) and np.array_equal(vis_a, vis_b)
+    assert not np.array_equal(a[: len(other)], other[: len(a)])
+    dataset_names = {s["identity"] for s in json.loads((small_dataset / "dataset.json").read_text())["sessions"]}
+    assert pretrain_name(3) not in dataset_names and pretrain_name(3).startswith("pretrain-")
+
+
+def test_pretraining_writes_a_tower_that_train_weights_loads(small_dataset: Path, tmp_path: Path) -> None:
+    logs: list[str] = []
+    out = pretrain(small_config(small_dataset, tmp_path / "pre"), log=logs.append)
+    assert out.name == "vision-pretrained.pt" and any("epoch 2/2" in line for line in logs)
+    encoder = VisualEncoder(preset("micro").vision)
+    before = {k: v.clone() for k, v in encoder.vit.state_dict().items()}
+    assert load_clip_visual_weights(encoder, out) == len(before)
+    saved = torch.load(out, map_location="cpu", weights_only=True)["state_dict"]
+    for key, value in encoder.vit.state_dict().items():
+        assert torch.equal(value, saved[key])
+    assert any(not torch.equal(before[k], saved[k]) for k in before)
+
+
+def test_a_tower_pretrained_for_other_inputs_is_refused(small_dataset: Path, tmp_path: Path) -> None:
+    out = pretrain(small_config(small_dataset, tmp_path / "pre", epochs=1), log=lambda _: None)
+    clip_statistics = replace(preset("micro").vision, gray_world=False)
+    with pytest.raises(CheckpointError, match="gray_world True in the file vs False"):
+        load_clip_visual_weights(VisualEncoder(clip_statistics), out)
+
+
+def test_pretraining_resumes_bit_identically_after_a_kill(small_dataset: Path, tmp_path: Path) -> None:
+    whole = pretrain(small_config(small_dataset, tmp_path / "whole"), log=lambda _: None)
+
+    class Killed(Exception):
+        pass
+
+    def kill_in_second_epoch(epoch: int, *_: object) -> None:
+        if epoch == 1:
+            raise Killed
+
+    cfg = small_config(small_dataset, tmp_path / "killed")
+    with pytest.raises(Killed):
+        pretrain(cfg, progress=kill_in_second_epoch, log=lambda _: None)
+    assert (cfg.out / CHECKPOINT_NAME).is_file() and not (cfg.out / "vision-pretrained.pt").exists()
+    logs: list[str] = []
+    resumed = pretrain(cfg, log=logs.append)
+    assert any("resuming" in line and "after epoch 1" in line for line in logs)
+    a = torch.load(whole, map_location="cpu", weights_only=True)["state_dict"]
+    b = torch.load(resumed, map_location="cpu", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(UserError, match="other settings.*lr"):
+        pretrain(replace(cfg, lr=5e-4), log=lambda _: None)
+
+
+def test_bad_pretraining_input_names_the_file_or_option(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"dataset\.json: not found"):
+        rig_of_dataset(tmp_path)
+    (tmp_path / "dataset.json").write_text("{not json")
+    with pytest.raises(UserError, match=r"dataset\.json: unreadable"):
+        rig_of_dataset(tmp_path)
+    with pytest.raises(UserError, match="--identities 1"):
+        small_config(tmp_path, tmp_path / "o", identities=1).validate()
+    with pytest.raises(UserError, match="--lr"):
+        small_config(tmp_path, tmp_path / "o", lr=0.0).validate()
