@@ -110,6 +110,8 @@ class Track:
     crops: np.ndarray
     #: (n, C, R) complex64 gated RF windows (possibly memory-mapped).
     rf: np.ndarray
+    #: (2,) horizontal centre of the radar array (m): beams' range axis points from here to the anchor.
+    array_xy: np.ndarray
 
     @property
     def frames(self) -> int:
@@ -362,7 +364,16 @@ def _read_cache(folder: Path, session: SessionInfo) -> list[Track] | None:
             small = {
                 name: np.array(arrays[name]) for name in ("t_ns", "position", "anchor", "rgb_ok", "visible")
             }
-            tracks.append(Track(session, str(identity), crops=arrays["crops"], rf=arrays["rf"], **small))
+            tracks.append(
+                Track(
+                    session,
+                    str(identity),
+                    crops=arrays["crops"],
+                    rf=arrays["rf"],
+                    array_xy=array_centre(session),
+                    **small,
+                )
+            )
         return tracks
     except (OSError, ValueError) as e:  # a damaged cache is rebuilt, never trusted
         import shutil
@@ -370,6 +381,16 @@ def _read_cache(folder: Path, session: SessionInfo) -> list[Track] | None:
         shutil.rmtree(folder, ignore_errors=True)
         _ = e
         return None
+
+
+def array_centre(session: SessionInfo) -> np.ndarray:
+    """(2,) horizontal centre of the recording's radar array (the beams' origin), from its geometry."""
+    try:
+        with SessionReader(session.path) as reader:
+            geometry = ArrayGeometry.from_dict(reader.geometry)
+    except (KeyError, TypeError, ValueError) as e:
+        raise RecordingError(f"{session.path}: its stored array geometry is unreadable ({e})") from e
+    return np.asarray(geometry.virtual_positions.mean(axis=0)[:2], np.float32)
 
 
 def _prepare_one(args: tuple[SessionInfo, PrepSpec, str]) -> str:
@@ -531,7 +552,9 @@ class Batch:
     rgb: np.ndarray  # (B, H, W, 3) uint8
     rf: np.ndarray  # (B, T, C, R, 2) float32
     anchor: np.ndarray  # (B, T, 2) float32: the track over the RF window, newest last
-    position: np.ndarray  # (B, 2) float32
+    position: np.ndarray  # (B, 2) float32: at the window's newest frame
+    first_position: np.ndarray  # (B, 2) float32: at its oldest frame (the newest once played backwards)
+    array_xy: np.ndarray  # (B, 2) float32: the radar array's centre (beams point from it to the anchor)
     present: np.ndarray  # (B, 2) float32
     visible: np.ndarray  # (B,) bool
     label: np.ndarray  # (B,) int64
@@ -541,6 +564,7 @@ def make_batch(
     tracks: Sequence[Track], index: SampleIndex, rows: np.ndarray, frames: int, classes: dict[str, int]
 ) -> Batch:
     rgb, rf, anchor, position, present, visible, label = [], [], [], [], [], [], []
+    first_position, array_xy = [], []
     for r in rows:
         tr = tracks[int(index.track[r])]
         e = int(index.end[r])
@@ -549,6 +573,8 @@ def make_batch(
         rf.append(np.stack([w.real, w.imag], axis=-1))
         anchor.append(tr.anchor[e - frames + 1 : e + 1])
         position.append(tr.position[e])
+        first_position.append(tr.position[e - frames + 1])
+        array_xy.append(tr.array_xy)
         present.append((float(tr.rgb_ok[e]), 1.0))
         visible.append(bool(tr.visible[e]) and bool(tr.rgb_ok[e]))
         label.append(classes[tr.identity])
@@ -557,6 +583,8 @@ def make_batch(
         np.stack(rf).astype(np.float32),
         np.asarray(anchor, np.float32),
         np.asarray(position, np.float32),
+        np.asarray(first_position, np.float32),
+        np.asarray(array_xy, np.float32),
         np.asarray(present, np.float32),
         np.asarray(visible, bool),
         np.asarray(label, np.int64),

@@ -350,7 +350,13 @@ def load_clip_visual_weights(encoder: VisualEncoder, path: str | Path) -> int:
             f"patch {encoder.cfg.patch_size}): {detail}; use --preset vit-b-16 with CLIP ViT-B/16 weights"
         )
     encoder.vit.load_state_dict({k: visual[k].float() for k in target}, strict=True)
-    return len(target)
+    # A `pretrain-vision` file also carries the adapters it was trained with: without them the first
+    # block's output is mixed with an untrained projection. Loaded where they fit this encoder.
+    adapters = encoder.adapters.state_dict()
+    saved = {k.removeprefix("adapters."): v for k, v in visual.items() if k.startswith("adapters.")}
+    fitting = {k: v.float() for k, v in saved.items() if k in adapters and adapters[k].shape == v.shape}
+    encoder.adapters.load_state_dict(fitting, strict=False)
+    return len(target) + len(fitting)
 
 
 # -------------------------------------------------------------------------------------- RF encoder

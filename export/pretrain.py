@@ -386,7 +386,10 @@ def pretrain(
             "vision": asdict(vision_cfg),
             "identities": classes,
             "world_seed": cfg.world_seed,
-            "state_dict": encoder.vit.state_dict(),
+            "state_dict": {
+                **encoder.vit.state_dict(),
+                **{f"adapters.{k}": v for k, v in encoder.adapters.state_dict().items()},
+            },
         },
         out,
     )

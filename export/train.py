@@ -1,12 +1,15 @@
 """Training recipe: three stages, each an AdamW run with 10 % linear warm-up then cosine decay (LambdaLR).
 
-1. vision: the visual encoder (with adapters) and its identity head; ID cross-entropy on clean and
+1. vision: the visual encoder (with adapters; from `--weights` when given: CLIP's for ViT-B-16,
+   `vrclip-export pretrain-vision`'s for the tiny config) and its identity head; ID cross-entropy on clean and
    degraded crops of people the camera sees, plus the illumination objective
    L_corr = 1 - Pearson(delta, 1/d), delta = |f(x at degradation d) - f(x)|, d ~ U[d_min, 1].
 2. rf: the RF encoder, its identity head and both shared-space projections, vision frozen;
    L_CCA between the projected visual and RF embeddings, position MSE, RF ID cross-entropy; each RF
    window's beam grid is shifted by up to a bin and some windows play backwards (`shift_beams`,
    `reverse_time`), so the encoder cannot memorise a training window's tracker error and direction.
+   The position target follows both: a shifted grid shows the body where the shift put it
+   (`shifted_position`), and a reversed window ends at its oldest frame.
 3. gate: the shared-space projections and the identity prototypes, both encoders frozen; cosine-
    classifier cross-entropy of the fused, the visual and the RF embedding against one set of
    prototypes (which is what puts the two modalities into one space, so the gate's distance means
@@ -285,6 +288,8 @@ def to_tensors(batch: Batch) -> dict[str, torch.Tensor]:
         "rf": torch.from_numpy(batch.rf),
         "anchor": torch.from_numpy(batch.anchor),
         "position": torch.from_numpy(batch.position),
+        "first_position": torch.from_numpy(batch.first_position),
+        "array_xy": torch.from_numpy(batch.array_xy),
         "present": torch.from_numpy(batch.present),
         "visible": torch.from_numpy(batch.visible),
         "label": torch.from_numpy(batch.label),
@@ -315,9 +320,9 @@ def shift_beams(
     fill), the same for all its frames: what a tracker position off by a bin or two does to the
     window. The cached windows carry one fixed tracker error per training sample, which the encoder
     can memorise; this varies it. `offsets` = cross-range beams per height (channels are
-    height-major). Returns (rf, mask of the samples moved)."""
+    height-major). Returns (rf, (B, 2) shifts: cross-range offsets, range bins)."""
     if max_shift <= 0:
-        return rf, torch.zeros(rf.shape[0], dtype=torch.bool)
+        return rf, torch.zeros(rf.shape[0], 2, dtype=torch.long)
     b, t, c, r, two = rf.shape
     grid = rf.reshape(b, t, c // offsets, offsets, r, two)
     out = torch.zeros_like(grid)
@@ -329,7 +334,27 @@ def shift_beams(
         src_y = slice(max(0, -dy), offsets - max(0, dy))
         dst_y = slice(max(0, dy), offsets - max(0, -dy))
         out[i, :, :, dst_y, dst_x] = grid[i, :, :, src_y, src_x]
-    return out.reshape(rf.shape), (shifts != 0).any(dim=1)
+    return out.reshape(rf.shape), shifts
+
+
+def shifted_position(
+    position: torch.Tensor,
+    anchor: torch.Tensor,
+    array_xy: torch.Tensor,
+    shifts: torch.Tensor,
+    range_step_m: float,
+    offset_step_m: float,
+) -> torch.Tensor:
+    """Where a person seems to stand once their beam grid is shifted by `shifts` (cross-range offsets,
+    range bins): a grid moved one range bin outwards shows the body one bin further from the array
+    along the array->anchor line, and one offset to the side shows it that far across it. `anchor` is
+    the newest frame's (B, 2) track position the beams were laid around."""
+    along = anchor - array_xy
+    norm = along.norm(dim=1, keepdim=True)
+    along = torch.where(norm > 1e-6, along / norm.clamp_min(1e-6), torch.tensor([0.0, 1.0]))
+    across = torch.stack([-along[:, 1], along[:, 0]], dim=1)
+    s = shifts.to(position.dtype)
+    return position + s[:, 1:2] * range_step_m * along + s[:, 0:1] * offset_step_m * across
 
 
 def reverse_time(
@@ -379,6 +404,17 @@ class Trainer:
         self.segments: list[Segment] = []
 
     # ------------------------------------------------------------------------------------ data
+    @property
+    def _range_step_m(self) -> float:
+        """Spacing of the RF window's range samples (m along the array->person line for beams)."""
+        return self.prep.rf.span_m / self.prep.rf.range_bins
+
+    @property
+    def _offset_step_m(self) -> float:
+        """Spacing of the beams' cross-range offsets (m); they are evenly spaced."""
+        offsets = np.asarray(self.prep.rf.beam_offsets_m, dtype=np.float64)
+        return float(np.mean(np.diff(offsets))) if offsets.size > 1 else 0.0
+
     def prepare(self, prep_progress: Callable[[int, int, str], None] | None = None) -> None:
         cfg = self.cfg
         sessions = discover_sessions(cfg.dataset)
@@ -626,16 +662,19 @@ class Trainer:
     ) -> tuple[torch.Tensor, dict[str, float]]:
         cfg, model = ctx.cfg, ctx.model
         rf = drop_channels(rotate_phase(batch["rf"], ctx.generator), ctx.generator, cfg.channel_dropout)
-        moved = torch.zeros(rf.shape[0], dtype=torch.bool)
+        shifts = torch.zeros(rf.shape[0], 2, dtype=torch.long)
         if self.prep.rf.beamformed:
-            rf, moved = shift_beams(rf, ctx.generator, len(self.prep.rf.beam_offsets_m), cfg.rf_shift)
+            rf, shifts = shift_beams(rf, ctx.generator, len(self.prep.rf.beam_offsets_m), cfg.rf_shift)
         rf, anchor, backwards = reverse_time(rf, batch["anchor"], ctx.generator, cfg.rf_reverse)
         emb, offset = model.rf_encoder(rf, anchor)
-        target = batch["position"] - batch["anchor"][:, -1]
-        # A reversed window ends at its oldest frame and a moved grid moves the body: no position
-        # target for either.
-        honest = ~(backwards | moved)
-        pos = F.mse_loss(offset[honest], target[honest]) if bool(honest.any()) else offset.sum() * 0
+        # The position target follows the augmentation: a reversed window ends at its oldest frame,
+        # and a shifted grid shows the body where the shift put it.
+        newest = torch.where(backwards.view(-1, 1), batch["first_position"], batch["position"])
+        if self.prep.rf.beamformed:
+            newest = shifted_position(
+                newest, anchor[:, -1], batch["array_xy"], shifts, self._range_step_m, self._offset_step_m
+            )
+        pos = F.mse_loss(offset, newest - anchor[:, -1])
         ce = F.cross_entropy(model.rf_head(emb), batch["label"])
         seen = batch["visible"]
         if int(seen.sum()) > model.cfg.cca_k + 1:

@@ -70,6 +70,7 @@ def synthetic_tracks(seed: int = 0) -> list[Track]:
                     visible=visible,
                     crops=np.clip(img, 0, 255).astype(np.uint8),
                     rf=rf.astype(np.complex64),
+                    array_xy=np.zeros(2, np.float32),
                 )
             )
     return tracks

@@ -8,11 +8,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from vrclip.edge.crops import CropSpec
-from vrclip.edge.errors import UserError
-from vrclip.export.model import CheckpointError, VisualEncoder, load_clip_visual_weights, preset
-from vrclip.export.pretrain import (
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("open_clip")
+
+from vrclip.edge.crops import CropSpec  # noqa: E402
+from vrclip.edge.errors import UserError  # noqa: E402
+from vrclip.export.model import (  # noqa: E402
+    CheckpointError,
+    VisualEncoder,
+    load_clip_visual_weights,
+    preset,
+)
+from vrclip.export.pretrain import (  # noqa: E402
     CHECKPOINT_NAME,
     PretrainConfig,
     pretrain,
@@ -37,7 +45,9 @@ def test_rendered_people_are_deterministic_and_never_a_dataset_identity(small_da
     assert a.shape[1:] == (64, 32, 3) and a.dtype == np.uint8 and 0 < len(a) <= 8
     assert np.array_equal(a, b) and np.array_equal(vis_a, vis_b)
     assert not np.array_equal(a[: len(other)], other[: len(a)])
-    dataset_names = {s["identity"] for s in json.loads((small_dataset / "dataset.json").read_text())["sessions"]}
+    dataset_names = {
+        s["identity"] for s in json.loads((small_dataset / "dataset.json").read_text())["sessions"]
+    }
     assert pretrain_name(3) not in dataset_names and pretrain_name(3).startswith("pretrain-")
 
 
@@ -47,10 +57,13 @@ def test_pretraining_writes_a_tower_that_train_weights_loads(small_dataset: Path
     assert out.name == "vision-pretrained.pt" and any("epoch 2/2" in line for line in logs)
     encoder = VisualEncoder(preset("micro").vision)
     before = {k: v.clone() for k, v in encoder.vit.state_dict().items()}
-    assert load_clip_visual_weights(encoder, out) == len(before)
+    adapters = {f"adapters.{k}": v for k, v in encoder.adapters.state_dict().items()}
+    assert load_clip_visual_weights(encoder, out) == len(before) + len(adapters) and adapters
     saved = torch.load(out, map_location="cpu", weights_only=True)["state_dict"]
     for key, value in encoder.vit.state_dict().items():
         assert torch.equal(value, saved[key])
+    for key, value in encoder.adapters.state_dict().items():
+        assert torch.equal(value, saved[f"adapters.{key}"])
     assert any(not torch.equal(before[k], saved[k]) for k in before)
 
 
@@ -81,7 +94,7 @@ def test_pretraining_resumes_bit_identically_after_a_kill(small_dataset: Path, t
     a = torch.load(whole, map_location="cpu", weights_only=True)["state_dict"]
     b = torch.load(resumed, map_location="cpu", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-    with pytest.raises(UserError, match="other settings.*lr"):
+    with pytest.raises(UserError, match=r"other settings.*lr"):
         pretrain(replace(cfg, lr=5e-4), log=lambda _: None)
 
 

@@ -16,7 +16,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("open_clip")
 
+from vrclip.edge.config import EdgeConfig  # noqa: E402
 from vrclip.edge.errors import UserError  # noqa: E402
+from vrclip.edge.geometry import ArrayGeometry  # noqa: E402
+from vrclip.edge.rfwindow import RFWindowExtractor, RFWindowSpec  # noqa: E402
+from vrclip.edge.sim.radar import sweep_frequencies  # noqa: E402
 from vrclip.export.checkpoint import load_checkpoint, model_from_checkpoint, save_atomic  # noqa: E402
 from vrclip.export.data import DatasetError, discover_sessions, preprocess_session  # noqa: E402
 from vrclip.export.evaluate import EvalConfig, evaluate  # noqa: E402
@@ -31,6 +35,7 @@ from vrclip.export.train import (  # noqa: E402
     illumination_loss,
     reverse_time,
     shift_beams,
+    shifted_position,
     warmup_cosine,
 )
 
@@ -253,16 +258,16 @@ def test_beam_shift_moves_a_whole_window_by_at_most_one_bin_and_offset_within_it
     rf = torch.zeros(64, frames, heights * offsets, ranges, 2)
     grid = rf.view(64, frames, heights, offsets, ranges, 2)
     grid[:, :, 1, 2, 3, 0] = 1.0  # one echo: middle height, centre offset, range bin 3, every frame
-    out, moved = shift_beams(rf, torch.Generator().manual_seed(0), offsets, 1)
+    out, shifts = shift_beams(rf, torch.Generator().manual_seed(0), offsets, 1)
     out_grid = out.view(64, frames, heights, offsets, ranges, 2)
     for i in range(64):
         hot = torch.nonzero(out_grid[i, 0, ..., 0])
         assert hot.shape[0] == 1  # moved, not smeared or lost
         h, o, r = (int(v) for v in hot[0])
         assert h == 1 and abs(o - 2) <= 1 and abs(r - 3) <= 1
-        assert bool(moved[i]) == ((o, r) != (2, 3))
+        assert (o - 2, r - 3) == tuple(int(v) for v in shifts[i])  # the shift it reports
         torch.testing.assert_close(out_grid[i], out_grid[i, :1].expand_as(out_grid[i]))  # all frames alike
-    assert 0 < int(moved.sum()) < 64
+    assert 0 < int((shifts != 0).any(dim=1).sum()) < 64
     # at the edge the shifted-in cells are empty, not wrapped around
     edge = torch.zeros(1, 1, offsets, ranges, 2)
     edge[0, 0, :, -1, 0] = 1.0
@@ -270,6 +275,31 @@ def test_beam_shift_moves_a_whole_window_by_at_most_one_bin_and_offset_within_it
     assert all(float(x[..., 0, 0].sum()) == 0.0 for x in shifted)
     unchanged, none_moved = shift_beams(rf, torch.Generator(), offsets, 0)
     assert unchanged is rf and not bool(none_moved.any())
+
+
+def test_a_shifted_grid_moves_the_position_target_to_the_cell_that_now_shows_the_body(
+    geometry: ArrayGeometry,
+) -> None:
+    """The cell a shift moves an echo into looks at the point shifted_position() names, in the
+    extractor's own beam geometry, wherever the person stands around the array."""
+    spec = RFWindowSpec(
+        frames=1, range_bins=8, span_m=0.8, beam_heights_m=(1.0,), beam_offsets_m=(-0.1, 0.0, 0.1)
+    )
+    extractor = RFWindowExtractor(spec, geometry, sweep_frequencies(EdgeConfig().radar.sweep), None)
+    array_xy = torch.tensor(geometry.virtual_positions.mean(axis=0)[:2], dtype=torch.float32)
+    for anchor in ([0.0, 3.0], [1.5, 2.0], [-2.0, 4.5]):
+        points = extractor.beam_points(np.array(anchor))  # (offsets, range bins, 3)
+        for dy, dx in itertools.product((-1, 0, 1), repeat=2):
+            moved_to = points[1 + dy, 3 + dx, :2]
+            target = shifted_position(
+                torch.tensor(points[None, 1, 3, :2], dtype=torch.float32),
+                torch.tensor([anchor], dtype=torch.float32),
+                array_xy[None],
+                torch.tensor([[dy, dx]]),
+                range_step_m=0.1,
+                offset_step_m=0.1,
+            )
+            np.testing.assert_allclose(target[0].numpy(), moved_to, atol=1e-5)
 
 
 def test_reversed_windows_play_rf_and_track_backwards_together() -> None:
