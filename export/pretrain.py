@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tomllib
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -208,12 +209,19 @@ def render_crops(
     """Render (or load from OUT/crops) every pretraining crop. The cache is written under a temporary
     name and renamed when complete, so a kill mid-render leaves nothing half-valid behind."""
     folder = cfg.out / "crops"
-    camera = [rig.camera.width, rig.camera.height, rig.camera.hfov_deg, *rig.camera.position]
-    key = {**cfg.render_key(), "crop": [crop.height, crop.width], "camera": camera, "jpeg": rig.jpeg_quality}
+    key = {
+        **cfg.render_key(),
+        "crop": asdict(crop),
+        "camera": asdict(rig.camera),
+        "room": rig.room.model_dump(),
+        "jpeg": rig.jpeg_quality,
+    }
     key_json = json.dumps(key, sort_keys=True, default=str)
     cached = _load_crops(folder, key_json)
     if cached is not None:
         return cached
+    for stale in folder.parent.glob("crops.tmp*"):  # left by a render that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = folder.with_name(f"crops.tmp{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
     capacity = cfg.identities * cfg.sessions * cfg.frames
@@ -252,8 +260,6 @@ def render_crops(
     (tmp / "count.txt").write_text(str(count))
     (tmp / "key.json").write_text(key_json)
     if folder.exists():
-        import shutil
-
         shutil.rmtree(folder)
     os.replace(tmp, folder)
     loaded = _load_crops(folder, key_json)

@@ -25,6 +25,7 @@ from vrclip.export.pretrain import (  # noqa: E402
     PretrainConfig,
     pretrain,
     pretrain_name,
+    render_crops,
     render_identity,
     rig_of_dataset,
 )
@@ -108,3 +109,19 @@ def test_bad_pretraining_input_names_the_file_or_option(tmp_path: Path) -> None:
         small_config(tmp_path, tmp_path / "o", identities=1).validate()
     with pytest.raises(UserError, match="--lr"):
         small_config(tmp_path, tmp_path / "o", lr=0.0).validate()
+
+
+def test_rendered_crops_are_cached_and_rendered_afresh_when_settings_change(
+    small_dataset: Path, tmp_path: Path
+) -> None:
+    rig = rig_of_dataset(small_dataset)
+    crop = CropSpec(height=64, width=32)
+    cfg = small_config(small_dataset, tmp_path / "pre", identities=3, sessions=1, frames=3)
+    calls: list[int] = []
+    first = render_crops(cfg, rig, crop, lambda done, total: calls.append(done))
+    assert calls == [1, 2, 3] and len(first.crops) == len(first.labels) == len(first.visible) > 0
+    again = render_crops(cfg, rig, crop, lambda done, total: calls.append(done))
+    assert calls == [1, 2, 3] and np.array_equal(np.asarray(first.crops), np.asarray(again.crops))
+    more = render_crops(replace(cfg, frames=4), rig, crop, lambda done, total: calls.append(done))
+    assert calls == [1, 2, 3, 1, 2, 3] and len(more.crops) > len(first.crops)
+    assert not list(cfg.out.glob("crops.tmp*"))
