@@ -134,7 +134,16 @@ def run(
         config = with_workdir(config, workdir)
         Path(config.gallery.path).unlink(missing_ok=True)
         names = default_people(people)
-        for report in enroll_simulated_people(config, engine, names, enroll_seconds, world_seed):
+        reports = enroll_simulated_people(
+            config,
+            engine,
+            names,
+            enroll_seconds,
+            world_seed,
+            scpi=not direct_radar,
+            sweep_time_ms=sweep_time_ms,
+        )
+        for report in reports:
             typer.echo(
                 f"enrolled {report.name}: {report.stored} exemplars from {report.offered} frames "
                 f"({report.rejected} rejected, {report.redundant} redundant)",

@@ -96,14 +96,18 @@ def enroll_simulated_people(
     world_seed: int,
     *,
     seed_base: int = 1000,
+    scpi: bool = False,
+    sweep_time_ms: float | None = None,
 ) -> list[EnrolmentReport]:
     """Enrol each simulated person alone in the room (as on site: one person walks in front of the rig),
-    into config.gallery.path; session i uses seed `seed_base + i`."""
+    into config.gallery.path; session i uses seed `seed_base + i`. `scpi` picks the radar transport:
+    enrol over the one the run will use, as on site, so gallery and queries see the same frame rate
+    (the RF encoder reads walking speed from frame-to-frame steps)."""
     reports = []
     with GalleryStore(config.gallery.path) as store:
         for i, name in enumerate(names):
             spec = SceneSpec(room=config.room, people=(name,), seed=seed_base + i, world_seed=world_seed)
-            feed = simulated_feed(config, spec, scpi=False)
+            feed = simulated_feed(config, spec, scpi=scpi, sweep_time_ms=sweep_time_ms)
             backend = open_backend(config, engine)
             try:
                 budget = config.gallery.exemplar_budget

@@ -262,3 +262,32 @@ def test_bench_pipeline_reports_the_figures_it_promises(engine: Path, tmp_path: 
     assert 0 < figures["fps"] <= 14
     assert figures["latency_ms"]["p50"] > 0 and figures["latency_ms"]["p99"] >= figures["latency_ms"]["p50"]
     assert figures["rss_mb"]["end"] > 50
+
+
+def test_simulated_enrolment_goes_over_the_radar_transport_the_run_uses(
+    monkeypatch: pytest.MonkeyPatch, config: EdgeConfig, tmp_path: Path
+) -> None:
+    """On site people enrol through the rig that later runs; in the simulator the SCPI path is slower
+    than the direct one, and enrolling at another frame rate than the run's put the first events of a
+    track far below the threshold (the RF encoder reads walking speed from frame-to-frame steps)."""
+    from vrclip.edge.pipeline import enrolment
+
+    seen: list[tuple[bool, float | None]] = []
+
+    class Closed:
+        def close(self) -> None:
+            pass
+
+    def fake_feed(config: EdgeConfig, spec: SceneSpec, *, scpi: bool, sweep_time_ms: float | None) -> Closed:
+        seen.append((scpi, sweep_time_ms))
+        return Closed()
+
+    monkeypatch.setattr(enrolment, "simulated_feed", fake_feed)
+    monkeypatch.setattr(enrolment, "open_backend", lambda config, engine: Closed())
+    monkeypatch.setattr(enrolment, "enrol_from_feed", lambda *args, **kwargs: kwargs or args)
+    cfg = config.model_copy(
+        update={"gallery": config.gallery.model_copy(update={"path": str(tmp_path / "g.db")})}
+    )
+    enrolment.enroll_simulated_people(cfg, None, ("a", "b"), 1.0, 0, scpi=True, sweep_time_ms=0.5)
+    enrolment.enroll_simulated_people(cfg, None, ("c",), 1.0, 0)
+    assert seen == [(True, 0.5), (True, 0.5), (False, None)]
