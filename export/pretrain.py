@@ -40,7 +40,7 @@ from vrclip.edge.sim.camera import PinholeCamera, SceneRenderer
 from vrclip.edge.sim.scene import LIGHTING_PRESETS, OCCLUSION_PRESETS, Scene, SceneSpec
 from vrclip.export.checkpoint import save_atomic
 from vrclip.export.model import PRETRAINED_VISION_FORMAT, VisualEncoder, preset
-from vrclip.export.train import degrade, warmup_cosine
+from vrclip.export.train import TrainConfig, degrade, warmup_cosine
 
 NAME_PREFIX = "pretrain-"
 WEIGHTS_NAME = "vision-pretrained.pt"
@@ -73,11 +73,12 @@ class PretrainConfig:
     seed: int = 0
     #: Tracker error the crop is cut around (m, std), as in the dataset's preprocessing.
     anchor_jitter_m: float = 0.1
-    #: Share of each batch degraded (darkened, tinted, noisier), with d ~ U[min_degradation, 1].
+    #: Share of each batch degraded (darkened, tinted, noisier), with d ~ U[min_degradation, 1]; the
+    #: degradation itself is stage 1's (the same defaults, from TrainConfig).
     degrade_prob: float = 0.5
-    min_degradation: float = 0.05
-    degradation_noise: float = 0.06
-    degradation_cast: float = 0.3
+    min_degradation: float = TrainConfig.min_degradation
+    degradation_noise: float = TrainConfig.degradation_noise
+    degradation_cast: float = TrainConfig.degradation_cast
     #: Temperature (scale) of the cosine classifier.
     logit_scale: float = 16.0
     threads: int = 2
