@@ -53,6 +53,11 @@ class ArrayGeometry:
         """(channels, 3) Tx/Rx midpoints: the equivalent monostatic aperture."""
         return 0.5 * (self.channel_tx + self.channel_rx)
 
+    @property
+    def centre_xy(self) -> np.ndarray:
+        """(2,) horizontal centre of the virtual aperture: where beams' range axes start."""
+        return self.virtual_positions.mean(axis=0)[:2]
+
     def channel_name(self, channel: int) -> str:
         tx, rx = self.pairs[channel]
         return f"{self.tx_names[tx]}-{self.rx_names[rx]}"

@@ -99,6 +99,11 @@ class RFWindowSpec:
             raise ValueError(f"RF window beam_heights_m {self.beam_heights_m}: must be finite heights >= 0")
 
     @property
+    def range_step_m(self) -> float:
+        """Spacing of the R range samples (m of bistatic path, or of one-way distance for beams)."""
+        return self.span_m / self.range_bins
+
+    @property
     def beamformed(self) -> bool:
         return bool(self.beam_heights_m)
 
@@ -161,7 +166,7 @@ class RFWindowExtractor:
         # Window (with the imager's pre-emphasis) applied before the IFFT; float32 keeps the hot loop cheap.
         self._weights = self.layout.fft_weights.astype(np.float32)
         half = (spec.range_bins - 1) / 2
-        step = spec.span_m / spec.range_bins
+        step = spec.range_step_m
         #: (R,) offsets of the samples around the gate point (metres): of bistatic path per pair, or of
         #: distance along the array->person line for beams.
         self.offsets_m = (np.arange(spec.range_bins) - half) * step
@@ -170,7 +175,7 @@ class RFWindowExtractor:
         self._tx32 = self._tx.astype(np.float32)
         self._rx32 = self._rx.astype(np.float32)
         #: Horizontal centre of the array: beams' range axis points from here to the person.
-        self._array_xy = geometry.virtual_positions.mean(axis=0)[:2]
+        self._array_xy = geometry.centre_xy
         self._clutter: ClutterFilter | None = (
             ClutterFilter("mean", spec.background_alpha) if spec.background == "running" else None
         )

@@ -356,6 +356,7 @@ def _read_cache(folder: Path, session: SessionInfo) -> list[Track] | None:
     index = folder / "tracks.json"
     if not index.is_file():
         return None
+    centre = array_centre(session)  # the recording, not the cache: its failure must not wipe the cache
     try:
         identities = json.loads(index.read_text())
         tracks = []
@@ -370,7 +371,7 @@ def _read_cache(folder: Path, session: SessionInfo) -> list[Track] | None:
                     str(identity),
                     crops=arrays["crops"],
                     rf=arrays["rf"],
-                    array_xy=array_centre(session),
+                    array_xy=centre,
                     **small,
                 )
             )
@@ -390,7 +391,7 @@ def array_centre(session: SessionInfo) -> np.ndarray:
             geometry = ArrayGeometry.from_dict(reader.geometry)
     except (KeyError, TypeError, ValueError) as e:
         raise RecordingError(f"{session.path}: its stored array geometry is unreadable ({e})") from e
-    return np.asarray(geometry.virtual_positions.mean(axis=0)[:2], np.float32)
+    return np.asarray(geometry.centre_xy, np.float32)
 
 
 def _prepare_one(args: tuple[SessionInfo, PrepSpec, str]) -> str:

@@ -28,7 +28,6 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -36,6 +35,7 @@ from torch import nn
 from vrclip.edge.config import ConfigError, RoomConfig, parse_config
 from vrclip.edge.crops import CropSpec, camera_from_config, crop_person
 from vrclip.edge.errors import UserError
+from vrclip.edge.recording.jpeg import decode_rgb, encode_rgb
 from vrclip.edge.sim.camera import PinholeCamera, SceneRenderer
 from vrclip.edge.sim.scene import LIGHTING_PRESETS, OCCLUSION_PRESETS, Scene, SceneSpec
 from vrclip.export.checkpoint import save_atomic
@@ -180,10 +180,9 @@ def render_identity(
             rgb, _ = renderer.render(state)
             assert rgb is not None  # colour rendering is on
             # Through JPEG like the recordings: the encoder must not learn to rely on clean pixels.
-            ok, buf = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, rig.jpeg_quality])
-            decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1] if ok else rgb
+            decoded = decode_rgb(encode_rgb(rgb, rig.jpeg_quality), *rgb.shape[:2], what=name)
             anchor = person.position + rng.normal(0.0, jitter_m, size=2)
-            image, ok = crop_person(np.ascontiguousarray(decoded), rig.camera, anchor, crop)
+            image, ok = crop_person(decoded, rig.camera, anchor, crop)
             if ok:
                 crops.append(image)
                 visible.append(renderer.visible_fraction(person) >= VISIBLE_FRACTION)
@@ -416,7 +415,7 @@ def augment(rgb: torch.Tensor, cfg: PretrainConfig, generator: torch.Generator) 
 
 def _load_resumable(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise UserError(
             f"{path}: unreadable pretraining checkpoint ({e}); delete it or pass --restart"

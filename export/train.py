@@ -405,11 +405,6 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ data
     @property
-    def _range_step_m(self) -> float:
-        """Spacing of the RF window's range samples (m along the array->person line for beams)."""
-        return self.prep.rf.span_m / self.prep.rf.range_bins
-
-    @property
     def _offset_step_m(self) -> float:
         """Spacing of the beams' cross-range offsets (m); they are evenly spaced."""
         offsets = np.asarray(self.prep.rf.beam_offsets_m, dtype=np.float64)
@@ -670,10 +665,9 @@ class Trainer:
         # The position target follows the augmentation: a reversed window ends at its oldest frame,
         # and a shifted grid shows the body where the shift put it.
         newest = torch.where(backwards.view(-1, 1), batch["first_position"], batch["position"])
-        if self.prep.rf.beamformed:
-            newest = shifted_position(
-                newest, anchor[:, -1], batch["array_xy"], shifts, self._range_step_m, self._offset_step_m
-            )
+        newest = shifted_position(
+            newest, anchor[:, -1], batch["array_xy"], shifts, self.prep.rf.range_step_m, self._offset_step_m
+        )
         pos = F.mse_loss(offset, newest - anchor[:, -1])
         ce = F.cross_entropy(model.rf_head(emb), batch["label"])
         seen = batch["visible"]

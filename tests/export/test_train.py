@@ -286,7 +286,7 @@ def test_a_shifted_grid_moves_the_position_target_to_the_cell_that_now_shows_the
         frames=1, range_bins=8, span_m=0.8, beam_heights_m=(1.0,), beam_offsets_m=(-0.1, 0.0, 0.1)
     )
     extractor = RFWindowExtractor(spec, geometry, sweep_frequencies(EdgeConfig().radar.sweep), None)
-    array_xy = torch.tensor(geometry.virtual_positions.mean(axis=0)[:2], dtype=torch.float32)
+    array_xy = torch.tensor(geometry.centre_xy, dtype=torch.float32)
     for anchor in ([0.0, 3.0], [1.5, 2.0], [-2.0, 4.5]):
         points = extractor.beam_points(np.array(anchor))  # (offsets, range bins, 3)
         for dy, dx in itertools.product((-1, 0, 1), repeat=2):
