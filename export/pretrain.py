@@ -354,7 +354,13 @@ def pretrain(
         total_loss, correct, seen = 0.0, 0, 0
         for step in range(steps):
             batch = np.sort(order[step * cfg.batch_size : (step + 1) * cfg.batch_size])
-            rgb = torch.from_numpy(np.asarray(data.crops[batch])).permute(0, 3, 1, 2).float() / 255.0
+            rgb = (
+                torch.from_numpy(np.asarray(data.crops[batch]))
+                .permute(0, 3, 1, 2)
+                .contiguous()
+                .float()
+                .div_(255.0)
+            )
             labels = torch.from_numpy(data.labels[batch])
             rgb = augment(rgb, cfg, generator)
             logits = head(encoder(rgb))
@@ -403,14 +409,20 @@ def pretrain(
 
 
 def augment(rgb: torch.Tensor, cfg: PretrainConfig, generator: torch.Generator) -> torch.Tensor:
-    """Mirror half the crops (people walk both ways) and degrade a share of them as stage 1 does."""
+    """Mirror half the crops (people walk both ways) and degrade a share of them as stage 1 does.
+
+    Works in place on `rgb` and touches only the rows it changes: this augmentation used to cost
+    more than the encoder's forward and backward passes together (85 ms against 75 ms a batch).
+    """
     b = rgb.shape[0]
     flip = torch.rand(b, generator=generator) < 0.5
-    rgb = torch.where(flip.view(-1, 1, 1, 1), rgb.flip(-1), rgb)
     d = cfg.min_degradation + (1.0 - cfg.min_degradation) * torch.rand(b, generator=generator)
     dark = torch.rand(b, generator=generator) < cfg.degrade_prob
-    degraded = degrade(rgb, d, cfg.degradation_noise, generator, cfg.degradation_cast)
-    return torch.where(dark.view(-1, 1, 1, 1), degraded, rgb)
+    if flip.any():
+        rgb[flip] = rgb[flip].flip(-1)
+    if dark.any():
+        rgb[dark] = degrade(rgb[dark], d[dark], cfg.degradation_noise, generator, cfg.degradation_cast)
+    return rgb
 
 
 def _load_resumable(path: Path, settings: dict[str, Any]) -> dict[str, Any]:

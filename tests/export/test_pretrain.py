@@ -23,6 +23,7 @@ from vrclip.export.model import (  # noqa: E402
 from vrclip.export.pretrain import (  # noqa: E402
     CHECKPOINT_NAME,
     PretrainConfig,
+    augment,
     pretrain,
     pretrain_name,
     render_crops,
@@ -97,6 +98,20 @@ def test_pretraining_resumes_bit_identically_after_a_kill(small_dataset: Path, t
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(UserError, match=r"other settings.*lr"):
         pretrain(replace(cfg, lr=5e-4), log=lambda _: None)
+
+
+def test_augmentation_mirrors_or_darkens_each_crop_and_leaves_the_rest_as_they_were(tmp_path: Path) -> None:
+    rgb = torch.rand(64, 3, 16, 8) * 0.5 + 0.25
+    original = rgb.clone()
+    cfg = PretrainConfig(dataset=tmp_path, out=tmp_path, degrade_prob=0.0)
+    out = augment(rgb.clone(), cfg, torch.Generator().manual_seed(3))
+    mirrored = torch.tensor([torch.equal(o, x.flip(-1)) for o, x in zip(out, original, strict=True)])
+    kept = torch.tensor([torch.equal(o, x) for o, x in zip(out, original, strict=True)])
+    assert bool((mirrored | kept).all()) and 16 < int(mirrored.sum()) < 48  # about half, nothing else
+    dark = augment(rgb.clone(), replace(cfg, degrade_prob=1.0), torch.Generator().manual_seed(3))
+    brightness = dark.mean(dim=(1, 2, 3))
+    assert bool((brightness < original.mean(dim=(1, 2, 3)) + 0.02).all())
+    assert float(brightness.min()) < 0.2 * float(original.mean())  # the darkest draws are near black
 
 
 def test_bad_pretraining_input_names_the_file_or_option(tmp_path: Path) -> None:
