@@ -182,10 +182,11 @@ class EngineConfig(Section):
 class GalleryConfig(Section):
     path: str = "/var/lib/vrclip/gallery.sqlite"
     #: Cosine similarity below which a track is reported as "unknown" (open set). It depends on the
-    #: model: `vrclip-edge bench pipeline` sweeps it and suggests one. For the demo model every frame of
-    #: two 10,000-frame benches was right at 0.7 and 0.75; at 0.6 a visitor passed for an enrolled
-    #: person in about 11 % of frames.
-    threshold: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.75
+    #: model, so by default (unset) it is the engine manifest's `open_set.threshold`, which
+    #: `vrclip-export evaluate` estimates and `vrclip-export onnx --threshold-from` records; an engine
+    #: without one gets `FALLBACK_THRESHOLD`. Set it to override for a site: `vrclip-edge bench
+    #: pipeline` sweeps it on the simulated rig and suggests one.
+    threshold: Annotated[float, Field(ge=-1.0, le=1.0)] | None = None
     #: Most exemplars kept per identity; when full, the most redundant one is replaced.
     exemplar_budget: Annotated[int, Field(ge=1, le=1024)] = 32
 
@@ -330,5 +331,9 @@ def load_config(path: str | Path | None) -> EdgeConfig:
 
 
 def config_to_toml(config: EdgeConfig) -> str:
-    """The effective config as TOML, every key spelled out (what `config show` prints)."""
-    return tomli_w.dumps(config.model_dump(mode="json"))
+    """The effective config as TOML, every key spelled out (what `config show` prints).
+
+    Keys left unset (None: `gallery.threshold`, which then comes from the engine) are left out:
+    TOML has no null.
+    """
+    return tomli_w.dumps(config.model_dump(mode="json", exclude_none=True))

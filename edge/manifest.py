@@ -206,6 +206,21 @@ class TensorRTBuild(_Strict):
         return self
 
 
+class OpenSetThreshold(_Strict):
+    """The open-set threshold the model's evaluation suggests (`vrclip-export evaluate`, `open_set`).
+
+    The runtime uses it when `gallery.threshold` is not set: the right threshold moves with the
+    model, so it travels with the engine rather than with the site's config.
+    """
+
+    threshold: float = Field(ge=-1.0, le=1.0)
+    #: At that threshold, on the evaluation: enrolled people named right, strangers reported unknown.
+    identity_accuracy: float = Field(ge=0.0, le=1.0)
+    unknown_accuracy: float = Field(ge=0.0, le=1.0)
+    #: Where it was measured (the evaluation report and its dataset).
+    source: str = ""
+
+
 class EngineManifest(_Strict):
     """Everything the runtime needs to know about one engine package (see module docstring)."""
 
@@ -220,6 +235,7 @@ class EngineManifest(_Strict):
     max_batch: int = Field(8, ge=1)
     tensorrt: TensorRTBuild | None = None
     accuracy: dict[str, Any] = Field(default_factory=dict)
+    open_set: OpenSetThreshold | None = None
     created_by: str = ""
 
     @field_validator("source_onnx_sha256")
@@ -370,6 +386,7 @@ __all__ = [
     "MANIFEST_SCHEMA_VERSION",
     "EngineManifest",
     "ManifestError",
+    "OpenSetThreshold",
     "Preprocessing",
     "RfPreprocessing",
     "RgbPreprocessing",

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from vrclip.edge.manifest import sha256_file
 from vrclip.export.checkpoint import load_checkpoint, model_from_checkpoint
 from vrclip.export.data import (
     DatasetError,
@@ -34,6 +35,7 @@ from vrclip.export.data import (
 )
 from vrclip.export.metrics import classification_scores, confusion_matrix, cosine_distance, evaluate_ranking
 from vrclip.export.model import VRCLIP, CheckpointError
+from vrclip.export.openset import estimate_open_set
 from vrclip.export.train import to_tensors
 
 VARIANTS = ("fused", "vision", "radio")
@@ -234,8 +236,12 @@ def evaluate(
     test = thin(_test_index(data, tracks, rf_cfg.frames, where), cfg.stride)
     e = embed(model, tracks, test, classes, cfg.batch_size, embed_progress)
     result = report(model, e)
+    estimate = estimate_open_set(e.embedding["fused"], e.identity, e.session)
+    # What `vrclip-export onnx --threshold-from` copies into the engine manifest.
+    result["open_set"] = estimate.to_dict() if estimate is not None else None
     result["meta"] = {
         "checkpoint": str(cfg.checkpoint),
+        "checkpoint_sha256": sha256_file(cfg.checkpoint),
         "dataset": str(cfg.dataset),
         "test_samples": len(test),
         "stride": cfg.stride,
@@ -288,6 +294,13 @@ def format_table(result: dict[str, Any]) -> str:
             m = r[v]
             cells.append(f"{_pct(m['mAP']):>11s} {_pct(m['rank1']):>10s}")
         lines.append(f"{name:18s} " + " ".join(cells))
+    open_set = result.get("open_set")
+    if open_set:
+        lines.append(
+            f"open-set threshold {open_set['threshold']:.2f} (fused, {open_set['exemplars']} exemplars per "
+            f"person): enrolled named right {_pct(open_set['identity_accuracy'])} %, strangers unknown "
+            f"{_pct(open_set['unknown_accuracy'])} %"
+        )
     return "\n".join(lines)
 
 

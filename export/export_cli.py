@@ -47,13 +47,28 @@ def onnx_command(
         "--dataset",
         help="Training dataset folder, to record the radar's sweep/geometry (default: the checkpoint's).",
     ),
+    threshold_from: Path | None = typer.Option(
+        None,
+        "--threshold-from",
+        help="`vrclip-export evaluate --json` report of this checkpoint: its open-set threshold goes into "
+        "the manifest (the runtime's default when gallery.threshold is not set).",
+    ),
 ) -> None:
     """Export the fused inference graph to ONNX (dynamic batch) and write its manifest beside it."""
     from vrclip.export.onnx_export import ExportOptions, export_checkpoint
 
     result = export_checkpoint(
-        checkpoint, out, ExportOptions(opset=opset, max_batch=max_batch), dataset=dataset, echo=typer.echo
+        checkpoint,
+        out,
+        ExportOptions(opset=opset, max_batch=max_batch),
+        dataset=dataset,
+        threshold_from=threshold_from,
+        echo=typer.echo,
     )
+    if result.manifest.open_set is not None:
+        typer.echo(
+            f"open-set threshold {result.manifest.open_set.threshold:.2f} ({result.manifest.open_set.source})"
+        )
     size = result.onnx_path.stat().st_size / 1e6
     typer.echo(
         f"wrote {result.onnx_path} ({size:.1f} MB, opset {opset}, batch 1..{max_batch}) and "

@@ -44,6 +44,7 @@ from vrclip.edge import __version__
 from vrclip.edge.errors import UserError
 from vrclip.edge.manifest import (
     EngineManifest,
+    OpenSetThreshold,
     Precision,
     Preprocessing,
     RfPreprocessing,
@@ -54,6 +55,7 @@ from vrclip.edge.manifest import (
 )
 from vrclip.edge.rfwindow import RFWindowSpec
 from vrclip.export.model import CLIP_MEAN, CLIP_STD, VRCLIP, CheckpointError, InferenceModel, ModelConfig
+from vrclip.export.openset import open_set_from_report
 
 #: Opsets this exporter produces and verifies (see the module docstring for why only 17).
 SUPPORTED_OPSETS = (17,)
@@ -439,6 +441,7 @@ def export_model(
     window: dict[str, Any] | None = None,
     model_name: str | None = None,
     accuracy: dict[str, Any] | None = None,
+    open_set: OpenSetThreshold | None = None,
     echo: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Export, verify and write `<out>` + its manifest; see the module docstring. Overwrites nothing
@@ -480,7 +483,7 @@ def export_model(
             precision="fp32",
             max_batch=options.max_batch,
             accuracy=report,
-        )
+        ).model_copy(update={"open_set": open_set})
         publish(tmp, out)
     write_manifest_readable(manifest_path, manifest)
     return ExportResult(out, manifest_path, manifest, diffs, time.perf_counter() - started)
@@ -492,9 +495,13 @@ def export_checkpoint(
     options: ExportOptions = ExportOptions(),
     *,
     dataset: str | Path | None = None,
+    threshold_from: str | Path | None = None,
     echo: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """`vrclip-export onnx`: load a checkpoint (config + weights checked against each other), export it.
+
+    `threshold_from`: an evaluation report of this checkpoint; its open-set threshold goes into the
+    manifest, where the runtime takes it from unless `gallery.threshold` is set.
 
     The manifest's RF window is the checkpoint's preprocessing spec verbatim, plus the training radar's
     sweep/geometry signature when one of its training recordings is reachable (`dataset`, default the
@@ -504,6 +511,7 @@ def export_checkpoint(
 
     check_opset(options.opset)  # before the (slow) load: a bad flag should fail at once
     checkpoint = Path(checkpoint)
+    open_set = open_set_from_report(threshold_from, checkpoint) if threshold_from is not None else None
     data = load_checkpoint(checkpoint)
     model = model_from_checkpoint(data, str(checkpoint))
     window = window_for(model.cfg, data["prep"])
@@ -522,7 +530,9 @@ def export_checkpoint(
         "source_checkpoint_sha256": sha256_file(checkpoint),
         "classes": len(data.get("classes", [])),
     }
-    return export_model(model, target, options, window=window, accuracy=accuracy, echo=echo)
+    return export_model(
+        model, target, options, window=window, accuracy=accuracy, open_set=open_set, echo=echo
+    )
 
 
 __all__ = [

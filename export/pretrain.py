@@ -64,7 +64,7 @@ class PretrainConfig:
     frames: int = 10
     #: Who the pretraining people are (body, clothing); their names never occur in a dataset.
     world_seed: int = 7
-    epochs: int = 12
+    epochs: int = 16
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-4

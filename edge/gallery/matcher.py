@@ -14,6 +14,25 @@ from dataclasses import dataclass
 
 import numpy as np
 from vrclip.edge.gallery.store import UNKNOWN, GallerySnapshot, GalleryStore, normalise
+from vrclip.edge.manifest import EngineManifest
+
+#: Open-set threshold for an engine whose manifest carries none and a config that sets none.
+FALLBACK_THRESHOLD = 0.75
+
+
+def resolve_threshold(configured: float | None, manifest: EngineManifest | None) -> tuple[float, str]:
+    """(threshold, where it came from): `gallery.threshold` if set, else the engine's, else the fallback.
+
+    Why the engine's comes second and not first: a site that measured its own threshold (say with
+    `vrclip-edge bench pipeline`) must keep it; one that did not gets the model's own estimate.
+    """
+    if configured is not None:
+        return float(configured), "gallery.threshold"
+    if manifest is not None and manifest.open_set is not None:
+        return float(
+            manifest.open_set.threshold
+        ), f"engine manifest ({manifest.open_set.source or 'evaluation'})"
+    return FALLBACK_THRESHOLD, "fallback: neither gallery.threshold nor the engine manifest sets one"
 
 
 @dataclass(frozen=True)

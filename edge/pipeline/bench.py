@@ -21,7 +21,7 @@ import typer
 from vrclip.edge.config import load_config, parse_config
 from vrclip.edge.events.event import IdentityEvent
 from vrclip.edge.events.health import Health
-from vrclip.edge.gallery.matcher import Matcher
+from vrclip.edge.gallery.matcher import Matcher, resolve_threshold
 from vrclip.edge.gallery.store import GalleryStore
 from vrclip.edge.pipeline.app import (
     ThresholdSweep,
@@ -66,7 +66,11 @@ def bench_pipeline(
     occlusion: str = typer.Option("none", "--occlusion"),
     world_seed: int = typer.Option(42, "--world-seed"),
     threshold: float | None = typer.Option(
-        None, "--threshold", min=-1.0, max=1.0, help="Open-set threshold (default gallery.threshold)."
+        None,
+        "--threshold",
+        min=-1.0,
+        max=1.0,
+        help="Open-set threshold (default gallery.threshold, else the engine manifest's).",
     ),
 ) -> None:
     """Run the pipeline on a replayed simulated session at the rig's rate and report what it sustains."""
@@ -109,7 +113,9 @@ def _measure(  # type: ignore[no-untyped-def]
 ) -> dict:
     backend = open_backend(config, engine)
     store.ensure_dim(embedding_dim(backend))
-    matcher = Matcher(GalleryStore(store.path), config.gallery.threshold)
+    threshold, source = resolve_threshold(config.gallery.threshold, backend.manifest)
+    typer.echo(f"open-set threshold {threshold:.2f} ({source})", err=True)
+    matcher = Matcher(GalleryStore(store.path), threshold)
     feed = replay_feed(session, paced=True, loop=True)
     health = Health(tuple(feed.sources))
     identifier = make_identifier(feed, backend, match=matcher.match_batch)
@@ -175,6 +181,7 @@ def _measure(  # type: ignore[no-untyped-def]
         "backend": type(backend).__name__,
         "imager": imager,
         "threshold": matcher.threshold,
+        "threshold_source": source,
         # Every frame's match of every track, re-scored: the trade-off behind gallery.threshold.
         "threshold_sweep": sweep.table(SWEEP_THRESHOLDS),
         "suggested_threshold": sweep.best_threshold(SWEEP_THRESHOLDS),

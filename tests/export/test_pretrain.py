@@ -140,3 +140,22 @@ def test_rendered_crops_are_cached_and_rendered_afresh_when_settings_change(
     more = render_crops(replace(cfg, frames=4), rig, crop, lambda done, total: calls.append(done))
     assert calls == [1, 2, 3, 1, 2, 3] and len(more.crops) > len(first.crops)
     assert not list(cfg.out.glob("crops.tmp*"))
+
+
+def test_the_command_line_defaults_are_the_configuration_defaults(tmp_path: Path) -> None:
+    """The CLI repeats PretrainConfig's defaults (it must not import torch to print --help)."""
+    import inspect
+
+    from vrclip.export.commands import pretrain_vision
+
+    cfg = PretrainConfig(dataset=tmp_path, out=tmp_path)
+    options = inspect.signature(pretrain_vision).parameters
+    pairs = {
+        "identities": "identities",
+        "sessions": "sessions",
+        "frames": "frames",
+        "world_seed": "world_seed",
+    }
+    pairs |= {"epochs": "epochs", "batch": "batch_size", "lr": "lr", "seed": "seed", "threads": "threads"}
+    for option, field in pairs.items():
+        assert options[option].default.default == getattr(cfg, field), option

@@ -25,6 +25,7 @@ from vrclip.export.checkpoint import load_checkpoint, model_from_checkpoint, sav
 from vrclip.export.data import DatasetError, discover_sessions, preprocess_session  # noqa: E402
 from vrclip.export.evaluate import EvalConfig, evaluate  # noqa: E402
 from vrclip.export.model import CheckpointError  # noqa: E402
+from vrclip.export.openset import open_set_from_report  # noqa: E402
 from vrclip.export.train import (  # noqa: E402
     CHECKPOINT_NAME,
     FINAL_NAME,
@@ -181,6 +182,9 @@ def test_training_writes_checkpoints_and_resumes_bit_identically_after_a_kill(
         set(c) == {"fused", "vision", "radio"} for c in on_disk["by_condition"].values()
     )
     assert (tmp_path / "eval" / "confusion-fused.png").stat().st_size > 1000
+    # The report's open-set estimate is what `vrclip-export onnx --threshold-from` puts in the manifest.
+    open_set = open_set_from_report(tmp_path / "eval" / "report.json", tmp_path / "a" / FINAL_NAME)
+    assert 0.3 <= open_set.threshold <= 0.95 and "report.json" in open_set.source
     assert (tmp_path / "eval" / "tsne-fused.png").stat().st_size > 1000
 
     # A damaged checkpoint, a missing one, and one whose weights do not fit its configuration.
