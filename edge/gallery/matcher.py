@@ -29,9 +29,8 @@ def resolve_threshold(configured: float | None, manifest: EngineManifest | None)
     if configured is not None:
         return float(configured), "gallery.threshold"
     if manifest is not None and manifest.open_set is not None:
-        return float(
-            manifest.open_set.threshold
-        ), f"engine manifest ({manifest.open_set.source or 'evaluation'})"
+        source = manifest.open_set.source or "its evaluation"
+        return float(manifest.open_set.threshold), f"engine manifest, {source}"
     return FALLBACK_THRESHOLD, "fallback: neither gallery.threshold nor the engine manifest sets one"
 
 

@@ -110,7 +110,7 @@ def test_the_threshold_travels_from_the_report_into_the_manifest(tmp_path: Path,
     manifest = load_manifest(tmp_path / "m.json")
     assert manifest.open_set is not None and manifest.open_set.threshold == 0.84
     assert "eval.json" in manifest.open_set.source and "open-set threshold 0.84" in capsys.readouterr().out
-    assert resolve_threshold(None, manifest) == (0.84, f"engine manifest ({manifest.open_set.source})")
+    assert resolve_threshold(None, manifest) == (0.84, f"engine manifest, {manifest.open_set.source}")
     assert resolve_threshold(0.7, manifest) == (0.7, "gallery.threshold")  # the site's own wins
     bare = manifest.model_copy(update={"open_set": None})
     assert resolve_threshold(None, bare)[0] == FALLBACK_THRESHOLD
