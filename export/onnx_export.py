@@ -269,7 +269,22 @@ def sensor_signature(recording: str | Path) -> dict[str, Any]:
     with SessionReader(recording) as reader:
         freqs = np.asarray(reader.freqs_hz, np.float64)
         geometry = ArrayGeometry.from_dict(reader.geometry)
-    return signature_of(freqs, geometry)
+        times = reader.times("radar", 0, min(reader.count("radar"), 1000))
+    signature = signature_of(freqs, geometry)
+    rate = measured_frame_rate(times)
+    if rate is not None:
+        # What the RF window's T frames span in time; the runtime warns when its radar runs otherwise.
+        signature["frame_rate_hz"] = rate
+    return signature
+
+
+def measured_frame_rate(t_ns: np.ndarray) -> float | None:
+    """Frames per second from time stamps: the median interval (robust to a dropped frame or a stall)."""
+    steps = np.diff(np.asarray(t_ns, np.int64))
+    steps = steps[steps > 0]
+    if steps.size < 2:
+        return None
+    return round(1e9 / float(np.median(steps)), 3)
 
 
 def signature_of(freqs_hz: np.ndarray, geometry: Any) -> dict[str, Any]:

@@ -165,7 +165,11 @@ def open_backend(config: EdgeConfig, engine: str | None = None) -> InferenceBack
 
 
 def make_identifier(
-    feed: Feed, backend: InferenceBackend, match=None, event_interval_s: float = 1.0
+    feed: Feed,
+    backend: InferenceBackend,
+    match=None,
+    event_interval_s: float = 1.0,
+    warn: Callable[[str], None] | None = None,
 ) -> Identifier:
     camera = camera_from_config(feed.config) if "camera" in feed.sources else None
     return Identifier(
@@ -177,6 +181,7 @@ def make_identifier(
         camera=camera,
         match=match,
         event_interval_s=event_interval_s,
+        warn=warn,
     )
 
 

@@ -68,7 +68,11 @@ def run_pipeline(
         if feed.truth is not None and enrolled is not None:
             score.score(event, feed.truth(event.t_ns), enrolled)
 
-    identifier = make_identifier(feed, backend, match=matcher.match_batch)
+    def warn(message: str) -> None:
+        health.count("warnings")
+        typer.echo(f"warning: {message}", err=True)
+
+    identifier = make_identifier(feed, backend, match=matcher.match_batch, warn=warn)
     notifier = Notifier()
     try:
         with ShutdownFlag(notifier) as stop, WatchdogPinger(notifier, status=health.status_line) as pinger:

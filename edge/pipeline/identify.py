@@ -23,6 +23,7 @@ from vrclip.edge.imaging.clutter import ClutterFilter
 from vrclip.edge.imaging.pipeline import ImagingPipeline
 from vrclip.edge.inference.base import EngineMismatchError, InferenceBackend
 from vrclip.edge.manifest import EngineManifest, TensorSpec
+from vrclip.edge.pipeline.ratecheck import RadarRateCheck, training_frame_rate
 from vrclip.edge.pipeline.sync import SyncedFrame
 from vrclip.edge.pipeline.tracker import Track, Tracker
 from vrclip.edge.rfwindow import RFSequence, RFWindowExtractor, RFWindowSpec
@@ -105,8 +106,11 @@ class Identifier:
         camera: PinholeCamera | None = None,
         match: Callable[[np.ndarray], list[Match]] | None = None,
         event_interval_s: float = 1.0,
+        warn: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
+        self.warn = warn
+        self.rate_check = RadarRateCheck(training_frame_rate(backend.manifest))
         self.backend = backend
         self.feeds = ModelFeeds(backend.manifest)
         self.imaging = ImagingPipeline(config, geometry, calibration)
@@ -128,6 +132,9 @@ class Identifier:
 
     def step(self, synced: SyncedFrame) -> tuple[list[TrackResult], list[IdentityEvent]]:
         radar = synced.radar
+        note = self.rate_check.observe(radar.t_ns)
+        if note is not None and self.warn is not None:
+            self.warn(note)
         result = self.imaging.process(radar.s21)
         detections = np.array([[d.x_m, d.y_m] for d in result.detections], np.float64).reshape(-1, 2)
         self.tracker.update(detections, radar.t_ns)

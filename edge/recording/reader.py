@@ -316,6 +316,14 @@ class SessionReader:
         what = f"{self._where}: radar frames {start}..{stop - 1}"
         return self._read(s, "s21", slice(start, stop), what), self._read(s, "t_ns", slice(start, stop), what)
 
+    def times(self, stream: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """(n,) int64 ns time stamps of frames [start, stop) of a stream, without the frames themselves."""
+        s = self._view(stream)
+        start, stop = self._range(s, start, s.count if stop is None else stop)
+        return np.asarray(
+            self._read(s, "t_ns", slice(start, stop), f"{self._where}: {stream} times"), np.int64
+        )
+
     def truth_block(self, stream: str, start: int, stop: int) -> dict[str, np.ndarray]:
         """Padded ground truth of frames [start, stop) of a stream: count (n,) (-1 = none), ids (n, K)
         (index into `identities`, -1 padded), positions (n, K, 2), visible (n, K)."""

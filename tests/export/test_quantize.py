@@ -259,3 +259,16 @@ def test_find_float_blocks_reports_each_visual_block(
     assert {"passed", "cosine_min", "cosine_mean", "map_drop_points"} <= set(result.sensitivity[0])
     assert result.manifest.accuracy["float_block_sensitivity"] == result.sensitivity
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.int8.json", "s.int8.onnx"]  # no leftovers
+
+
+def test_the_training_radars_frame_rate_travels_with_the_engine(
+    float_model: Path, int8: q.QuantizeResult
+) -> None:
+    """The dataset was recorded at 10 frames/s; the runtime compares its radar's rate with this one."""
+    from vrclip.edge.manifest import load_manifest
+    from vrclip.edge.pipeline.ratecheck import training_frame_rate
+
+    assert training_frame_rate(load_manifest(float_model.with_suffix(".json"))) == pytest.approx(
+        10.0, rel=0.01
+    )
+    assert training_frame_rate(int8.manifest) == pytest.approx(10.0, rel=0.01)
