@@ -28,8 +28,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from vrclip.edge.errors import UserError
 
-#: Schema version this code writes and the newest it reads.
-MANIFEST_SCHEMA_VERSION = 1
+#: Schema version this code writes and the newest it reads. 2 added `open_set` (the model's open-set
+#: threshold), which a version-1 reader would reject as an unknown key instead of asking for an upgrade.
+MANIFEST_SCHEMA_VERSION = 2
 #: Name of the batch axis in manifest shapes.
 BATCH = "batch"
 

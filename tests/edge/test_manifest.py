@@ -241,3 +241,14 @@ def test_written_manifests_are_readable_by_other_users(tmp_path) -> None:  # typ
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
+
+
+def test_a_version_1_manifest_still_opens(tmp_path) -> None:
+    """Engines exported before `open_set` existed keep working; they simply carry no threshold."""
+    data = json.loads((Path(__file__).parents[2] / "models" / "vrclip-tiny.json").read_text())
+    data["schema_version"] = 1
+    data.pop("open_set", None)
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(data))
+    manifest = load_manifest(path)
+    assert manifest.schema_version == 1 and manifest.open_set is None
