@@ -104,6 +104,12 @@ class RFWindowSpec:
         return self.span_m / self.range_bins
 
     @property
+    def beam_offset_step_m(self) -> float:
+        """Spacing of the beams' cross-range offsets (m; they are evenly spaced), 0 with a single one."""
+        offsets = np.asarray(self.beam_offsets_m, dtype=np.float64)
+        return float(np.mean(np.diff(offsets))) if offsets.size > 1 else 0.0
+
+    @property
     def beamformed(self) -> bool:
         return bool(self.beam_heights_m)
 

@@ -489,6 +489,12 @@ class ModelOutputs:
     reliability: torch.Tensor  # (B,)
 
 
+def cosine_logits(embedding: torch.Tensor, weight: torch.Tensor, scale: float) -> torch.Tensor:
+    """scale * cos(embedding, each class weight): the logits of a cosine classifier, which puts identity
+    in the embedding's direction, what retrieval by cosine distance later reads."""
+    return scale * F.normalize(embedding, dim=-1) @ F.normalize(weight, dim=-1).T
+
+
 class VRCLIP(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -536,9 +542,7 @@ class VRCLIP(nn.Module):
 
     def prototype_logits(self, embedding: torch.Tensor) -> torch.Tensor:
         """Cosine-classifier logits of any shared-space embedding against the identity prototypes."""
-        return (
-            self.cfg.prototype_scale * F.normalize(embedding, dim=-1) @ F.normalize(self.prototypes, dim=-1).T
-        )
+        return cosine_logits(embedding, self.prototypes, self.cfg.prototype_scale)
 
     def inference(
         self, rgb: torch.Tensor, rf: torch.Tensor, anchor: torch.Tensor, present: torch.Tensor

@@ -53,6 +53,7 @@ from vrclip.edge.manifest import (
     sha256_file,
     write_manifest,
 )
+from vrclip.edge.pipeline.ratecheck import median_rate_hz
 from vrclip.edge.rfwindow import RFWindowSpec
 from vrclip.export.model import CLIP_MEAN, CLIP_STD, VRCLIP, CheckpointError, InferenceModel, ModelConfig
 from vrclip.export.openset import open_set_from_report
@@ -271,20 +272,12 @@ def sensor_signature(recording: str | Path) -> dict[str, Any]:
         geometry = ArrayGeometry.from_dict(reader.geometry)
         times = reader.times("radar", 0, min(reader.count("radar"), 1000))
     signature = signature_of(freqs, geometry)
-    rate = measured_frame_rate(times)
+    # The rate the runtime's RadarRateCheck compares its radar with, measured by the same rule.
+    rate = median_rate_hz(np.diff(times))
     if rate is not None:
         # What the RF window's T frames span in time; the runtime warns when its radar runs otherwise.
-        signature["frame_rate_hz"] = rate
+        signature["frame_rate_hz"] = round(rate, 3)
     return signature
-
-
-def measured_frame_rate(t_ns: np.ndarray) -> float | None:
-    """Frames per second from time stamps: the median interval (robust to a dropped frame or a stall)."""
-    steps = np.diff(np.asarray(t_ns, np.int64))
-    steps = steps[steps > 0]
-    if steps.size < 2:
-        return None
-    return round(1e9 / float(np.median(steps)), 3)
 
 
 def signature_of(freqs_hz: np.ndarray, geometry: Any) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from vrclip.edge.recording.jpeg import decode_rgb, encode_rgb
 from vrclip.edge.sim.camera import PinholeCamera, SceneRenderer
 from vrclip.edge.sim.scene import LIGHTING_PRESETS, OCCLUSION_PRESETS, Scene, SceneSpec
 from vrclip.export.checkpoint import save_atomic
-from vrclip.export.model import PRETRAINED_VISION_FORMAT, VisualEncoder, preset
+from vrclip.export.model import PRETRAINED_VISION_FORMAT, VisualEncoder, cosine_logits, preset
 from vrclip.export.train import TrainConfig, degrade, warmup_cosine
 
 NAME_PREFIX = "pretrain-"
@@ -286,8 +286,7 @@ def _load_crops(folder: Path, key_json: str) -> CropSet | None:
 
 # ----------------------------------------------------------------------------------------- training
 class CosineClassifier(nn.Module):
-    """Logits = scale * cos(embedding, class weight): the embedding's direction carries identity, which
-    is what retrieval by cosine distance later uses."""
+    """A cosine classifier over the pretraining people (`cosine_logits`, as VRCLIP's prototypes)."""
 
     def __init__(self, dim: int, classes: int, scale: float) -> None:
         super().__init__()
@@ -295,7 +294,7 @@ class CosineClassifier(nn.Module):
         self.scale = scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scale * F.normalize(x, dim=-1) @ F.normalize(self.weight, dim=-1).T
+        return cosine_logits(x, self.weight, self.scale)
 
 
 ProgressFn = Callable[[int, int, int, int, float, float], None]

@@ -408,12 +408,6 @@ class Trainer:
         self.segments: list[Segment] = []
 
     # ------------------------------------------------------------------------------------ data
-    @property
-    def _offset_step_m(self) -> float:
-        """Spacing of the beams' cross-range offsets (m); they are evenly spaced."""
-        offsets = np.asarray(self.prep.rf.beam_offsets_m, dtype=np.float64)
-        return float(np.mean(np.diff(offsets))) if offsets.size > 1 else 0.0
-
     def prepare(self, prep_progress: Callable[[int, int, str], None] | None = None) -> None:
         cfg = self.cfg
         sessions = discover_sessions(cfg.dataset)
@@ -670,7 +664,12 @@ class Trainer:
         # and a shifted grid shows the body where the shift put it.
         newest = torch.where(backwards.view(-1, 1), batch["first_position"], batch["position"])
         newest = shifted_position(
-            newest, anchor[:, -1], batch["array_xy"], shifts, self.prep.rf.range_step_m, self._offset_step_m
+            newest,
+            anchor[:, -1],
+            batch["array_xy"],
+            shifts,
+            self.prep.rf.range_step_m,
+            self.prep.rf.beam_offset_step_m,
         )
         pos = F.mse_loss(offset, newest - anchor[:, -1])
         ce = F.cross_entropy(model.rf_head(emb), batch["label"])

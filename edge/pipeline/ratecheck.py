@@ -11,6 +11,7 @@ once per departure and once on recovery.
 from __future__ import annotations
 
 import collections
+from collections.abc import Iterable
 
 import numpy as np
 from vrclip.edge.manifest import EngineManifest
@@ -19,6 +20,14 @@ from vrclip.edge.manifest import EngineManifest
 DEFAULT_TOLERANCE = 0.25
 #: Frame intervals the measured rate is the median of.
 DEFAULT_WINDOW = 50
+
+
+def median_rate_hz(intervals_ns: Iterable[int]) -> float | None:
+    """Frames per second from frame intervals (ns): the median, so a late frame or a stall does not
+    move it; non-positive intervals (a clock step) are left out. None without two to go on."""
+    steps = np.asarray(list(intervals_ns), np.int64)
+    steps = steps[steps > 0]
+    return 1e9 / float(np.median(steps)) if steps.size >= 2 else None
 
 
 def training_frame_rate(manifest: EngineManifest) -> float | None:
@@ -47,7 +56,7 @@ class RadarRateCheck:
     def measured_hz(self) -> float | None:
         if len(self._intervals) < self._intervals.maxlen:  # type: ignore[operator]
             return None
-        return 1e9 / float(np.median(self._intervals))
+        return median_rate_hz(self._intervals)
 
     def observe(self, t_ns: int) -> str | None:
         """Feed one radar frame's time stamp; returns a message when the verdict changes, else None."""
@@ -74,4 +83,4 @@ class RadarRateCheck:
         )
 
 
-__all__ = ["DEFAULT_TOLERANCE", "DEFAULT_WINDOW", "RadarRateCheck", "training_frame_rate"]
+__all__ = ["DEFAULT_TOLERANCE", "DEFAULT_WINDOW", "RadarRateCheck", "median_rate_hz", "training_frame_rate"]
