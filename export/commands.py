@@ -67,6 +67,11 @@ def train(
     align_weight: float = typer.Option(
         1.0, "--align-weight", help="Stage 3 gate-calibration loss weight (0: the gate learns from CE alone)."
     ),
+    geometry_weight: float = typer.Option(
+        5.0,
+        "--geometry-weight",
+        help="Stage 3: keep each aligned embedding's pairwise cosines its encoder's (0: off).",
+    ),
     threads: int = typer.Option(2, "--threads", help="torch CPU threads."),
     jobs: int = typer.Option(2, "--jobs", "-j", help="Preprocessing worker processes."),
     cache: Path | None = typer.Option(
@@ -102,6 +107,7 @@ def train(
         rf_reverse=rf_reverse,
         anchor_jitter_m=anchor_jitter,
         align_weight=align_weight,
+        geometry_weight=geometry_weight,
         threads=threads,
         jobs=jobs,
         cache=cache,

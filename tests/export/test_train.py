@@ -33,6 +33,7 @@ from vrclip.export.train import (  # noqa: E402
     Trainer,
     degrade,
     gate_calibration_loss,
+    geometry_distillation_loss,
     illumination_loss,
     reverse_time,
     shift_beams,
@@ -103,6 +104,22 @@ def test_gate_calibration_pulls_trusted_pairs_and_pushes_impostors_past_the_marg
     assert r_var.grad is not None and float(r_var.grad[1, 0]) < 0
 
 
+def test_geometry_distillation_is_zero_for_angle_keeping_projections_and_moves_only_the_student() -> None:
+    g = torch.Generator().manual_seed(0)
+    teacher = torch.randn(16, 8, generator=g)
+    rotation, _ = torch.linalg.qr(torch.randn(12, 12, generator=g))
+    kept = 3.0 * torch.cat([teacher, torch.zeros(16, 4)], dim=1) @ rotation  # wider, rotated, scaled
+    assert float(geometry_distillation_loss(kept, teacher)) == pytest.approx(0.0, abs=1e-10)
+    squashed = kept.clone()
+    squashed[:, 0] *= 10.0  # one axis stretched: the angles change
+    assert float(geometry_distillation_loss(squashed, teacher)) > 1e-3
+    student = squashed.clone().requires_grad_(True)
+    teacher_var = teacher.clone().requires_grad_(True)
+    geometry_distillation_loss(student, teacher_var).backward()
+    assert student.grad is not None and float(student.grad.abs().sum()) > 0
+    assert teacher_var.grad is None
+
+
 @pytest.mark.parametrize(
     ("setting", "named"),
     [
@@ -112,6 +129,7 @@ def test_gate_calibration_pulls_trusted_pairs_and_pushes_impostors_past_the_marg
         ({"align_weight": -1.0}, "--align-weight -1.0"),
         ({"align_margin": 1.5}, "align_margin 1.5"),
         ({"align_min_light": 0.0}, "align_min_light 0.0"),
+        ({"geometry_weight": -1.0}, "--geometry-weight -1.0"),
         ({"rf_input": "images"}, "--rf-input 'images': must be beams or pairs"),
         ({"range_bins": 0}, "--range-bins 0"),
         ({"span_m": 0.0}, "--span-m 0.0"),
