@@ -15,7 +15,9 @@
    prototypes (which is what puts the two modalities into one space, so the gate's distance means
    agreement), plus L_CCA. RGB inputs are degraded at random and sometimes swapped with another
    sample's crop, so the gate sees RGB that disagrees with the radio and learns to discount it; RF
-   inputs are embedded with dropout and dropped channels, so it also sees fallible radio.
+   inputs are embedded with dropout and dropped channels, so it also sees fallible radio. Geometry
+   distillation keeps each projection's pairwise cosines its frozen encoder's, so fitting the
+   projections to one segment per person does not undo what the encoders know about unseen sessions.
 
 Determinism: every epoch draws its shuffling, degradations and dropout from generators seeded with
 (seed, stage, epoch), and a checkpoint is written atomically after every epoch; so on a CPU a run
