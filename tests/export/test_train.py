@@ -336,3 +336,23 @@ def test_reversed_windows_play_rf_and_track_backwards_together() -> None:
     same_rf, same_anchor, none = reverse_time(rf, anchor, g, 0.0)
     assert same_rf is rf and same_anchor is anchor and not bool(none.any())
     assert torch.equal(g.get_state(), state)  # off = no randomness drawn: earlier runs reproduce
+
+
+def test_the_train_command_line_defaults_are_the_recipe_defaults(tmp_path: Path) -> None:
+    """`vrclip-export train` repeats TrainConfig's defaults (so --help needs no torch); they must agree."""
+    import inspect
+
+    from vrclip.export.commands import train
+
+    cfg = TrainConfig(dataset=tmp_path, out=tmp_path)
+    renamed = {"model_preset": "preset", "batch": "batch_size", "anchor_jitter": "anchor_jitter_m"}
+    options = inspect.signature(train).parameters
+    skip = {"dataset", "out", "restart"}
+    checked = 0
+    for option, parameter in options.items():
+        if option in skip:
+            continue
+        field = renamed.get(option, option)
+        assert parameter.default.default == getattr(cfg, field), option
+        checked += 1
+    assert checked >= 20
