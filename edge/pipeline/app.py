@@ -20,6 +20,8 @@ from vrclip.edge.crops import camera_from_config
 from vrclip.edge.errors import UserError
 from vrclip.edge.events.event import IdentityEvent
 from vrclip.edge.events.health import Health
+from vrclip.edge.gallery.matcher import Matcher, resolve_threshold
+from vrclip.edge.gallery.store import GalleryStore
 from vrclip.edge.geometry import ArrayGeometry, load_geometry
 from vrclip.edge.imaging.calibration import ChannelCalibration
 from vrclip.edge.inference.base import InferenceBackend
@@ -162,6 +164,19 @@ def with_workdir(config: EdgeConfig, workdir: Path) -> EdgeConfig:
 
 def open_backend(config: EdgeConfig, engine: str | None = None) -> InferenceBackend:
     return open_engine(engine or config.engine.path, config.engine.backend)
+
+
+def make_matcher(
+    config: EdgeConfig,
+    backend: InferenceBackend,
+    gallery_path: str | Path,
+    echo: Callable[[str], None],
+) -> tuple[Matcher, str]:
+    """The gallery matcher at the open-set threshold `resolve_threshold` picks (config, else the engine
+    manifest, else the fallback), and where that came from; `echo` tells the operator which one."""
+    threshold, source = resolve_threshold(config.gallery.threshold, backend.manifest)
+    echo(f"open-set threshold {threshold:.2f} ({source})")
+    return Matcher(GalleryStore(gallery_path), threshold), source
 
 
 def make_identifier(

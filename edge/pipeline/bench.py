@@ -21,12 +21,12 @@ import typer
 from vrclip.edge.config import load_config, parse_config
 from vrclip.edge.events.event import IdentityEvent
 from vrclip.edge.events.health import Health
-from vrclip.edge.gallery.matcher import Matcher, resolve_threshold
 from vrclip.edge.gallery.store import GalleryStore
 from vrclip.edge.pipeline.app import (
     ThresholdSweep,
     TruthScore,
     make_identifier,
+    make_matcher,
     open_backend,
     replay_feed,
     require_engine_exists,
@@ -113,9 +113,7 @@ def _measure(  # type: ignore[no-untyped-def]
 ) -> dict:
     backend = open_backend(config, engine)
     store.ensure_dim(embedding_dim(backend))
-    threshold, source = resolve_threshold(config.gallery.threshold, backend.manifest)
-    typer.echo(f"open-set threshold {threshold:.2f} ({source})", err=True)
-    matcher = Matcher(GalleryStore(store.path), threshold)
+    matcher, source = make_matcher(config, backend, store.path, lambda line: typer.echo(line, err=True))
     feed = replay_feed(session, paced=True, loop=True)
     health = Health(tuple(feed.sources))
     identifier = make_identifier(feed, backend, match=matcher.match_batch)

@@ -13,13 +13,13 @@ from vrclip.edge.errors import UserError
 from vrclip.edge.events.health import Health
 from vrclip.edge.events.http import HealthServer
 from vrclip.edge.events.sinks import build_sinks
-from vrclip.edge.gallery.matcher import Matcher, resolve_threshold
 from vrclip.edge.gallery.store import GalleryStore
 from vrclip.edge.pipeline.app import (
     Feed,
     TruthScore,
     hardware_feed,
     make_identifier,
+    make_matcher,
     open_backend,
     replay_feed,
     require_engine_exists,
@@ -52,9 +52,7 @@ def run_pipeline(
     backend = open_backend(config, engine)
     store = GalleryStore(config.gallery.path)
     store.ensure_dim(embedding_dim(backend))
-    threshold, source = resolve_threshold(config.gallery.threshold, backend.manifest)
-    typer.echo(f"open-set threshold {threshold:.2f} ({source})", err=True)
-    matcher = Matcher(GalleryStore(config.gallery.path), threshold)
+    matcher, _ = make_matcher(config, backend, config.gallery.path, lambda line: typer.echo(line, err=True))
     sinks = build_sinks(config.sinks, stdout=events_stdout)
     health = Health(tuple(feed.sources))
     health.add_stats_source("sink", sinks.stats)
