@@ -65,10 +65,12 @@ def train(
     ),
     anchor_jitter: float = typer.Option(0.1, "--anchor-jitter", help="Tracker error simulated (m, std)."),
     align_weight: float = typer.Option(
-        1.0, "--align-weight", help="Stage 3 gate-calibration loss weight (0: the gate learns from CE alone)."
+        10.0,
+        "--align-weight",
+        help="Stage 3 gate-calibration loss weight (0: the gate learns from CE alone).",
     ),
     geometry_weight: float = typer.Option(
-        5.0,
+        40.0,
         "--geometry-weight",
         help="Stage 3: keep each aligned embedding's pairwise cosines its encoder's (0: off).",
     ),
