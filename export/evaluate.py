@@ -52,6 +52,8 @@ class EvalConfig:
     jobs: int = 2
     cache: Path | None = None
     batch_size: int = 100
+    #: Also score other vision weights on the same embeddings (`vrclip.export.fusion_analysis`).
+    fusion_analysis: bool = False
 
 
 @dataclass
@@ -239,6 +241,10 @@ def evaluate(
     estimate = estimate_open_set(e.embedding["fused"], e.identity, e.session)
     # What `vrclip-export onnx --threshold-from` copies into the engine manifest.
     result["open_set"] = estimate.to_dict() if estimate is not None else None
+    if cfg.fusion_analysis:
+        from vrclip.export.fusion_analysis import fusion_analysis
+
+        result["fusion_analysis"] = fusion_analysis(e, model.cfg.gate_beta)
     result["meta"] = {
         "checkpoint": str(cfg.checkpoint),
         "checkpoint_sha256": sha256_file(cfg.checkpoint),

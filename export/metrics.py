@@ -12,6 +12,7 @@ torchreid's default sort leaves tie order to the sort algorithm.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,46 @@ class RankResult:
     total_queries: int
 
 
+def _check_shapes(
+    distmat: np.ndarray,
+    q_pids: np.ndarray,
+    g_pids: np.ndarray,
+    q_sessions: np.ndarray,
+    g_sessions: np.ndarray,
+) -> None:
+    nq, ng = distmat.shape
+    if (
+        q_pids.shape != (nq,)
+        or q_sessions.shape != (nq,)
+        or g_pids.shape != (ng,)
+        or g_sessions.shape != (ng,)
+    ):
+        raise ValueError("identity/session arrays must match the distance matrix's query and gallery sizes")
+
+
+def _ranked_matches(
+    distmat: np.ndarray,
+    q_pids: np.ndarray,
+    g_pids: np.ndarray,
+    q_sessions: np.ndarray,
+    g_sessions: np.ndarray,
+) -> Iterator[np.ndarray | None]:
+    """Per query, its gallery ranked by distance with same-identity same-session entries removed, as
+    a 0/1 array of matches (None for a query with no match left to find): the protocol in one place."""
+    order = np.argsort(distmat, axis=1, kind="stable")
+    for q in range(distmat.shape[0]):
+        ranked = order[q]
+        keep = ~((g_pids[ranked] == q_pids[q]) & (g_sessions[ranked] == q_sessions[q]))
+        matches = (g_pids[ranked][keep] == q_pids[q]).astype(np.float64)
+        yield matches if matches.any() else None
+
+
+def _average_precision(matches: np.ndarray) -> float:
+    hits = np.cumsum(matches)
+    precision_at_hit = hits / np.arange(1, matches.size + 1)
+    return float((precision_at_hit * matches).sum() / matches.sum())
+
+
 def evaluate_ranking(
     distmat: np.ndarray,
     q_pids: np.ndarray,
@@ -36,39 +77,50 @@ def evaluate_ranking(
 ) -> RankResult:
     """mAP and CMC of a (num_query, num_gallery) distance matrix (smaller = more similar)."""
     distmat = np.asarray(distmat, dtype=np.float64)
-    nq, ng = distmat.shape
+    nq = distmat.shape[0]
     q_pids, g_pids = np.asarray(q_pids), np.asarray(g_pids)
     q_sessions, g_sessions = np.asarray(q_sessions), np.asarray(g_sessions)
-    if (
-        q_pids.shape != (nq,)
-        or q_sessions.shape != (nq,)
-        or g_pids.shape != (ng,)
-        or g_sessions.shape != (ng,)
-    ):
-        raise ValueError("identity/session arrays must match the distance matrix's query and gallery sizes")
+    _check_shapes(distmat, q_pids, g_pids, q_sessions, g_sessions)
     if max_rank < 1:
         raise ValueError(f"max_rank must be >= 1, got {max_rank}")
-    order = np.argsort(distmat, axis=1, kind="stable")
     cmc_sum = np.zeros(max_rank)
     ap_sum = 0.0
     valid = 0
-    for q in range(nq):
-        ranked = order[q]
-        keep = ~((g_pids[ranked] == q_pids[q]) & (g_sessions[ranked] == q_sessions[q]))
-        matches = (g_pids[ranked][keep] == q_pids[q]).astype(np.float64)
-        if not matches.any():
+    for matches in _ranked_matches(distmat, q_pids, g_pids, q_sessions, g_sessions):
+        if matches is None:
             continue
         valid += 1
-        hits = np.cumsum(matches)
-        cmc = np.minimum(hits, 1.0)
+        cmc = np.minimum(np.cumsum(matches), 1.0)
         if cmc.size < max_rank:
             cmc = np.concatenate([cmc, np.ones(max_rank - cmc.size)])
         cmc_sum += cmc[:max_rank]
-        precision_at_hit = hits / np.arange(1, matches.size + 1)
-        ap_sum += float((precision_at_hit * matches).sum() / matches.sum())
+        ap_sum += _average_precision(matches)
     if valid == 0:
         return RankResult(np.full(max_rank, np.nan), float("nan"), 0, nq)
     return RankResult(cmc_sum / valid, ap_sum / valid, valid, nq)
+
+
+def average_precisions(
+    distmat: np.ndarray,
+    q_pids: np.ndarray,
+    g_pids: np.ndarray,
+    q_sessions: np.ndarray,
+    g_sessions: np.ndarray,
+) -> np.ndarray:
+    """(num_query,) average precision of each query under the same protocol as `evaluate_ranking`
+    (NaN where the query has nothing to find), for analyses that compare queries one by one; the
+    mean of the finite entries is `evaluate_ranking`'s mAP."""
+    distmat = np.asarray(distmat, dtype=np.float64)
+    q_pids, g_pids = np.asarray(q_pids), np.asarray(g_pids)
+    q_sessions, g_sessions = np.asarray(q_sessions), np.asarray(g_sessions)
+    _check_shapes(distmat, q_pids, g_pids, q_sessions, g_sessions)
+    return np.array(
+        [
+            np.nan if m is None else _average_precision(m)
+            for m in _ranked_matches(distmat, q_pids, g_pids, q_sessions, g_sessions)
+        ],
+        dtype=np.float64,
+    )
 
 
 def classification_scores(true: np.ndarray, predicted: np.ndarray) -> tuple[float, float]:
@@ -110,4 +162,11 @@ def cosine_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return 1.0 - an @ bn.T
 
 
-__all__ = ["RankResult", "classification_scores", "confusion_matrix", "cosine_distance", "evaluate_ranking"]
+__all__ = [
+    "RankResult",
+    "average_precisions",
+    "classification_scores",
+    "confusion_matrix",
+    "cosine_distance",
+    "evaluate_ranking",
+]

@@ -185,11 +185,19 @@ def test_training_writes_checkpoints_and_resumes_bit_identically_after_a_kill(
             threads=1,
             jobs=1,
             cache=tmp_path / "cache",
+            fusion_analysis=True,
         ),
         log=lambda _: None,
     )
     on_disk = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert on_disk["fused"] == report["fused"]
+    # The fusion analysis re-fuses the vision and radio embeddings with the gate's own W: it must
+    # reproduce the model's fused and radio-only mAP before its other rows mean anything.
+    analysis = on_disk["fusion_analysis"]["mAP"]
+    assert set(analysis) == {"radio", "gate", "fixed_1", "fixed_1_visible", "best_per_query"}
+    assert analysis["gate"]["all"] == pytest.approx(on_disk["fused"]["mAP"], abs=1e-5)
+    assert analysis["radio"]["all"] == pytest.approx(on_disk["radio"]["mAP"], abs=1e-5)
+    assert set(analysis["gate"]) == {"all", *on_disk["by_condition"]}
     keys = {"mAP", "rank1", "rank5", "rank10", "precision", "f1", "loc_err_m"}
     for variant in ("fused", "vision", "radio"):
         assert keys <= set(on_disk[variant])
