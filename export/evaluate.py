@@ -244,7 +244,7 @@ def evaluate(
     if cfg.fusion_analysis:
         from vrclip.export.fusion_analysis import fusion_analysis
 
-        result["fusion_analysis"] = fusion_analysis(e, model.cfg.gate_beta)
+        result["fusion_analysis"] = fusion_analysis(e)
     result["meta"] = {
         "checkpoint": str(cfg.checkpoint),
         "checkpoint_sha256": sha256_file(cfg.checkpoint),

@@ -3,9 +3,9 @@
 The fused embedding is normalize(W v + r) with W = 2 exp(-beta d) from the gate. Whether a different
 W would do better is a question about embeddings the model has already produced, so this module
 re-fuses the vision-only and radio-only embeddings of `evaluate.embed` with other weights and scores
-each under the evaluator's protocol:
+each under the evaluator's protocol, beside the model's own fused embedding:
 
-- `gate`: the model's own W (it reproduces the fused variant when every sample has radio);
+- `gate`: the model's fused embedding as `embed` recorded it (the gate itself is `VRCLIP.fuse`'s);
 - `fixed_1`: W = 1 for every crop, what a runtime without a gate would do;
 - `fixed_1_visible`: W = 1 where the renderer says the camera sees the person, 0 elsewhere. No runtime
   has that flag (the crop is cut around the radar track whether the camera sees the person or not),
@@ -24,12 +24,6 @@ from vrclip.export.metrics import average_precisions, cosine_distance
 
 #: The vision weights the per-query bound chooses among (0 = radio alone, 2 = the gate's maximum).
 BOUND_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)
-
-
-def gate_weight(vision: np.ndarray, radio: np.ndarray, beta: float) -> np.ndarray:
-    """(n,) W = 2 exp(-beta d), d = (1 - cos) / 2, as `VRCLIP.fuse` computes it from unit-norm rows."""
-    cos = np.sum(vision * radio, axis=1)
-    return 2.0 * np.exp(-beta * 0.5 * (1.0 - cos))
 
 
 def fuse(vision: np.ndarray, radio: np.ndarray, weight: np.ndarray | float) -> np.ndarray:
@@ -51,18 +45,20 @@ def _summary(ap: np.ndarray, masks: dict[str, np.ndarray]) -> dict[str, float | 
     return out
 
 
-def fusion_analysis(e: Embedded, beta: float) -> dict[str, Any]:
+def fusion_analysis(e: Embedded) -> dict[str, Any]:
     """mAP (fractions) of each weighting, overall and per condition, plus the gate's mean W on crops
-    that show the person and on crops that do not."""
+    that show the person and on crops that do not (W = 2 x the model's reliability wherever radio
+    is present, which it is in every recorded sample)."""
     vision = np.asarray(e.embedding["vision"], np.float64)
     radio = np.asarray(e.embedding["radio"], np.float64)
+    gate_fused = np.asarray(e.embedding["fused"], np.float64)
     masks = {"all": np.ones(e.identity.size, bool), **conditions(e)}
-    gate = gate_weight(vision, radio, beta)
-    gate_fused = fuse(vision, radio, gate)
+    gate = 2.0 * np.asarray(e.reliability, np.float64)
+    fixed_fused = fuse(vision, radio, 1.0)
     rows: dict[str, np.ndarray] = {
         "radio": _ap(e, radio, radio),
         "gate": _ap(e, gate_fused, gate_fused),
-        "fixed_1": _ap(e, fuse(vision, radio, 1.0), fuse(vision, radio, 1.0)),
+        "fixed_1": _ap(e, fixed_fused, fixed_fused),
     }
     visible_fused = fuse(vision, radio, e.visible.astype(np.float64))
     rows["fixed_1_visible"] = _ap(e, visible_fused, visible_fused)
@@ -96,4 +92,4 @@ def format_fusion_table(analysis: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["BOUND_WEIGHTS", "format_fusion_table", "fuse", "fusion_analysis", "gate_weight"]
+__all__ = ["BOUND_WEIGHTS", "format_fusion_table", "fuse", "fusion_analysis"]

@@ -8,9 +8,11 @@ import pytest
 
 pytest.importorskip("torch")
 
+import torch
 from vrclip.export.evaluate import Embedded
-from vrclip.export.fusion_analysis import fuse, fusion_analysis, gate_weight
+from vrclip.export.fusion_analysis import fuse, fusion_analysis
 from vrclip.export.metrics import average_precisions, evaluate_ranking
+from vrclip.export.model import gate_distance
 
 
 def test_per_query_average_precision_is_the_rankings_map_query_by_query() -> None:
@@ -47,7 +49,7 @@ def _world(hidden_fraction: float) -> Embedded:
     radio = _unit(centres[identity] + 0.25 * rng.normal(size=(n, 16)))
     seen = _unit(centres[identity] + 0.1 * rng.normal(size=(n, 16)))
     vision = np.where(visible[:, None], seen, _unit(rng.normal(size=(n, 16))))
-    w = gate_weight(vision, radio, 5.0)
+    w = 2.0 * np.exp(-5.0 * gate_distance(torch.from_numpy(vision), torch.from_numpy(radio)).numpy())
     return Embedded(
         embedding={"fused": fuse(vision, radio, w), "vision": vision, "radio": radio},
         position={},
@@ -64,7 +66,7 @@ def _world(hidden_fraction: float) -> Embedded:
 
 def test_the_gate_turns_down_crops_that_do_not_show_the_person_and_the_analysis_says_so() -> None:
     world = _world(hidden_fraction=0.3)
-    analysis = fusion_analysis(world, beta=5.0)
+    analysis = fusion_analysis(world)
     maps = analysis["mAP"]
     w = analysis["mean_gate_weight"]
     assert w["camera:hidden"] < 0.5 < w["camera:visible"]
@@ -75,6 +77,6 @@ def test_the_gate_turns_down_crops_that_do_not_show_the_person_and_the_analysis_
     for row in maps.values():
         assert all(v is None or 0.0 <= v <= 1.0 for v in row.values())
     # With every crop showing the person, vision only helps: fusion beats radio.
-    clear = fusion_analysis(_world(hidden_fraction=0.0), beta=5.0)["mAP"]
+    clear = fusion_analysis(_world(hidden_fraction=0.0))["mAP"]
     assert clear["gate"]["all"] > clear["radio"]["all"] + 0.02
     assert clear["fixed_1_visible"]["all"] == pytest.approx(clear["fixed_1"]["all"])
