@@ -136,6 +136,16 @@ def test_open_engine_opens_the_int8_package(int8: q.QuantizeResult) -> None:
         assert engine.source == int8.onnx_path
 
 
+def test_quantising_again_gives_the_same_bytes(
+    int8: q.QuantizeResult, float_model: Path, small_dataset: Path, cache: Path, tmp_path: Path
+) -> None:
+    """A site re-running the same quantisation (to rebuild an engine, or to check one it was sent) must
+    get the same file: calibration, sample choice and the gate are all fixed by the seed."""
+    again = quantize_model(float_model, [small_dataset], options(cache, out=tmp_path / "again.int8.onnx"))
+    assert again.onnx_path.read_bytes() == int8.onnx_path.read_bytes()
+    assert again.manifest.accuracy["gate"] == int8.manifest.accuracy["gate"]
+
+
 def test_cpu_variant(float_model: Path, small_dataset: Path, cache: Path) -> None:
     result = quantize_model(float_model, [small_dataset], options(cache, variant="cpu"))
     assert result.onnx_path.name == "micro.int8-cpu.onnx"
