@@ -225,7 +225,8 @@ def evaluate(
     fusion_analysis: bool = typer.Option(
         False,
         "--fusion-analysis",
-        help="Also score a fixed vision weight and a per-query best weight against the gate "
+        help="Also score a fixed vision weight and a per-query best weight against the gate, and split "
+        "each condition's queries by whether the crop shows the person "
         "(adds `fusion_analysis` to the JSON; 1-2 min more on 4,445 samples and 2 cores).",
     ),
 ) -> None:

@@ -10,7 +10,13 @@ pytest.importorskip("torch")
 
 import torch
 from vrclip.export.evaluate import Embedded
-from vrclip.export.fusion_analysis import fuse, fusion_analysis
+from vrclip.export.fusion_analysis import (
+    MARGIN_TARGET,
+    camera_split,
+    format_fusion_table,
+    fuse,
+    fusion_analysis,
+)
 from vrclip.export.metrics import average_precisions, evaluate_ranking
 from vrclip.export.model import gate_distance
 
@@ -80,3 +86,34 @@ def test_the_gate_turns_down_crops_that_do_not_show_the_person_and_the_analysis_
     clear = fusion_analysis(_world(hidden_fraction=0.0))["mAP"]
     assert clear["gate"]["all"] > clear["radio"]["all"] + 0.02
     assert clear["fixed_1_visible"]["all"] == pytest.approx(clear["fixed_1"]["all"])
+
+
+def test_visible_gate_needed_is_the_visible_map_that_gives_the_target_margin() -> None:
+    rng = np.random.default_rng(5)
+    n = 200
+    radio, gate = rng.random(n), rng.random(n)
+    radio[3] = gate[3] = np.nan  # a query with nothing to find is left out of both
+    visible = rng.random(n) < 0.7
+    split = camera_split(gate, radio, visible, np.ones(n, bool))
+    scored = np.isfinite(radio)
+    assert split["queries_visible"] + split["queries_hidden"] == int(scored.sum())
+    assert split["hidden_gate"] == pytest.approx(np.nanmean(gate[~visible]), abs=1e-6)
+    # Give the visible queries exactly the mAP the split asks for: the margin is then the target.
+    needed = split["visible_gate_needed"]
+    lifted = gate.copy()
+    lifted[visible] = radio[visible] - np.nanmean(radio[visible]) + needed
+    assert np.nanmean(lifted) - np.nanmean(radio) == pytest.approx(MARGIN_TARGET, abs=1e-5)
+    # With no hidden query the visible part just needs radio's mAP plus the target.
+    clear = camera_split(gate, radio, np.ones(n, bool), np.ones(n, bool))
+    assert clear["queries_hidden"] == 0 and clear["hidden_gate"] is None
+    assert clear["visible_gate_needed"] == pytest.approx(np.nanmean(radio) + MARGIN_TARGET, abs=1e-6)
+
+
+def test_the_analysis_splits_each_condition_by_what_the_camera_sees() -> None:
+    analysis = fusion_analysis(_world(hidden_fraction=0.3))
+    wall = analysis["by_camera"]["occlusion:wall"]
+    assert wall["queries_hidden"] > 0 and wall["queries_visible"] > 0
+    assert not any(name.startswith("camera:") for name in analysis["by_camera"])
+    # Hidden queries gain less from fusion than visible ones, which is why the wall needs more of them.
+    assert wall["hidden_gate"] - wall["hidden_radio"] < wall["visible_gate"] - wall["visible_radio"]
+    assert "visible gate needed" in format_fusion_table(analysis)

@@ -198,6 +198,8 @@ def test_training_writes_checkpoints_and_resumes_bit_identically_after_a_kill(
     assert analysis["gate"]["all"] == pytest.approx(on_disk["fused"]["mAP"], abs=1e-5)
     assert analysis["radio"]["all"] == pytest.approx(on_disk["radio"]["mAP"], abs=1e-5)
     assert set(analysis["gate"]) == {"all", *on_disk["by_condition"]}
+    split = on_disk["fusion_analysis"]["by_camera"]["all"]
+    assert split["queries_visible"] + split["queries_hidden"] == on_disk["meta"]["test_samples"]
     keys = {"mAP", "rank1", "rank5", "rank10", "precision", "f1", "loc_err_m"}
     for variant in ("fused", "vision", "radio"):
         assert keys <= set(on_disk[variant])
