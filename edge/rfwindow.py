@@ -187,6 +187,12 @@ class RFWindowExtractor:
         )
 
     @property
+    def array_xy(self) -> np.ndarray:
+        """(2,) horizontal centre of the array in room coordinates: the origin of the array-centred
+        floor positions an engine reads and writes (its `anchor` input and `position` output)."""
+        return self._array_xy.copy()
+
+    @property
     def n_pairs(self) -> int:
         """Tx/Rx pairs read from each frame (what calibration and background work on)."""
         return int(self.channel_index.size)

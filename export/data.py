@@ -550,12 +550,16 @@ def split_samples(
 # ------------------------------------------------------------------------------------------ batches
 @dataclass
 class Batch:
+    """Model feeds and targets. Every floor position here (anchor, position, first_position) is in
+    array-centred coordinates, the frame the model reads: the radar array's horizontal centre at the
+    origin, the room's axes. The beams' range axis then points along the anchor itself, which is how
+    the position head turns where the body sits in its beam grid into a floor position."""
+
     rgb: np.ndarray  # (B, H, W, 3) uint8
     rf: np.ndarray  # (B, T, C, R, 2) float32
     anchor: np.ndarray  # (B, T, 2) float32: the track over the RF window, newest last
     position: np.ndarray  # (B, 2) float32: at the window's newest frame
     first_position: np.ndarray  # (B, 2) float32: at its oldest frame (the newest once played backwards)
-    array_xy: np.ndarray  # (B, 2) float32: the radar array's centre (beams point from it to the anchor)
     present: np.ndarray  # (B, 2) float32
     visible: np.ndarray  # (B,) bool
     label: np.ndarray  # (B,) int64
@@ -565,17 +569,17 @@ def make_batch(
     tracks: Sequence[Track], index: SampleIndex, rows: np.ndarray, frames: int, classes: dict[str, int]
 ) -> Batch:
     rgb, rf, anchor, position, present, visible, label = [], [], [], [], [], [], []
-    first_position, array_xy = [], []
+    first_position = []
     for r in rows:
         tr = tracks[int(index.track[r])]
         e = int(index.end[r])
+        centre = np.asarray(tr.array_xy, np.float32)
         rgb.append(tr.crops[e])
         w = tr.rf[e - frames + 1 : e + 1]
         rf.append(np.stack([w.real, w.imag], axis=-1))
-        anchor.append(tr.anchor[e - frames + 1 : e + 1])
-        position.append(tr.position[e])
-        first_position.append(tr.position[e - frames + 1])
-        array_xy.append(tr.array_xy)
+        anchor.append(tr.anchor[e - frames + 1 : e + 1] - centre)
+        position.append(tr.position[e] - centre)
+        first_position.append(tr.position[e - frames + 1] - centre)
         present.append((float(tr.rgb_ok[e]), 1.0))
         visible.append(bool(tr.visible[e]) and bool(tr.rgb_ok[e]))
         label.append(classes[tr.identity])
@@ -585,7 +589,6 @@ def make_batch(
         np.asarray(anchor, np.float32),
         np.asarray(position, np.float32),
         np.asarray(first_position, np.float32),
-        np.asarray(array_xy, np.float32),
         np.asarray(present, np.float32),
         np.asarray(visible, bool),
         np.asarray(label, np.int64),

@@ -136,7 +136,8 @@ def tensor_specs(cfg: ModelConfig) -> tuple[list[dict[str, Any]], list[dict[str,
             "name": "anchor",
             "shape": ["batch", r.frames, 2],
             "dtype": "float32",
-            "description": "track floor positions (m) over the T RF frames, newest last",
+            "description": "track floor positions (m) over the T RF frames, newest last, with the "
+            "radar array's horizontal centre as origin (room axes)",
         },
         {
             "name": "present",
@@ -152,7 +153,12 @@ def tensor_specs(cfg: ModelConfig) -> tuple[list[dict[str, Any]], list[dict[str,
             "dtype": "float32",
             "description": "fused identity embedding, L2-normalised",
         },
-        {"name": "position", "shape": ["batch", 2], "dtype": "float32", "description": "floor position (m)"},
+        {
+            "name": "position",
+            "shape": ["batch", 2],
+            "dtype": "float32",
+            "description": "floor position (m), array-centred like the anchor",
+        },
         {
             "name": "reliability",
             "shape": ["batch"],

@@ -323,7 +323,6 @@ def to_tensors(batch: Batch) -> dict[str, torch.Tensor]:
         "anchor": torch.from_numpy(batch.anchor),
         "position": torch.from_numpy(batch.position),
         "first_position": torch.from_numpy(batch.first_position),
-        "array_xy": torch.from_numpy(batch.array_xy),
         "present": torch.from_numpy(batch.present),
         "visible": torch.from_numpy(batch.visible),
         "label": torch.from_numpy(batch.label),
@@ -471,6 +470,10 @@ class Trainer:
         if self.prep.rf.beamformed:
             # One channel group per height: the encoder pools each height's cross-range beams.
             overrides["rf_channel_groups"] = len(self.prep.rf.beam_heights_m)
+            # The position head reads where the echo sits in the beam grid (see RFConfig.grid_offsets).
+            overrides["rf_grid_offsets"] = len(self.prep.rf.beam_offsets_m)
+            overrides["rf_grid_offset_step_m"] = float(self.prep.rf.beam_offset_step_m)
+            overrides["rf_grid_range_step_m"] = float(self.prep.rf.range_step_m)
         if cfg.adapter_blocks is not None:
             overrides["vision_adapter_blocks"] = cfg.adapter_blocks
         if cfg.adapter_lambda is not None:
@@ -696,7 +699,7 @@ class Trainer:
         newest = shifted_position(
             newest,
             anchor[:, -1],
-            batch["array_xy"],
+            torch.zeros(2),  # batches are array-centred
             shifts,
             self.prep.rf.range_step_m,
             self.prep.rf.beam_offset_step_m,

@@ -180,10 +180,12 @@ class Identifier:
             history = list(state.positions)[-frames:]
             history = [history[0]] * (frames - len(history)) + history
             anchors.append(np.asarray(history))
-        feeds = self.feeds.build(np.stack(crops), np.stack(rf), np.stack(anchors), np.asarray(live))
+        # Engines read and write floor positions centred on the array (what they were trained on).
+        centre = self.extractor.array_xy.astype(np.float32)
+        feeds = self.feeds.build(np.stack(crops), np.stack(rf), np.stack(anchors) - centre, np.asarray(live))
         out = self.backend.infer(feeds)
         embeddings = np.asarray(out["embedding"], np.float32)
-        positions = np.asarray(out["position"], np.float32).reshape(len(ready), -1)
+        positions = np.asarray(out["position"], np.float32).reshape(len(ready), -1) + centre
         reliability = np.asarray(out["reliability"], np.float32).reshape(len(ready), -1)[:, 0]
         results = []
         for i, track in enumerate(ready):

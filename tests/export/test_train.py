@@ -24,7 +24,7 @@ from vrclip.edge.sim.radar import sweep_frequencies  # noqa: E402
 from vrclip.export.checkpoint import load_checkpoint, model_from_checkpoint, save_atomic  # noqa: E402
 from vrclip.export.data import DatasetError, discover_sessions, preprocess_session  # noqa: E402
 from vrclip.export.evaluate import EvalConfig, evaluate  # noqa: E402
-from vrclip.export.model import CheckpointError  # noqa: E402
+from vrclip.export.model import CheckpointError, RFConfig, RFEncoder  # noqa: E402
 from vrclip.export.openset import open_set_from_report  # noqa: E402
 from vrclip.export.train import (  # noqa: E402
     CHECKPOINT_NAME,
@@ -150,6 +150,14 @@ def test_training_writes_checkpoints_and_resumes_bit_identically_after_a_kill(
     Trainer(straight, log=lambda _: None).run()
     reference = load_checkpoint(tmp_path / "a" / FINAL_NAME)
     assert [h["stage"] for h in reference["history"]] == ["vision"] * 2 + ["rf"] * 2 + ["gate"] * 2
+    # Beam windows: the position head reads the trained grid's layout, which the checkpoint records.
+    rf_cfg = model_from_checkpoint(reference, "a").cfg.rf
+    spec = straight.prep_spec().rf
+    assert rf_cfg.grid_offsets == len(spec.beam_offsets_m)
+    assert (rf_cfg.grid_offset_step_m, rf_cfg.grid_range_step_m) == (
+        spec.beam_offset_step_m,
+        spec.range_step_m,
+    )
 
     class Killed(Exception):
         pass
@@ -332,6 +340,43 @@ def test_a_shifted_grid_moves_the_position_target_to_the_cell_that_now_shows_the
                 offset_step_m=0.1,
             )
             np.testing.assert_allclose(target[0].numpy(), moved_to, atol=1e-5)
+
+
+def test_the_grid_position_head_points_at_the_beam_cell_that_holds_the_echo(geometry: ArrayGeometry) -> None:
+    """At its initial (identity) map the position head puts the person where the extractor's own beam
+    grid sampled the echo, wherever the person stands: the model's across/along axes, cell spacing
+    and array-centred anchor are the runtime's. Echo split between two cells lands between them."""
+    spec = RFWindowSpec(
+        frames=2,
+        range_bins=8,
+        span_m=0.8,
+        beam_heights_m=(0.5, 1.0),
+        beam_offsets_m=(-0.2, -0.1, 0.0, 0.1, 0.2),
+    )
+    extractor = RFWindowExtractor(spec, geometry, sweep_frequencies(EdgeConfig().radar.sweep), None)
+    heights, offsets = len(spec.beam_heights_m), len(spec.beam_offsets_m)
+    cfg = RFConfig(
+        frames=2, channels=heights * offsets, range_bins=8, channel_groups=heights, d_model=8, state_dim=2,
+        output_dim=4, channel_dim=2, grid_offsets=offsets, grid_offset_step_m=spec.beam_offset_step_m,
+        grid_range_step_m=spec.range_step_m,
+    )  # fmt: skip
+    encoder = RFEncoder(cfg).eval()
+    centre = extractor.array_xy
+    for anchor in ([0.0, 3.0], [1.5, 2.0], [-2.0, 4.5]):
+        points = extractor.beam_points(np.array(anchor))[:offsets]  # the first height's (offsets, R, 3)
+        track = torch.tensor([anchor] * 2, dtype=torch.float32)[None] - torch.tensor(
+            centre, dtype=torch.float32
+        )
+        for o, r in ((2, 3), (0, 0), (4, 6), (1, 7)):
+            rf = torch.zeros(1, 2, heights * offsets, 8, 2)
+            rf[0, -1, o::offsets, r, 0] = 1.0  # every height's beam at that cell
+            rf[0, 0, 0, 0, 1] = 5.0  # an older frame's echo does not count
+            room = encoder(rf, track)[1][0].detach().numpy() + np.asarray(anchor)
+            np.testing.assert_allclose(room, points[o, r, :2], atol=1e-5)
+        rf = torch.zeros(1, 2, heights * offsets, 8, 2)
+        rf[0, -1, 1, 2, 0] = rf[0, -1, 3, 4, 1] = 1.0
+        room = encoder(rf, track)[1][0].detach().numpy() + np.asarray(anchor)
+        np.testing.assert_allclose(room, 0.5 * (points[1, 2, :2] + points[3, 4, :2]), atol=1e-5)
 
 
 def test_reversed_windows_play_rf_and_track_backwards_together() -> None:
