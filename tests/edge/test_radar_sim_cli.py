@@ -23,6 +23,18 @@ from vrclip.edge.radar.vna import VnaDriver
 CLI = "from vrclip.edge.radar.sim_cli import sim_app; sim_app()"
 
 
+def start_cli(*args: str) -> subprocess.Popen:
+    """The sim CLI in a child process with Ctrl-C (SIGINT) at its default, as at a terminal. A shell
+    that runs the suite in the background (`make test &`, nohup) ignores SIGINT, children inherit
+    that, and Python then installs no KeyboardInterrupt handler: the child would never stop."""
+    return subprocess.Popen(
+        [sys.executable, "-c", CLI, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
 def read_lines_until(proc: subprocess.Popen, pattern: str, timeout_s: float = 30.0) -> str:
     """Collect stdout until a line matches; fail with what was printed if it never does.
 
@@ -61,9 +73,7 @@ def test_vna_command_serves_both_instruments_until_interrupted() -> None:
         "--sweep-time-ms",
         "0.2",
     ]
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+    proc = start_cli(*args)
     try:
         text = read_lines_until(proc, r"Ctrl-C to stop")
         resource = re.search(r"resource (TCPIP0::\S+::SOCKET)", text).group(1)
@@ -112,9 +122,7 @@ def test_bench_fails_above_the_allowed_overhead() -> None:
 
 
 def test_switch_command_serves_the_controller_alone() -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CLI, "switch", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+    proc = start_cli("switch", "--port", "0")
     try:
         text = read_lines_until(proc, r"Ctrl-C to stop")
         url = re.search(r"port (tcp://\S+?);", text).group(1)
