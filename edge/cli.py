@@ -35,8 +35,15 @@ CONFIG_OPTION = typer.Option(None, "--config", "-c", help="Config TOML (default:
 
 @config_app.command("check")
 def config_check(file: Path = typer.Argument(..., help="The config TOML to validate.")) -> None:
-    """Validate a config file; prints every problem with its key, value and allowed range."""
-    load_config(file)
+    """Validate a config file; prints every problem with its key, value and allowed range, and warns
+    when the radar cannot sweep the array as fast as radar.frame_rate_hz asks."""
+    from vrclip.edge.geometry import load_geometry
+    from vrclip.edge.radar.budget import frame_rate_warning
+
+    config = load_config(file)
+    warning = frame_rate_warning(config, load_geometry(config.radar.array).n_channels)
+    if warning is not None:
+        typer.echo(f"warning: {file}: {warning}", err=True)
     typer.echo(f"{file}: ok")
 
 

@@ -105,6 +105,30 @@ def test_config_show_is_a_valid_config(tmp_path: Path) -> None:
     assert cli("config", "check", str(path)).returncode == 0
 
 
+def test_config_check_warns_when_the_array_cannot_be_swept_at_the_frame_rate(tmp_path: Path) -> None:
+    """144 channels x 201 points at 100 kHz IF bandwidth is 289 ms of sweeping: 10 frames/s cannot
+    happen on a real VNA. The config is still valid (exit 0); the warning names the keys and the
+    bandwidth that would do."""
+    slow = tmp_path / "slow.toml"
+    slow.write_text("[radar]\nframe_rate_hz = 10\n[radar.sweep]\npoints = 201\nif_bandwidth_hz = 100000\n")
+    result = cli("config", "check", str(slow))
+    assert result.returncode == 0 and result.stdout.strip() == f"{slow}: ok"
+    warning = result.stderr.strip()
+    assert warning.startswith("warning:") and len(warning.splitlines()) == 1
+    for fragment in (
+        "radar.frame_rate_hz 10",
+        "radar.sweep.if_bandwidth_hz 100000",
+        "289 ms",
+        "3.5 frames/s",
+    ):
+        assert fragment in warning
+    assert "at least 289440" in warning
+    fast = tmp_path / "fast.toml"
+    fast.write_text("[radar]\nframe_rate_hz = 10\n[radar.sweep]\npoints = 201\nif_bandwidth_hz = 300000\n")
+    result = cli("config", "check", str(fast))
+    assert result.returncode == 0 and result.stderr.strip() == ""
+
+
 def test_dataset_make_writes_sessions_and_resumes(tmp_path: Path) -> None:
     out = tmp_path / "ds"
     args = ("dataset", "make", "--out", str(out), "--identities", "2", "--sessions", "2", "--seconds", "0.5",
