@@ -45,17 +45,14 @@ def _ap(e: Embedded, query: np.ndarray, gallery: np.ndarray) -> np.ndarray:
     return average_precisions(cosine_distance(query, gallery), e.identity, e.identity, e.session, e.session)
 
 
-def _summary(ap: np.ndarray, masks: dict[str, np.ndarray]) -> dict[str, float | None]:
-    out: dict[str, float | None] = {}
-    for name, mask in masks.items():
-        values = ap[mask & np.isfinite(ap)]
-        out[name] = round(float(values.mean()), 6) if values.size else None
-    return out
-
-
 def _mean(values: np.ndarray) -> float | None:
+    """Mean of the finite entries (queries with something to find), to 6 places; None if none."""
     values = values[np.isfinite(values)]
-    return float(values.mean()) if values.size else None
+    return round(float(values.mean()), 6) if values.size else None
+
+
+def _summary(ap: np.ndarray, masks: dict[str, np.ndarray]) -> dict[str, float | None]:
+    return {name: _mean(ap[mask]) for name, mask in masks.items()}
 
 
 def camera_split(
@@ -70,8 +67,7 @@ def camera_split(
     out: dict[str, Any] = {"queries_visible": int(seen.sum()), "queries_hidden": int(unseen.sum())}
     for part, m in (("visible", seen), ("hidden", unseen)):
         for row, ap in (("radio", radio_ap), ("gate", gate_ap)):
-            value = _mean(ap[m])
-            out[f"{part}_{row}"] = None if value is None else round(value, 6)
+            out[f"{part}_{row}"] = _mean(ap[m])
     needed = None
     if seen.any():
         total = int(scored.sum())

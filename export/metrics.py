@@ -27,13 +27,17 @@ class RankResult:
     total_queries: int
 
 
-def _check_shapes(
+def _ranking_inputs(
     distmat: np.ndarray,
     q_pids: np.ndarray,
     g_pids: np.ndarray,
     q_sessions: np.ndarray,
     g_sessions: np.ndarray,
-) -> None:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The inputs as arrays (distances in float64), checked to agree in size."""
+    distmat = np.asarray(distmat, dtype=np.float64)
+    q_pids, g_pids = np.asarray(q_pids), np.asarray(g_pids)
+    q_sessions, g_sessions = np.asarray(q_sessions), np.asarray(g_sessions)
     nq, ng = distmat.shape
     if (
         q_pids.shape != (nq,)
@@ -42,6 +46,7 @@ def _check_shapes(
         or g_sessions.shape != (ng,)
     ):
         raise ValueError("identity/session arrays must match the distance matrix's query and gallery sizes")
+    return distmat, q_pids, g_pids, q_sessions, g_sessions
 
 
 def _ranked_matches(
@@ -76,11 +81,10 @@ def evaluate_ranking(
     max_rank: int = 10,
 ) -> RankResult:
     """mAP and CMC of a (num_query, num_gallery) distance matrix (smaller = more similar)."""
-    distmat = np.asarray(distmat, dtype=np.float64)
+    distmat, q_pids, g_pids, q_sessions, g_sessions = _ranking_inputs(
+        distmat, q_pids, g_pids, q_sessions, g_sessions
+    )
     nq = distmat.shape[0]
-    q_pids, g_pids = np.asarray(q_pids), np.asarray(g_pids)
-    q_sessions, g_sessions = np.asarray(q_sessions), np.asarray(g_sessions)
-    _check_shapes(distmat, q_pids, g_pids, q_sessions, g_sessions)
     if max_rank < 1:
         raise ValueError(f"max_rank must be >= 1, got {max_rank}")
     cmc_sum = np.zeros(max_rank)
@@ -110,10 +114,9 @@ def average_precisions(
     """(num_query,) average precision of each query under the same protocol as `evaluate_ranking`
     (NaN where the query has nothing to find), for analyses that compare queries one by one; the
     mean of the finite entries is `evaluate_ranking`'s mAP."""
-    distmat = np.asarray(distmat, dtype=np.float64)
-    q_pids, g_pids = np.asarray(q_pids), np.asarray(g_pids)
-    q_sessions, g_sessions = np.asarray(q_sessions), np.asarray(g_sessions)
-    _check_shapes(distmat, q_pids, g_pids, q_sessions, g_sessions)
+    distmat, q_pids, g_pids, q_sessions, g_sessions = _ranking_inputs(
+        distmat, q_pids, g_pids, q_sessions, g_sessions
+    )
     return np.array(
         [
             np.nan if m is None else _average_precision(m)

@@ -516,10 +516,18 @@ class RFEncoder(nn.Module):
         across = (share.sum(dim=2) * self.grid_across_m).sum(dim=1)
         along = (share.sum(dim=1) * self.grid_along_m).sum(dim=1)
         local = self.grid_position(torch.stack([across, along], dim=1))  # (B, 2): across, along
-        norm = anchor.pow(2).sum(dim=1, keepdim=True).add(1e-12).sqrt()
-        u = anchor / norm.clamp_min(1e-6)  # unit vector array -> anchor
-        v = torch.stack([-u[:, 1], u[:, 0]], dim=1)
+        u, v = beam_axes(anchor)
         return local[:, 0:1] * v + local[:, 1:2] * u
+
+
+def beam_axes(offset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(along, across) unit vectors, each (B, 2), of the beam grids laid around points `offset` (B, 2)
+    from the array's centre: along points from the array to the point, across is it turned +90
+    degrees; (0, 1) along at the centre itself. The runtime's `RFWindowExtractor.beam_points` lays
+    its grids out the same way."""
+    norm = offset.norm(dim=1, keepdim=True)
+    along = torch.where(norm > 1e-6, offset / norm.clamp_min(1e-6), torch.tensor([0.0, 1.0]))
+    return along, torch.stack([-along[:, 1], along[:, 0]], dim=1)
 
 
 # ------------------------------------------------------------------------------------------- VRCLIP
@@ -648,6 +656,7 @@ __all__ = [
     "ModelConfig",
     "RFConfig",
     "VisionConfig",
+    "beam_axes",
     "example_inputs",
     "load_clip_visual_weights",
     "preset",

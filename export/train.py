@@ -57,6 +57,7 @@ from vrclip.export.model import (
     VRCLIP,
     CheckpointError,
     ModelConfig,
+    beam_axes,
     gate_distance,
     load_clip_visual_weights,
     preset,
@@ -382,10 +383,7 @@ def shifted_position(
     range bins): a grid moved one range bin outwards shows the body one bin further from the array
     along the array->anchor line, and one offset to the side shows it that far across it. `anchor` is
     the newest frame's (B, 2) track position the beams were laid around."""
-    along = anchor - array_xy
-    norm = along.norm(dim=1, keepdim=True)
-    along = torch.where(norm > 1e-6, along / norm.clamp_min(1e-6), torch.tensor([0.0, 1.0]))
-    across = torch.stack([-along[:, 1], along[:, 0]], dim=1)
+    along, across = beam_axes(anchor - array_xy)
     s = shifts.to(position.dtype)
     return position + s[:, 1:2] * range_step_m * along + s[:, 0:1] * offset_step_m * across
 

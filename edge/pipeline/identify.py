@@ -116,6 +116,8 @@ class Identifier:
         self.imaging = ImagingPipeline(config, geometry, calibration)
         self.tracker = Tracker()
         self.extractor = RFWindowExtractor(self.feeds.window, geometry, freqs_hz, calibration)
+        #: Engines read and write floor positions centred on the array (what they were trained on).
+        self._array_centre = self.extractor.array_xy.astype(np.float32)
         if self.extractor.n_channels != self.feeds.rf.channels:
             raise EngineMismatchError(
                 f"engine {backend.manifest.model_name!r} takes {self.feeds.rf.channels} RF channels but its "
@@ -180,8 +182,7 @@ class Identifier:
             history = list(state.positions)[-frames:]
             history = [history[0]] * (frames - len(history)) + history
             anchors.append(np.asarray(history))
-        # Engines read and write floor positions centred on the array (what they were trained on).
-        centre = self.extractor.array_xy.astype(np.float32)
+        centre = self._array_centre
         feeds = self.feeds.build(np.stack(crops), np.stack(rf), np.stack(anchors) - centre, np.asarray(live))
         out = self.backend.infer(feeds)
         embeddings = np.asarray(out["embedding"], np.float32)

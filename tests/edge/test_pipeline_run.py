@@ -130,8 +130,13 @@ def test_engines_read_and_write_positions_centred_on_the_array(engine: Path) -> 
     )
     feed = simulated_feed(config, SceneSpec(people=("a",), seed=3), scpi=False)
     echo: list[AnchorEcho] = []
+
+    def wrap(backend):  # type: ignore[no-untyped-def]
+        echo.append(AnchorEcho(backend))
+        return echo[-1]
+
     try:
-        _, frames, _ = run_for(feed, engine, 4.0, wrap=lambda b: echo.append(AnchorEcho(b)) or echo[0])
+        _, frames, _ = run_for(feed, engine, 4.0, wrap=wrap)
     finally:
         feed.close()
     results = [(synced, r) for synced, rs, _ in frames for r in rs]
