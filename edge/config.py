@@ -51,6 +51,12 @@ class SweepConfig(Section):
         return (self.stop_hz - self.start_hz) / (self.points - 1)
 
     @property
+    def min_sweep_s(self) -> float:
+        """Lower bound of one sweep's duration: a VNA measures one point per 1 / IF bandwidth at best
+        (the instrument adds settling). The VNA driver's timeouts and the frame-rate check read it."""
+        return self.points / self.if_bandwidth_hz
+
+    @property
     def range_resolution_m(self) -> float:
         """c / 2B: the one-way range resolution."""
         return SPEED_OF_LIGHT / (2.0 * (self.stop_hz - self.start_hz))

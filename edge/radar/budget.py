@@ -14,8 +14,7 @@ from vrclip.edge.config import EdgeConfig
 
 def sweeping_time_per_frame_s(config: EdgeConfig, channels: int) -> float:
     """Lower bound of one radar frame's duration: `channels` sweeps of points / IF bandwidth."""
-    sweep = config.radar.sweep
-    return channels * sweep.points / sweep.if_bandwidth_hz
+    return channels * config.radar.sweep.min_sweep_s
 
 
 def frame_rate_warning(config: EdgeConfig, channels: int) -> str | None:

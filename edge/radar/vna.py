@@ -149,7 +149,7 @@ class VnaDriver:
     @property
     def estimated_sweep_s(self) -> float:
         """Lower bound of one sweep's duration: points / IF bandwidth (the instrument adds settling)."""
-        return self.sweep.points / self.sweep.if_bandwidth_hz
+        return self.sweep.min_sweep_s
 
     # --- range checks -------------------------------------------------------------------------
 
