@@ -18,6 +18,13 @@ crop does not (the renderer's flag, used here only to explain a figure, never by
 with no person in its crop gains only through the gallery's vision, so a condition where many crops
 are hidden (a wall) needs the rest to gain all the more: `visible_gate_needed` is the mAP the visible
 queries would need, the hidden ones as they are, for the gate to beat radio by `MARGIN_TARGET`.
+
+`by_disagreement` splits the visible queries of each condition by which modality ranked them better
+(per-query average precision, by at least `DISAGREEMENT_GAP`), with the gate's mAP, its mean W and
+each part's share of the gate's lost precision. The gate reads only how far the two aligned
+embeddings are apart, so when they disagree it turns the vision down whichever one is wrong: where
+the radio is the one that is wrong, the fused result lands between the two instead of on the vision.
+This is what the split shows on the demo model (`reports/eval-synthetic.json`).
 """
 
 from __future__ import annotations
@@ -32,6 +39,9 @@ from vrclip.export.metrics import average_precisions, cosine_distance
 BOUND_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)
 #: The margin over radio-only that issue #4 asks of the fused model in dark and occluded conditions.
 MARGIN_TARGET = 0.05
+#: How much better (per-query average precision) one modality must rank a query to count as the
+#: better one in `disagreement_split`.
+DISAGREEMENT_GAP = 0.1
 
 
 def fuse(vision: np.ndarray, radio: np.ndarray, weight: np.ndarray | float) -> np.ndarray:
@@ -78,6 +88,36 @@ def camera_split(
     return out
 
 
+def disagreement_split(
+    gate_ap: np.ndarray,
+    vision_ap: np.ndarray,
+    radio_ap: np.ndarray,
+    gate_weight: np.ndarray,
+    mask: np.ndarray,
+) -> dict[str, Any]:
+    """The queries in `mask` split into `vision_better`, `radio_better` (by `DISAGREEMENT_GAP` or more)
+    and `close`: per part the count, the mAP of each row, the gate's mean W, and the part's share of
+    the gate's lost precision (sum of 1 - AP; the shares of the three parts add up to 1)."""
+    scored = mask & np.isfinite(gate_ap) & np.isfinite(vision_ap) & np.isfinite(radio_ap)
+    parts = {
+        "vision_better": scored & (vision_ap >= radio_ap + DISAGREEMENT_GAP),
+        "radio_better": scored & (radio_ap >= vision_ap + DISAGREEMENT_GAP),
+    }
+    parts["close"] = scored & ~parts["vision_better"] & ~parts["radio_better"]
+    lost = float((1.0 - gate_ap[scored]).sum())
+    out: dict[str, Any] = {}
+    for name, m in parts.items():
+        out[name] = {
+            "queries": int(m.sum()),
+            "vision": _mean(vision_ap[m]),
+            "radio": _mean(radio_ap[m]),
+            "gate": _mean(gate_ap[m]),
+            "mean_gate_weight": round(float(gate_weight[m].mean()), 4) if m.any() else None,
+            "share_of_gate_loss": round(float((1.0 - gate_ap[m]).sum()) / lost, 4) if lost > 0 else None,
+        }
+    return out
+
+
 def fusion_analysis(e: Embedded) -> dict[str, Any]:
     """mAP (fractions) of each weighting, overall and per condition, plus the gate's mean W on crops
     that show the person and on crops that do not (W = 2 x the model's reliability wherever radio
@@ -89,6 +129,7 @@ def fusion_analysis(e: Embedded) -> dict[str, Any]:
     gate = 2.0 * np.asarray(e.reliability, np.float64)
     fixed_fused = fuse(vision, radio, 1.0)
     rows: dict[str, np.ndarray] = {
+        "vision": _ap(e, vision, vision),
         "radio": _ap(e, radio, radio),
         "gate": _ap(e, gate_fused, gate_fused),
         "fixed_1": _ap(e, fixed_fused, fixed_fused),
@@ -103,6 +144,11 @@ def fusion_analysis(e: Embedded) -> dict[str, Any]:
         "mAP": {name: _summary(ap, masks) for name, ap in rows.items()},
         "by_camera": {
             name: camera_split(rows["gate"], rows["radio"], e.visible, mask)
+            for name, mask in masks.items()
+            if not name.startswith("camera:")
+        },
+        "by_disagreement": {
+            name: disagreement_split(rows["gate"], rows["vision"], rows["radio"], gate, mask & e.visible)
             for name, mask in masks.items()
             if not name.startswith("camera:")
         },
@@ -137,9 +183,32 @@ def format_fusion_table(analysis: dict[str, Any]) -> str:
         visible = f"{c['queries_visible']:>10d} {_pct(c['visible_radio']):>6s} {_pct(c['visible_gate']):>6s}"
         hidden = f"{c['queries_hidden']:>10d} {_pct(c['hidden_radio']):>6s} {_pct(c['hidden_gate']):>6s}"
         lines.append(f"{cond:20s} {visible} {hidden} {_pct(c['visible_gate_needed']):>27s}")
+    if "by_disagreement" in analysis:
+        lines.append(
+            f"\n{'visible queries':20s} {'better ranked by':>16s} {'n':>6s} {'vision':>7s} {'radio':>6s}"
+            f" {'gate':>6s} {'mean W':>7s} {'share of gate loss':>19s}"
+        )
+        for cond, split in analysis["by_disagreement"].items():
+            for part, c in split.items():
+                label = part.replace("_better", "").replace("close", "neither")
+                w_text = "-" if c["mean_gate_weight"] is None else f"{c['mean_gate_weight']:.2f}"
+                share = "-" if c["share_of_gate_loss"] is None else f"{100 * c['share_of_gate_loss']:.0f} %"
+                lines.append(
+                    f"{cond:20s} {label:>16s} {c['queries']:>6d} {_pct(c['vision']):>7s}"
+                    f" {_pct(c['radio']):>6s} {_pct(c['gate']):>6s} {w_text:>7s} {share:>19s}"
+                )
     w = analysis["mean_gate_weight"]
     lines.append(f"mean gate W: camera sees the person {w['camera:visible']}, does not {w['camera:hidden']}")
     return "\n".join(lines)
 
 
-__all__ = ["BOUND_WEIGHTS", "MARGIN_TARGET", "camera_split", "format_fusion_table", "fuse", "fusion_analysis"]
+__all__ = [
+    "BOUND_WEIGHTS",
+    "DISAGREEMENT_GAP",
+    "MARGIN_TARGET",
+    "camera_split",
+    "disagreement_split",
+    "format_fusion_table",
+    "fuse",
+    "fusion_analysis",
+]

@@ -11,8 +11,10 @@ pytest.importorskip("torch")
 import torch
 from vrclip.export.evaluate import Embedded
 from vrclip.export.fusion_analysis import (
+    DISAGREEMENT_GAP,
     MARGIN_TARGET,
     camera_split,
+    disagreement_split,
     format_fusion_table,
     fuse,
     fusion_analysis,
@@ -42,9 +44,10 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def _world(hidden_fraction: float) -> Embedded:
+def _world(hidden_fraction: float, radio_wrong_sessions: int = 0) -> Embedded:
     """8 people x 4 sessions x 10 samples: radio noisy about each person's direction; vision close to
-    it where the camera sees the person and a random direction (a crop of the wall) where not."""
+    it where the camera sees the person and a random direction (a crop of the wall) where not. In the
+    first `radio_wrong_sessions` sessions the radio points at the next person instead."""
     rng = np.random.default_rng(11)
     people, sessions, per = 8, 4, 10
     centres = _unit(rng.normal(size=(people, 16)))
@@ -52,7 +55,8 @@ def _world(hidden_fraction: float) -> Embedded:
     session = np.tile(np.repeat(np.arange(sessions), per), people) + identity * sessions
     n = identity.size
     visible = rng.random(n) >= hidden_fraction
-    radio = _unit(centres[identity] + 0.25 * rng.normal(size=(n, 16)))
+    radio_person = np.where(session < radio_wrong_sessions, (identity + 1) % people, identity)
+    radio = _unit(centres[radio_person] + 0.25 * rng.normal(size=(n, 16)))
     seen = _unit(centres[identity] + 0.1 * rng.normal(size=(n, 16)))
     vision = np.where(visible[:, None], seen, _unit(rng.normal(size=(n, 16))))
     w = 2.0 * np.exp(-5.0 * gate_distance(torch.from_numpy(vision), torch.from_numpy(radio)).numpy())
@@ -117,3 +121,43 @@ def test_the_analysis_splits_each_condition_by_what_the_camera_sees() -> None:
     # Hidden queries gain less from fusion than visible ones, which is why the wall needs more of them.
     assert wall["hidden_gate"] - wall["hidden_radio"] < wall["visible_gate"] - wall["visible_radio"]
     assert "visible gate needed" in format_fusion_table(analysis)
+
+
+def test_disagreement_split_partitions_the_scored_queries_and_their_lost_precision() -> None:
+    rng = np.random.default_rng(8)
+    n = 300
+    vision, radio, gate, w = rng.random(n), rng.random(n), rng.random(n), 2 * rng.random(n)
+    vision[5] = radio[5] = gate[5] = np.nan  # nothing to find: left out
+    mask = rng.random(n) < 0.8
+    split = disagreement_split(gate, vision, radio, w, mask)
+    scored = mask & np.isfinite(gate)
+    assert sum(p["queries"] for p in split.values()) == int(scored.sum())
+    assert sum(p["share_of_gate_loss"] for p in split.values()) == pytest.approx(1.0, abs=1e-3)
+    better = scored & (vision >= radio + DISAGREEMENT_GAP)
+    assert split["vision_better"]["queries"] == int(better.sum())
+    assert split["vision_better"]["gate"] == pytest.approx(gate[better].mean(), abs=1e-6)
+    assert split["vision_better"]["mean_gate_weight"] == pytest.approx(w[better].mean(), abs=1e-4)
+    assert split["radio_better"]["vision"] < split["radio_better"]["radio"]
+    empty = disagreement_split(gate, vision, radio, w, np.zeros(n, bool))
+    assert empty["close"] == {
+        "queries": 0,
+        "vision": None,
+        "radio": None,
+        "gate": None,
+        "mean_gate_weight": None,
+        "share_of_gate_loss": None,
+    }
+
+
+def test_where_the_radio_is_wrong_the_gate_turns_the_right_vision_down() -> None:
+    """The gate reads only the distance between the two aligned embeddings, so it cannot tell which
+    modality is wrong: in sessions whose radio points at someone else it lowers W and the fused
+    embedding ranks below the vision alone. The analysis must show that, not average it away."""
+    analysis = fusion_analysis(_world(hidden_fraction=0.0, radio_wrong_sessions=1))
+    split = analysis["by_disagreement"]["all"]
+    wrong_radio, rest = split["vision_better"], split["close"]
+    assert wrong_radio["queries"] > 0 and rest["queries"] > 0
+    assert wrong_radio["mean_gate_weight"] < rest["mean_gate_weight"]
+    assert wrong_radio["radio"] < wrong_radio["gate"] < wrong_radio["vision"]
+    assert wrong_radio["share_of_gate_loss"] > rest["share_of_gate_loss"]
+    assert "share of gate loss" in format_fusion_table(analysis)
