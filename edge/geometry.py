@@ -94,14 +94,49 @@ class ArrayGeometry:
 
     @classmethod
     def from_dict(cls, data: dict) -> ArrayGeometry:
-        return cls(
-            name=str(data["name"]),
-            tx_names=tuple(data["tx_names"]),
-            rx_names=tuple(data["rx_names"]),
-            tx_positions=np.asarray(data["tx_positions_m"], dtype=np.float64).reshape(-1, 3),
-            rx_positions=np.asarray(data["rx_positions_m"], dtype=np.float64).reshape(-1, 3),
-            pairs=np.asarray(data["pairs"], dtype=np.int64).reshape(-1, 2),
-        )
+        """The inverse of `to_dict`. Recordings carry this form, so it is checked as untrusted input:
+        ValueError names the first key that is missing or malformed (callers add the file's name)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"geometry is a {type(data).__name__}, not a JSON object")
+        missing = [k for k in _GEOMETRY_KEYS if k not in data]
+        if missing:
+            raise ValueError(f"geometry lacks {', '.join(repr(k) for k in missing)}")
+        tx_names, rx_names = _names(data["tx_names"], "tx_names"), _names(data["rx_names"], "rx_names")
+        tx = _array(data["tx_positions_m"], "tx_positions_m", (len(tx_names), 3), np.float64)
+        rx = _array(data["rx_positions_m"], "rx_positions_m", (len(rx_names), 3), np.float64)
+        pairs = np.asarray(_array(data["pairs"], "pairs", (-1, 2), np.float64))
+        if pairs.shape[0] == 0 or np.any(pairs != np.round(pairs)):
+            raise ValueError("geometry 'pairs' must be a non-empty list of [tx index, rx index] integers")
+        pairs = pairs.astype(np.int64)
+        if pairs[:, 0].min() < 0 or pairs[:, 0].max() >= len(tx_names):
+            raise ValueError(f"geometry 'pairs' has a Tx index outside 0..{len(tx_names) - 1}")
+        if pairs[:, 1].min() < 0 or pairs[:, 1].max() >= len(rx_names):
+            raise ValueError(f"geometry 'pairs' has an Rx index outside 0..{len(rx_names) - 1}")
+        return cls(str(data["name"]), tx_names, rx_names, tx, rx, pairs)
+
+
+_GEOMETRY_KEYS = ("name", "tx_names", "rx_names", "tx_positions_m", "rx_positions_m", "pairs")
+
+
+def _names(value: object, key: str) -> tuple[str, ...]:
+    if not (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
+        raise ValueError(f"geometry {key!r} must be a non-empty list of antenna names")
+    return tuple(value)
+
+
+def _array(value: object, key: str, shape: tuple[int, int], dtype: type) -> np.ndarray:
+    """`value` as a finite `dtype` array of `shape` (-1: any length), or ValueError naming `key`."""
+    try:
+        arr = np.asarray(value, dtype=dtype)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"geometry {key!r} is not a list of numbers") from None
+    rows, cols = shape
+    if arr.ndim != 2 or arr.shape[1] != cols or (rows >= 0 and arr.shape[0] != rows):
+        want = f"{'n' if rows < 0 else rows} x {cols}"
+        raise ValueError(f"geometry {key!r} has shape {arr.shape}, expected {want}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"geometry {key!r} holds a value that is not a finite number")
+    return arr
 
 
 def _read_geometry_text(spec: str) -> tuple[str, str]:
@@ -119,6 +154,11 @@ def _read_geometry_text(spec: str) -> tuple[str, str]:
         return path.read_text(encoding="utf-8"), str(path)
     except OSError as exc:
         raise ConfigError(f"radar.array.geometry_file = {spec!r}: cannot read it ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"radar.array.geometry_file = {spec!r}: not UTF-8 text ({exc.reason} at byte {exc.start}); "
+            "save it as UTF-8 TOML"
+        ) from None
 
 
 def _positions(entries: object, kind: str, source: str) -> tuple[tuple[str, ...], np.ndarray]:

@@ -27,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from vrclip.edge.errors import UserError
+from vrclip.edge.rfwindow import RFWindowSpec
 
 #: Schema version this code writes and the newest it reads. 2 added `open_set` (the model's open-set
 #: threshold), which a version-1 reader would reject as an unknown key instead of asking for an upgrade.
@@ -166,6 +167,10 @@ class RfPreprocessing(_Strict):
         ):
             if key in self.window and self.window[key] != mine:
                 raise ValueError(f"window.{key} = {self.window[key]!r} disagrees with {mine}")
+        if self.window:
+            # The runtime builds its RF windows from this; a value it cannot use must fail here,
+            # where the error names the manifest, not at the first radar frame.
+            RFWindowSpec.from_dict(self.window)
         return self
 
     @property

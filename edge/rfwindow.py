@@ -35,6 +35,7 @@ the field as in training.
 
 from __future__ import annotations
 
+import numbers
 from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -131,13 +132,59 @@ class RFWindowSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RFWindowSpec:
+        """The inverse of `to_dict`, for manifests and checkpoints: checked as untrusted input, so any
+        malformed value is a ValueError naming its key (unknown keys are ignored, as older files
+        may carry fields this version dropped)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"RF window is a {type(data).__name__}, not a mapping")
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        if "channels" in known:
-            known["channels"] = tuple(int(c) for c in known["channels"])
-        for key in ("beam_heights_m", "beam_offsets_m"):
-            if key in known:
-                known[key] = tuple(float(v) for v in known[key])
+        for key, kind in _WINDOW_FIELD_TYPES.items():
+            if key not in known:
+                continue
+            value = known[key]
+            try:
+                if kind is tuple:
+                    whole = key == "channels"
+                    if isinstance(value, str | bytes) or not all(_is_number(v, whole) for v in value):
+                        raise TypeError
+                    known[key] = tuple((int if whole else float)(v) for v in value)
+                elif kind is bool:
+                    if not isinstance(value, bool | np.bool_):
+                        raise TypeError
+                    known[key] = bool(value)
+                elif not _is_number(value, kind is int):
+                    raise TypeError
+                else:
+                    known[key] = kind(value)
+            except (TypeError, ValueError, OverflowError):
+                wanted = _WINDOW_TYPE_WORDS[kind]
+                raise ValueError(f"RF window {key} = {value!r}: expected {wanted}") from None
         return cls(**known)
+
+
+#: What each field of RFWindowSpec must hold in a file (`background` is checked by the class itself).
+_WINDOW_FIELD_TYPES: dict[str, type] = {
+    "frames": int,
+    "range_bins": int,
+    "pad_factor": int,
+    "span_m": float,
+    "centre_height_m": float,
+    "background_alpha": float,
+    "range_compensation": bool,
+    "channels": tuple,
+    "beam_heights_m": tuple,
+    "beam_offsets_m": tuple,
+}
+
+
+def _is_number(value: object, whole: bool) -> bool:
+    """A real number (an integer when `whole`), numpy scalars included, booleans not."""
+    if isinstance(value, bool | np.bool_):
+        return False
+    return isinstance(value, numbers.Integral if whole else numbers.Real)
+
+
+_WINDOW_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", tuple: "a list of numbers"}
 
 
 class RFWindowExtractor:

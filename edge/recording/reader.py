@@ -24,6 +24,7 @@ import h5py
 import numpy as np
 from vrclip.edge.errors import RecordingError
 from vrclip.edge.frames import CameraFrame, DepthFrame, GroundTruth, RadarFrame
+from vrclip.edge.geometry import ArrayGeometry
 from vrclip.edge.recording import schema
 from vrclip.edge.recording.integrity import missing_bytes, read_superblock
 from vrclip.edge.recording.jpeg import decode_rgb
@@ -158,6 +159,10 @@ class SessionReader:
         self.writer = _str_attr(f.attrs, "writer") or ""
         self.config_toml = self._required_str("config_toml")
         self.geometry: dict[str, Any] = self._json_object("geometry_json")
+        try:
+            geometry_channels = ArrayGeometry.from_dict(self.geometry).n_channels
+        except ValueError as exc:
+            raise RecordingError(f"{where}: geometry_json is not an antenna array geometry ({exc})") from None
         self.conditions: dict[str, Any] = self._json_object("conditions_json")
         self.calibration: dict[str, Any] | None = self._json_object("calibration_json", allow_empty=True)
         ids = json.loads(self._required_str("identities_json"))
@@ -179,8 +184,18 @@ class SessionReader:
             raise RecordingError(
                 f"{where}: /radar/freqs_hz is missing or not 1-D float64; the file is damaged"
             )
+        if not 2 <= freqs.shape[0] <= schema.MAX_SWEEP_POINTS:
+            raise RecordingError(
+                f"{where}: /radar/freqs_hz holds {freqs.shape[0]} frequencies, expected 2.."
+                f"{schema.MAX_SWEEP_POINTS}; the file is damaged"
+            )
         self.freqs_hz: np.ndarray = freqs[()]
         channels = self._dim(radar, "channels")
+        if channels != geometry_channels:
+            raise RecordingError(
+                f"{where}: the radar stream has {channels} channels but geometry_json pairs "
+                f"{geometry_channels}; the file is damaged"
+            )
         self.radar_shape = (channels, int(self.freqs_hz.size))
         self._streams: dict[str, _StreamView] = {
             RADAR: _StreamView(RADAR, radar, schema.radar_specs(*self.radar_shape, k), where)

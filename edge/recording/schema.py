@@ -81,6 +81,8 @@ ROW_CHUNK = 1024
 JPEG_CHUNK_BYTES = 1 << 16
 #: Largest single frame a reader will allocate; a file claiming more is damaged or hostile.
 MAX_FRAME_BYTES = 256 << 20
+#: Most sweep points a recording may hold (radar.sweep.points' own limit).
+MAX_SWEEP_POINTS = 100_001
 #: Most identities a session can name: label ids are int16.
 MAX_IDENTITIES = int(np.iinfo(np.int16).max)
 #: Padding value of truth/ids and of truth/count meaning "no ground truth for this frame".

@@ -28,6 +28,7 @@ import numpy as np
 import vrclip.edge
 from vrclip.edge.errors import RecordingError, UserError
 from vrclip.edge.frames import CLOCK_REALTIME, CameraFrame, DepthFrame, RadarFrame
+from vrclip.edge.geometry import ArrayGeometry
 from vrclip.edge.recording import schema
 from vrclip.edge.recording.jpeg import encode_rgb
 from vrclip.edge.recording.labels import pack_truth, pad_positions
@@ -137,6 +138,16 @@ class SessionWriter:
             raise UserError(f"SessionWriter: jpeg_quality must be in 0..100, got {jpeg_quality}")
         if not flush_interval_s > 0:
             raise UserError(f"SessionWriter: flush_interval_s must be > 0, got {flush_interval_s}")
+        geometry_json = _json_attr(geometry, "geometry")
+        try:
+            geometry_channels = ArrayGeometry.from_dict(json.loads(geometry_json)).n_channels
+        except ValueError as exc:
+            raise UserError(f"SessionWriter: geometry is not an antenna array geometry ({exc})") from None
+        if geometry_channels != int(radar_channels):
+            raise UserError(
+                f"SessionWriter: geometry pairs {geometry_channels} channels but radar_channels is "
+                f"{radar_channels}"
+            )
         cam = _positive_size(camera_size, "camera_size")
         dep = _positive_size(depth_size, "depth_size")
         attrs: dict[str, Any] = {
@@ -146,7 +157,7 @@ class SessionWriter:
             "created_ns": int(created_ns if created_ns is not None else time.time_ns()),
             "writer": f"vrclip-edge {vrclip.edge.__version__}",
             "config_toml": config_toml,
-            "geometry_json": _json_attr(geometry, "geometry"),
+            "geometry_json": geometry_json,
             "calibration_json": _json_attr(calibration, "calibration", allow_none=True),
             "conditions_json": _json_attr(conditions, "conditions"),
             "identities_json": json.dumps(names),

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from vrclip.edge.frames import CLOCK_SIMULATED, CameraFrame, DepthFrame, GroundTruth, RadarFrame
+from vrclip.edge.geometry import load_geometry
 from vrclip.edge.recording import SessionWriter
 
 CHANNELS, POINTS = 144, 201
@@ -25,7 +26,9 @@ HEIGHT, WIDTH = 72, 128
 DEPTH_H, DEPTH_W = 36, 64
 IDENTITIES = ("alice", "bob", "carol", "dave")
 CONDITIONS = {"lighting": "night", "occlusion": "wall", "people": ["alice", "bob", "carol"], "seed": 7}
-GEOMETRY = {"tx": [[0.0, 0.0, 1.0]], "rx": [[0.1, 0.0, 1.0]], "room": {"width_m": 6.0, "depth_m": 8.0}}
+#: The built-in 12 x 12 array (144 channels, as CHANNELS): readers refuse a geometry that does not
+#: describe the radar stream's channels.
+GEOMETRY = load_geometry().to_dict()
 CONFIG_TOML = (
     "[radar]\npoints = 201\nstart_hz = 0.8e9\nstop_hz = 2.8e9\n\n[camera]\nwidth = 128\nheight = 72\n"
 )
@@ -85,7 +88,7 @@ def open_writer(path: str | Path, flush_interval_s: float = 1.0, **kw: object) -
     return SessionWriter(
         path,
         config_toml=CONFIG_TOML,
-        geometry=GEOMETRY,
+        geometry=kw.pop("geometry", GEOMETRY),
         freqs_hz=freqs_hz(),
         radar_channels=CHANNELS,
         conditions=CONDITIONS,

@@ -58,3 +58,25 @@ def test_bad_geometry_files_are_named(tmp_path: Path) -> None:
         load_geometry(ArrayConfig(geometry_file=str(path)))
     with pytest.raises(ConfigError, match="cannot read"):
         load_geometry(ArrayConfig(geometry_file=str(tmp_path / "missing.toml")))
+    utf16 = tmp_path / "saved-by-notepad.toml"
+    utf16.write_text("[[tx]]\nposition_m = [0, 0, 0]\n", encoding="utf-16")
+    with pytest.raises(ConfigError, match="not UTF-8 text") as e:
+        load_geometry(ArrayConfig(geometry_file=str(utf16)))
+    assert "saved-by-notepad.toml" in str(e.value)
+
+
+def test_a_geometry_dict_from_a_file_is_checked_key_by_key(geometry: ArrayGeometry) -> None:
+    """Recordings carry the geometry as JSON; from_dict must name what is wrong, not raise KeyError."""
+    good = geometry.to_dict()
+    bad = {
+        "lacks 'tx_names'": {k: v for k, v in good.items() if k != "tx_names"},
+        "'rx_positions_m' has shape": {**good, "rx_positions_m": [[0.0, 0.0]]},
+        "not a finite number": {**good, "tx_positions_m": [[float("nan"), 0, 0]] * len(good["tx_names"])},
+        "Tx index outside": {**good, "pairs": [[len(good["tx_names"]), 0]]},
+        "non-empty list of \\[tx index": {**good, "pairs": [[0.5, 1]]},
+        "list of antenna names": {**good, "tx_names": "T1"},
+        "not a JSON object": [good],
+    }
+    for message, data in bad.items():
+        with pytest.raises(ValueError, match=message):
+            ArrayGeometry.from_dict(data)  # type: ignore[arg-type]

@@ -141,6 +141,27 @@ def test_rf_window_spec_must_match_the_declared_sizes() -> None:
     assert EngineManifest.model_validate(data).preprocessing.rf.window["span_m"] == 1.6
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("background", "mean", "must be session, running or none"),
+        ("channels", "abc", "expected a list of numbers"),
+        ("span_m", -1, "must be positive"),
+        ("beam_heights_m", [1.0, "x"], "expected a list of numbers"),
+        ("range_compensation", "yes", "expected true or false"),
+    ],
+)
+def test_an_rf_window_the_runtime_cannot_build_is_refused_naming_the_manifest(
+    tmp_path: Path, key: str, value: object, message: str
+) -> None:
+    data = manifest_dict()
+    data["preprocessing"]["rf"]["window"] = {"frames": 12, "range_bins": 16, key: value}
+    path = write_raw(tmp_path / "tiny.json", data)
+    with pytest.raises(ManifestError, match=message) as e:
+        load_manifest(path)
+    assert str(path) in str(e.value) and "preprocessing.rf" in str(e.value)
+
+
 def test_tensor_names_are_unique_and_digests_are_sha256() -> None:
     data = manifest_dict()
     data["outputs"][0]["name"] = "rgb"

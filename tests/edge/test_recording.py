@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -123,7 +124,7 @@ def test_radar_only_session_with_its_own_clock(tmp_path: Path) -> None:
     w = SessionWriter(
         path,
         config_toml="",
-        geometry={},
+        geometry=child.GEOMETRY,
         freqs_hz=child.freqs_hz(),
         radar_channels=child.CHANNELS,
         conditions={},
@@ -274,6 +275,38 @@ def test_newer_schema_and_damaged_layout_are_refused(tmp_path: Path) -> None:
         f["radar"].create_dataset("t_ns", data=np.zeros(2, np.float32))
     with pytest.raises(RecordingError, match="/radar/t_ns"):
         SessionReader(damaged)
+
+
+def test_a_geometry_that_does_not_describe_the_radar_is_refused_by_reader_and_writer(tmp_path: Path) -> None:
+    """Every consumer (trainer, quantiser, replay) images the radar with the recording's geometry, so a
+    missing key or a channel count that is not the radar stream's must stop at the file, named."""
+    cases = {
+        "no_pairs": ({k: v for k, v in child.GEOMETRY.items() if k != "pairs"}, "lacks 'pairs'"),
+        "bad_index": ({**child.GEOMETRY, "pairs": [[0, 99]] * child.CHANNELS}, "Rx index outside"),
+        "few_pairs": ({**child.GEOMETRY, "pairs": child.GEOMETRY["pairs"][:10]}, "geometry_json pairs 10"),
+    }
+    for name, (geometry, message) in cases.items():
+        path = tmp_path / f"{name}.h5"
+        _write_session(path, n=2)
+        with h5py.File(path, "r+") as f:
+            f.attrs["geometry_json"] = json.dumps(geometry)
+        with pytest.raises(RecordingError, match=message) as e:
+            SessionReader(path)
+        assert str(path) in str(e.value)
+    with pytest.raises(UserError, match="lacks 'pairs'"):
+        child.open_writer(tmp_path / "w1.h5", geometry=cases["no_pairs"][0])
+    with pytest.raises(UserError, match="pairs 10 channels but radar_channels is 144"):
+        child.open_writer(tmp_path / "w2.h5", geometry=cases["few_pairs"][0])
+
+
+def test_a_frequency_axis_beyond_any_sweep_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "freqs.h5"
+    _write_session(path, n=2)
+    with h5py.File(path, "r+") as f:
+        del f["radar/freqs_hz"]
+        f["radar"].create_dataset("freqs_hz", shape=(200_000,), dtype=np.float64)  # never allocated on disk
+    with pytest.raises(RecordingError, match="200000 frequencies"):
+        SessionReader(path)
 
 
 def test_text_file_missing_file_and_directory_are_refused(tmp_path: Path) -> None:
