@@ -16,11 +16,16 @@ app = make_app(
 
 @app.command("channels")
 def channels(config: Path | None = typer.Option(None, "--config", "-c", help="Config TOML.")) -> None:
-    """Print the virtual-channel table in switching order (channel, Tx, Rx) as the controller runs it."""
+    """Print the virtual-channel table in switching order as the controller runs it.
+
+    Columns: channel, the Tx and Rx port indices the controller uses (0-based, exactly what `SEL <tx> <rx>`
+    and the uploaded `SEQ` take; see docs/switch_protocol.md), and the pair's antenna names, which keep
+    their 1-based labels (port 0 is T1/R1).
+    """
     geometry = load_geometry(load_config(config).radar.array)
-    typer.echo("channel\ttx\trx\tname")
+    typer.echo("channel\ttx_port(0-based)\trx_port(0-based)\tname")
     for c, (tx, rx) in enumerate(geometry.pairs):
-        typer.echo(f"{c}\t{tx + 1}\t{rx + 1}\t{geometry.channel_name(c)}")
+        typer.echo(f"{c}\t{tx}\t{rx}\t{geometry.channel_name(c)}")
 
 
 def main() -> None:

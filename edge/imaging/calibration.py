@@ -160,7 +160,7 @@ class ChannelCalibration:
         except FileNotFoundError:
             raise ConfigError(
                 f"{path}: no channel calibration file "
-                "(run the calibration wizard, or set paths.calibration_file)"
+                "(calibrate the rig with the wizard, `vrclip-calibrate`, or set paths.calibration_file)"
             ) from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: cannot read channel calibration: {exc}") from None
@@ -197,4 +197,10 @@ def _check_frame(s21: np.ndarray, n_channels: int, n_points: int) -> None:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite JSON number that fits a float64: not a bool, NaN, infinity or an integer beyond 1.8e308."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # float(10**400): a hand-edited file, refused with its key like any bad value
+        return False

@@ -17,6 +17,7 @@ What it guarantees, because a silently wrong sweep is worse than no sweep:
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -277,10 +278,15 @@ class VnaDriver:
     def _identify(self) -> None:
         idn = self._query("*IDN?")
         fields = [f.strip() for f in idn.split(",")]
-        if len(fields) < 2 or not fields[0]:
-            raise VnaIdentityError(
-                self.device, "*IDN?", f"reply {idn!r} is not '<manufacturer>,<model>,<serial>,<firmware>'"
-            )
+        if len(fields) < 2 or not fields[0] or not fields[1]:
+            # Garbled or empty: a glitch of the link or an instrument still booting, not proof of a wrong
+            # instrument, so a protocol error (retried) rather than an identity error (permanent).
+            self.close()
+            raise VnaProtocolError(
+                self.device, "*IDN?",
+                f"reply {idn[:80]!r} is not '<manufacturer>,<model>,<serial>,<firmware>' (a link glitch or "
+                "a VNA still booting?); if it persists, check that radar.vna.resource is the VNA's address",
+            )  # fmt: skip
         limits = self.dialect.model_limits(fields[0], fields[1])
         self.idn = idn
         if limits is None:
@@ -312,6 +318,11 @@ class VnaDriver:
     def _verify_readback(self) -> None:
         d, sweep = self.dialect, self.sweep
         points = self._query_number(d.points_query)
+        if not points.is_integer():
+            self.close()
+            raise VnaProtocolError(
+                self.device, d.points_query, f"expected a whole number of points, got {points!r}"
+            )
         if int(points) != sweep.points:
             raise VnaInstrumentError(
                 self.device, d.points_query, [f"instrument set {points:g} points instead of {sweep.points}"]
@@ -426,8 +437,11 @@ class VnaDriver:
         order, so when a sweep ends it answers "1", answers the data query with that sweep's trace
         and starts the next sweep at once: the gap between sweeps is the instrument's own command
         processing, not a network round trip. The host reads each reply during the following sweep.
+        The last sweep gets its data query alone (with `sweeps == 1`, right behind the first trigger).
         Raw sockets only (see `can_pipeline`). Returns (sweeps, points) complex64.
         """
+        if sweeps < 1:
+            raise ValueError(f"acquire_chained() needs sweeps >= 1, got {sweeps}")
         if not self.can_pipeline:
             raise RuntimeError("acquire_chained() needs a raw-socket (::SOCKET) resource")
         if self._sweep_pending or self._data_pending:
@@ -443,9 +457,12 @@ class VnaDriver:
         raw = self.data_format != "ascii"
         if raw:
             self._set_termchar(False)
-        self._write(d.trigger)
         if sweeps > 1:
+            self._write(d.trigger)
             self._io(d.trigger, lambda inst: inst.write_raw(queued))
+        else:
+            # A single sweep: its data query is the only thing to queue behind the trigger (one write).
+            self._io(d.trigger, lambda inst: inst.write_raw(f"{d.trigger}\n{d.data_query}\n".encode("ascii")))
         for k in range(sweeps):
             # Sweep k done; its data and sweep k + 1 are already on their way.
             self._read_opc_exact() if raw else self._read_opc_reply()
@@ -690,12 +707,16 @@ class VnaDriver:
         return self._read_line(command, MAX_SHORT_REPLY)
 
     def _query_number(self, command: str) -> float:
+        """Query a finite number; any other reply (text, NaN, infinity) is a VnaProtocolError naming it."""
         reply = self._query(command)
         try:
-            return float(reply)
+            value = float(reply)
         except ValueError:
+            value = None
+        if value is None or not math.isfinite(value):
             self.close()
-            raise VnaProtocolError(self.device, command, f"expected a number, got {reply[:40]!r}") from None
+            raise VnaProtocolError(self.device, command, f"expected a finite number, got {reply[:40]!r}")
+        return value
 
     def _set_timeout(self, timeout_ms: int) -> None:
         def apply(inst: Any) -> None:

@@ -211,6 +211,9 @@ def test_calibration_file_round_trip_and_embedded_form(tmp_path: Path) -> None:
         (lambda d: d.update(format="other"), "format = 'other'"),
         (lambda d: d["gain_re"].pop(), "does not match"),
         (lambda d: d.update(delay_s=["x"] * 144), "delay_s must be a list of numbers"),
+        # Beyond float64: once an OverflowError that named neither file nor key.
+        (lambda d: d["delay_s"].__setitem__(5, 10**400), "delay_s must be a list of numbers"),
+        (lambda d: d["gain_im"].__setitem__(0, -(10**309)), "gain_im must be a list of numbers"),
         (lambda d: d["gain_re"].__setitem__(3, 0.0) or d["gain_im"].__setitem__(3, 0.0), "gain of channel 3"),
         (lambda d: d["delay_s"].__setitem__(7, 1.0), "delay_s of channel 7"),
     ],

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from vrclip.edge.config import RadarConfig, SweepConfig
 from vrclip.edge.frames import CLOCK_REALTIME
 from vrclip.edge.geometry import ArrayGeometry, load_geometry
-from vrclip.edge.radar.errors import RadarError, VnaIdentityError
+from vrclip.edge.radar.errors import RadarError, VnaIdentityError, VnaProtocolError
+from vrclip.edge.radar.sim_vna import SIM_MODELS
 from vrclip.edge.radar.simulated import SimulatedRadar
 from vrclip.edge.radar.source import RadarSource
 from vrclip.edge.radar.switch import SwitchClient
 from vrclip.edge.radar.vna import VnaDriver
 from vrclip.edge.sim.radar import FrontEndErrors, RadarSimulator
 from vrclip.edge.sim.scene import Scene, SceneSpec
+
+from tests.edge.scripted_vna import KEYSIGHT_REPLIES, KEYSIGHT_SWEEP, ScriptedVna
 
 SWEEP = SweepConfig(start_hz=0.8e9, stop_hz=2.8e9, points=21, if_bandwidth_hz=1e6)
 SPEC = SceneSpec(people=("person-00",), seed=3)
@@ -121,6 +125,40 @@ def test_setup_errors_are_not_retried() -> None:
         with pytest.raises(VnaIdentityError):
             source.read_frame()
         assert source.stats.reconnects == 0
+
+
+def test_a_garbled_idn_is_retried_until_the_vna_answers_properly() -> None:
+    """An empty *IDN? reply (a VNA still booting) once stopped the radar for good, as a setup error."""
+    geometry = small_geometry()
+    healthy = SIM_MODELS["keysight"]
+    with simulator(geometry, vna_model=replace(healthy, idn="")) as sim:
+        source = make_source(sim, geometry)  # not `with`: entering opens once and fails fast
+        threading.Timer(0.3, lambda: setattr(sim.state.vna, "model", healthy)).start()
+        try:
+            frame = source.read_frame()  # blocks through the failed identifications
+        finally:
+            source.close()
+        assert frame is not None and frame.s21.shape == (geometry.n_channels, SWEEP.points)
+        assert "'*IDN?'" in (source.stats.last_error or "")
+
+
+def test_an_unusable_readback_is_a_radar_fault_that_is_retried() -> None:
+    """A NaN points read-back once escaped read_frame() as a bare ValueError and killed the caller."""
+    geometry = small_geometry()
+    with (
+        simulator(geometry, with_vna=False) as sim,
+        ScriptedVna({**KEYSIGHT_REPLIES, "SENS1:SWE:POIN?": "NAN"}) as peer,
+    ):
+        vna = VnaDriver(peer.resource, "keysight", KEYSIGHT_SWEEP, timeout_ms=300)
+        switch = SwitchClient(sim.switch_url, timeout_ms=300)
+        options = {"reconnect_initial_s": 0.01, "reconnect_max_backoff_s": 0.01, "max_reconnect_attempts": 3}
+        source = RadarSource(vna, switch, geometry, **options)  # type: ignore[arg-type]
+        try:
+            with pytest.raises(VnaProtocolError, match=r"'SENS1:SWE:POIN\?': expected a finite number"):
+                source.read_frame()
+        finally:
+            source.close()
+        assert peer.received.count("*IDN?") == 3  # retried like any instrument fault
 
 
 def test_gives_up_after_max_reconnect_attempts() -> None:

@@ -119,6 +119,25 @@ def test_s21_read_through_the_simulator_equals_the_radar_model(sim, data_format,
             np.testing.assert_array_equal(got, expected_s21(channel_of(tx, rx)))
 
 
+@pytest.mark.parametrize("data_format", ["real32", "ascii"])
+@pytest.mark.parametrize("sweeps", [1, 2, 3])
+def test_chained_sweeps_return_every_trace(sim, data_format: str, sweeps: int) -> None:
+    """acquire_chained(1) (a one-channel array) once waited for a data query it never sent."""
+    dialect, radar = sim
+    vna = VnaDriver(radar.vna_resource, dialect, SWEEP, data_format=data_format, timeout_ms=500)
+    with vna, SwitchClient(radar.switch_url) as switch:
+        switch.select(3, 7)  # no trigger output: the switch stays put, every sweep measures one channel
+        before = radar.state.vna.sweeps
+        got = vna.acquire_chained(sweeps)
+        assert got.shape == (sweeps, SWEEP.points) and got.dtype == np.complex64
+        for trace in got:
+            np.testing.assert_array_equal(trace, expected_s21(channel_of(3, 7)))
+        assert radar.state.vna.sweeps - before == sweeps
+        # Nothing left unread in the stream: the next plain measurement gets its own reply.
+        switch.select(0, 0)
+        np.testing.assert_array_equal(vna.measure(), expected_s21(channel_of(0, 0)))
+
+
 def test_byte_order_matters(sim) -> None:
     """If the instrument sent the other byte order than the driver set, the values would be garbage."""
     dialect, radar = sim

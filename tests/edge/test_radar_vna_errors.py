@@ -1,11 +1,13 @@
 """Error paths of the VNA driver: every fault gives a clear error that names the instrument and the command.
 
-Two kinds of misbehaving instrument: pyvisa-sim devices (tests/edge/data/vna_errors.yaml) and the
-TCP simulator acting out a fault (wrong identity, silence, NaN, truncated/garbled/over-long blocks).
+Three kinds of misbehaving instrument: pyvisa-sim devices (tests/edge/data/vna_errors.yaml), the TCP
+simulator acting out a fault (wrong identity, silence, NaN, truncated/garbled/over-long blocks) and a
+scripted peer for read-backs no simulated model gives (tests/edge/scripted_vna.py).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,8 @@ from vrclip.edge.radar.sim_vna import SIM_MODELS
 from vrclip.edge.radar.simulated import SimulatedRadar
 from vrclip.edge.radar.switch import SwitchClient
 from vrclip.edge.radar.vna import VnaDriver
+
+from tests.edge.scripted_vna import KEYSIGHT_REPLIES, KEYSIGHT_SWEEP, ScriptedVna
 
 pytest.importorskip("pyvisa_sim", reason="pyvisa-sim (dev extra) simulates the misbehaving instruments")
 
@@ -164,10 +168,81 @@ def test_binary_nan_in_real64(radar: SimulatedRadar) -> None:
 
 
 def test_instrument_with_another_identity() -> None:
-    from dataclasses import replace
-
     imposter = replace(SIM_MODELS["keysight"], idn="Anritsu,MS46122B,1234567,1.2.3")
     with SimulatedRadar(sweep=SWEEP, dialect="keysight", vna_model=imposter) as sim:
         with pytest.raises(VnaIdentityError, match="Anritsu,MS46122B") as info:
             VnaDriver(sim.vna_resource, "keysight", SWEEP).connect()
         assert sim.vna_resource in str(info.value)
+
+
+# --- read-backs and identity replies the instrument should never give ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("query", "reply"),
+    [
+        ("SENS1:SWE:POIN?", "NAN"),
+        ("SENS1:SWE:POIN?", "INF"),
+        ("SENS1:SWE:POIN?", "21.5"),
+        ("SENS1:FREQ:STAR?", "NAN"),
+        ("SENS1:FREQ:STOP?", "-INF"),
+        ("SENS1:FREQ:STOP?", "9.9E+999"),
+    ],
+)
+def test_unusable_readback_is_a_protocol_error_naming_the_query(query: str, reply: str) -> None:
+    """A NaN start/stop once passed the tolerance check silently; NaN/inf points crashed with ValueError."""
+    with ScriptedVna({**KEYSIGHT_REPLIES, query: reply}) as peer:
+        vna = VnaDriver(peer.resource, "keysight", KEYSIGHT_SWEEP, timeout_ms=1000)
+        with pytest.raises(VnaProtocolError) as info:
+            vna.connect()
+        assert info.value.command == query
+        assert peer.resource in str(info.value) and "E5080B" in str(info.value)
+        assert repr(reply) in str(info.value) or f"got {reply}" in str(info.value)  # what it answered
+        assert not isinstance(info.value, RadarSetupError)  # a glitch: the reconnect loop retries it
+        assert not vna.connected
+
+
+def test_healthy_scripted_readback_connects() -> None:
+    """The scripted peer's defaults are a valid instrument: the failures above come from the one reply."""
+    with ScriptedVna(KEYSIGHT_REPLIES) as peer:
+        vna = VnaDriver(peer.resource, "keysight", KEYSIGHT_SWEEP, timeout_ms=1000)
+        vna.connect()
+        assert vna.connected and vna.idn == KEYSIGHT_REPLIES["*IDN?"]
+        vna.close()
+
+
+@pytest.fixture
+def rs_model(radar: SimulatedRadar):
+    model = radar.state.vna.model
+    yield model
+    radar.state.vna.model = model
+
+
+@pytest.mark.parametrize("idn", ["", "BOOTING", "Rohde-Schwarz,,1311601062100001,3.45"])
+def test_garbled_idn_is_a_retryable_protocol_error(radar: SimulatedRadar, rs_model, idn: str) -> None:
+    """An empty or unparsable *IDN? reply says nothing about the instrument: retry, do not stop the radar."""
+    radar.state.vna.model = replace(rs_model, idn=idn)
+    vna = VnaDriver(radar.vna_resource, "rs", SWEEP, timeout_ms=300)
+    with pytest.raises(VnaProtocolError, match="is not '<manufacturer>,<model>,<serial>,<firmware>'") as info:
+        vna.connect()
+    assert info.value.command == "*IDN?" and radar.vna_resource in str(info.value)
+    assert "radar.vna.resource" in str(info.value)
+    assert not isinstance(info.value, RadarSetupError)
+    assert not vna.connected
+
+
+def test_reconnect_gets_past_a_garbled_idn(radar: SimulatedRadar, rs_model) -> None:
+    radar.state.vna.model = replace(rs_model, idn="")
+    failures: list[BaseException] = []
+
+    def instrument_finishes_booting(exc: BaseException, delay: float) -> None:
+        failures.append(exc)
+        radar.state.vna.model = rs_model
+
+    vna = VnaDriver(radar.vna_resource, "rs", SWEEP, timeout_ms=300, reconnect_max_backoff_s=0.05)
+    try:
+        assert vna.reconnect(max_attempts=3, on_failure=instrument_finishes_booting) == 2
+        assert vna.connected and vna.idn == rs_model.idn
+        assert [type(e) for e in failures] == [VnaProtocolError]
+    finally:
+        vna.close()
