@@ -11,7 +11,8 @@ projected to that frame), whether the camera saw the person, and the gated RF wi
 the end frame e of T consecutive frames of a track: RF frames e-T+1..e, crop and anchor of frame e.
 
 The split follows the published protocol: per identity one random contiguous segment (10 s) of one
-random session is the training set; everything not overlapping it is the test set.
+random session is the training set; everything not overlapping it is the test set. The segment is
+drawn only where the person is labelled throughout, so nobody is left without training samples.
 """
 
 from __future__ import annotations
@@ -294,19 +295,12 @@ def preprocess_session(session: SessionInfo, spec: PrepSpec) -> list[dict[str, n
 
 
 def _camera_times(reader: SessionReader, count: int) -> np.ndarray:
-    """The camera stream's timestamps without decoding every JPEG.
+    """The first `count` camera time stamps, read in bulk without decoding a single JPEG.
 
-    SessionReader has a bulk accessor for radar timestamps only; its stream view is the one place the
-    camera's t_ns dataset is reachable. Fall back to per-frame reads if that internal layout changes.
+    Pairing needs only the times; reading them through `camera(i)` would decode every frame of the
+    session once more just to throw the pixels away.
     """
-    if count == 0:
-        return np.zeros(0, np.int64)
-    view = getattr(reader, "_view", None)
-    try:
-        assert view is not None
-        return np.asarray(view("camera").ds("t_ns")[:count], dtype=np.int64)
-    except (AssertionError, AttributeError, KeyError, TypeError):
-        return np.array([reader.camera(i).t_ns for i in range(count)], np.int64)
+    return reader.times("camera", 0, count)
 
 
 def ar1_noise(rng: np.random.Generator, n: int, std: float, rho: float) -> np.ndarray:
@@ -473,21 +467,43 @@ class SampleIndex:
         return SampleIndex(self.track[mask], self.end[mask])
 
 
+def labelled_starts(track: Track, length: int) -> np.ndarray:
+    """Start frames of every `length`-frame run of `track` that is labelled throughout (ascending).
+
+    A training segment must lie where the person is labelled: samples need labelled frames, so a
+    segment drawn over frames where they had left the room would give that identity no training data.
+    """
+    if length < 1 or track.frames < length:
+        return np.zeros(0, np.int64)
+    unlabelled = np.concatenate([[0], np.cumsum(~track.labelled, dtype=np.int64)])
+    return np.flatnonzero(unlabelled[length:] == unlabelled[:-length]).astype(np.int64)
+
+
 def choose_segments(tracks: Sequence[Track], seconds: float, frames: int, seed: int) -> list[Segment]:
-    """One random `seconds`-long segment of one random session per identity (the published split)."""
+    """One random `seconds`-long segment of one random session per identity (the published split).
+
+    Only sessions with at least one fully labelled run that long are drawn from, and the start is
+    drawn among that session's fully labelled runs. Where every frame is labelled this makes exactly
+    the random calls (and so picks exactly the segments) the published split always made: the
+    session by `rng.integers(len(candidates))`, the start by `rng.integers(frames - need + 1)`.
+    """
     rng = np.random.default_rng(seed)
     by_identity: dict[str, list[int]] = {}
     for i, tr in enumerate(tracks):
         by_identity.setdefault(tr.identity, []).append(i)
     segments = []
     for identity in sorted(by_identity):
-        candidates = []
+        long_enough = False
+        candidates: list[tuple[int, int, np.ndarray]] = []
         for i in by_identity[identity]:
             tr = tracks[i]
             need = max(frames, round(seconds * tr.rate_hz()))
             if tr.frames >= need:
-                candidates.append((i, need))
-        if not candidates:
+                long_enough = True
+                starts = labelled_starts(tr, need)
+                if starts.size:
+                    candidates.append((i, need, starts))
+        if not long_enough:
             longest = max(by_identity[identity], key=lambda i: tracks[i].frames)
             tr = tracks[longest]
             raise DatasetError(
@@ -495,10 +511,31 @@ def choose_segments(tracks: Sequence[Track], seconds: float, frames: int, seed: 
                 f"({tr.frames / max(tr.rate_hz(), 1e-9):.1f} s) but the training segment needs {seconds:g} s "
                 f"(and at least T = {frames} frames); record longer sessions or lower --segment-seconds"
             )
-        i, need = candidates[int(rng.integers(len(candidates)))]
-        start = int(rng.integers(0, tracks[i].frames - need + 1))
+        if not candidates:
+            best, run = _longest_labelled_run(tracks, by_identity[identity])
+            raise DatasetError(
+                f"{identity}: no recording labels them for {seconds:g} s in a row (at least T = {frames} "
+                f"frames), so the split has no training segment for them; their longest labelled run is "
+                f"{run} radar frames in {tracks[best].session.path}; record a session where they stay in "
+                "view of the labels that long, or lower --segment-seconds"
+            )
+        i, need, starts = candidates[int(rng.integers(len(candidates)))]
+        start = int(starts[int(rng.integers(starts.size))])
         segments.append(Segment(identity, tracks[i].session.name, start, start + need))
     return segments
+
+
+def _longest_labelled_run(tracks: Sequence[Track], indices: Sequence[int]) -> tuple[int, int]:
+    """(track index, length) of the longest run of labelled frames among `indices` (for errors)."""
+    best, best_run = indices[0], 0
+    for i in indices:
+        run = longest = 0
+        for ok in tracks[i].labelled:
+            run = run + 1 if ok else 0
+            longest = max(longest, run)
+        if longest > best_run:
+            best, best_run = i, longest
+    return best, best_run
 
 
 def all_samples(tracks: Sequence[Track], frames: int) -> SampleIndex:

@@ -111,7 +111,12 @@ def quantize_command(
         False, "--find-float-blocks", help="Also try each block in float and report which pass the gate."
     ),
     calibrate_method: CalibrateMethod = typer.Option(CalibrateMethod.minmax, "--calibrate-method"),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Output path (default beside the model)."),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Output <name>.onnx, its manifest <name>.json beside it (default beside the model).",
+    ),
     cache: Path | None = typer.Option(
         None, "--cache", help="Preprocessing cache (default: <dataset>/.vrclip-cache, the trainer's)."
     ),

@@ -525,8 +525,10 @@ def export_checkpoint(
 
     check_opset(options.opset)  # before the (slow) load: a bad flag should fail at once
     checkpoint = Path(checkpoint)
-    open_set = open_set_from_report(threshold_from, checkpoint) if threshold_from is not None else None
+    # The checkpoint first: the report is checked against its hash, and a missing checkpoint must read
+    # as one ("no such checkpoint"), not as a failure inside the report check.
     data = load_checkpoint(checkpoint)
+    open_set = open_set_from_report(threshold_from, checkpoint) if threshold_from is not None else None
     model = model_from_checkpoint(data, str(checkpoint))
     window = window_for(model.cfg, data["prep"])
     crop_for(model.cfg, data["prep"])

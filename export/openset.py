@@ -131,7 +131,14 @@ def open_set_from_report(report: str | Path, checkpoint: str | Path) -> OpenSetT
             f"--threshold-from {report}: the report does not say which checkpoint it evaluated (written by "
             f"an older version); run `vrclip-export evaluate {checkpoint} DATASET --json {report}` again"
         )
-    if evaluated != sha256_file(checkpoint):
+    try:
+        checkpoint_sha256 = sha256_file(checkpoint)
+    except OSError as e:
+        raise UserError(
+            f"{checkpoint}: cannot read the checkpoint to match it against --threshold-from {report} "
+            f"({e.strerror}); give the checkpoint the report evaluated"
+        ) from e
+    if evaluated != checkpoint_sha256:
         raise UserError(
             f"--threshold-from {report}: it evaluated another checkpoint "
             f"({data['meta'].get('checkpoint', '?')}), not {checkpoint}; evaluate this one first"

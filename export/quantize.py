@@ -740,6 +740,28 @@ def output_path(src: Path, options: QuantizeOptions) -> Path:
     return src.with_name(f"{stem}.{'int8' if options.variant == 'int8' else 'int8-cpu'}.onnx")
 
 
+def check_output_path(src: Path, dst: Path) -> None:
+    """Refuse an output that would overwrite the float package it is quantised from.
+
+    The manifest goes beside the model as `manifest_path_for(dst)`, which drops the suffix: without
+    `.onnx`, `--out pkg/tiny` would write the quantised manifest over `pkg/tiny.json`, the float
+    model's own, and leave the float package unusable. So the name must end in .onnx (as for
+    `vrclip-export onnx --out`) and neither file may be the float package's.
+    """
+    if dst.suffix != ".onnx":
+        raise QuantizeError(
+            f"--out {dst}: the model file must end in .onnx (its manifest <name>.json goes beside it); "
+            "name the quantised model e.g. <name>.int8.onnx"
+        )
+    if dst.resolve() == src.resolve():
+        raise QuantizeError(f"--out {dst}: would overwrite the float model it is quantised from")
+    if manifest_path_for(dst).resolve() == manifest_path_for(src).resolve():
+        raise QuantizeError(
+            f"--out {dst}: its manifest {manifest_path_for(dst)} is the float model's own manifest; "
+            "give the quantised model another name"
+        )
+
+
 def open_float_model(src: str | Path) -> tuple[Path, EngineManifest]:
     """The float package to quantise: ONNX + its manifest, checked to belong together and to be fp32."""
     src = Path(src)
@@ -794,8 +816,7 @@ def quantize_model(
     started = time.perf_counter()
     src, manifest = open_float_model(src)
     dst = output_path(src, options)
-    if dst.resolve() == src.resolve():
-        raise QuantizeError(f"--out {dst}: would overwrite the float model it is quantised from")
+    check_output_path(src, dst)
     if options.batch < 1:
         raise QuantizeError(f"--batch {options.batch}: must be >= 1")
     plan = plan_nodes(onnx.load(str(src), load_external_data=False), options.float_blocks)

@@ -26,6 +26,7 @@ killed and resumed gives bit-identical weights to one that ran through.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -504,6 +505,45 @@ class Trainer:
                 f"{path}: was written by a run with other settings ({'; '.join(diff[:6])}); "
                 "use the same settings to resume, another --out, or --restart to start over"
             )
+        self._check_same_split(data, path)
+
+    def _check_same_split(self, data: dict[str, Any], path: Path) -> None:
+        """Refuse to resume when the dataset as it is now gives other training segments.
+
+        Recomputing the split silently would train the remaining epochs on other frames, some of
+        which the epochs so far (and evaluation, which reads the stored segments) treat as test data.
+        Reusing the stored segments is not honest either: the checkpoint names them by session and
+        frame range only, not by the recordings' contents, so after the dataset changed nothing shows
+        those frames are still the ones trained on; and the finished run would no longer be what its
+        settings give on this dataset, breaking the promise (module docstring) that a resumed run
+        equals one that ran through. So stop, and let the user restore the dataset or restart.
+        """
+        saved = data.get("segments")
+        mine = [asdict(s) for s in self.segments]
+        if saved == mine:
+            return
+        if not isinstance(saved, list):
+            raise CheckpointError(
+                f"{path}: holds no training segments, so it cannot show that resuming trains on the "
+                "same data; pass --restart (or another --out) to train afresh"
+            )
+        # Segments are in identity order and the identity lists already match (checked above).
+        pairs = list(itertools.zip_longest(saved, mine))
+        was, now = next(p for p in pairs if p[0] != p[1])
+
+        def describe(seg: Any) -> str:
+            if not isinstance(seg, dict):
+                return "no segment"
+            return f"{seg.get('session')} frames {seg.get('start')}-{seg.get('stop')}"
+
+        identity = next((seg.get("identity") for seg in (was, now) if isinstance(seg, dict)), "?")
+        raise CheckpointError(
+            f"{path}: the dataset {self.cfg.dataset} no longer gives the training split this run started "
+            f"with (first difference: identity {identity}: checkpoint trains on {describe(was)}, the "
+            f"dataset now gives {describe(now)}); training on the new split would use frames the epochs "
+            "so far left for testing. Restore the dataset as it was when training started to resume, or pass "
+            "--restart (or another --out) to train afresh on the dataset as it is"
+        )
 
     # ---------------------------------------------------------------------------------------- run
     def run(self, restart: bool = False) -> Path:

@@ -197,8 +197,14 @@ def test_checkpoint_that_does_not_match_its_config_is_refused(tmp_path: Path) ->
 def test_cli_errors_are_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
     app = make_app("vrclip-export", "test")
     register(app)
+    report = tmp_path / "report.json"  # a report of some checkpoint: the missing one is what is wrong
+    report.write_text(json.dumps({"open_set": None, "meta": {"checkpoint_sha256": "0" * 64}}))
     for args, expected in (
         (["onnx", str(tmp_path / "missing.pt")], "no such checkpoint"),
+        (
+            ["onnx", str(tmp_path / "missing.pt"), "--threshold-from", str(report)],
+            "missing.pt: no such checkpoint",
+        ),
         (["onnx", str(make_checkpoint(tmp_path / "c.pt")), "--opset", "13"], "--opset 13"),
     ):
         monkeypatch.setattr(sys, "argv", ["vrclip-export", *args])

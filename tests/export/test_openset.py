@@ -133,6 +133,8 @@ def test_a_report_of_another_model_or_without_an_estimate_is_refused(tmp_path: P
         with pytest.raises(UserError, match=message) as info:
             open_set_from_report(report, ckpt)
         assert str(report) in str(info.value)
+    with pytest.raises(UserError, match=r"gone\.pt: cannot read the checkpoint to match it against"):
+        open_set_from_report(write_report(tmp_path / "f.json", ckpt, OPEN_SET), tmp_path / "gone.pt")
     assert open_set_from_report(write_report(tmp_path / "e.json", ckpt, OPEN_SET), ckpt) == OpenSetThreshold(
         threshold=0.84,
         identity_accuracy=0.93,

@@ -217,3 +217,29 @@ def test_rf_sequence_is_bounded_and_yields_model_input() -> None:
     np.testing.assert_array_equal(to_model_input(np.array([1 + 2j]))[0], [1.0, 2.0])
     with pytest.raises(ValueError, match="needs"):
         RFSequence(4).sample()
+
+
+def test_preprocessing_pairs_cameras_by_time_stamps_without_decoding_frames_for_them(
+    small_dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pairing reads the camera clock in bulk; a frame is decoded only to cut a crop from it."""
+    from vrclip.edge.frames import CameraFrame
+    from vrclip.edge.recording.reader import SessionReader
+    from vrclip.export import data
+
+    session = data.discover_sessions(small_dataset)[0]
+    decoded: list[int] = []
+    real_camera = SessionReader.camera
+
+    def counting_camera(self: SessionReader, i: int) -> CameraFrame:
+        decoded.append(i)
+        return real_camera(self, i)
+
+    monkeypatch.setattr(SessionReader, "camera", counting_camera)
+    with SessionReader(session.path) as reader:
+        count = reader.count("camera")
+        times = data._camera_times(reader, count)
+        expected = reader.times("camera")
+    assert count > 0 and decoded == []
+    np.testing.assert_array_equal(times, expected)
+    assert times.dtype == np.int64

@@ -255,6 +255,42 @@ def test_quantising_a_quantised_model_or_a_missing_file_is_a_user_error(
     assert exit_info.value.code == 2 and "no such ONNX model" in err and len(err.splitlines()) == 1
 
 
+def test_an_output_that_would_overwrite_the_float_manifest_is_refused(
+    float_model: Path, small_dataset: Path, cache: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """`--out pkg/micro` (no .onnx) would put the int8 manifest at pkg/micro.json, the float model's:
+    refused before any work, with one line naming --out, and the float package left as it was."""
+    import shutil
+
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    src = pkg / "micro.onnx"
+    shutil.copy(float_model, src)
+    shutil.copy(manifest_path_for(float_model), manifest_path_for(src))
+    float_manifest = manifest_path_for(src).read_bytes()
+    app = make_app("vrclip-export", "test")
+    register(app)
+    # Settings under which this quantisation passes the gate, so only the --out check can stop it.
+    argv = ["vrclip-export", "quantize", str(src), "--calib", str(small_dataset), "--out", str(pkg / "micro")]
+    argv += ["--samples", "32", "--holdout", "32", "--jobs", "1", "--cache", str(cache)]
+    argv += ["--min-cosine", "0.9", "--max-map-drop", "100", "--max-loc-increase", "1"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        run(app)
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1
+    assert f"--out {pkg / 'micro'}: the model file must end in .onnx" in err
+    assert manifest_path_for(src).read_bytes() == float_manifest
+    assert sorted(p.name for p in pkg.iterdir()) == ["micro.json", "micro.onnx"]
+
+    # A float model named without .onnx shares its manifest with <name>.onnx: that --out is refused too.
+    bare = pkg / "micro"
+    shutil.copy(src, bare)
+    with pytest.raises(QuantizeError, match=r"micro\.json is the float model's own manifest"):
+        quantize_model(bare, [small_dataset], options(cache, out=src))
+    assert manifest_path_for(src).read_bytes() == float_manifest
+
+
 def test_unknown_float_block_is_refused(float_model: Path, small_dataset: Path, cache: Path) -> None:
     with pytest.raises(QuantizeError, match="--float-block 7"):
         quantize_model(float_model, [small_dataset], replace(options(cache), float_blocks=(7,)))

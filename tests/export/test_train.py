@@ -7,7 +7,7 @@ import itertools
 import json
 import math
 import shutil
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,15 @@ from vrclip.edge.geometry import ArrayGeometry  # noqa: E402
 from vrclip.edge.rfwindow import RFWindowExtractor, RFWindowSpec  # noqa: E402
 from vrclip.edge.sim.radar import sweep_frequencies  # noqa: E402
 from vrclip.export.checkpoint import load_checkpoint, model_from_checkpoint, save_atomic  # noqa: E402
-from vrclip.export.data import DatasetError, discover_sessions, preprocess_session  # noqa: E402
+from vrclip.export.data import (  # noqa: E402
+    DatasetError,
+    SessionInfo,
+    Track,
+    choose_segments,
+    discover_sessions,
+    preprocess_session,
+    split_samples,
+)
 from vrclip.export.evaluate import EvalConfig, evaluate  # noqa: E402
 from vrclip.export.model import CheckpointError, RFConfig, RFEncoder  # noqa: E402
 from vrclip.export.openset import open_set_from_report  # noqa: E402
@@ -202,7 +210,7 @@ def test_training_writes_checkpoints_and_resumes_bit_identically_after_a_kill(
     # The fusion analysis re-fuses the vision and radio embeddings with the gate's own W: it must
     # reproduce the model's fused and radio-only mAP before its other rows mean anything.
     analysis = on_disk["fusion_analysis"]["mAP"]
-    assert set(analysis) == {"radio", "gate", "fixed_1", "fixed_1_visible", "best_per_query"}
+    assert set(analysis) == {"vision", "radio", "gate", "fixed_1", "fixed_1_visible", "best_per_query"}
     assert analysis["gate"]["all"] == pytest.approx(on_disk["fused"]["mAP"], abs=1e-5)
     assert analysis["radio"]["all"] == pytest.approx(on_disk["radio"]["mAP"], abs=1e-5)
     assert set(analysis["gate"]) == {"all", *on_disk["by_condition"]}
@@ -284,6 +292,129 @@ def test_training_is_deterministic_in_data_split(small_dataset: Path, tmp_path: 
     assert len(a.train_index) > 0 and len(a.test_index) > 0
     assert {s.identity for s in a.segments} == {"id-000", "id-001", "id-002"}
     _ = b  # another seed may pick other segments; it must still split
+
+
+def _track(identity: str, session: str, frames: int, labelled: slice) -> Track:
+    """A 10 Hz track whose person is labelled only in `labelled` (NaN positions elsewhere)."""
+    position = np.full((frames, 2), np.nan, np.float32)
+    position[labelled] = 1.0
+    return Track(
+        SessionInfo(Path(session), session, "day", "none"),
+        identity,
+        np.arange(frames, dtype=np.int64) * 100_000_000,
+        position,
+        position,
+        np.ones(frames, bool),
+        np.ones(frames, bool),
+        np.zeros((frames, 1, 1, 3), np.uint8),
+        np.zeros((frames, 1, 1), np.complex64),
+        np.zeros(2, np.float32),
+    )
+
+
+def test_training_segments_lie_where_the_person_is_labelled() -> None:
+    """Someone who leaves the room after 15 s of a 60 s session must still get a full training segment."""
+    tracks = [
+        _track("alice", "s1", 600, slice(0, 600)),
+        _track("bob", "s1", 600, slice(0, 150)),
+        _track("bob", "s2", 600, slice(450, 600)),
+    ]
+    for seed in range(20):
+        segments = choose_segments(tracks, 10.0, 12, seed)
+        for seg in segments:
+            track = next(t for t in tracks if (t.identity, t.session.name) == (seg.identity, seg.session))
+            assert track.labelled[seg.start : seg.stop].all(), (seed, seg)
+        train, _ = split_samples(tracks, segments, 12)
+        per_identity = {name: 0 for name in ("alice", "bob")}
+        for t in train.track:
+            per_identity[tracks[int(t)].identity] += 1
+        assert per_identity == {"alice": 100 - 12 + 1, "bob": 100 - 12 + 1}, seed
+
+
+def test_an_identity_never_labelled_for_a_whole_segment_is_named() -> None:
+    tracks = [
+        _track("alice", "s1", 600, slice(0, 600)),
+        _track("bob", "s1", 600, slice(0, 90)),  # 9 s in view, the segment needs 10 s
+        _track("bob", "s2", 600, slice(300, 350)),
+    ]
+    with pytest.raises(
+        DatasetError, match=r"bob: no recording labels them for 10 s in a row.*90 radar frames"
+    ):
+        choose_segments(tracks, 10.0, 12, 42)
+
+
+def test_fully_labelled_datasets_keep_the_published_split() -> None:
+    """Where every frame is labelled, the split is drawn exactly as it always was (session, then start
+    uniformly over the session), so published training commands pick the same segments."""
+    tracks = [
+        _track(f"id-{k}", f"id-{k}/s{j}", 100 + 37 * j + 11 * k, slice(None))
+        for k in range(4)
+        for j in range(3)
+    ]
+    for seed in (0, 42, 1234):
+        rng = np.random.default_rng(seed)
+        published = []
+        for k in range(4):
+            mine = [t for t in tracks if t.identity == f"id-{k}"]
+            track = mine[int(rng.integers(len(mine)))]
+            start = int(rng.integers(0, track.frames - 100 + 1))
+            published.append((track.identity, track.session.name, start, start + 100))
+        got = [(s.identity, s.session, s.start, s.stop) for s in choose_segments(tracks, 10.0, 12, seed)]
+        assert got == published
+
+
+def test_resuming_on_a_dataset_that_gives_another_split_is_refused(
+    small_dataset: Path, tmp_path: Path
+) -> None:
+    """A session added while training was down changes the split; resuming must stop, naming the
+    checkpoint and the identity whose training segment moved, not train on frames left for testing."""
+    sessions = json.loads((small_dataset / "dataset.json").read_text())["sessions"]
+    data = tmp_path / "data"
+
+    def index(entries: list[dict]) -> None:
+        data.mkdir(exist_ok=True)
+        for e in entries:
+            link = data / e["path"]
+            if not link.exists():
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(small_dataset / e["path"])
+        (data / "dataset.json").write_text(json.dumps({"sessions": entries}))
+
+    later = [e for e in sessions if e["path"].startswith("id-000/")][1]
+    first = [e for e in sessions if e is not later]
+    index(first)
+    cfg = config(data, tmp_path / "run", epochs=1)
+
+    class Killed(Exception):
+        pass
+
+    def kill_in_rf(stage: str, epoch: int, epochs: int, step: int, steps: int, loss: float) -> None:
+        if stage == "rf":
+            raise Killed
+
+    with pytest.raises(Killed):
+        Trainer(cfg, progress=kill_in_rf, log=lambda _: None).run()
+    checkpoint = tmp_path / "run" / CHECKPOINT_NAME
+    before = load_checkpoint(checkpoint)["segments"]
+
+    index(sessions)  # id-000's second session arrives
+    resumed = Trainer(cfg, log=lambda _: None)
+    resumed.prepare()
+    now = [asdict(s) for s in resumed.segments]
+    moved = next((seg for seg, was in zip(now, before, strict=True) if seg != was), None)
+    assert moved is not None  # the precondition: the new session changed the split
+    with pytest.raises(
+        CheckpointError, match=r"checkpoint\.pt: the dataset .* no longer gives the training split"
+    ) as e:
+        resumed.run()
+    assert f"identity {moved['identity']}: checkpoint trains on" in str(e.value)
+    assert f"now gives {moved['session']} frames {moved['start']}-{moved['stop']}" in str(e.value)
+    assert "--restart" in str(e.value)
+    assert load_checkpoint(checkpoint)["segments"] == before  # nothing overwritten
+
+    index(first)  # the dataset as it was: resuming works again
+    Trainer(cfg, log=lambda _: None).run()
+    assert load_checkpoint(tmp_path / "run" / FINAL_NAME)["segments"] == before
 
 
 def test_the_rf_input_is_beams_unless_pairs_are_asked_for(tmp_path: Path) -> None:
