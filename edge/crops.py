@@ -104,11 +104,18 @@ def crop_box(
     )
 
 
+def _overlaps_image(box: tuple[float, float, float, float], camera: PinholeCamera) -> bool:
+    x0, y0, x1, y1 = box
+    return x1 > 0 and y1 > 0 and x0 < camera.width and y0 < camera.height
+
+
 def crop_person(
     rgb: np.ndarray, camera: PinholeCamera, position_xy: np.ndarray, spec: CropSpec = CropSpec()
 ) -> tuple[np.ndarray, bool]:
     """(crop (h, w, 3) uint8, ok): the person at floor position (x, y); ok is False (and the crop black)
-    when the position cannot be projected (behind the camera, too close, not finite)."""
+    when the position cannot be projected (behind the camera, too close, not finite) or its box lies
+    wholly outside the image: the radar may track people the camera cannot frame, and a black crop
+    passed on as live would tell the engine and the event that the camera saw them."""
     image = np.asarray(rgb)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.dtype} {image.shape}")
@@ -119,7 +126,7 @@ def crop_person(
             "crop with the camera model of the camera that took the frame"
         )
     box = person_box(camera, position_xy, spec)
-    if box is None:
+    if box is None or not _overlaps_image(box, camera):
         return np.zeros((spec.height, spec.width, 3), np.uint8), False
     return crop_box(image, box, spec), True
 

@@ -36,7 +36,8 @@ from vrclip.edge.recording.reader import SessionReader
 from vrclip.edge.rfwindow import RFWindowExtractor, RFWindowSpec
 
 #: Bump when the cached arrays change meaning, so stale caches are rebuilt rather than misread.
-CACHE_VERSION = 2
+#: 3: a crop whose box lies wholly outside the image is no longer marked ok (`crop_person`).
+CACHE_VERSION = 3
 #: Camera frames further than this from a radar frame are not paired with it (the RGB is "absent").
 PAIR_SLOP_NS = 60_000_000
 
