@@ -2,7 +2,8 @@
 
 The rule for every sink: the pipeline must never wait on it. A full disk, a closed pipe or a broker
 that is down costs a counter increment, never a frame. The file sink writes each line with one
-unbuffered `write(2)` in append mode (a crash leaves whole lines only); the MQTT sink hands events
+unbuffered `write(2)` in append mode (a crash leaves whole lines only; a write that fails mid-line,
+on a full disk, is cut back off the file); the MQTT sink hands events
 to a bounded outbox that a background thread drains into paho-mqtt (QoS 1), dropping the OLDEST
 event when full (the newest position of a person is worth more than one from a minute ago).
 """
@@ -71,6 +72,8 @@ class RotatingJsonlSink:
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._size = 0
+        #: The file may end in part of a line that could not be removed (see `_cut_back`).
+        self._torn = False
 
     def backup(self, index: int) -> Path:
         return self.path.with_name(f"{self.path.name}.{index}")
@@ -79,8 +82,18 @@ class RotatingJsonlSink:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o640)
         self._size = os.fstat(fd).st_size
+        self._torn = self._torn and self._size > 0  # a new (or rotated) file has no fragment to end
         self._fd = fd
         return fd
+
+    def _cut_back(self, fd: int, size: int) -> None:
+        """Remove what a failed write left of its line (a disk that fills mid-line stores part of
+        it), so the file holds whole lines only and the next event does not land on a fragment."""
+        try:
+            if os.fstat(fd).st_size > size:
+                os.ftruncate(fd, size)
+        except OSError:
+            self._torn = True
 
     def _close_fd(self) -> None:
         if self._fd is not None:
@@ -102,20 +115,30 @@ class RotatingJsonlSink:
     def write_line(self, line: str) -> None:
         data = (line + "\n").encode("utf-8")
         with self._lock:
+            fd: int | None = None
+            start = -1
             try:
                 fd = self._fd if self._fd is not None else self._open()
                 if self._size and self._size + len(data) > self.max_bytes:
                     self._rotate()
                     fd = self._open()
+                if self._torn:
+                    # An earlier failed line could not be cut off: end it, so this event is a line of
+                    # its own (consumers skip the one broken line instead of losing this event too).
+                    data = b"\n" + data
+                start = os.fstat(fd).st_size  # the real end: truncating past it would pad with NULs
                 written = os.write(fd, data)
                 while written < len(data):  # a short write (rare: signals, nearly full disk)
                     written += os.write(fd, data[written:])
-                self._size += len(data)
+                self._size = start + len(data)
+                self._torn = False
                 self.written += 1
             except OSError as exc:
                 # Disk full, folder removed, permissions changed: count it and retry on the next event.
                 self.errors += 1
                 self.last_error = _describe(exc)
+                if fd is not None and start >= 0:
+                    self._cut_back(fd, start)
                 self._close_fd()
 
     def emit(self, event: IdentityEvent) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from vrclip.edge.config import EdgeConfig, parse_config
+from vrclip.edge.config import EdgeConfig, PathsConfig, parse_config
 from vrclip.edge.crops import camera_from_config
 from vrclip.edge.errors import UserError
 from vrclip.edge.events.event import IdentityEvent
@@ -58,6 +58,8 @@ class Feed:
     closers: list[Callable[[], None]] = field(default_factory=list)
     #: Offline feed (a file replayed as fast as possible): capture waits for the pipeline, never drops.
     lossless: bool = False
+    #: What the operator must hear before the run starts (e.g. running uncalibrated).
+    warnings: list[str] = field(default_factory=list)
 
     def close(self) -> None:
         for close in reversed(self.closers):
@@ -65,20 +67,48 @@ class Feed:
                 close()
 
 
+def load_rig_calibration(
+    path: str | Path, n_channels: int, *, may_be_absent: bool = False
+) -> tuple[ChannelCalibration | None, str | None]:
+    """(calibration, warning) for the real rig from `path` (paths.calibration_file).
+
+    A missing, unreadable or invalid file raises the ConfigError naming it: a typo in the path must
+    not run the rig uncalibrated unnoticed. Only with `may_be_absent` (the built-in default location,
+    on a rig not calibrated yet) does an absent file give (None, warning) instead, and the run goes
+    on uncalibrated with that warning on the console and in the health counters.
+    """
+    path = Path(path)
+    if may_be_absent and not path.exists():
+        return None, (
+            f"paths.calibration_file = {path}: no channel calibration there yet; running the radar "
+            "UNCALIBRATED (images blur, identities suffer). Put the rig's per-channel calibration "
+            "there (format: vrclip.edge.imaging.calibration; the `vrclip-calibrate` wizard does not "
+            "measure it yet), or set paths.calibration_file"
+        )
+    return ChannelCalibration.load(path, n_channels), None
+
+
 def hardware_feed(config: EdgeConfig) -> Feed:
-    """The real rig as the config describes it; the channel calibration comes from paths.calibration_file."""
+    """The real rig as the config describes it, calibrated from paths.calibration_file.
+
+    A file the config names must be there (else a start-up error naming it); only the built-in
+    default location may be absent, as on a rig set up with the defaults before its calibration:
+    `Feed.warnings` then says loudly that the radar runs uncalibrated.
+    """
     geometry = load_geometry(config.radar.array)
-    calibration_path = Path(config.paths.calibration_file)
-    calibration = None
-    if calibration_path.is_file():
-        calibration = ChannelCalibration.load(calibration_path, geometry.n_channels)
+    path = config.paths.calibration_file
+    default = PathsConfig.model_fields["calibration_file"].default
+    calibration, warning = load_rig_calibration(path, geometry.n_channels, may_be_absent=path == default)
     sources: SourceFactories = {
         "radar": lambda: ScpiRadarSource(config),
         "camera": lambda: OpenCvCameraSource(config),
     }
     if config.zed.enabled:
         sources["depth"] = lambda: ZedDepthSource(config)
-    return Feed(sources, config, geometry, sweep_frequencies(config.radar.sweep), calibration)
+    feed = Feed(sources, config, geometry, sweep_frequencies(config.radar.sweep), calibration)
+    if warning is not None:
+        feed.warnings.append(warning)
+    return feed
 
 
 def simulated_feed(
@@ -185,7 +215,9 @@ def make_identifier(
     match=None,
     event_interval_s: float = 1.0,
     warn: Callable[[str], None] | None = None,
+    count: Callable[[str, int], None] | None = None,
 ) -> Identifier:
+    """The Identifier for `feed`; `count` (Health.count) receives the per-frame faults it survives."""
     camera = camera_from_config(feed.config) if "camera" in feed.sources else None
     return Identifier(
         feed.config,
@@ -197,6 +229,7 @@ def make_identifier(
         match=match,
         event_interval_s=event_interval_s,
         warn=warn,
+        count=count,
     )
 
 

@@ -116,7 +116,7 @@ def _measure(  # type: ignore[no-untyped-def]
     matcher, source = make_matcher(config, backend, store.path, lambda line: typer.echo(line, err=True))
     feed = replay_feed(session, paced=True, loop=True)
     health = Health(tuple(feed.sources))
-    identifier = make_identifier(feed, backend, match=matcher.match_batch)
+    identifier = make_identifier(feed, backend, match=matcher.match_batch, count=health.count)
     score = TruthScore()
     sweep = ThresholdSweep()
     current: dict[str, SyncedFrame] = {}

@@ -70,7 +70,9 @@ def run_pipeline(
         health.count("warnings")
         typer.echo(f"warning: {message}", err=True)
 
-    identifier = make_identifier(feed, backend, match=matcher.match_batch, warn=warn)
+    for message in feed.warnings:
+        warn(message)
+    identifier = make_identifier(feed, backend, match=matcher.match_batch, warn=warn, count=health.count)
     notifier = Notifier()
     try:
         with ShutdownFlag(notifier) as stop, WatchdogPinger(notifier, status=health.status_line) as pinger:
@@ -201,6 +203,8 @@ def enroll(
         feed = replay_feed(replay, paced=False)
     else:
         feed = hardware_feed(config)
+    for message in feed.warnings:
+        typer.echo(f"warning: {message}", err=True)
     backend = open_backend(config, engine)
     store = GalleryStore(db or config.gallery.path)
     stop = threading.Event()

@@ -42,7 +42,8 @@ def enrol_from_feed(
     """Run `feed` for `seconds` and offer each frame's embedding; frames without exactly one track are
     rejected. Commits as it goes, so an interrupted enrolment keeps what it had accepted."""
     store.ensure_dim(embedding_dim(backend))
-    identifier = make_identifier(feed, backend)
+    health = health_for(feed)
+    identifier = make_identifier(feed, backend, count=health.count)
     enroller = Enroller(store, name, budget)
 
     last_zed: dict[str, int] = {}
@@ -64,7 +65,7 @@ def enrol_from_feed(
     runner = EdgeRunner(
         identifier,
         feed.sources,
-        health_for(feed),
+        health,
         slop_ns=_slop(feed),
         on_results=offer,
         lossless=feed.lossless,

@@ -107,9 +107,14 @@ class Identifier:
         match: Callable[[np.ndarray], list[Match]] | None = None,
         event_interval_s: float = 1.0,
         warn: Callable[[str], None] | None = None,
+        count: Callable[[str, int], None] | None = None,
     ) -> None:
         self.config = config
         self.warn = warn
+        #: Where recoverable per-frame faults are counted (Health.count in a run): they must show up
+        #: in /status and /metrics, not only on a console nobody watches.
+        self.count = count
+        self._warned: set[str] = set()
         self.rate_check = RadarRateCheck(training_frame_rate(backend.manifest))
         self.backend = backend
         self.feeds = ModelFeeds(backend.manifest)
@@ -160,9 +165,25 @@ class Identifier:
         return results, events
 
     def _crop(self, synced: SyncedFrame, position: np.ndarray) -> tuple[np.ndarray, bool]:
+        blank = np.zeros((self.crop_spec.height, self.crop_spec.width, 3), np.uint8)
         if synced.camera is None or self.camera is None:
-            return np.zeros((self.crop_spec.height, self.crop_spec.width, 3), np.uint8), False
-        return crop_person(synced.camera.rgb, self.camera, position, self.crop_spec)
+            return blank, False
+        try:
+            return crop_person(synced.camera.rgb, self.camera, position, self.crop_spec)
+        except ValueError as exc:
+            # A frame the camera model cannot crop (another size than camera.width/height, a wrong
+            # pixel format) is a camera fault: this step goes on as if the camera were not live.
+            self._fault("camera_crop_errors", f"camera frame unusable, identifying without it: {exc}")
+            return blank, False
+
+    def _fault(self, counter: str, message: str) -> None:
+        """Count a recoverable fault; warn once per kind (a fault that repeats every frame must not
+        flood the console; the counter shows how often it happens)."""
+        if self.count is not None:
+            self.count(counter, 1)
+        if self.warn is not None and counter not in self._warned:
+            self._warned.add(counter)
+            self.warn(f"{message} (counted as {counter} in the health status)")
 
     @property
     def crop_spec(self) -> CropSpec:
@@ -185,13 +206,27 @@ class Identifier:
         centre = self._array_centre
         feeds = self.feeds.build(np.stack(crops), np.stack(rf), np.stack(anchors) - centre, np.asarray(live))
         out = self.backend.infer(feeds)
-        embeddings = np.asarray(out["embedding"], np.float32)
+        embeddings = np.asarray(out["embedding"], np.float32).reshape(len(ready), -1)
         positions = np.asarray(out["position"], np.float32).reshape(len(ready), -1) + centre
         reliability = np.asarray(out["reliability"], np.float32).reshape(len(ready), -1)[:, 0]
+        # One NaN (an FP16 overflow, a faulty engine) would poison the track's running mean for
+        # good and make the gallery refuse the match: such a result is dropped, never accumulated.
+        finite = (
+            np.isfinite(embeddings).all(axis=1)
+            & np.isfinite(positions[:, :2]).all(axis=1)
+            & np.isfinite(reliability)
+        )
         results = []
         for i, track in enumerate(ready):
+            if not finite[i]:
+                self._fault(
+                    "nonfinite_outputs",
+                    f"engine {self.backend.manifest.model_name!r} returned NaN or infinity for track "
+                    f"{track.track_id}; that result is dropped",
+                )
+                continue
             state = self.tracks[track.track_id]
-            e = embeddings[i] / max(float(np.linalg.norm(embeddings[i])), 1e-12)
+            e = embeddings[i] / max(float(np.linalg.norm(embeddings[i].astype(np.float64))), 1e-12)
             state.embedding_sum = e if state.embedding_sum is None else state.embedding_sum + e
             state.samples += 1
             smoothed = state.embedding_sum / max(float(np.linalg.norm(state.embedding_sum)), 1e-12)

@@ -43,7 +43,13 @@ class RunSummary:
 
 
 class EdgeRunner:
-    """Owns the capture threads and drives the Identifier with synchronised frames."""
+    """Owns the capture threads and drives the Identifier with synchronised frames.
+
+    `heartbeat` (WatchdogPinger.heartbeat) is first called once a frame has gone through the whole
+    pipeline, then on every turn of the loop, also when no radar frame came within its short wait: a
+    radar that is down and being reopened must not get the service killed by the watchdog, while a
+    step that hangs stops the loop, and with it the heartbeats.
+    """
 
     def __init__(
         self,
@@ -102,6 +108,10 @@ class EdgeRunner:
                 item = radar_q.get(timeout=0.1)
                 self._collect_partners(None if item is None else item.frame.t_ns)
                 if item is None:
+                    if summary.frames and self.heartbeat is not None:
+                        # The loop is alive, waiting for a radar that is down and being reopened by
+                        # its capture thread: that is a degraded service, not a stalled one.
+                        self.heartbeat()
                     if self.threads["radar"].ended.is_set() and not len(radar_q):
                         summary.reason = "radar stream ended"
                         break

@@ -127,8 +127,36 @@ class ScpiRadarSource:
             self._source = None
 
 
+#: Pause between the end of a looped recording and its next pass (ns of replayed time).
+LOOP_GAP_NS = 100_000_000
+
+
+def loop_timing(reader: SessionReader, modality: str) -> tuple[int, int]:
+    """(t0, period) of a looped replay: the time origin for pacing and the offset added per pass.
+
+    Both come from the whole recording, not from the one stream replayed, so every stream of the
+    recording (each has its own ReplaySource) shifts by the same amount each pass and frames taken
+    together stay together. t0 is the earliest frame on `modality`'s clock; the period is the longest
+    stream's span plus a gap, so no pass overlaps the previous one in any stream.
+    """
+    clock = reader.clock(modality)
+    firsts, spans = [], []
+    for name in reader.streams:
+        if reader.count(name) == 0:
+            continue
+        times = reader.times(name)
+        spans.append(int(times[-1] - times[0]))
+        if reader.clock(name) == clock:
+            firsts.append(int(times[0]))
+    return min(firsts), max(spans) + LOOP_GAP_NS
+
+
 class ReplaySource:
-    """One stream of a recording, paced by its own timestamps (or as fast as possible), optionally looped."""
+    """One stream of a recording, paced by its own timestamps (or as fast as possible), optionally looped.
+
+    Looped, every pass adds the recording's loop period (`loop_timing`) to the time stamps, the same
+    for all streams, so the synchroniser keeps pairing the frames that were recorded together.
+    """
 
     def __init__(self, path: str, modality: str, *, paced: bool = True, loop: bool = False) -> None:
         self.path = path
@@ -139,13 +167,14 @@ class ReplaySource:
         self._index = 0
         self._offset_ns = 0
         self._wall0: int | None = None
-        self._t0: int | None = None
-        self._span_ns = 0
+        self._t0 = 0
+        self._period_ns = 0
 
     def open(self) -> None:
         self._reader = SessionReader(self.path)
         if self.modality not in self._reader.streams or self._reader.count(self.modality) == 0:
             raise UserError(f"{self.path}: the recording has no {self.modality} frames to replay")
+        self._t0, self._period_ns = loop_timing(self._reader, self.modality)
 
     def read(self) -> Frame | None:
         reader = self._reader
@@ -154,18 +183,15 @@ class ReplaySource:
         if self._index >= n:
             if not self.loop:
                 return None
-            self._offset_ns += self._span_ns + int(1e9 / 10)
+            self._offset_ns += self._period_ns
             self._index = 0
         readers = {"radar": reader.radar, "camera": reader.camera, "depth": reader.depth}
         frame = readers[self.modality](self._index)
-        if self._t0 is None:
-            self._t0 = frame.t_ns
+        if self._wall0 is None:
             self._wall0 = time.monotonic_ns()
-        self._span_ns = max(self._span_ns, frame.t_ns - self._t0)
         self._index += 1
         t_ns = frame.t_ns + self._offset_ns
         if self.paced:
-            assert self._wall0 is not None
             delay = (self._wall0 + (t_ns - self._t0) - time.monotonic_ns()) / 1e9
             if delay > 0:
                 time.sleep(delay)
@@ -221,6 +247,16 @@ class OpenCvCameraSource:
         t_ns = time.time_ns()
         if not ok or bgr is None:
             raise SensorError(f"camera {self.config.camera.device!r}: no frame (unplugged or end of file)")
+        # OpenCV ignores a size the camera does not support and delivers its own: the person crops are
+        # cut with the camera model of camera.width x camera.height, so another size is a camera fault.
+        height, width = bgr.shape[:2]
+        want = self.config.camera
+        if (width, height) != (want.width, want.height):
+            raise SensorError(
+                f"camera {want.device!r}: delivers {width}x{height} frames but camera.width x "
+                f"camera.height = {want.width}x{want.height}; set camera.width and camera.height to a "
+                "size the camera supports (the person crops are cut for that size)"
+            )
         frame = CameraFrame(self._seq, t_ns, CLOCK_REALTIME, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
         self._seq += 1
         return frame

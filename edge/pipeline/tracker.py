@@ -69,8 +69,12 @@ class Tracker:
         survivors = []
         for i, track in enumerate(self.tracks):
             if i not in assigned_tracks:
+                # Coast: the track moves to its prediction AT t_ns, so the next prediction adds one
+                # step of motion from here (not from the last hit again: that would compound).
                 track.misses += 1
                 track.position = predicted[i]
+                if track.last_t_ns:
+                    track.last_t_ns = t_ns
             if track.misses <= self.max_misses:
                 survivors.append(track)
         self.tracks = survivors

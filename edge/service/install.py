@@ -41,8 +41,9 @@ StartLimitIntervalSec=600
 StartLimitBurst=5
 
 [Service]
-# READY=1 is sent once the first frame has gone through the pipeline, WATCHDOG=1 only while frames
-# keep flowing (vrclip.edge.service.watchdog), STOPPING=1 on SIGTERM.
+# READY=1 is sent once the first frame has gone through the pipeline, WATCHDOG=1 while the loop keeps
+# turning (a radar outage is waited out; a hung step stops it: vrclip.edge.service.watchdog),
+# STOPPING=1 on SIGTERM.
 Type=notify
 NotifyAccess=main
 ExecStart={executable} run --config {config}

@@ -1,10 +1,13 @@
 """Tie systemd's watchdog to the pipeline's progress, not merely to the process being alive.
 
 A thread that pings WATCHDOG=1 on a timer would keep a deadlocked pipeline "healthy" for ever. Here
-the pipeline calls `heartbeat()` once per frame (an integer increment), and the pinger thread sends
-WATCHDOG=1 every WatchdogSec/2 only if at least one heartbeat happened since its previous ping. A
-stalled pipeline (a hung driver call, a deadlock, a GPU that stopped answering) therefore stops the
-pings, and systemd kills and restarts the service after WatchdogSec.
+the pipeline calls `heartbeat()` on every turn of its run loop (an integer increment): after each
+processed frame, and also on each short wait in which no radar frame came (a sensor that is down is
+reopened by its capture thread while the loop goes on; restarting the service would not bring it
+back sooner). The pinger thread sends WATCHDOG=1 every WatchdogSec/2 only if at least one heartbeat
+happened since its previous ping. A stalled pipeline (a step stuck in a deadlock or on a GPU that
+stopped answering) therefore stops the pings, and systemd kills and restarts the service after
+WatchdogSec.
 
 READY=1 is sent on the first heartbeat: "started" means a frame went through the whole pipeline,
 not that Python imported its modules; until then systemd's start timeout applies.
@@ -54,7 +57,8 @@ class WatchdogPinger:
         self._thread: threading.Thread | None = None
 
     def heartbeat(self) -> None:
-        """Called by the pipeline once per processed frame. Cheap: no lock, no I/O after the first."""
+        """Called by the pipeline on every turn of its loop once frames flow. Cheap: no lock, no I/O
+        after the first (which sends READY=1, so the pipeline makes it after its first frame)."""
         self._beats += 1
         if not self.ready:
             self.ready = True

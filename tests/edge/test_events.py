@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import json
+import os
 import socket
 import time
 import urllib.error
@@ -112,6 +115,57 @@ def test_jsonl_write_errors_are_counted_not_raised(tmp_path: Path) -> None:
     blocker.unlink()  # the problem goes away: the next event gets through
     sink.emit(event(1))
     assert sink.written == 1 and (blocker / "events.jsonl").exists()
+
+
+class DiskFullMidLine:
+    """os.write for one fd: stores the first `room` bytes it is given, then fails with ENOSPC (what a
+    disk that fills mid-line does); other fds write normally."""
+
+    def __init__(self, sink: RotatingJsonlSink, room: int) -> None:
+        self.sink, self.room = sink, room
+        self.real = os.write
+
+    def __call__(self, fd: int, data: bytes) -> int:
+        if fd != self.sink._fd:
+            return self.real(fd, data)
+        if self.room <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        n = self.real(fd, bytes(data[: self.room]))
+        self.room -= n
+        return n
+
+
+def refuse_to_truncate(fd: int, size: int) -> None:
+    raise OSError(errno.EIO, "Input/output error")
+
+
+@pytest.mark.parametrize("truncate_works", [True, False])
+def test_jsonl_a_line_cut_by_a_full_disk_does_not_swallow_the_next_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, truncate_works: bool
+) -> None:
+    path = tmp_path / "events.jsonl"
+    sink = RotatingJsonlSink(path)
+    sink.emit(event(1))
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "write", DiskFullMidLine(sink, room=40))
+        if not truncate_works:
+            patch.setattr(os, "ftruncate", refuse_to_truncate)
+        sink.emit(event(2))  # the disk fills 40 bytes into this line
+        sink.emit(event(3))  # nothing fits
+    assert sink.written == 1 and sink.errors == 2 and "No space left" in sink.last_error
+    sink.emit(event(4))  # space is back
+    sink.close()
+    lines = path.read_text().splitlines()
+    parsed = []
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            parsed.append(IdentityEvent.from_json(line).track_id)
+    assert parsed == [1, 4], "every event that was counted written is a whole line"
+    assert sink.written == 2
+    if truncate_works:
+        assert len(lines) == 2, "the fragment of the failed line is cut off"
+    else:
+        assert len(lines) == 3, "the fragment could not be cut: it ends as one broken line of its own"
 
 
 def test_jsonl_keep_zero_truncates(tmp_path: Path) -> None:

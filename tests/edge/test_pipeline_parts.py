@@ -1,14 +1,23 @@
-"""Pipeline parts: drop-oldest queues, timestamp pairing and the tracker's stable ids."""
+"""Pipeline parts: drop-oldest queues, timestamp pairing, the tracker's stable ids and the sources."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+from pathlib import Path
 
 import numpy as np
+import pytest
+from vrclip.edge.config import EdgeConfig
+from vrclip.edge.errors import SensorError
 from vrclip.edge.frames import CameraFrame, DepthFrame, RadarFrame
+from vrclip.edge.pipeline import sources
 from vrclip.edge.pipeline.queues import DropOldestQueue
+from vrclip.edge.pipeline.sources import OpenCvCameraSource, ReplaySource
 from vrclip.edge.pipeline.sync import Synchronizer
 from vrclip.edge.pipeline.tracker import Tracker
+
+from tests.edge import recording_child
 
 MS = 1_000_000
 
@@ -118,3 +127,85 @@ def test_threshold_sweep_scores_every_match_at_every_threshold() -> None:
     # Worse-of-the-two: 0.45 -> min(2/3, 1/2); 0.75 -> min(1/3, 1) -> 0.45 wins.
     assert sweep.best_threshold(np.array([0.45, 0.75])) == 0.45
     assert ThresholdSweep().best_threshold(np.array([0.5])) is None
+
+
+def test_tracker_coasts_one_step_per_miss_and_keeps_the_id_of_a_briefly_missed_walker() -> None:
+    """A walker (1.4 m/s, 10 Hz radar) the detector misses for three frames: each coasted frame moves
+    the track one step, so it stays where the person is and picks them up again under the same id."""
+    tracker = Tracker()
+    step_m, dt_ns = 0.14, 100 * MS
+    for k in range(20):
+        tracker.update(np.array([[k * step_m, 3.0]]), (k + 1) * dt_ns)
+    track_id = tracker.tracks[0].track_id
+    for k in range(20, 23):
+        tracker.update(np.zeros((0, 2)), (k + 1) * dt_ns)
+        assert tracker.tracks[0].position == pytest.approx([k * step_m, 3.0], abs=0.02)
+    confirmed = tracker.update(np.array([[23 * step_m, 3.0]]), 24 * dt_ns)
+    assert [t.track_id for t in confirmed] == [track_id]
+    assert [t.track_id for t in tracker.tracks] == [track_id], "no second track for the same person"
+
+
+class FixedSizeCapture:
+    """cv2.VideoCapture of a camera that ignores the requested size and delivers 640x360 frames."""
+
+    def __init__(self, *args: object) -> None:
+        pass
+
+    def isOpened(self) -> bool:
+        return True
+
+    def set(self, prop: int, value: float) -> bool:
+        return False  # what OpenCV answers for a size the camera does not support
+
+    def read(self) -> tuple[bool, np.ndarray]:
+        return True, np.zeros((360, 640, 3), np.uint8)
+
+    def release(self) -> None:
+        pass
+
+
+def test_a_camera_delivering_another_size_than_configured_is_a_sensor_fault(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The crops are cut with the camera model of camera.width x camera.height: a frame of another
+    size must mark the camera down (with what to change), not reach the pipeline."""
+    monkeypatch.setattr(sources.cv2, "VideoCapture", FixedSizeCapture)
+    config = EdgeConfig.model_validate({"camera": {"width": 320, "height": 180}})
+    source = OpenCvCameraSource(config)
+    source.open()
+    with pytest.raises(SensorError) as caught:
+        source.read()
+    message = str(caught.value)
+    assert "640x360" in message and "320x180" in message
+    assert "camera.width" in message and "camera.height" in message
+    matching = OpenCvCameraSource(EdgeConfig.model_validate({"camera": {"width": 640, "height": 360}}))
+    matching.open()
+    frame = matching.read()
+    assert isinstance(frame, CameraFrame) and frame.rgb.shape == (360, 640, 3)
+
+
+def test_a_looped_replay_keeps_every_stream_on_one_time_line(tmp_path: Path) -> None:
+    """Radar at 8 Hz and camera at 16 Hz over 2 s (their spans differ by one camera period): each
+    pass shifts both streams by the same period, so the frames recorded together replay together."""
+    path = tmp_path / "s.h5"
+    t0 = recording_child.t_ns(0)
+    with recording_child.open_writer(path) as writer:
+        for i in range(16):
+            frame = recording_child.radar_frame(i)
+            writer.write_radar(dataclasses.replace(frame, seq=i, t_ns=t0 + i * 125 * MS))
+        for i in range(32):
+            frame = recording_child.camera_frame(i)
+            writer.write_camera(dataclasses.replace(frame, seq=i, t_ns=t0 + i * 62_500_000))
+    radar_source = ReplaySource(str(path), "radar", paced=False, loop=True)
+    camera_source = ReplaySource(str(path), "camera", paced=False, loop=True)
+    radar_source.open()
+    camera_source.open()
+    try:
+        for _ in range(4):  # passes
+            radar_times = {f.seq: f.t_ns for f in (radar_source.read() for _ in range(16))}
+            camera_times = {f.seq: f.t_ns for f in (camera_source.read() for _ in range(32))}
+            for i in range(16):  # radar frame i was recorded with camera frame 2i
+                assert camera_times[2 * i] == radar_times[i]
+    finally:
+        radar_source.close()
+        camera_source.close()

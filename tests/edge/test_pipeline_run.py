@@ -19,15 +19,25 @@ import threading
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from vrclip.edge.config import EdgeConfig
-from vrclip.edge.errors import SensorError
+from vrclip.edge.errors import ConfigError, SensorError
 from vrclip.edge.events.health import Health
+from vrclip.edge.frames import CameraFrame
 from vrclip.edge.gallery.store import GalleryStore
+from vrclip.edge.geometry import load_geometry
+from vrclip.edge.imaging.calibration import ChannelCalibration
 from vrclip.edge.inference.factory import open_engine
 from vrclip.edge.manifest import EngineManifest, load_manifest, write_manifest
-from vrclip.edge.pipeline.app import make_identifier, replay_feed, simulated_feed
+from vrclip.edge.pipeline.app import (
+    hardware_feed,
+    load_rig_calibration,
+    make_identifier,
+    replay_feed,
+    simulated_feed,
+)
 from vrclip.edge.pipeline.enrolment import enrol_from_feed
 from vrclip.edge.pipeline.runner import EdgeRunner
 from vrclip.edge.record import RecordRequest, record_simulated
@@ -176,6 +186,116 @@ def test_a_dead_camera_degrades_instead_of_stopping(engine: Path, config: EdgeCo
     assert camera["state"] == "down" and "unplugged" in camera["last_error"]
     results = [r for _, rs, _ in frames for r in rs]
     assert results and not any(r.camera_live for r in results)
+
+
+class DoubleSizeCamera:
+    """The simulated camera delivering twice camera.width x camera.height (a source without a size check)."""
+
+    modality = "camera"
+
+    def __init__(self, inner) -> None:  # type: ignore[no-untyped-def]
+        self.inner = inner()
+
+    def open(self) -> None:
+        self.inner.open()
+
+    def read(self) -> CameraFrame:
+        frame = self.inner.read()
+        height, width = frame.rgb.shape[:2]
+        return CameraFrame(frame.seq, frame.t_ns, frame.clock, cv2.resize(frame.rgb, (2 * width, 2 * height)))
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_a_camera_frame_that_cannot_be_cropped_only_takes_the_camera_out(
+    engine: Path, config: EdgeConfig
+) -> None:
+    feed = simulated_feed(config, SceneSpec(people=("a",), seed=3), scpi=False)
+    inner = feed.sources["camera"]
+    feed.sources["camera"] = lambda: DoubleSizeCamera(inner)
+    counted: dict[str, int] = {}
+    warnings: list[str] = []
+    try:
+        summary, frames, _ = run_for(
+            feed, engine, 3.0, count=lambda name, n: counted.update({name: counted.get(name, 0) + n}),
+            warn=warnings.append,
+        )  # fmt: skip
+    finally:
+        feed.close()
+    assert summary.frames >= 15, "the run loop must go on"
+    results = [r for _, rs, _ in frames for r in rs]
+    assert results and not any(r.camera_live for r in results)
+    assert counted.get("camera_crop_errors", 0) >= len(results)
+    crop_warnings = [w for w in warnings if "camera_crop_errors" in w]
+    assert len(crop_warnings) == 1 and "640x360" in crop_warnings[0], "one warning, saying what is wrong"
+
+
+class NonFiniteOutputs:
+    """A backend whose 3rd answer has a NaN embedding and 5th an infinite position (FP16 overflow)."""
+
+    def __init__(self, inner) -> None:  # type: ignore[no-untyped-def]
+        self.inner = inner
+        self.calls = 0
+        self.rows = 0
+        self.poisoned: list[int] = []
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self.inner, name)
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = {k: np.array(v, copy=True) for k, v in self.inner.infer(feeds).items()}
+        self.calls += 1
+        self.rows += len(out["embedding"])
+        if self.calls in (3, 5):
+            key = "embedding" if self.calls == 3 else "position"
+            out[key].reshape(len(out[key]), -1)[0, 0] = np.nan if self.calls == 3 else np.inf
+            self.poisoned.append(self.calls)
+        return out
+
+
+def test_non_finite_engine_outputs_are_dropped_and_counted(engine: Path, config: EdgeConfig) -> None:
+    feed = simulated_feed(config, SceneSpec(people=("a",), seed=3), scpi=False)
+    wrapped: list[NonFiniteOutputs] = []
+
+    def wrap(backend):  # type: ignore[no-untyped-def]
+        wrapped.append(NonFiniteOutputs(backend))
+        return wrapped[-1]
+
+    counted: dict[str, int] = {}
+    try:
+        _, frames, _ = run_for(
+            feed, engine, 3.0, wrap=wrap,
+            count=lambda name, n: counted.update({name: counted.get(name, 0) + n}),
+        )  # fmt: skip
+    finally:
+        feed.close()
+    assert wrapped[0].poisoned == [3, 5], "the run must get past both bad answers"
+    assert counted == {"nonfinite_outputs": 2}
+    results = [r for _, rs, _ in frames for r in rs]
+    assert len(results) == wrapped[0].rows - 2, "only the two bad results are dropped"
+    for r in results:
+        assert np.all(np.isfinite(r.embedding)) and np.all(np.isfinite(r.smoothed))
+        assert np.all(np.isfinite(r.position)) and np.isfinite(r.reliability)
+    assert abs(np.linalg.norm(results[-1].smoothed) - 1) < 1e-4, "the track's running mean is intact"
+
+
+def test_enrolment_survives_non_finite_engine_outputs(
+    engine: Path, config: EdgeConfig, tmp_path: Path
+) -> None:
+    store = GalleryStore(tmp_path / "g.sqlite")
+    feed = simulated_feed(config, SceneSpec(people=("a",), seed=3), scpi=False)
+    backend = NonFiniteOutputs(open_engine(engine, "onnxruntime"))
+    try:
+        report = enrol_from_feed(feed, backend, store, "a", 3.0)
+    finally:
+        backend.close()
+        feed.close()
+    assert backend.poisoned == [3, 5]
+    assert report.offered == backend.rows - 2, "the two bad results are never offered"
+    assert report.stored > 0
+    assert np.all(np.isfinite(store.exemplars("a")))
+    store.close()
 
 
 def test_replay_runs_to_the_end_of_the_recording(engine: Path, config: EdgeConfig, tmp_path: Path) -> None:
@@ -341,3 +461,35 @@ def test_simulated_enrolment_goes_over_the_radar_transport_the_run_uses(
     enrolment.enroll_simulated_people(cfg, None, ("a", "b"), 1.0, 0, scpi=True, sweep_time_ms=0.5)
     enrolment.enroll_simulated_people(cfg, None, ("c",), 1.0, 0)
     assert seen == [(True, 0.5), (True, 0.5), (False, None)]
+
+
+def test_a_configured_calibration_file_that_is_missing_stops_the_start(tmp_path: Path) -> None:
+    typo = tmp_path / "calibraton.json"
+    config = EdgeConfig.model_validate({"paths": {"calibration_file": str(typo)}})
+    with pytest.raises(ConfigError) as caught:
+        hardware_feed(config)
+    assert str(typo) in str(caught.value) and "delay_s" in str(caught.value)
+    unreadable = tmp_path / "a-folder.json"
+    unreadable.mkdir()
+    with pytest.raises(ConfigError, match=r"a-folder\.json"):
+        hardware_feed(EdgeConfig.model_validate({"paths": {"calibration_file": str(unreadable)}}))
+
+
+def test_a_calibration_file_is_loaded_and_only_the_default_location_may_be_absent(tmp_path: Path) -> None:
+    n = load_geometry().n_channels
+    path = tmp_path / "calibration.json"
+    ChannelCalibration(np.full(n, 0.5 + 0.5j), np.zeros(n)).save(path)
+    feed = hardware_feed(EdgeConfig.model_validate({"paths": {"calibration_file": str(path)}}))
+    assert feed.calibration is not None and np.allclose(feed.calibration.gain, 0.5 + 0.5j)
+    assert feed.warnings == []
+    # The built-in default on a rig not calibrated yet: the run goes on, saying so loudly.
+    absent = tmp_path / "not-yet.json"
+    calibration, warning = load_rig_calibration(absent, n, may_be_absent=True)
+    assert calibration is None and warning is not None
+    assert "UNCALIBRATED" in warning and str(absent) in warning and "paths.calibration_file" in warning
+    with pytest.raises(ConfigError, match=r"not-yet\.json"):
+        load_rig_calibration(absent, n)
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    with pytest.raises(ConfigError, match=r"broken\.json"):
+        load_rig_calibration(broken, n, may_be_absent=True)

@@ -12,7 +12,12 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
+from vrclip.edge.errors import SensorError
+from vrclip.edge.events.health import Health
+from vrclip.edge.frames import CLOCK_REALTIME, RadarFrame
+from vrclip.edge.pipeline.runner import EdgeRunner
 from vrclip.edge.service import Notifier, ShutdownFlag, WatchdogPinger, watchdog_interval_s
 
 
@@ -165,6 +170,114 @@ def test_fake_pipeline_ready_after_start_and_watchdog_stops_when_it_stalls(notif
     # at most the one ping that covers heartbeats just before the stall
     assert pings(marks["stall"], marks["resume"]) <= 1
     assert pings(marks["resume"], marks["end"] + 0.1) >= 1
+
+
+class Radar:
+    """A radar source whose first `healthy[0]` frames (shared by every reopen) come through; after that
+    every read and every reopen fails, as with a VNA that rebooted."""
+
+    modality = "radar"
+
+    def __init__(self, healthy: list[int]) -> None:
+        self.healthy = healthy
+
+    def open(self) -> None:
+        if self.healthy[0] <= 0:
+            raise SensorError("VNA: connection refused (test)")
+
+    def read(self) -> RadarFrame:
+        if self.healthy[0] <= 0:
+            raise SensorError("VNA: timeout (test)")
+        self.healthy[0] -= 1
+        return RadarFrame(0, time.time_ns(), CLOCK_REALTIME, np.zeros((1, 1), np.complex64))
+
+    def close(self) -> None:
+        pass
+
+
+class CountingIdentifier:
+    """Counts steps; the step numbered `hang_at` blocks until released (a GPU call that hangs)."""
+
+    def __init__(self, hang_at: int | None = None) -> None:
+        self.steps = 0
+        self.hang_at = hang_at
+        self.hanging = threading.Event()
+        self.release = threading.Event()
+
+    def step(self, synced):  # type: ignore[no-untyped-def]
+        self.steps += 1
+        if self.steps == self.hang_at:
+            self.hanging.set()
+            self.release.wait(30)
+        return [], []
+
+
+class StopAfterOutageTurns:
+    """Stops the run loop `turns` loop turns after every frame was processed and the radar was marked
+    down; at that moment it sends the watchdog what the frames earned and notes the heartbeats."""
+
+    def __init__(self, frames: int, identifier: CountingIdentifier, health: Health, pinger: WatchdogPinger):
+        self.frames, self.identifier, self.health, self.pinger = frames, identifier, health, pinger
+        self.turns = 3
+        self.beats_at_outage: int | None = None
+
+    def is_set(self) -> bool:  # called once per turn of the run loop
+        if self.identifier.steps < self.frames:
+            return False
+        if self.health.snapshot()["modalities"]["radar"]["state"] != "down":
+            return False
+        if self.beats_at_outage is None:
+            self.pinger.tick()
+            self.beats_at_outage = self.pinger.beats
+        self.turns -= 1
+        return self.turns < 0
+
+
+def test_a_radar_outage_keeps_the_watchdog_fed_while_the_loop_retries() -> None:
+    """The capture thread reopens a failed radar with backoff while the loop waits: a degraded service,
+    not a stalled one (restarting it after WatchdogSec would not bring the VNA back sooner)."""
+    identifier = CountingIdentifier()
+    health = Health(("radar",))
+    pinger = WatchdogPinger(Notifier(socket_name=""), interval_s=None)
+    healthy = [3]
+    runner = EdgeRunner(
+        identifier,  # type: ignore[arg-type]
+        {"radar": lambda: Radar(healthy)},
+        health,
+        slop_ns=0,
+        heartbeat=pinger.heartbeat,
+    )
+    stop = StopAfterOutageTurns(3, identifier, health, pinger)
+    runner.run(stop)
+    assert identifier.steps == 3 and pinger.ready
+    assert stop.beats_at_outage is not None and pinger.beats > stop.beats_at_outage
+    assert pinger.tick(), "WATCHDOG=1 must go on while the radar is down and being reopened"
+
+
+def test_a_step_that_hangs_still_stops_the_watchdog() -> None:
+    identifier = CountingIdentifier(hang_at=2)
+    pinger = WatchdogPinger(Notifier(socket_name=""), interval_s=None)
+    healthy = [1_000_000]
+    runner = EdgeRunner(
+        identifier,  # type: ignore[arg-type]
+        {"radar": lambda: Radar(healthy)},
+        Health(("radar",)),
+        slop_ns=0,
+        heartbeat=pinger.heartbeat,
+    )
+    stop = threading.Event()
+    loop = threading.Thread(target=runner.run, args=(stop,))
+    loop.start()
+    try:
+        assert identifier.hanging.wait(30)
+        assert pinger.ready
+        pinger.tick()  # what the first frame earned
+        assert not pinger.tick() and not pinger.tick(), "no WATCHDOG=1 while a step hangs"
+    finally:
+        stop.set()
+        identifier.release.set()
+        loop.join(30)
+    assert not loop.is_alive()
 
 
 CHILD = r"""
