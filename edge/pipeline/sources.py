@@ -118,8 +118,9 @@ class ScpiRadarSource:
         self._source.open()
 
     def read(self) -> Frame | None:
+        """The next radar frame, no faster than radar.frame_rate_hz (the rate the engine expects)."""
         assert self._source is not None
-        return self._source.read_frame()
+        return self._source.read_paced_frame()
 
     def close(self) -> None:
         if self._source is not None:

@@ -231,23 +231,32 @@ class RadarSource:
                 return RadarFrame(seq=seq, t_ns=t_ns, clock=self.clock, s21=s21)
             return None
 
-    def frames(self) -> Iterator[RadarFrame]:
-        """Frames until close(), started no faster than frame_rate_hz (late frames start at once)."""
+    def read_paced_frame(self) -> RadarFrame | None:
+        """The next frame, started no sooner than frame_rate_hz allows (a late one starts at once);
+        None once the source is closed.
+
+        The engine was trained on windows of T frames at the config's rate: a VNA that sweeps faster
+        must not shorten the time an RF window spans, so the live pipeline reads through this.
+        """
         period_ns = int(1e9 / self.frame_rate_hz) if self.frame_rate_hz else 0
-        while not self._closed.is_set():
-            if period_ns and self._next_start_ns is not None:
-                wait_ns = self._next_start_ns - self._now_ns()
-                if wait_ns > 0 and self._closed.wait(wait_ns / 1e9):
-                    return
-            frame = self.read_frame()
-            if frame is None:
-                return
-            if period_ns:
-                planned = self._next_start_ns
-                # Keep the grid while on time; after an overrun (or a reconnection) re-anchor it at the
-                # frame's real start instead of bursting frames to catch up.
-                late = planned is None or frame.t_ns > planned + period_ns // 2
-                self._next_start_ns = (frame.t_ns if late else planned) + period_ns
+        if self._closed.is_set():
+            return None
+        if period_ns and self._next_start_ns is not None:
+            wait_ns = self._next_start_ns - self._now_ns()
+            if wait_ns > 0 and self._closed.wait(wait_ns / 1e9):
+                return None
+        frame = self.read_frame()
+        if frame is not None and period_ns:
+            planned = self._next_start_ns
+            # Keep the grid while on time; after an overrun (or a reconnection) re-anchor it at the
+            # frame's real start instead of bursting frames to catch up.
+            late = planned is None or frame.t_ns > planned + period_ns // 2
+            self._next_start_ns = (frame.t_ns if late else planned) + period_ns
+        return frame
+
+    def frames(self) -> Iterator[RadarFrame]:
+        """Frames until close(), paced as `read_paced_frame`."""
+        while (frame := self.read_paced_frame()) is not None:
             yield frame
 
     def _acquire(self) -> np.ndarray:

@@ -198,6 +198,30 @@ def test_frames_are_paced_to_the_frame_rate() -> None:
         assert np.all(gaps >= 0.045) and np.all(gaps < 0.2)
 
 
+def test_the_live_pipeline_radar_reads_no_faster_than_the_configured_frame_rate() -> None:
+    """The engine was trained at radar.frame_rate_hz: a VNA that sweeps faster (here about 10
+    frames/s unpaced) must still deliver frames at the configured 4 per second to the pipeline."""
+    from vrclip.edge.config import EdgeConfig, parse_config
+    from vrclip.edge.pipeline.sources import ScpiRadarSource
+
+    with simulator(load_geometry(), sweep_time_s=0.2e-3, clock=None) as sim:
+        data = EdgeConfig().model_dump(mode="json")
+        data["radar"].update(
+            sweep=SWEEP.model_dump(mode="json"),
+            vna={"resource": sim.vna_resource, "timeout_ms": 500, "dialect": "keysight"},
+            switch={"port": sim.switch_url},
+            frame_rate_hz=4.0,
+        )
+        source = ScpiRadarSource(parse_config(data, source="test"))
+        source.open()
+        try:
+            stamps = [source.read().t_ns for _ in range(4)]  # type: ignore[union-attr]
+        finally:
+            source.close()
+    gaps = np.diff(stamps) / 1e9
+    assert np.all(gaps >= 0.24) and np.all(gaps < 0.5), gaps
+
+
 def test_from_config() -> None:
     with simulator(load_geometry()) as sim:
         config = RadarConfig.model_validate(
