@@ -218,8 +218,10 @@ def test_the_live_pipeline_radar_reads_no_faster_than_the_configured_frame_rate(
             stamps = [source.read().t_ns for _ in range(4)]  # type: ignore[union-attr]
         finally:
             source.close()
-    gaps = np.diff(stamps) / 1e9
-    assert np.all(gaps >= 0.24) and np.all(gaps < 0.5), gaps
+    # Frame k starts on the 0.25 s grid or later (a slow acquisition may push one frame late; the
+    # grid then catches up), never sooner: the pacing's guarantee, whatever the machine's load.
+    since_first = (np.asarray(stamps) - stamps[0]) / 1e9
+    assert np.all(since_first >= 0.25 * np.arange(4) - 0.01), since_first
 
 
 def test_from_config() -> None:
