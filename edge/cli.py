@@ -76,6 +76,8 @@ def record(
         raise UserError(
             "recording from hardware runs inside `vrclip-edge run`; use --simulate for the simulated rig"
         )
+    if not overwrite and (out.exists() or out.is_symlink()):
+        raise UserError(f"{out}: file already exists; choose another path or pass --overwrite")
     cfg = load_config(config)
     Lighting.preset(lighting)
     occluder_preset(occlusion, cfg.room)
@@ -143,8 +145,9 @@ def inspect(file: Path = typer.Argument(..., help="A session recording (.h5)."))
             n = reader.count(stream)
             line = f"  {stream:7s} {n:6d} frames, clock {reader.clock(stream)}"
             if stream == "radar" and n:
-                _, stamps = reader.radar_block(0, n)
-                line += f", {(stamps[-1] - stamps[0]) / 1e9:.2f} s"
+                # Only the first and last time stamps: reading the frames would cost the whole file.
+                first, last = reader.times(stream, 0, 1)[0], reader.times(stream, n - 1, n)[0]
+                line += f", {(int(last) - int(first)) / 1e9:.2f} s"
             typer.echo(line)
 
 

@@ -70,10 +70,46 @@ def make_app(prog: str, help_text: str) -> typer.Typer:
     return app
 
 
-def run(app: typer.Typer) -> None:
-    """Entry point body: run the app, turning user errors into one line and exit status 2."""
+def _click_exception_types() -> tuple[type[Exception], ...]:
+    """The `ClickException` classes a typer app can raise for a usage error.
+
+    typer >= 0.2x raises them from its private vendored click (`typer._click`), older typer from the
+    separately installed click; the two are unrelated classes. typer's own exported `BadParameter`
+    derives from whichever one it uses, so its MRO finds that class without naming private modules;
+    the installed click's is added when there is one.
+    """
+    found: list[type[Exception]] = [
+        cls
+        for cls in getattr(typer, "BadParameter", Exception).__mro__
+        if cls.__name__ == "ClickException" and issubclass(cls, Exception)
+    ]
     try:
-        app(standalone_mode=False)
+        import click
+    except ImportError:  # pragma: no cover - typer without any installed click
+        pass
+    else:
+        found.append(click.ClickException)
+    return tuple(dict.fromkeys(found))
+
+
+def _show_click_exception(exc: Exception) -> None:
+    show = getattr(exc, "show", None)
+    if callable(show):
+        show()  # click's usual text: usage line, "Try '... --help'", "Error: ..."
+    else:  # pragma: no cover - every ClickException has show()
+        stderr.print(f"Error: {escape(str(exc))}", highlight=False, soft_wrap=True)
+
+
+def run(app: typer.Typer) -> None:
+    """Entry point body: run the app, turning user errors into one line and exit status 2.
+
+    Usage errors (missing argument, bad option value) print click's usage message and exit with
+    click's status (2); `typer.Exit(code=N)` and a command's integer return value become the exit
+    status, so scripts can rely on it.
+    """
+    usage_errors = _click_exception_types()
+    try:
+        result = app(standalone_mode=False)
     except UserError as exc:
         stderr.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
@@ -85,10 +121,10 @@ def run(app: typer.Typer) -> None:
     except typer.Abort:
         stderr.print("aborted")
         sys.exit(1)
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    except usage_errors as exc:  # click usage errors arrive here in non-standalone mode
+        _show_click_exception(exc)
+        sys.exit(getattr(exc, "exit_code", 2))
+    # In non-standalone mode typer returns the code of a `typer.Exit(code=N)` (and of `--help`, 0)
+    # instead of raising it; a nonzero one must reach the shell.
+    if isinstance(result, int) and not isinstance(result, bool) and result != 0:
+        sys.exit(result)

@@ -15,6 +15,7 @@ import annotated_types
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from vrclip.edge.errors import ConfigError
+from vrclip.edge.timebase.start_protocol import DEFAULT_PORT as DEFAULT_TIME_SERVER_PORT
 
 #: Where the systemd unit expects the config.
 DEFAULT_CONFIG_PATH = Path("/etc/vrclip/edge.toml")
@@ -23,9 +24,10 @@ SPEED_OF_LIGHT = 299_792_458.0
 
 
 class Section(BaseModel):
-    """Base of every section: unknown keys are errors (a typo must not silently fall back to a default)."""
+    """Base of every section: unknown keys are errors (a typo must not silently fall back to a default),
+    and so are NaN and infinity in any number (TOML spells them `nan` and `inf`)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class SweepConfig(Section):
@@ -127,12 +129,18 @@ class ZedConfig(Section):
 
 
 class TimeServerConfig(Section):
+    """The rig's start protocol (`vrclip-edge timebase serve/wait --config`; their options override)."""
+
+    #: The address devices dial (`timebase wait`); `timebase serve` listens on all interfaces unless --host.
     host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=1, le=65535)] = 5030
-    start_lead_s: Annotated[float, Field(ge=0.05, le=60.0)] = 1.0
+    port: Annotated[int, Field(ge=1, le=65535)] = DEFAULT_TIME_SERVER_PORT
+    #: Seconds between arming and the start instant: covers delivering the start to every device.
+    start_lead_s: Annotated[float, Field(ge=0.05, le=60.0)] = 2.0
 
 
 class SyncConfig(Section):
+    #: The clock the time server's start instant is on (`timebase serve`); CLOCK_MONOTONIC only works
+    #: when every device runs on the server's host.
     clock: Literal["CLOCK_REALTIME", "CLOCK_MONOTONIC"] = "CLOCK_REALTIME"
     #: Frames of different sensors pair only if their timestamps differ by at most this.
     slop_ms: Annotated[float, Field(gt=0.0, le=5000.0)] = 60.0
@@ -176,6 +184,15 @@ class ImagingConfig(Section):
     cfar_threshold_db: Annotated[float, Field(ge=0.0, le=60.0)] = 12.0
     max_people: Annotated[int, Field(ge=1, le=64)] = 8
 
+    @model_validator(mode="after")
+    def _3d_has_levels(self) -> ImagingConfig:
+        if self.mode == "3d" and not self.z_levels_m:
+            raise ValueError(
+                'imaging.z_levels_m = []: imaging.mode = "3d" needs at least one height (metres); '
+                'list them, e.g. z_levels_m = [0.4, 0.8, 1.2, 1.6], or use mode = "2d"'
+            )
+        return self
+
 
 class EngineConfig(Section):
     """The fused VRCLIP engine package: `<name>.engine|.onnx` beside its `<name>.json` manifest."""
@@ -205,6 +222,16 @@ class MqttSinkConfig(Section):
     #: Events kept while the broker is unreachable; the oldest is dropped when full.
     outbox: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
     client_id: str = ""
+
+    @model_validator(mode="after")
+    def _publishable_topic(self) -> MqttSinkConfig:
+        # Checked only when enabled: a disabled sink's topic is never used.
+        if self.enabled and (not self.topic or any(ch in self.topic for ch in "+#\0")):
+            raise ValueError(
+                f"sinks.mqtt.topic = {self.topic!r}: an MQTT topic to publish on must be non-empty and "
+                'without the wildcards + and # (and NUL), e.g. topic = "vrclip/identity"'
+            )
+        return self
 
 
 class HttpSinkConfig(Section):
@@ -274,9 +301,17 @@ def _field_range(model: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
     return f"allowed range {left}{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}{right}"
 
 
+def _key_of(loc: tuple[Any, ...]) -> str:
+    """("camera", "position_m", 0) -> "camera.position_m[0]": the key as the TOML file spells it."""
+    key = ""
+    for part in loc:
+        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+    return key
+
+
 def _describe_error(err: dict[str, Any]) -> str:
     loc = tuple(err["loc"])
-    key = ".".join(str(p) for p in loc) or "(top level)"
+    key = _key_of(loc) or "(top level)"
     kind = err["type"]
     if kind == "extra_forbidden":
         parent = ".".join(str(p) for p in loc[:-1])

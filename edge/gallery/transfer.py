@@ -13,16 +13,24 @@ import math
 import os
 import tempfile
 import time
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.lib import format as npy_format
 from vrclip.edge.gallery.store import MAX_DIM, GalleryError, GalleryStore, normalise, validate_name
 
 FORMAT = "vrclip-gallery"
 FORMAT_VERSION = 1
 #: Refuse import files larger than this (a gallery of 10,000 people x 32 exemplars x 512-d is ~650 MB JSON).
 MAX_IMPORT_BYTES = 2 << 30
+#: Refuse an npz import whose arrays, uncompressed, add up to more than this: a few hundred kilobytes
+#: of deflated zeros can expand to gigabytes. The 10,000 x 32 x 512 gallery is 655 MB of float32.
+MAX_IMPORT_ARRAY_BYTES = 1 << 30
+#: The arrays an npz export holds; anything else in the archive is ignored, never read.
+_NPZ_KEYS = ("format", "version", "dim", "names", "created_ns", "owner", "embeddings")
 
 
 def _format_of(path: Path) -> str:
@@ -32,19 +40,43 @@ def _format_of(path: Path) -> str:
     return suffix[1:]
 
 
+def _cannot_write(path: Path, exc: OSError) -> GalleryError:
+    return GalleryError(
+        f"{path}: cannot write the gallery export ({exc.strerror or exc}); choose a writable file path"
+    )
+
+
 def _atomic_write(path: Path, write: Any) -> None:
     """Write through a temporary file in the same folder and rename: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    if path.is_dir():
+        raise GalleryError(f"{path}: is a directory; give the export a file name ending in .json or .npz")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    except OSError as exc:
+        raise _cannot_write(path, exc) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise _cannot_write(path, exc) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
 
 
 def export_gallery(store: GalleryStore, path: str | Path) -> int:
@@ -90,9 +122,15 @@ def _check_dim(path: Path, dim: Any) -> int:
 
 def _read_json(path: Path) -> tuple[int, list[tuple[str, np.ndarray]]]:
     try:
-        doc = json.loads(path.read_bytes())
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise GalleryError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
+    try:
+        doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise GalleryError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise GalleryError(f"{path}: not a vrclip gallery export (JSON nested too deeply)") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise GalleryError(f'{path}: not a vrclip gallery export (missing "format": "{FORMAT}")')
     if doc.get("version") != FORMAT_VERSION:
@@ -129,11 +167,64 @@ def _scalar_int(path: Path, arrays: dict[str, np.ndarray], key: str) -> int:
     return int(value)
 
 
+def _npy_header(path: Path, member: zipfile.ZipInfo, handle: Any) -> int:
+    """Check one .npy member's header; return the bytes its array takes once loaded."""
+    version = npy_format.read_magic(handle)
+    if version == (1, 0):
+        shape, _, dtype = npy_format.read_array_header_1_0(handle)
+    elif version == (2, 0):
+        shape, _, dtype = npy_format.read_array_header_2_0(handle)
+    else:
+        raise GalleryError(
+            f"{path}: member {member.filename!r} is .npy format {version}; this reads 1.0 and 2.0"
+        )
+    if dtype.hasobject:  # would need unpickling: never
+        raise GalleryError(
+            f"{path}: not a readable npz file (member {member.filename!r} holds Python objects)"
+        )
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > member.file_size:  # the header promises more than the member holds: refuse before allocating
+        raise GalleryError(
+            f"{path}: member {member.filename!r} declares a {shape} {dtype} array ({nbytes} bytes) "
+            f"but holds only {member.file_size} bytes"
+        )
+    return nbytes
+
+
+def _load_npz_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The gallery arrays of an npz file, each checked against its uncompressed size before it is read."""
+    with zipfile.ZipFile(path) as archive:
+        members = {info.filename: info for info in archive.infolist()}
+        wanted = [members[f"{key}.npy"] for key in _NPZ_KEYS if f"{key}.npy" in members]
+        total = sum(info.file_size for info in wanted)
+        if total > MAX_IMPORT_ARRAY_BYTES:
+            sizes = ", ".join(f"{info.filename} {info.file_size}" for info in wanted)
+            raise GalleryError(
+                f"{path}: its arrays take {total} bytes uncompressed ({sizes}), more than the "
+                f"{MAX_IMPORT_ARRAY_BYTES} bytes an import accepts"
+            )
+        for info in wanted:
+            with archive.open(info) as handle:
+                _npy_header(path, info, handle)
+        arrays = {}
+        for info in wanted:
+            with archive.open(info) as handle:
+                arrays[info.filename.removesuffix(".npy")] = npy_format.read_array(handle, allow_pickle=False)
+        return arrays
+
+
 def _read_npz(path: Path) -> tuple[int, list[tuple[str, np.ndarray]]]:
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-    except (ValueError, OSError, EOFError) as exc:
+        arrays = _load_npz_arrays(path)
+    except (
+        ValueError,  # a bad .npy header, a short member
+        OSError,
+        EOFError,
+        zipfile.BadZipFile,  # truncated archive, bad CRC
+        zlib.error,  # corrupt deflate stream
+        NotImplementedError,  # a compression method zipfile lacks
+        RuntimeError,  # an encrypted member
+    ) as exc:
         raise GalleryError(f"{path}: not a readable npz file ({exc})") from None
     needed = {"format", "version", "dim", "names", "owner", "embeddings"}
     missing = needed - set(arrays)
@@ -165,6 +256,10 @@ def import_gallery(store: GalleryStore, path: str | Path, *, overwrite: bool = F
         size = path.stat().st_size
     except FileNotFoundError:
         raise GalleryError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise GalleryError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
+    if path.is_dir():
+        raise GalleryError(f"{path}: is a directory, not a gallery export file")
     if size > MAX_IMPORT_BYTES:
         raise GalleryError(
             f"{path}: {size} bytes is larger than the {MAX_IMPORT_BYTES} bytes an import accepts"

@@ -1,5 +1,7 @@
 """`vrclip-edge timebase ...`: run the time server, wait for a start, and measure start precision.
 
+`serve` and `wait` take their port, lead, clock (and, for `wait`, the server's host) from the config's
+`[sync.time_server]` and `sync.clock` with `--config`; their options override the file.
 Errors are raised as UserError and left to the top-level CLI handler, which prints them as one line.
 """
 
@@ -16,9 +18,10 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from vrclip.edge.config import SyncConfig, load_config
 from vrclip.edge.errors import UserError
 from vrclip.edge.frames import CLOCK_REALTIME
-from vrclip.edge.timebase.clock import now_ns
+from vrclip.edge.timebase.clock import known_clocks, now_ns
 from vrclip.edge.timebase.start_protocol import (
     DEFAULT_MAX_CLIENTS,
     DEFAULT_PORT,
@@ -35,6 +38,19 @@ timebase_app = typer.Typer(
 )
 
 
+CONFIG_OPTION = typer.Option(
+    None,
+    "--config",
+    "-c",
+    help="Config TOML: its sync.time_server and sync.clock keys give the defaults (built-in defaults "
+    "without it); the options here override them.",
+)
+
+
+def _sync(config: Path | None) -> SyncConfig:
+    return load_config(config).sync
+
+
 def _console() -> Console:
     # Created per call so that output goes to whatever sys.stdout is now (CliRunner swaps it).
     return Console(highlight=False, soft_wrap=True)
@@ -42,25 +58,45 @@ def _console() -> Console:
 
 @timebase_app.command()
 def serve(
-    host: str = typer.Option("0.0.0.0", help="Address to listen on."),
-    port: int = typer.Option(DEFAULT_PORT, min=0, max=65535, help="TCP port (0 = any free port)."),
+    host: str = typer.Option("0.0.0.0", help="Address to listen on (all interfaces by default)."),
+    port: int | None = typer.Option(
+        None,
+        min=0,
+        max=65535,
+        help=f"TCP port, 0 = any free port (default: sync.time_server.port, {DEFAULT_PORT}).",
+        show_default=False,
+    ),
     clients: int = typer.Option(
         1, min=1, max=DEFAULT_MAX_CLIENTS, help="Arm once this many devices have said hello."
     ),
-    lead: float = typer.Option(2.0, help="Seconds between arming and the start instant."),
+    lead: float | None = typer.Option(
+        None,
+        help="Seconds between arming and the start instant (default: sync.time_server.start_lead_s, "
+        f"{SyncConfig().time_server.start_lead_s:g}).",
+        show_default=False,
+    ),
+    clock: str | None = typer.Option(
+        None,
+        help=f"Clock of the start instant: {' or '.join(known_clocks())} (default: sync.clock, "
+        f"{SyncConfig().clock}).",
+        show_default=False,
+    ),
     timeout: float = typer.Option(
         0.0, help="Arm anyway after this many seconds even if fewer devices joined (0 = wait forever)."
     ),
     session: str | None = typer.Option(None, help="Session id to broadcast (default: time-based)."),
+    config: Path | None = CONFIG_OPTION,
 ) -> None:
     """Wait for N devices, arm, print the target, and serve late joiners until the start instant."""
+    sync = _sync(config)
     out = _console()
     server = StartServer(
         host,
-        port,
+        sync.time_server.port if port is None else port,
         expected_clients=clients,
-        lead_s=lead,
+        lead_s=sync.time_server.start_lead_s if lead is None else lead,
         arm_timeout_s=timeout if timeout > 0 else None,
+        clock=sync.clock if clock is None else clock,
         session=session,
     )
     with server:
@@ -70,6 +106,7 @@ def serve(
             signal = server.wait_armed(0.5)
         out.print(
             f"armed session {signal.session}: start at target_ns={signal.target_ns} ({signal.clock}), "
+            f"lead {server.lead_s:g} s, "
             f"devices: {', '.join(server.armed_clients) or 'none'}"
         )
         # Keep serving until the start instant so that a device that reconnects late still gets it.
@@ -80,13 +117,27 @@ def serve(
 
 @timebase_app.command()
 def wait(
-    host: str = typer.Option("127.0.0.1", help="Time server host."),
-    port: int = typer.Option(DEFAULT_PORT, min=1, max=65535, help="Time server TCP port."),
+    host: str | None = typer.Option(
+        None,
+        help=f"Time server host (default: sync.time_server.host, {SyncConfig().time_server.host}).",
+        show_default=False,
+    ),
+    port: int | None = typer.Option(
+        None,
+        min=1,
+        max=65535,
+        help=f"Time server TCP port (default: sync.time_server.port, {DEFAULT_PORT}).",
+        show_default=False,
+    ),
     name: str = typer.Option(socket.gethostname(), help="This device's name, sent in the hello."),
     timeout: float = typer.Option(60.0, help="Give up after this many seconds without a start signal."),
+    config: Path | None = CONFIG_OPTION,
 ) -> None:
     """Wait for the start signal, sleep until its target, print the actual start and its error."""
-    signal = wait_for_start(host, port, name, timeout)
+    server = _sync(config).time_server
+    signal = wait_for_start(
+        server.host if host is None else host, server.port if port is None else port, name, timeout
+    )
     actual = start_at(signal)
     err_us = (actual - signal.target_ns) / 1e3
     _console().print(

@@ -8,7 +8,8 @@ and wake-up precision, not by the network.
 
 Wire format: newline-terminated UTF-8 JSON, one object per line, each line at most ``MAX_LINE_BYTES``.
 
-- client -> server, right after connecting: ``{"type": "hello", "name": "<device name>"}``
+- client -> server, right after connecting: ``{"type": "hello", "name": "<device name>"}``; a connection
+  that sends no complete hello within ``DEFAULT_HELLO_TIMEOUT_S`` is closed without an answer.
 - server -> client, once armed: ``{"type": "start", "target_ns": <int>, "clock": "<clock name>",
   "session": "<id>"}``; then the server closes its side.
 - server -> client, when it refuses (full, start already passed, bad hello):
@@ -42,6 +43,10 @@ MAX_LINE_BYTES = 1024
 DEFAULT_MAX_CLIENTS = 64
 #: Default TCP port of the time server.
 DEFAULT_PORT = 7390
+#: Seconds a new connection has to send its hello line; one that stays silent longer is dropped, so
+#: idle or half-open sockets cannot hold the ``max_clients`` slots that real devices need. A device
+#: sends its hello right after connecting, so this only has to cover a slow network.
+DEFAULT_HELLO_TIMEOUT_S = 3.0
 #: A start target that is already this far in the past when it arrives is refused: the clocks are not in
 #: sync or the lead was shorter than the delivery time, and starting "late" would silently skew the data.
 DEFAULT_PAST_TOLERANCE_NS = 50_000_000
@@ -122,6 +127,8 @@ class _Conn:
     counted: bool = True
     #: The hello line was read (valid or not); later bytes are discarded unread.
     hello_done: bool = False
+    #: Monotonic time by which the hello line must have arrived, else the connection is dropped.
+    hello_deadline: float = float("inf")
 
 
 class StartServer:
@@ -129,7 +136,8 @@ class StartServer:
 
     Arming happens on the first of: an explicit ``arm()``; ``expected_clients`` devices having said
     hello; ``arm_timeout_s`` seconds after ``start()``. After arming, a device that connects late still
-    receives the target while it is in the future, and a clear refusal once it has passed.
+    receives the target while it is in the future, and a clear refusal once it has passed. A connection
+    that has not sent its hello within ``hello_timeout_s`` is dropped and frees its slot.
 
     All socket I/O runs on one background thread around a selector, so a slow or hostile client cannot
     block the others; ``arm()`` from another thread only records the signal and wakes that loop.
@@ -146,6 +154,7 @@ class StartServer:
         max_clients: int = DEFAULT_MAX_CLIENTS,
         clock: str = CLOCK_REALTIME,
         session: str | None = None,
+        hello_timeout_s: float = DEFAULT_HELLO_TIMEOUT_S,
     ) -> None:
         if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
             raise UserError(f"port must be an integer in 0..65535 (0 = any free port), got {port!r}")
@@ -157,6 +166,8 @@ class StartServer:
             )
         if arm_timeout_s is not None and not arm_timeout_s > 0:
             raise UserError(f"arm_timeout_s must be > 0 seconds, got {arm_timeout_s!r}")
+        if not hello_timeout_s > 0:
+            raise UserError(f"hello_timeout_s must be > 0 seconds, got {hello_timeout_s!r}")
         if session is not None and not _SESSION_RE.match(session):
             raise UserError(
                 f"session id {session!r} is invalid: use 1-128 characters from letters, digits and ._:-"
@@ -168,6 +179,7 @@ class StartServer:
         self.lead_s = _check_lead(lead_s)
         self.arm_timeout_s = arm_timeout_s
         self.max_clients = max_clients
+        self.hello_timeout_s = hello_timeout_s
         self.clock = clock
         self._session = session
         self._lock = threading.Lock()
@@ -370,7 +382,13 @@ class StartServer:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             full = active >= self.max_clients
-            conn = _Conn(sock=sock, peer=peer, counted=not full, hello_done=full)
+            conn = _Conn(
+                sock=sock,
+                peer=peer,
+                counted=not full,
+                hello_done=full,
+                hello_deadline=time.monotonic() + self.hello_timeout_s,
+            )
             self._conns[sock] = conn
             assert self._sel is not None
             self._sel.register(sock, selectors.EVENT_READ, conn)
@@ -475,10 +493,13 @@ class StartServer:
             self._sel.modify(conn.sock, selectors.EVENT_READ, conn)
 
     def _reap_lingering(self) -> None:
+        """Drop connections whose linger is over, and silent ones that never said hello in time."""
         now = time.monotonic()
         for conn in list(self._conns.values()):
             if conn.linger_deadline is not None and now >= conn.linger_deadline:
                 self._drop(conn.sock)
+            elif not conn.hello_done and not conn.answered and now >= conn.hello_deadline:
+                self._drop(conn.sock)  # silent: no reply, it would only hold the slot longer
 
     def _drop(self, sock: socket.socket) -> None:
         conn = self._conns.pop(sock, None)

@@ -54,7 +54,32 @@ def test_record_simulated_session_and_inspect_it(tmp_path: Path, small_config: P
     shown = cli("inspect", str(out))
     assert shown.returncode == 0 and "radar" in shown.stdout and "person-01" in shown.stdout
     again = cli("record", "--simulate", "--seconds", "1", "--out", str(out), "--config", str(small_config))
-    assert_one_line_error(again, str(out))
+    assert_one_line_error(again, str(out), "pass --overwrite")  # the CLI's flag, not the Python keyword
+    assert "overwrite=True" not in again.stderr
+    replaced = cli("record", "--simulate", "--seconds", "1", "--out", str(out), "--config", str(small_config),
+                   "--overwrite")  # fmt: skip
+    assert replaced.returncode == 0, replaced.stderr
+
+
+def test_inspect_reads_time_stamps_not_radar_frames(
+    tmp_path: Path, small_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`inspect` of a long recording must not read every radar frame (gigabytes) for two time stamps."""
+    from typer.testing import CliRunner
+    from vrclip.edge.cli import app
+
+    out = tmp_path / "s.h5"
+    recorded = cli("record", "--simulate", "--seconds", "1", "--out", str(out), "--config", str(small_config))
+    assert recorded.returncode == 0, recorded.stderr
+
+    def no_frames(*args: object, **kwargs: object) -> None:
+        raise AssertionError("inspect read radar frames")
+
+    monkeypatch.setattr(SessionReader, "radar_block", no_frames)
+    monkeypatch.setattr(SessionReader, "radar", no_frames)
+    result = CliRunner().invoke(app, ["inspect", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "radar        5 frames" in result.output and ", 0.80 s" in result.output  # 5 frames at 5 Hz
 
 
 def test_same_seed_records_the_same_radar_data(tmp_path: Path, small_config: Path) -> None:

@@ -49,6 +49,19 @@ def test_sweep_derived_figures() -> None:
         ("[radar.sweep]\nstart_hz = 3e9\n", ["radar.sweep.stop_hz", "must be above radar.sweep.start_hz"]),
         ("[imaging]\nclutter = 'median'\n", ["imaging.clutter = 'median'", "'mean'"]),
         ("[room]\nx_min_m = 3.0\n", ["room.x_max_m", "must be above room.x_min_m"]),
+        # NaN and infinity are valid TOML floats but no valid setting: refused by `config check`.
+        ("[camera]\nposition_m = [nan, 0.0, 1.6]\n", ["camera.position_m[0] = nan", "finite number"]),
+        ("[radar]\nframe_rate_hz = inf\n", ["radar.frame_rate_hz = inf", "finite number"]),
+        ("[gallery]\nthreshold = -nan\n", ["gallery.threshold = nan", "finite number"]),
+        ("[radar.array]\nposition_m = [0.0, 0.0, -inf]\n", ["radar.array.position_m[2] = -inf"]),
+        # Checks that once failed only when the runtime started.
+        ('[imaging]\nmode = "3d"\nz_levels_m = []\n', ["imaging.z_levels_m = []", 'imaging.mode = "3d"']),
+        (
+            '[sinks.mqtt]\nenabled = true\ntopic = "a/+/b"\n',
+            ["sinks.mqtt.topic = 'a/+/b'", "wildcards + and #"],
+        ),
+        ('[sinks.mqtt]\nenabled = true\ntopic = "vrclip/#"\n', ["sinks.mqtt.topic = 'vrclip/#'"]),
+        ('[sinks.mqtt]\nenabled = true\ntopic = ""\n', ["sinks.mqtt.topic = ''", "non-empty"]),
     ],
 )
 def test_errors_name_key_value_and_range(tmp_path: Path, text: str, expected: list[str]) -> None:
@@ -69,3 +82,19 @@ def test_malformed_toml_and_missing_file(tmp_path: Path) -> None:
         load_config(bad)
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(tmp_path / "missing.toml")
+
+
+def test_settings_only_checked_where_they_are_used(tmp_path: Path) -> None:
+    """A disabled MQTT sink's topic and a 2D config's z levels are never used: they do not fail."""
+    path = tmp_path / "edge.toml"
+    path.write_text('[sinks.mqtt]\ntopic = "a/+/b"\n[imaging]\nmode = "2d"\nz_levels_m = []\n')
+    cfg = load_config(path)
+    assert cfg.sinks.mqtt.topic == "a/+/b" and cfg.imaging.z_levels_m == ()
+
+
+def test_time_server_keys_are_those_the_timebase_commands_use() -> None:
+    from vrclip.edge.timebase.start_protocol import DEFAULT_PORT
+
+    sync = EdgeConfig().sync
+    assert sync.time_server.port == DEFAULT_PORT and sync.clock == "CLOCK_REALTIME"
+    assert tomllib.loads(EXAMPLE.read_text())["sync"]["time_server"]["port"] == DEFAULT_PORT

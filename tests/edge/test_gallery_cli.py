@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -151,3 +153,94 @@ def test_mounted_command_prints_one_line_errors(tmp_path: Path) -> None:
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith("error:") and "g.sqlite" in result.stderr
+
+
+def test_npz_bomb_is_refused_before_it_is_decompressed(
+    db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small npz of deflated zeros can expand to gigabytes: the arrays' uncompressed size is checked
+    against the limit before anything is decompressed (the file size alone says nothing)."""
+    from vrclip.edge.gallery import transfer
+
+    good = tmp_path / "g.npz"
+    with GalleryStore(db) as store:
+        export_gallery(store, good)
+    arrays = dict(np.load(good))
+    rows = 40_000  # 1.9 MB of float32, ~10 kB deflated
+    arrays["embeddings"] = np.ones((rows, DIM), "<f4")
+    arrays["owner"] = np.zeros(rows, np.int32)
+    bomb = tmp_path / "bomb.npz"
+    np.savez_compressed(bomb, **arrays)
+    assert bomb.stat().st_size < 100_000
+    monkeypatch.setattr(transfer, "MAX_IMPORT_ARRAY_BYTES", 1_000_000, raising=False)
+    with GalleryStore(tmp_path / "t.sqlite") as store:
+        with pytest.raises(GalleryError, match=r"bomb\.npz: its arrays take \d+ bytes uncompressed"):
+            import_gallery(store, bomb)
+        assert store.identities() == []
+
+
+def test_npz_header_promising_a_huge_array_is_refused_before_allocating(db: Path, tmp_path: Path) -> None:
+    import io
+
+    good = tmp_path / "g.npz"
+    with GalleryStore(db) as store:
+        export_gallery(store, good)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": (10**15, DIM)}
+    )
+    liar = tmp_path / "liar.npz"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(liar, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == "embeddings.npy":
+                data = b"\x93NUMPY\x01\x00" + header.getvalue()[8:] + b"\0" * 64
+            dst.writestr(info.filename, data)
+    with (
+        GalleryStore(tmp_path / "t.sqlite") as store,
+        pytest.raises(GalleryError, match=r"liar\.npz: member 'embeddings\.npy' declares .* holds only"),
+    ):
+        import_gallery(store, liar)
+
+
+def test_damaged_or_odd_import_files_are_gallery_errors_naming_the_file(db: Path, tmp_path: Path) -> None:
+    good = tmp_path / "g.npz"
+    with GalleryStore(db) as store:
+        export_gallery(store, good)
+    data = good.read_bytes()
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(data[: len(data) // 2])
+    bad_crc = tmp_path / "crc.npz"
+    with zipfile.ZipFile(good) as archive:
+        member = archive.getinfo("embeddings.npy")
+    local = member.header_offset  # local header: 30 bytes, then the name and the extra field
+    name_len, extra_len = struct.unpack_from("<HH", data, local + 26)
+    damaged = bytearray(data)
+    damaged[local + 30 + name_len + extra_len + member.compress_size // 2] ^= 0xFF  # inside the deflated data
+    bad_crc.write_bytes(bytes(damaged))
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 200_000)
+    folder = tmp_path / "folder.json"
+    folder.mkdir()
+    with GalleryStore(tmp_path / "t.sqlite") as store:
+        for path in (truncated, bad_crc, deep, folder):
+            with pytest.raises(GalleryError) as caught:
+                import_gallery(store, path)
+            assert str(caught.value).startswith(f"{path}: "), caught.value
+        assert store.identities() == []
+
+
+def test_export_to_an_unwritable_path_is_a_gallery_error_and_leaves_nothing(db: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "folder.json"
+    folder.mkdir()
+    not_a_dir = tmp_path / "file.txt"
+    not_a_dir.write_text("x")
+    with GalleryStore(db) as store:
+        with pytest.raises(GalleryError, match=r"folder\.json: is a directory"):
+            export_gallery(store, folder)
+        with pytest.raises(GalleryError, match=r"file\.txt/g\.npz: cannot write the gallery export"):
+            export_gallery(store, not_a_dir / "g.npz")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "folder.json", "gallery.sqlite"]
+    assert list(folder.iterdir()) == []
+    result = invoke(db, "export", str(folder))
+    assert isinstance(result.exception, GalleryError) and "folder.json" in str(result.exception)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -21,6 +23,8 @@ from vrclip.edge.timebase.start_protocol import (
     start_at,
     wait_for_start,
 )
+
+from tests.scripts import console_script
 
 HOST = "127.0.0.1"
 #: Generous for a loaded 2-core CI box, yet two orders of magnitude tighter than a "go now" over TCP.
@@ -191,6 +195,27 @@ def test_server_full_is_refused_with_a_message() -> None:
         assert srv.clients == ["first"], "a refused device must not count as a client"
 
 
+def test_silent_connections_are_dropped_after_the_hello_deadline_and_free_their_slots() -> None:
+    """Sockets that connect and never say hello (port scanners, half-open links) must not hold every
+    slot: after the hello deadline they are closed, and a real device gets its start signal."""
+    with StartServer(HOST, 0, max_clients=2, expected_clients=1, lead_s=0.5, hello_timeout_s=0.3) as srv:
+        silent = [socket.create_connection((HOST, srv.port), timeout=5) for _ in range(2)]
+        try:
+            for sock in silent:  # the server closes them: EOF (or a reset), never a start line
+                with contextlib.suppress(ConnectionResetError):
+                    assert sock.recv(64) == b""
+            assert wait_for_start(HOST, srv.port, "camera-1", timeout_s=3) == srv.signal
+            assert srv.armed_clients == ["camera-1"]
+        finally:
+            for sock in silent:
+                sock.close()
+
+
+def test_hello_deadline_must_be_positive() -> None:
+    with pytest.raises(UserError, match="hello_timeout_s must be > 0"):
+        StartServer(HOST, 0, hello_timeout_s=0)
+
+
 @pytest.mark.parametrize(
     ("payload", "reply_match"),
     [
@@ -347,3 +372,41 @@ def test_cli_wait_without_server_raises_user_error_for_the_top_level_handler() -
     result = CliRunner().invoke(timebase_app, args)
     assert result.exit_code != 0
     assert isinstance(result.exception, UserError) and f"{HOST}:{port}" in str(result.exception)
+
+
+def test_cli_serve_and_wait_read_the_time_server_from_the_config(tmp_path: Path) -> None:
+    """`[sync.time_server]` and `sync.clock` of the site config are what serve and wait use with
+    --config: port, lead and clock for the server, host and port for the device."""
+    port = _free_port()
+    config = tmp_path / "edge.toml"
+    config.write_text(
+        f'[sync]\nclock = "CLOCK_MONOTONIC"\n[sync.time_server]\nhost = "{HOST}"\nport = {port}\n'
+        "start_lead_s = 0.4\n"
+    )
+    serve_args = ["timebase", "serve", "--host", HOST, "--clients", "1", "--config", str(config)]
+    command = [console_script("vrclip-edge"), *serve_args]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as server:
+        try:
+            waited = CliRunner().invoke(timebase_app, ["wait", "--config", str(config), "--timeout", "20"])
+            served, errors = server.communicate(timeout=20)
+        finally:
+            if server.poll() is None:
+                server.kill()
+    assert server.returncode == 0, errors
+    assert waited.exit_code == 0, waited.output
+    assert f"listening on {HOST}:{port}" in served and "(CLOCK_MONOTONIC)" in served
+    target = int(served.split("target_ns=")[1].split()[0])
+    assert "lead 0.4 s" in served  # sync.time_server.start_lead_s
+    assert f"target {target} ns" in waited.output and "(CLOCK_MONOTONIC)" in waited.output
+    started = int(waited.output.split("started at ")[1].split()[0])
+    assert started >= target
+
+
+def test_cli_options_override_the_config(tmp_path: Path) -> None:
+    config = tmp_path / "edge.toml"
+    config.write_text(f'[sync.time_server]\nhost = "192.0.2.1"\nport = {_free_port()}\n')
+    with StartServer(HOST, 0, expected_clients=1, lead_s=0.3) as server:
+        args = ["wait", "--config", str(config), "--host", HOST, "--port", str(server.port), "--timeout", "5"]
+        result = CliRunner().invoke(timebase_app, args)
+    assert result.exit_code == 0, result.output
+    assert server.signal is not None and f"target {server.signal.target_ns} ns" in result.output
