@@ -3,9 +3,11 @@
 For each model configuration (tiny, and the full ViT-B/16), the fused graph is exported with random
 weights (latency does not depend on what the weights are), quantised both ways with calibration on
 random inputs, and timed at batch 1 and 8; each quantised model's embedding cosine to fp32 is measured
-on other random inputs and reported beside its timing. A trained package can stand in for the random
-tiny model (`--tiny-package models/vrclip-tiny.onnx`): its fp32 file and whichever of its
-`.int8.onnx` / `.int8-cpu.onnx` siblings exist are timed instead.
+on other random inputs and reported beside its timing. A trained float package can stand in for the
+random tiny model (`--tiny-package models/vrclip-tiny.onnx`, or its `.json` or bare name, resolved as the
+runtime resolves an engine package): its fp32 ONNX, which must be the one its manifest describes, and
+whichever of its `.int8.onnx` / `.int8-cpu.onnx` siblings exist are timed instead. A package whose
+manifest is not fp32 (a quantised one) is refused: its figures would be labelled fp32.
 
 The machine is shared and has few cores, so the figures are noisy: the precisions are timed
 interleaved (one run of each in turn), so a burst of load hits all of them alike rather than one; the
@@ -46,7 +48,8 @@ class BenchOptions:
     threads: int | None = None
     cpu_method: str = "dynamic"
     seed: int = 0
-    #: A trained float package to time as the tiny config instead of random weights.
+    #: A trained fp32 package to time as the tiny config instead of random weights (`<name>.onnx`,
+    #: `<name>.json` or the bare `<name>`; see `float_package`).
     tiny_package: Path | None = None
 
 
@@ -144,6 +147,27 @@ def quantise_random(fp32: Path, options: BenchOptions, log: Log) -> list[Variant
         quantize_dynamic_matmul(fp32, cpu, plan)
     log(f"{stem}: quantised in {time.perf_counter() - t:.1f} s")
     return [Variant("int8", int8), Variant("int8-cpu", cpu)]
+
+
+def float_package(path: str | Path) -> tuple[Path, EngineManifest]:
+    """(ONNX path, manifest) of the fp32 package `path` names (`<name>.onnx`, `.json` or bare `<name>`).
+
+    Resolved as `open_engine` resolves it; a UserError when the manifest is missing or unreadable, the
+    ONNX is missing or not the one the manifest describes, or the package is not fp32.
+    """
+    from vrclip.edge.errors import UserError
+    from vrclip.edge.inference.factory import PackagePaths, check_onnx
+
+    paths = PackagePaths.of(path)
+    manifest = load_manifest(paths.manifest)
+    if manifest.precision != "fp32":
+        raise UserError(
+            f"--tiny-package {path}: {paths.manifest.name} describes a model of precision "
+            f"{manifest.precision!r}; give the float (fp32) package (e.g. models/vrclip-tiny.onnx): its int8 "
+            "siblings are timed beside it"
+        )
+    check_onnx(paths, manifest)
+    return paths.onnx, manifest
 
 
 def package_variants(fp32: Path) -> list[Variant]:
@@ -264,17 +288,23 @@ def run_bench(options: BenchOptions = BenchOptions(), log: Log = print) -> dict[
         from vrclip.edge.errors import UserError
 
         raise UserError(f"--config {unknown[0]!r}: choose from {', '.join(CONFIGS)}")
+    # Before any timing: a wrong package should fail at once, not after the ViT-B/16 runs.
+    package = (
+        float_package(options.tiny_package)
+        if options.tiny_package is not None and "tiny" in options.configs
+        else None
+    )
     load_before = os.getloadavg()
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="vrclip-bench-") as tmp:
         for config in options.configs:
-            if config == "tiny" and options.tiny_package is not None:
-                fp32 = Path(options.tiny_package)
+            if config == "tiny" and package is not None:
+                fp32, manifest = package
                 variants, weights = package_variants(fp32), "trained"
             else:
                 variants, weights = build_random(config, Path(tmp), options, log), "random"
-            manifest = load_manifest(manifest_path_for(variants[0].path))
+                manifest = load_manifest(manifest_path_for(variants[0].path))
             rows += time_variants(config, variants, manifest, options, weights, log)
             for v in variants:  # the ViT-B/16 files are ~350 MB: free the space before the next config
                 if weights == "random":
@@ -315,4 +345,4 @@ def write_bench(path: str | Path, report: dict[str, Any]) -> Path:
     return path
 
 
-__all__ = ["CONFIGS", "PRECISIONS", "BenchOptions", "run_bench", "speedups", "write_bench"]
+__all__ = ["CONFIGS", "PRECISIONS", "BenchOptions", "float_package", "run_bench", "speedups", "write_bench"]

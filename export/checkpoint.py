@@ -9,6 +9,8 @@ opening a checkpoint never runs code from it.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -32,31 +34,59 @@ def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read and validate a checkpoint's envelope; raises CheckpointError naming the file and the problem."""
+#: What a damaged checkpoint's message tells the user to do by default: right for a run's final
+#: vrclip.pt, which training rewrites from its resume checkpoint. A run's own resume checkpoint
+#: (OUT/checkpoint.pt) needs another remedy (`train` passes it): resuming would read it again.
+RERUN_TRAINING = "re-run training (it resumes from its last complete epoch)"
+
+
+def load_checkpoint(path: str | Path, *, remedy: str | None = None) -> dict[str, Any]:
+    """Read and validate a checkpoint's envelope; raises CheckpointError naming the file and the problem.
+
+    `remedy`: what to do about a file that is damaged, truncated or not a VRCLIP checkpoint (default
+    for a damaged one: `RERUN_TRAINING`).
+    """
+    return load_checkpoint_with_digest(path, remedy=remedy)[0]
+
+
+def load_checkpoint_with_digest(path: str | Path, *, remedy: str | None = None) -> tuple[dict[str, Any], str]:
+    """`load_checkpoint`, plus the sha256 of the very bytes the checkpoint was loaded from.
+
+    The file is read once, hashed, and unpickled from those bytes: hashing the path before or after
+    loading could vouch for another model when training replaces checkpoint.pt meanwhile.
+    """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint; train one with `vrclip-export train`")
     if not path.is_file():
         raise CheckpointError(f"{path}: not a file; give the path of a checkpoint (.pt) written by training")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        raw = path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({e.strerror})") from e
+    digest = hashlib.sha256(raw).hexdigest()
+    try:
+        data = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as e:
         first_line = str(e).splitlines()[0] if str(e) else ""
         raise CheckpointError(
             f"{path}: not a readable checkpoint ({type(e).__name__}: {first_line}); "
-            "the file is damaged or truncated - re-run training (it resumes from its last complete epoch)"
+            f"the file is damaged or truncated - {remedy or RERUN_TRAINING}"
         ) from e
+    also = f"; {remedy}" if remedy else ""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a VRCLIP checkpoint (no format {FORMAT!r} marker)")
+        raise CheckpointError(f"{path}: not a VRCLIP checkpoint (no format {FORMAT!r} marker){also}")
     if data.get("version") != VERSION:
         raise CheckpointError(
-            f"{path}: checkpoint version {data.get('version')!r}; this vrclip-export reads version {VERSION}"
+            f"{path}: checkpoint version {data.get('version')!r}; this vrclip-export reads version "
+            f"{VERSION}{also}"
         )
     for key in ("model_config", "model", "classes", "prep"):
         if key not in data:
-            raise CheckpointError(f"{path}: the checkpoint lacks {key!r}; it is damaged or from another tool")
-    return data
+            raise CheckpointError(
+                f"{path}: the checkpoint lacks {key!r}; it is damaged or from another tool{also}"
+            )
+    return data, digest
 
 
 def load_model_state(model: VRCLIP, state: dict[str, torch.Tensor], source: str) -> None:
@@ -93,4 +123,11 @@ def model_from_checkpoint(data: dict[str, Any], source: str) -> VRCLIP:
     return model
 
 
-__all__ = ["load_checkpoint", "load_model_state", "model_from_checkpoint", "save_atomic"]
+__all__ = [
+    "RERUN_TRAINING",
+    "load_checkpoint",
+    "load_checkpoint_with_digest",
+    "load_model_state",
+    "model_from_checkpoint",
+    "save_atomic",
+]

@@ -174,6 +174,28 @@ def discover_sessions(root: str | Path) -> list[SessionInfo]:
     return sessions
 
 
+def recorded_channels(sessions: Sequence[SessionInfo]) -> int:
+    """The virtual channel count of the radar array the sessions were recorded with (each recording's
+    stored geometry); a DatasetError when they disagree: one model takes one array's RF windows."""
+    first: tuple[str, int] | None = None
+    for session in sessions:
+        with SessionReader(session.path) as reader:
+            try:
+                count = ArrayGeometry.from_dict(reader.geometry).n_channels
+            except ValueError as e:
+                raise RecordingError(f"{session.path}: its array geometry is unreadable ({e})") from e
+        if first is None:
+            first = (session.name, count)
+        elif count != first[1]:
+            raise DatasetError(
+                f"{session.path}: recorded with a {count}-channel radar array, but {first[0]} with a "
+                f"{first[1]}-channel one; train on recordings of one array"
+            )
+    if first is None:
+        raise DatasetError("no recordings to read the radar array's channel count from")
+    return first[1]
+
+
 # ---------------------------------------------------------------------------------- preprocessing
 def _pair_camera(radar_t: np.ndarray, camera_t: np.ndarray) -> np.ndarray:
     """Index of the nearest camera frame for every radar frame, -1 where none lies within the slop."""
@@ -647,5 +669,6 @@ __all__ = [
     "load_tracks",
     "make_batch",
     "preprocess_session",
+    "recorded_channels",
     "split_samples",
 ]

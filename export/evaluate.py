@@ -20,8 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from vrclip.edge.manifest import sha256_file
-from vrclip.export.checkpoint import load_checkpoint, model_from_checkpoint
+from vrclip.export.checkpoint import load_checkpoint_with_digest, model_from_checkpoint
 from vrclip.export.data import (
     DatasetError,
     PrepSpec,
@@ -215,7 +214,9 @@ def evaluate(
     if cfg.stride < 1:
         raise DatasetError(f"--stride {cfg.stride}: must be >= 1")
     where = str(cfg.checkpoint)
-    data = load_checkpoint(cfg.checkpoint)
+    # The hash of the bytes this evaluation scores, not of whatever the path holds once it is done:
+    # training replaces checkpoint.pt every epoch, and `onnx --threshold-from` trusts this hash.
+    data, checkpoint_sha256 = load_checkpoint_with_digest(cfg.checkpoint)
     model = model_from_checkpoint(data, where)
     try:
         prep = PrepSpec.from_dict(data["prep"])
@@ -247,7 +248,7 @@ def evaluate(
         result["fusion_analysis"] = fusion_analysis(e)
     result["meta"] = {
         "checkpoint": str(cfg.checkpoint),
-        "checkpoint_sha256": sha256_file(cfg.checkpoint),
+        "checkpoint_sha256": checkpoint_sha256,
         "dataset": str(cfg.dataset),
         "test_samples": len(test),
         "stride": cfg.stride,

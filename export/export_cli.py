@@ -184,7 +184,9 @@ def bench_command(
     threads: int | None = typer.Option(None, "--threads", min=1, help="ONNX Runtime intra-op threads."),
     cpu_method: CpuMethod = typer.Option(CpuMethod.dynamic, "--cpu-method"),
     tiny_package: Path | None = typer.Option(
-        None, "--tiny-package", help="Time this trained float package (and its int8 siblings) as tiny."
+        None,
+        "--tiny-package",
+        help="Time this trained fp32 package (NAME.onnx, NAME.json or NAME; and its int8 siblings) as tiny.",
     ),
 ) -> None:
     """ONNX Runtime CPU latency (p50/p99) and throughput: fp32, int8 (S8S8) and int8-cpu."""

@@ -521,14 +521,20 @@ def export_checkpoint(
     sweep/geometry signature when one of its training recordings is reachable (`dataset`, default the
     dataset folder the checkpoint names).
     """
-    from vrclip.export.checkpoint import load_checkpoint, model_from_checkpoint
+    from vrclip.export.checkpoint import load_checkpoint_with_digest, model_from_checkpoint
 
     check_opset(options.opset)  # before the (slow) load: a bad flag should fail at once
     checkpoint = Path(checkpoint)
     # The checkpoint first: the report is checked against its hash, and a missing checkpoint must read
     # as one ("no such checkpoint"), not as a failure inside the report check.
-    data = load_checkpoint(checkpoint)
-    open_set = open_set_from_report(threshold_from, checkpoint) if threshold_from is not None else None
+    # Hashed as loaded: the report check and the manifest's source hash vouch for the bytes exported,
+    # even if training replaces the file meanwhile.
+    data, checkpoint_sha256 = load_checkpoint_with_digest(checkpoint)
+    open_set = (
+        open_set_from_report(threshold_from, checkpoint, checkpoint_sha256=checkpoint_sha256)
+        if threshold_from is not None
+        else None
+    )
     model = model_from_checkpoint(data, str(checkpoint))
     window = window_for(model.cfg, data["prep"])
     crop_for(model.cfg, data["prep"])
@@ -543,7 +549,7 @@ def export_checkpoint(
     target = Path(out) if out is not None else checkpoint.with_suffix(".onnx")
     accuracy = {
         "source_checkpoint": checkpoint.name,
-        "source_checkpoint_sha256": sha256_file(checkpoint),
+        "source_checkpoint_sha256": checkpoint_sha256,
         "classes": len(data.get("classes", [])),
     }
     return export_model(

@@ -114,8 +114,14 @@ def estimate_open_set(
     )
 
 
-def open_set_from_report(report: str | Path, checkpoint: str | Path) -> OpenSetThreshold:
-    """The manifest's `open_set` from an evaluation report, refused unless it evaluated `checkpoint`."""
+def open_set_from_report(
+    report: str | Path, checkpoint: str | Path, *, checkpoint_sha256: str | None = None
+) -> OpenSetThreshold:
+    """The manifest's `open_set` from an evaluation report, refused unless it evaluated `checkpoint`.
+
+    `checkpoint_sha256`: the hash of the checkpoint bytes the caller loaded (default: hash the file
+    now); pass it when the model comes from those bytes, so a file replaced since cannot vouch for it.
+    """
     report = Path(report)
     try:
         data = json.loads(report.read_text())
@@ -132,7 +138,8 @@ def open_set_from_report(report: str | Path, checkpoint: str | Path) -> OpenSetT
             f"an older version); run `vrclip-export evaluate {checkpoint} DATASET --json {report}` again"
         )
     try:
-        checkpoint_sha256 = sha256_file(checkpoint)
+        if checkpoint_sha256 is None:
+            checkpoint_sha256 = sha256_file(checkpoint)
     except OSError as e:
         raise UserError(
             f"{checkpoint}: cannot read the checkpoint to match it against --threshold-from {report} "

@@ -12,7 +12,8 @@ darkening-and-noise degradation as stage 1. The result is a visual-tower state d
 dataset's, so the evaluation stays a test on unseen people's unseen sessions.
 
 Rendered crops are cached on disk (a memory-mapped array, ~0.1 MB a crop); training checkpoints
-every epoch and resumes after a kill.
+every epoch and resumes after a kill. A checkpoint records the rig its crops were rendered through, and
+is resumed only with the same settings and a dataset of the same rig (camera, room, JPEG quality).
 """
 
 from __future__ import annotations
@@ -128,6 +129,15 @@ class Rig:
     room: RoomConfig
     jpeg_quality: int
 
+    def key(self) -> dict[str, Any]:
+        """What of the rig the rendered crops depend on (part of the crop cache's key)."""
+        return {"camera": asdict(self.camera), "room": self.room.model_dump(), "jpeg": self.jpeg_quality}
+
+    def settings(self) -> dict[str, Any]:
+        """`key()` as plain JSON values (lists, floats, strings): what a checkpoint records and compares."""
+        settings: dict[str, Any] = json.loads(json.dumps(self.key(), sort_keys=True, default=str))
+        return settings
+
 
 def rig_of_dataset(dataset: Path) -> Rig:
     """Read the rig from DATASET/dataset.json (written by `vrclip-edge dataset`)."""
@@ -209,13 +219,7 @@ def render_crops(
     """Render (or load from OUT/crops) every pretraining crop. The cache is written under a temporary
     name and renamed when complete, so a kill mid-render leaves nothing half-valid behind."""
     folder = cfg.out / "crops"
-    key = {
-        **cfg.render_key(),
-        "crop": asdict(crop),
-        "camera": asdict(rig.camera),
-        "room": rig.room.model_dump(),
-        "jpeg": rig.jpeg_quality,
-    }
+    key = {**cfg.render_key(), "crop": asdict(crop), **rig.key()}
     key_json = json.dumps(key, sort_keys=True, default=str)
     cached = _load_crops(folder, key_json)
     if cached is not None:
@@ -314,6 +318,11 @@ def pretrain(
         cfg.out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"--out {cfg.out}: cannot create the folder ({e.strerror})") from e
+    ckpt_path = cfg.out / CHECKPOINT_NAME
+    # The dataset's rig is part of what a checkpoint must match: crops of another camera are other data.
+    settings = {**{k: cfg.to_dict()[k] for k in RESUME_KEYS}, "rig": rig.settings()}
+    # Checked before rendering: a refused resume must not cost a render, nor replace the crops cache.
+    state = _load_resumable(ckpt_path, settings, cfg.dataset) if ckpt_path.exists() and not restart else None
     vision_cfg = preset(cfg.preset).vision
     crop = CropSpec(height=vision_cfg.image_size[0], width=vision_cfg.image_size[1])
     data = render_crops(cfg, rig, crop, render_progress)
@@ -336,16 +345,20 @@ def pretrain(
     )
     generator = torch.Generator().manual_seed(cfg.seed)
     start_epoch = 0
-    ckpt_path = cfg.out / CHECKPOINT_NAME
-    settings = {k: cfg.to_dict()[k] for k in RESUME_KEYS}
-    if ckpt_path.exists() and not restart:
-        state = _load_resumable(ckpt_path, settings)
-        encoder.load_state_dict(state["encoder"])
-        head.load_state_dict(state["head"])
-        optimiser.load_state_dict(state["optimiser"])
-        scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
-        start_epoch = int(state["epoch"]) + 1
+    if state is not None:
+        try:
+            encoder.load_state_dict(state["encoder"])
+            head.load_state_dict(state["head"])
+            optimiser.load_state_dict(state["optimiser"])
+            scheduler.load_state_dict(state["scheduler"])
+            generator.set_state(state["generator"])
+            start_epoch = int(state["epoch"]) + 1
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise UserError(
+                f"{ckpt_path}: its training state does not fit this model ({first_line}); "
+                "delete it or pass --restart"
+            ) from e
         log(f"resuming from {ckpt_path} after epoch {start_epoch}")
     for epoch in range(start_epoch, cfg.epochs):
         encoder.train()
@@ -424,7 +437,9 @@ def augment(rgb: torch.Tensor, cfg: PretrainConfig, generator: torch.Generator) 
     return rgb
 
 
-def _load_resumable(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
+def _load_resumable(path: Path, settings: dict[str, Any], dataset: Path) -> dict[str, Any]:
+    """The checkpoint's state when it was written with `settings` (the rig under "rig"); else a
+    UserError that names what differs and points to --restart."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -433,11 +448,37 @@ def _load_resumable(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
         ) from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path}: not a vision pretraining checkpoint; delete it or pass --restart")
-    differs = sorted(k for k in settings if state["settings"].get(k) != settings[k])
+    saved = state.get("settings")
+    if not isinstance(saved, dict):
+        raise UserError(f"{path}: records no settings, so it cannot be resumed; delete it or pass --restart")
+    if "rig" not in saved:
+        # Written before checkpoints recorded the rig. Nothing in it shows which camera its crops came
+        # through (the crop cache beside it is replaced whenever the dataset's rig changes, and that
+        # version resumed across such a change), so resuming could continue another rig's training.
+        raise UserError(
+            f"{path}: written by an older vrclip-export that did not record the dataset's rig (camera, "
+            f"room, JPEG quality), so nothing shows its epochs were trained on crops of {dataset}'s "
+            "camera; pass --restart to pretrain afresh (or delete it)"
+        )
+    differs = sorted(k for k in settings if k != "rig" and saved.get(k) != settings[k])
     if differs:
         raise UserError(
             f"{path}: was written with other settings ({', '.join(differs)}); "
             "use the same options to resume, or pass --restart"
+        )
+    was, now = saved["rig"], settings["rig"]
+    if was != now:
+        names = {"camera": "camera", "room": "room", "jpeg": "JPEG quality"}
+        parts = [
+            names.get(k, k)
+            for k in sorted({*now, *(was if isinstance(was, dict) else {})})
+            if not isinstance(was, dict) or was.get(k) != now.get(k)
+        ]
+        differ = "differs" if len(parts) == 1 else "differ"
+        raise UserError(
+            f"{path}: was pretrained on crops rendered through another rig ({' and '.join(parts)} {differ}) "
+            f"than {dataset}'s; resuming would go on training on another camera's crops. Pass --restart to "
+            "pretrain afresh for this dataset, or give another --out"
         )
     return state
 

@@ -52,6 +52,7 @@ from vrclip.export.data import (
     discover_sessions,
     load_tracks,
     make_batch,
+    recorded_channels,
     split_samples,
 )
 from vrclip.export.model import (
@@ -173,8 +174,19 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
 
-    def prep_spec(self, n_channels: int = 144) -> PrepSpec:
-        channels = () if self.channel_stride == 1 else tuple(range(0, n_channels, self.channel_stride))
+    def prep_spec(self, n_channels: int | None = None) -> PrepSpec:
+        """The preprocessing spec of this run's data.
+
+        `n_channels`: the virtual channel count of the recordings' array (`recorded_channels`), which
+        `channel_stride` > 1 picks every n-th of; with stride 1 every channel is used, whatever the count
+        (the spec then names none, so it and the cache key do not depend on the array).
+        """
+        if self.channel_stride == 1:
+            channels: tuple[int, ...] = ()
+        elif n_channels is None:
+            raise ValueError("channel_stride > 1 needs the recordings' channel count (recorded_channels)")
+        else:
+            channels = tuple(range(0, n_channels, self.channel_stride))
         beams = self.rf_input == "beams"
         rf = RFWindowSpec(
             frames=self.frames,
@@ -204,6 +216,7 @@ class TrainConfig:
                 f"--lr {self.lr} / --min-lr {self.min_lr}",
             ),
             (0.0 <= self.warmup < 1.0, f"--warmup {self.warmup}: must be a fraction in [0, 1)"),
+            (self.weight_decay >= 0, f"--weight-decay {self.weight_decay}: must be >= 0"),
             (self.frames >= 1, f"--frames {self.frames}: must be >= 1"),
             (self.channel_stride >= 1, f"--channel-stride {self.channel_stride}: must be >= 1"),
             (
@@ -230,6 +243,10 @@ class TrainConfig:
                 f"--geometry-weight {self.geometry_weight}: must be >= 0",
             ),
             (self.segment_seconds > 0, f"--segment-seconds {self.segment_seconds}: must be positive"),
+            (
+                self.anchor_jitter_m >= 0,
+                f"--anchor-jitter {self.anchor_jitter_m}: must be >= 0 (m, std of the tracker error)",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -439,7 +456,8 @@ class Trainer:
     def prepare(self, prep_progress: Callable[[int, int, str], None] | None = None) -> None:
         cfg = self.cfg
         sessions = discover_sessions(cfg.dataset)
-        prep = cfg.prep_spec()
+        self._make_out()  # before the (slow) preprocessing: a bad --out should fail at once
+        prep = cfg.prep_spec(recorded_channels(sessions) if cfg.channel_stride > 1 else None)
         cache = cfg.cache or Path(cfg.dataset) / ".vrclip-cache"
         self.prep = prep
         self.tracks = load_tracks(sessions, prep, cache, cfg.jobs, prep_progress)
@@ -479,6 +497,16 @@ class Trainer:
             overrides["vision_adapter_lambda"] = cfg.adapter_lambda
         return preset(cfg.preset, **overrides)
 
+    def _make_out(self) -> None:
+        if self.out.exists() and not self.out.is_dir():
+            raise UserError(
+                f"--out {self.out}: is a file, not a folder; give the run folder (it is created if missing)"
+            )
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"--out {self.out}: cannot create the run folder ({e.strerror})") from e
+
     # ---------------------------------------------------------------------------------- checkpoint
     def _envelope(self, model: VRCLIP) -> dict[str, Any]:
         return {
@@ -491,7 +519,15 @@ class Trainer:
         }
 
     def _check_resumable(self, data: dict[str, Any], path: Path) -> None:
-        saved = data.get("train_config", {})
+        stage, epoch = data.get("stage"), data.get("epoch")
+        if stage not in STAGES or not isinstance(epoch, int) or epoch < 0:
+            raise CheckpointError(
+                f"{path}: is not a training run's resume checkpoint (stage {stage!r}, epoch {epoch!r}); "
+                "pass --restart to train afresh (or delete it)"
+            )
+        saved = data.get("train_config")
+        if not isinstance(saved, dict):
+            saved = {}
         mine = self.cfg.to_dict()
         diff = [
             f"{k}: checkpoint {saved.get(k)!r}, now {mine[k]!r}"
@@ -549,6 +585,7 @@ class Trainer:
     def run(self, restart: bool = False) -> Path:
         cfg = self.cfg
         torch.set_num_threads(max(1, cfg.threads))
+        self._make_out()
         if not self.tracks:
             self.prepare()
         torch.manual_seed(cfg.seed)
@@ -562,11 +599,13 @@ class Trainer:
         ckpt_path = self.out / CHECKPOINT_NAME
         resume: dict[str, Any] | None = None
         if ckpt_path.exists() and not restart:
-            resume = load_checkpoint(ckpt_path)
+            # "Re-run training" cannot mend the run's own resume checkpoint: it would read it again.
+            resume = load_checkpoint(
+                ckpt_path, remedy=f"pass --restart to train afresh (or delete {ckpt_path})"
+            )
             self._check_resumable(resume, ckpt_path)
             load_model_state(model, resume["model"], str(ckpt_path))
             self.log(f"resuming from {ckpt_path}: stage {resume['stage']}, {resume['epoch']} epochs done")
-        self.out.mkdir(parents=True, exist_ok=True)
         history: list[dict[str, Any]] = list(resume.get("history", [])) if resume else []
         started = time.perf_counter()
         for stage_no, stage in enumerate(STAGES):
@@ -621,7 +660,8 @@ class Trainer:
                 scheduler.load_state_dict(resume["scheduler"])
             except (KeyError, ValueError) as e:
                 raise CheckpointError(
-                    f"{self.out / CHECKPOINT_NAME}: optimiser state does not fit ({e})"
+                    f"{self.out / CHECKPOINT_NAME}: optimiser state does not fit ({e}); "
+                    "pass --restart to train afresh"
                 ) from e
             start_epoch = int(resume["epoch"])
         if start_epoch >= epochs:

@@ -18,13 +18,18 @@
   seconds instead of minutes; a cache from another TensorRT version or GPU is set aside with a
   warning, never fatal.
 - The new engine is deserialised and checked before anything is written; the engine and the manifest
-  are then written to temporary files and renamed into place, so a failed build overwrites nothing.
+  are then both written to temporary files, and only once both are on disk renamed into place, the
+  engine first. Should the manifest's rename fail, the previous engine is put back; so a failed build
+  or a failed write overwrites nothing. (A kill between the two renames leaves the new engine beside
+  the old manifest, which the runtime refuses by its sha256 and says how to rebuild.)
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -341,8 +346,7 @@ def build_engine(
     updated = EngineManifest.model_validate(
         {**manifest.model_dump(), "tensorrt": build.model_dump(), "accuracy": accuracy}
     )
-    atomic_write_bytes(paths.engine, data)
-    atomic_write_bytes(paths.manifest, manifest_json(updated).encode("utf-8"))
+    publish_package(paths.engine, data, paths.manifest, manifest_json(updated).encode("utf-8"))
     if options.timing_cache is not None and cache_state != "unavailable":
         cache = config.get_timing_cache()
         if cache is not None:
@@ -351,6 +355,86 @@ def build_engine(
             except OSError as e:
                 warn(f"could not save the timing cache to {options.timing_cache} ({e})")
     return BuildResult(paths.engine, paths.manifest, updated, seconds, cache_state, warnings)
+
+
+def publish_package(
+    engine: Path, engine_data: bytes | memoryview, manifest: Path, manifest_data: bytes
+) -> None:
+    """Replace `engine` and `manifest` together: on any failure both are as they were (see module doc).
+
+    Raises a UserError naming the files when they cannot be written (a full disk, a read-only folder).
+    """
+    leftovers: list[Path] = []
+    try:
+        engine_tmp = _write_temporary(engine, engine_data)
+        leftovers.append(engine_tmp)
+        manifest_tmp = _write_temporary(manifest, manifest_data)
+        leftovers.append(manifest_tmp)
+        previous = _keep_previous(engine)
+        if previous is not None:
+            leftovers.append(previous)
+        os.replace(engine_tmp, engine)
+        try:
+            os.replace(manifest_tmp, manifest)
+        except BaseException as e:
+            # Never a new engine beside the old manifest: put the previous engine back (or none).
+            try:
+                if previous is not None:
+                    os.replace(previous, engine)
+                else:
+                    engine.unlink(missing_ok=True)
+            except OSError as undo:
+                raise UserError(
+                    f"could not write {manifest} ({e}) nor put the previous {engine.name} back ({undo}); "
+                    "the runtime refuses the new engine beside the old manifest - build again"
+                ) from e
+            raise
+    except OSError as e:
+        raise UserError(
+            f"could not write {engine} and {manifest.name} ({e.strerror or e}); both are as they were "
+            "before the build - free space or fix the folder's permissions and build again"
+        ) from e
+    finally:
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+
+
+def _write_temporary(path: Path, data: bytes | memoryview) -> Path:
+    """`data` in a new file beside `path` (fsynced, the package's permissions); returns its path."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        # mkstemp creates 0600; an engine package must be readable by the service user.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _keep_previous(path: Path) -> Path | None:
+    """A second name for the file at `path` (a hard link, else a copy) to restore it from; None if none."""
+    if not path.exists():
+        return None
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".previous", dir=path.parent)
+    os.close(fd)
+    keep = Path(name)
+    try:
+        keep.unlink()
+        try:
+            os.link(path, keep)
+        except OSError:  # a file system without hard links
+            shutil.copy2(path, keep)
+    except BaseException:
+        keep.unlink(missing_ok=True)
+        raise
+    return keep
 
 
 def _check_plan(

@@ -9,9 +9,17 @@ from vrclip.edge.config import EdgeConfig
 
 
 def make_small_dataset(
-    out: Path, identities: int, sessions: int, seconds: float, width: int, height: int, seed: int = 42
+    out: Path,
+    identities: int,
+    sessions: int,
+    seconds: float,
+    width: int,
+    height: int,
+    seed: int = 42,
+    base: EdgeConfig | None = None,
 ) -> Path:
-    """The dataset generator at a test's size (seed = world seed: the same person in every session)."""
+    """The dataset generator at a test's size (seed = world seed: the same person in every session);
+    `base`: the rig to record with (default: EdgeConfig's)."""
     from vrclip.edge.dataset import DatasetRequest, make_dataset
 
     request = DatasetRequest(
@@ -25,7 +33,7 @@ def make_small_dataset(
         camera_height=height,
         rate_hz=10.0,
     )
-    make_dataset(request, EdgeConfig())
+    make_dataset(request, base or EdgeConfig())
     return out
 
 

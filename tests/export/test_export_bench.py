@@ -50,3 +50,35 @@ def test_bench_json_shape_with_tiny_settings(tmp_path: Path, monkeypatch, capsys
 def test_unknown_config_is_a_user_error() -> None:
     with pytest.raises(UserError, match="--config 'vit-l14'"):
         run_bench(BenchOptions(configs=("vit-l14",)))
+
+
+def test_tiny_package_is_resolved_like_the_runtime_and_must_be_the_float_one(tmp_path: Path) -> None:
+    """`--tiny-package` takes NAME.onnx, NAME.json or NAME as `open_engine` does, and refuses a quantised
+    package, whose figures would otherwise be labelled fp32."""
+    from tests.fakes.models import tiny_package
+
+    fp32 = tiny_package(tmp_path, "m")
+    tiny_package(tmp_path, "m.int8", qdq=True)  # its int8 sibling
+
+    def bench(package: Path) -> list[dict]:
+        options = BenchOptions(
+            configs=("tiny",),
+            batches=(1,),
+            iterations={"tiny": 2},
+            warmup=0,
+            cosine_samples=2,
+            tiny_package=package,
+        )
+        return run_bench(options, log=lambda _: None)["results"]
+
+    for given in (fp32, tmp_path / "m.json", tmp_path / "m"):
+        rows = bench(given)
+        assert [(r["precision"], r["weights"]) for r in rows] == [("fp32", "trained"), ("int8", "trained")]
+        assert rows[0]["cosine_min"] > 0.99999  # the float model against itself
+    with pytest.raises(UserError, match=r"m\.int8\.json describes a model of precision 'int8'.*fp32"):
+        bench(tmp_path / "m.int8.onnx")
+    with pytest.raises(UserError, match=r"nothing\.json: no engine manifest"):
+        bench(tmp_path / "nothing.onnx")
+    fp32.write_bytes(fp32.read_bytes() + b"\0")  # not the model its manifest describes
+    with pytest.raises(UserError, match=r"m\.onnx: sha256 .* is not the"):
+        bench(tmp_path / "m")

@@ -224,3 +224,48 @@ def test_cli_writes_the_package(tmp_path: Path, monkeypatch, capsys) -> None:
     manifest = json.loads((tmp_path / "vrclip.json").read_text())
     assert manifest["max_batch"] == 2 and manifest["precision"] == "fp32"
     assert "wrote" in capsys.readouterr().out
+
+
+def test_threshold_from_and_the_source_hash_vouch_for_the_checkpoint_exported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Training replaces checkpoint.pt every epoch: the report check and the manifest's source hash must be
+    of the bytes the exported model came from, not of whatever the path holds after loading."""
+    import hashlib
+
+    import vrclip.export.checkpoint as checkpoint_module
+    from vrclip.edge.errors import UserError
+
+    ckpt = make_checkpoint(tmp_path / "checkpoint.pt")
+    loaded_sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    data = torch.load(ckpt, weights_only=True)
+    data["model"] = {k: v + 1 if v.is_floating_point() else v for k, v in data["model"].items()}
+    later = tmp_path / "next-epoch.pt"
+    torch.save(data, later)
+    later_sha = hashlib.sha256(later.read_bytes()).hexdigest()
+
+    def report_of(sha: str) -> Path:
+        path = tmp_path / f"report-{sha[:8]}.json"
+        open_set = {"threshold": 0.6, "identity_accuracy": 0.9, "unknown_accuracy": 0.8, "queries": 10}
+        path.write_text(json.dumps({"open_set": open_set, "meta": {"checkpoint_sha256": sha}}))
+        return path
+
+    real_load = checkpoint_module.torch.load
+
+    def load_then_training_writes(*args: object, **kwargs: object) -> object:
+        out = real_load(*args, **kwargs)
+        if ckpt.read_bytes() != later.read_bytes():
+            (tmp_path / "tmp.pt").write_bytes(later.read_bytes())
+            (tmp_path / "tmp.pt").replace(ckpt)  # as save_atomic does
+        return out
+
+    monkeypatch.setattr(checkpoint_module.torch, "load", load_then_training_writes)
+    with pytest.raises(UserError, match="it evaluated another checkpoint"):
+        export_checkpoint(ckpt, tmp_path / "m.onnx", threshold_from=report_of(later_sha))
+    assert not (tmp_path / "m.onnx").exists()
+
+    make_checkpoint(ckpt)  # the model as it was loaded, and its report
+    result = export_checkpoint(ckpt, tmp_path / "m.onnx", threshold_from=report_of(loaded_sha))
+    assert ckpt.read_bytes() == later.read_bytes()  # replaced while it was exported
+    assert result.manifest.accuracy["source_checkpoint_sha256"] == loaded_sha
+    assert result.manifest.open_set is not None and result.manifest.open_set.threshold == 0.6

@@ -100,6 +100,63 @@ def test_pretraining_resumes_bit_identically_after_a_kill(small_dataset: Path, t
         pretrain(replace(cfg, lr=5e-4), log=lambda _: None)
 
 
+def with_rig(dataset: Path, folder: Path, old: str, new: str) -> Path:
+    """A dataset folder whose rig is `dataset`'s with `old` replaced by `new` in its TOML (pretraining
+    reads nothing else of a dataset)."""
+    meta = json.loads((dataset / "dataset.json").read_text())
+    assert old in meta["config_toml"]
+    meta["config_toml"] = meta["config_toml"].replace(old, new)
+    folder.mkdir(parents=True)
+    (folder / "dataset.json").write_text(json.dumps(meta))
+    return folder
+
+
+def test_a_checkpoint_is_resumed_only_for_the_rig_it_was_pretrained_on(
+    small_dataset: Path, tmp_path: Path
+) -> None:
+    """Re-running into the same --out with a dataset of another camera must not go on training the
+    checkpoint on that camera's crops (the crops are re-rendered for it, the checkpoint was not)."""
+
+    class Killed(Exception):
+        pass
+
+    def kill_in_second_epoch(epoch: int, *_: object) -> None:
+        if epoch == 1:
+            raise Killed
+
+    cfg = small_config(small_dataset, tmp_path / "pre")
+    with pytest.raises(Killed):
+        pretrain(cfg, progress=kill_in_second_epoch, log=lambda _: None)
+    checkpoint = cfg.out / CHECKPOINT_NAME
+    crops_key = (cfg.out / "crops" / "key.json").read_text()
+    wider = with_rig(small_dataset, tmp_path / "wider", "hfov_deg = 90.0", "hfov_deg = 100.0")
+    assert rig_of_dataset(wider).camera != rig_of_dataset(small_dataset).camera
+    with pytest.raises(
+        UserError,
+        match=r"pretrain-checkpoint\.pt: was pretrained on crops rendered through another rig "
+        r"\(camera differs\).*--restart",
+    ):
+        pretrain(replace(cfg, dataset=wider), log=lambda _: None)
+    assert (cfg.out / "crops" / "key.json").read_text() == crops_key  # refused before re-rendering
+    duller = with_rig(small_dataset, tmp_path / "duller", "jpeg_quality = 90", "jpeg_quality = 60")
+    with pytest.raises(UserError, match=r"\(JPEG quality differs\)"):
+        pretrain(replace(cfg, dataset=duller), log=lambda _: None)
+
+    # A checkpoint from before the rig was recorded cannot show which camera it was trained on.
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    legacy = {**state, "settings": {k: v for k, v in state["settings"].items() if k != "rig"}}
+    torch.save(legacy, checkpoint)
+    with pytest.raises(UserError, match=r"did not record the dataset's rig.*pass --restart"):
+        pretrain(cfg, log=lambda _: None)
+
+    # --restart pretrains afresh for the new rig: the same tower as a run that started there.
+    restarted = pretrain(replace(cfg, dataset=wider), log=lambda _: None, restart=True)
+    straight = pretrain(small_config(wider, tmp_path / "straight"), log=lambda _: None)
+    a = torch.load(restarted, map_location="cpu", weights_only=True)["state_dict"]
+    b = torch.load(straight, map_location="cpu", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_augmentation_mirrors_or_darkens_each_crop_and_leaves_the_rest_as_they_were(tmp_path: Path) -> None:
     rgb = torch.rand(64, 3, 16, 8) * 0.5 + 0.25
     original = rgb.clone()

@@ -16,7 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("open_clip")
 
-from vrclip.edge.config import EdgeConfig  # noqa: E402
+from vrclip.edge.config import EdgeConfig, parse_config  # noqa: E402
 from vrclip.edge.errors import UserError  # noqa: E402
 from vrclip.edge.geometry import ArrayGeometry  # noqa: E402
 from vrclip.edge.rfwindow import RFWindowExtractor, RFWindowSpec  # noqa: E402
@@ -29,6 +29,7 @@ from vrclip.export.data import (  # noqa: E402
     choose_segments,
     discover_sessions,
     preprocess_session,
+    recorded_channels,
     split_samples,
 )
 from vrclip.export.evaluate import EvalConfig, evaluate  # noqa: E402
@@ -144,6 +145,8 @@ def test_geometry_distillation_is_zero_for_angle_keeping_projections_and_moves_o
         ({"rf_shift": -1}, "--rf-shift -1"),
         ({"rf_shift": 8}, "--rf-shift 8: .* less than --range-bins"),
         ({"rf_reverse": 1.5}, "--rf-reverse 1.5"),
+        ({"anchor_jitter_m": -0.1}, "--anchor-jitter -0.1: must be >= 0"),
+        ({"weight_decay": -1.0}, "--weight-decay -1.0: must be >= 0"),
     ],
 )
 def test_bad_training_settings_name_the_option(tmp_path: Path, setting: dict, named: str) -> None:
@@ -160,7 +163,7 @@ def test_training_writes_checkpoints_and_resumes_bit_identically_after_a_kill(
     assert [h["stage"] for h in reference["history"]] == ["vision"] * 2 + ["rf"] * 2 + ["gate"] * 2
     # Beam windows: the position head reads the trained grid's layout, which the checkpoint records.
     rf_cfg = model_from_checkpoint(reference, "a").cfg.rf
-    spec = straight.prep_spec().rf
+    spec = straight.prep_spec(144).rf
     assert rf_cfg.grid_offsets == len(spec.beam_offsets_m)
     assert (rf_cfg.grid_offset_step_m, rf_cfg.grid_range_step_m) == (
         spec.beam_offset_step_m,
@@ -245,6 +248,117 @@ def test_training_writes_checkpoints_and_resumes_bit_identically_after_a_kill(
         model_from_checkpoint(load_checkpoint(tmp_path / "mismatch.pt"), str(tmp_path / "mismatch.pt"))
 
 
+def test_an_out_that_is_a_file_is_a_user_error_before_any_preprocessing(
+    small_dataset: Path, tmp_path: Path
+) -> None:
+    file = tmp_path / "run"
+    file.write_text("notes\n")
+    trainer = Trainer(config(small_dataset, file), log=lambda _: None)
+    for step in (trainer.prepare, trainer.run):
+        with pytest.raises(UserError, match=r"--out .*run: is a file, not a folder"):
+            step()
+    assert not (tmp_path / "cache").exists()  # refused before preprocessing
+    assert file.read_text() == "notes\n"
+
+
+class Killed(Exception):
+    pass
+
+
+def kill_in_rf(stage: str, epoch: int, epochs: int, step: int, steps: int, loss: float) -> None:
+    if stage == "rf":
+        raise Killed
+
+
+def test_a_damaged_resume_checkpoint_says_to_restart_not_to_rerun(
+    small_dataset: Path, tmp_path: Path
+) -> None:
+    """Re-running training reads the run's own checkpoint.pt again: the message must offer a way out."""
+    cfg = config(small_dataset, tmp_path / "run", epochs=1)
+    with pytest.raises(Killed):
+        Trainer(cfg, progress=kill_in_rf, log=lambda _: None).run()
+    checkpoint = tmp_path / "run" / CHECKPOINT_NAME
+    checkpoint.write_bytes(checkpoint.read_bytes()[:5000])  # the disk filled up, or a copy was cut short
+    with pytest.raises(CheckpointError, match=r"checkpoint\.pt: not a readable checkpoint") as e:
+        Trainer(cfg, log=lambda _: None).run()
+    assert "--restart" in str(e.value) and "re-run training" not in str(e.value)
+    final = Trainer(cfg, log=lambda _: None).run(restart=True)
+    assert load_checkpoint(final)["stage"] == "done"
+    # A final vrclip.pt that is damaged is mended by re-running training (it resumes from checkpoint.pt).
+    final.write_bytes(final.read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match="re-run training"):
+        load_checkpoint(final)
+
+
+def test_the_report_vouches_for_the_checkpoint_it_scored(
+    small_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Training replaces checkpoint.pt every epoch; an evaluation that runs meanwhile must report the hash
+    of the model it scored, or `onnx --threshold-from` would accept its figures for the next epoch's."""
+    import hashlib
+
+    import vrclip.export.evaluate as evaluate_module
+
+    final = Trainer(config(small_dataset, tmp_path / "run", epochs=1), log=lambda _: None).run()
+    other = tmp_path / "run" / CHECKPOINT_NAME  # another file with another model
+    evaluated = tmp_path / "evaluated.pt"
+    shutil.copy(final, evaluated)
+    scored_sha = hashlib.sha256(evaluated.read_bytes()).hexdigest()
+    real_embed = evaluate_module.embed
+
+    def embed_while_training_writes(*args: object, **kwargs: object) -> object:
+        out = real_embed(*args, **kwargs)
+        shutil.copy(other, tmp_path / "next.tmp")
+        (tmp_path / "next.tmp").replace(evaluated)  # as save_atomic does
+        return out
+
+    monkeypatch.setattr(evaluate_module, "embed", embed_while_training_writes)
+    result = evaluate(
+        EvalConfig(evaluated, small_dataset, stride=3, threads=1, jobs=1, cache=tmp_path / "cache"),
+        log=lambda _: None,
+    )
+    assert hashlib.sha256(evaluated.read_bytes()).hexdigest() != scored_sha  # the file did change
+    assert result["meta"]["checkpoint_sha256"] == scored_sha
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps(result))
+    with pytest.raises(UserError, match="it evaluated another checkpoint"):
+        open_set_from_report(report, evaluated)
+
+
+def test_channel_stride_takes_every_nth_channel_of_the_recordings_array(
+    small_dataset: Path, tmp_path: Path
+) -> None:
+    """--channel-stride 4 on a 36-channel array: channels 0, 4, ..., 32, not the 144-channel array's."""
+    import tomllib
+    from importlib import resources
+
+    from tests.export.conftest import make_small_dataset
+
+    # Every other antenna of the built-in 12 x 12 array.
+    builtin = tomllib.loads(resources.files("vrclip.edge").joinpath("data", "array_12x12.toml").read_text())
+    lines = ['name = "test-6x6"', 'switch_order = "tx-major"']
+    for kind in ("tx", "rx"):
+        for antenna in builtin[kind][::2]:
+            lines += [f"[[{kind}]]", f'name = "{antenna["name"]}"', f"position_m = {antenna['position_m']}"]
+    geometry = tmp_path / "array_6x6.toml"
+    geometry.write_text("\n".join(lines) + "\n")
+    rig = EdgeConfig().model_dump(mode="json")
+    rig["radar"]["array"]["geometry_file"] = str(geometry)
+    data = make_small_dataset(tmp_path / "data", 2, 1, 2.0, 160, 96, base=parse_config(rig))
+    sessions = discover_sessions(data)
+    assert recorded_channels(sessions) == 36
+
+    trainer = Trainer(
+        config(data, tmp_path / "run", rf_input="pairs", segment_seconds=1.0), log=lambda _: None
+    )
+    trainer.prepare()
+    assert trainer.prep.rf.channels == tuple(range(0, 36, 4))
+    assert trainer.tracks[0].rf.shape[1] == 9
+    # Recordings of two arrays cannot feed one model: named, not a shape error later.
+    with pytest.raises(DatasetError, match=r"recorded with a 36-channel radar array, but .* 144-channel"):
+        recorded_channels([discover_sessions(small_dataset)[0], sessions[0]])
+
+
 def test_bad_datasets_are_user_errors_naming_the_file(small_dataset: Path, tmp_path: Path) -> None:
     import h5py
 
@@ -261,7 +375,7 @@ def test_bad_datasets_are_user_errors_naming_the_file(small_dataset: Path, tmp_p
         f["radar/truth/count"][...] = -1
     unlabelled = replace(session, path=copy, name="unlabelled.h5")
     with pytest.raises(DatasetError, match=r"unlabelled\.h5: has no identity labels"):
-        preprocess_session(unlabelled, config(small_dataset, tmp_path / "x").prep_spec())
+        preprocess_session(unlabelled, config(small_dataset, tmp_path / "x").prep_spec(144))
     assert issubclass(DatasetError, UserError)
 
 
@@ -418,9 +532,9 @@ def test_resuming_on_a_dataset_that_gives_another_split_is_refused(
 
 
 def test_the_rf_input_is_beams_unless_pairs_are_asked_for(tmp_path: Path) -> None:
-    beams = config(tmp_path, tmp_path / "run").prep_spec().rf
+    beams = config(tmp_path, tmp_path / "run").prep_spec(144).rf
     assert beams.beamformed and beams.n_channels(144) == 13 * 7 and beams.n_pairs(144) == 36
-    pairs = config(tmp_path, tmp_path / "run", rf_input="pairs").prep_spec().rf
+    pairs = config(tmp_path, tmp_path / "run", rf_input="pairs").prep_spec(144).rf
     assert not pairs.beamformed and pairs.n_channels(144) == 36
 
 

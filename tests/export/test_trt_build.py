@@ -6,6 +6,8 @@ Runs against the fake TensorRT and CuPy (tests/fakes), which check the calls as 
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -169,6 +171,49 @@ def test_failed_build_overwrites_nothing(
     assert (tmp_path / "model.engine").read_bytes() == engine_before
     assert (tmp_path / "model.json").read_bytes() == manifest_before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.engine", "model.json", "model.onnx"]
+
+
+@pytest.mark.parametrize("fails", ["manifest write", "manifest rename", "first build"])
+def test_a_failed_manifest_write_leaves_the_previous_engine_and_manifest(
+    tmp_path: Path, fakes: dict[str, ModuleType], monkeypatch: pytest.MonkeyPatch, fails: str
+) -> None:
+    """A new engine must never sit beside the old manifest (it records another engine's sha256): when
+    the manifest cannot be written, the engine is not replaced either."""
+    onnx_path = tiny_package(tmp_path, "model")
+    if fails != "first build":
+        build(onnx_path, precision="fp16")
+    engine = tmp_path / "model.engine"
+    engine_before = engine.read_bytes() if engine.exists() else None
+    manifest_before = (tmp_path / "model.json").read_bytes()
+    if fails == "manifest write":  # the disk fills up while the manifest is written
+        real_fsync = os.fsync
+
+        def fsync(fd: int) -> None:
+            if "model.json" in os.readlink(f"/proc/self/fd/{fd}"):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            real_fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+    else:  # the manifest cannot be put in place
+        real_replace = os.replace
+
+        def replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+            if Path(dst).name == "model.json":
+                raise OSError(errno.EIO, "Input/output error")
+            real_replace(src, dst)
+
+        monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(UserError, match=r"could not write .*model\.engine and model\.json"):
+        build(onnx_path, precision="fp32")
+    monkeypatch.undo()
+    assert (engine.read_bytes() if engine.exists() else None) == engine_before
+    assert (tmp_path / "model.json").read_bytes() == manifest_before
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == (
+        ["model.json", "model.onnx"]
+        if engine_before is None
+        else ["model.engine", "model.json", "model.onnx"]
+    )
 
 
 def test_rebuild_drops_the_old_verification_report(tmp_path: Path, fakes: dict[str, ModuleType]) -> None:
