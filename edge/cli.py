@@ -74,7 +74,8 @@ def record(
 
     if not simulate:
         raise UserError(
-            "recording from hardware runs inside `vrclip-edge run`; use --simulate for the simulated rig"
+            "recording from the hardware rig is not implemented yet (`vrclip-edge run` does not record "
+            "either); use --simulate for the simulated rig"
         )
     if not overwrite and (out.exists() or out.is_symlink()):
         raise UserError(f"{out}: file already exists; choose another path or pass --overwrite")

@@ -51,7 +51,7 @@ EnvironmentFile=-{env_file}
 WatchdogSec=30
 # Start-up loads the engine and connects the VNA, the switch controller and the cameras.
 TimeoutStartSec=300
-# SIGTERM, then the run loop closes sensors, flushes the recording and drains the MQTT outbox.
+# SIGTERM, then the run loop closes sensors, flushes the event sinks and drains the MQTT outbox.
 TimeoutStopSec=30
 KillMode=mixed
 Restart=on-failure
