@@ -105,7 +105,9 @@ def quantize_command(
         0.05, "--max-loc-increase", help="Gate: largest localisation error increase, metres."
     ),
     float_block: list[int] | None = typer.Option(
-        None, "--float-block", help="Keep this visual transformer block in float (repeatable)."
+        None,
+        "--float-block",
+        help="Keep this visual transformer block (and its adapter) in float (repeatable).",
     ),
     find_float_blocks: bool = typer.Option(
         False, "--find-float-blocks", help="Also try each block in float and report which pass the gate."

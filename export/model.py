@@ -270,9 +270,10 @@ def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
         try:
             from safetensors.torch import load_file
 
-            return load_file(str(path))
+            tensors = load_file(str(path))
         except Exception as e:
             raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+        return {k.removeprefix("module."): v for k, v in tensors.items()}, None  # records no config
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as first:

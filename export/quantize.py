@@ -7,8 +7,11 @@ Two artefacts, because one INT8 form does not serve both targets (DESIGN "Measur
   strongly typed INT8 build consumes. ONNX Runtime runs it too (slowly on a CPU without VNNI), which is
   how its accuracy is checked here without a GPU.
 - `<name>.int8-cpu.onnx` (precision "int8-cpu", `--variant cpu`): for ONNX Runtime on the CPU.
-  Dynamic INT8 of the weight MatMuls by default (per-row activation scales computed at run time, so
-  no calibration range can clip), or static U8S8 Q/DQ (`--cpu-method u8s8`).
+  Dynamic INT8 of the weight MatMuls by default (DynamicQuantizeLinear computes each activation's
+  scale at run time, so no calibration range can clip; it computes one scale per tensor, over the
+  whole batch, so a sample's result would depend on the samples batched with it: the ONNX Runtime
+  backend runs an int8-cpu package one sample at a time, and the gate scores it the same way), or
+  static U8S8 Q/DQ (`--cpu-method u8s8`).
 
 What stays in float, and why: LayerNorm, Softmax and GELU (their inputs have outliers a single int8
 scale cannot hold; TensorRT runs them in higher precision anyway), the patch embedding (the first Conv,
@@ -16,7 +19,19 @@ its input is the raw image) and the final projections into the identity space (t
 projection and the two alignment heads: the reliability gate compares their outputs, small errors
 there move the gate). Concretely only MatMul/Gemm with a constant weight are quantised
 (MatMulConstBOnly; activation-activation MatMuls of attention stay float), the named nodes are
-excluded, and `--float-block i` keeps transformer block i entirely in float.
+excluded, and `--float-block i` keeps transformer block i, and the residual adapter after it,
+entirely in float.
+
+In the Q/DQ variants the quantisation is confined to the MatMul/Gemm inputs: ONNX Runtime's
+quantiser puts one Q/DQ pair on an activation tensor and points every consumer at it, so the float
+ops that share an input with a quantised MatMul (the residual stream feeding an adapter's Mul, the
+SSM input feeding Gather and the skip Mul) would read int8-rounded values. Before quantising, each
+quantised MatMul/Gemm therefore gets its own Identity on its activation input, so the Q/DQ lands on
+that Identity's output and only the MatMul reads it; the Identities are removed afterwards (the Q
+node reads the shared tensor, the float consumers still read it unrounded). In the dynamic variant
+ONNX Runtime rewrites every Gemm as `<name>_MatMul` + `<name>_Add` before it applies the exclusion
+list, so an excluded Gemm is excluded under both names; the quantised graph is checked to have left
+every excluded node's weight in float.
 
 Calibration and held-out samples are built exactly as the trainer builds them (vrclip.export.data:
 crops via vrclip.edge.crops, RF windows via vrclip.edge.rfwindow, the manifest's window spec) and fed
@@ -24,7 +39,8 @@ as the runtime feeds them (the manifest's RGB preprocessing and anchor shape). E
 time: windows in its first half calibrate, windows wholly in its second half are held out, so the gate
 never scores a sample the ranges were fitted on.
 
-The gate runs the quantised and the float graph on ONNX Runtime over the held-out samples: embedding
+The gate runs the quantised and the float graph on ONNX Runtime over the held-out samples (an
+int8-cpu graph one sample at a time, as the runtime runs it): embedding
 cosine (min, mean), mAP of both (vrclip.export.metrics, same-session matches excluded), localisation
 error of both. A figure past its limit fails the command with a UserError naming it, and nothing is
 written; on success the figures go into the manifest's `accuracy`.
@@ -391,18 +407,22 @@ def plan_nodes(model: Any, float_blocks: Sequence[int] = ()) -> QuantPlan:
             n.name for n in model.graph.node if n.op_type in QUANTISED_OP_TYPES and _block_of(n.name) == b
         ]
         exclude.extend(names)
-        kept.append(f"transformer block {b} ({len(names)} MatMul/Gemm)")
+        adapter = " and its adapter" if any("/adapters." in n for n in names) else ""
+        kept.append(f"transformer block {b}{adapter} ({len(names)} MatMul/Gemm)")
     kept.extend(f"every {t}" for t in FLOAT_OP_TYPES)
     return QuantPlan(QUANTISED_OP_TYPES, tuple(dict.fromkeys(exclude)), tuple(kept))
 
 
 def _block_of(node_name: str) -> int | None:
-    marker = "/resblocks."
-    at = node_name.find(marker)
-    if at < 0 or "/visual/" not in node_name[: at + 1]:
-        return None
-    digits = node_name[at + len(marker) :].split("/", 1)[0]
-    return int(digits) if digits.isdigit() else None
+    """The visual transformer block a node belongs to: `/visual/resblocks.i/...`, and the residual
+    adapter applied after block i, `/visual/adapters.i/...`; None for every other node."""
+    for marker in ("/resblocks.", "/adapters."):
+        at = node_name.find(marker)
+        if at < 0 or "/visual/" not in node_name[: at + 1]:
+            continue
+        digits = node_name[at + len(marker) :].split("/", 1)[0]
+        return int(digits) if digits.isdigit() else None
+    return None
 
 
 def _blocks(model: Any) -> set[int]:
@@ -491,6 +511,81 @@ def _calibrate_method(name: str) -> Any:
     }[name]
 
 
+#: Suffix of the Identity that gives a quantised MatMul/Gemm its own copy of an activation input.
+DEDICATED_INPUT = "/dedicated_input_"
+
+
+def _constants(model: Any) -> set[str]:
+    return {i.name for i in model.graph.initializer} | {
+        o for n in model.graph.node if n.op_type == "Constant" for o in n.output
+    }
+
+
+def quantised_nodes(model: Any, plan: QuantPlan) -> list[Any]:
+    """The nodes the quantiser will quantise under `plan`: its op types, not excluded, and a MatMul
+    only with a constant B (MatMulConstBOnly)."""
+    constant = _constants(model)
+    return [
+        n
+        for n in model.graph.node
+        if n.op_type in plan.op_types
+        and n.name not in plan.exclude
+        and len(n.input) > 1
+        and (n.op_type != "MatMul" or n.input[1] in constant)
+    ]
+
+
+def dedicate_activation_inputs(model: Any, plan: QuantPlan) -> list[str]:
+    """Give every node the quantiser will quantise its own Identity on its activation input, in place.
+
+    ONNX Runtime's Q/DQ quantiser quantises a tensor once and points *every* consumer at the
+    DequantizeLinear output; with the Identity in between, only the MatMul/Gemm reads the int8-rounded
+    copy and the tensor's float consumers keep reading it unrounded. Returns the Identity names (for
+    `remove_dedicated_inputs`).
+    """
+    from onnx import helper
+
+    constant = _constants(model)
+    taken = {t for n in model.graph.node for t in (*n.input, *n.output)} | constant
+    taken |= {v.name for v in (*model.graph.input, *model.graph.output, *model.graph.value_info)}
+    targets = {n.name for n in quantised_nodes(model, plan) if n.name}
+    inserts: list[tuple[int, Any]] = []
+    for index, node in enumerate(model.graph.node):
+        activation = node.input[0] if node.name in targets and node.input else ""
+        if not activation or activation in constant:
+            continue
+        name = f"{node.name}{DEDICATED_INPUT}0"
+        while name in taken:
+            name += "_"
+        taken.add(name)
+        inserts.append((index, helper.make_node("Identity", [activation], [name], name=name)))
+        node.input[0] = name
+    for index, identity in reversed(inserts):  # protobuf lists: insert, never rebuild from references
+        model.graph.node.insert(index, identity)
+    return [identity.name for _, identity in inserts]
+
+
+def remove_dedicated_inputs(model: Any, identities: Sequence[str]) -> int:
+    """Drop the Identities `dedicate_activation_inputs` added, in place: whatever read an Identity's
+    output (its QuantizeLinear) reads the Identity's input. Returns how many were removed."""
+    wanted = set(identities)
+    rename: dict[str, str] = {}
+    drop = []
+    for index, node in enumerate(model.graph.node):
+        if node.op_type == "Identity" and node.name in wanted:
+            rename[node.output[0]] = node.input[0]
+            drop.append(index)
+    for index in reversed(drop):
+        del model.graph.node[index]
+    for node in model.graph.node:
+        for k, name in enumerate(node.input):
+            if name in rename:
+                node.input[k] = rename[name]
+    for index in reversed([i for i, v in enumerate(model.graph.value_info) if v.name in rename]):
+        del model.graph.value_info[index]
+    return len(rename)
+
+
 def _quantize_static_qdq(
     src: Path,
     dst: Path,
@@ -502,12 +597,17 @@ def _quantize_static_qdq(
     symmetric_activations: bool,
     extra: dict[str, Any],
 ) -> None:
-    """Static Q/DQ with per-channel symmetric int8 weights; activations int8 (symmetric) or uint8."""
+    """Static Q/DQ with per-channel symmetric int8 weights; activations int8 (symmetric) or uint8.
+
+    Q/DQ reach only the quantised MatMul/Gemm (see `dedicate_activation_inputs`)."""
+    import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
+    model = onnx.load(str(src))
+    identities = dedicate_activation_inputs(model, plan)
     with _quiet_ort_logging():
         quantize_static(
-            str(src),
+            model,
             str(dst),
             reader,
             quant_format=QuantFormat.QDQ,
@@ -527,6 +627,9 @@ def _quantize_static_qdq(
                 **_strided(reader, method),
             },
         )
+    quantised = onnx.load(str(dst))
+    remove_dedicated_inputs(quantised, identities)
+    onnx.save(quantised, str(dst))
 
 
 def quantize_s8s8(
@@ -540,8 +643,9 @@ def quantize_s8s8(
     """Symmetric S8S8 Q/DQ, per-channel weights: the TensorRT explicit-quantisation form.
 
     Q/DQ on the inputs and weights of MatMul/Gemm only, not on their outputs (so what follows, GELU,
-    residual adds, LayerNorm, sees float), and biases stay float (no int32 DequantizeLinear): the
-    placement TensorRT's explicit quantisation fuses best.
+    residual adds, LayerNorm, sees float), each MatMul/Gemm with its own Q/DQ on its input (so the
+    float ops reading the same tensor see it unrounded, see `dedicate_activation_inputs`), and biases
+    stay float (no int32 DequantizeLinear): the placement TensorRT's explicit quantisation fuses best.
     """
     _quantize_static_qdq(
         src, dst, reader, plan, method, calibration_cache,
@@ -564,10 +668,23 @@ def quantize_u8s8(
     )
 
 
+def dynamic_exclusions(model: Any, plan: QuantPlan) -> list[str]:
+    """`plan.exclude` as ONNX Runtime's dynamic quantiser must be given it: it rewrites every Gemm
+    `<name>` as MatMul `<name>_MatMul` (+ Add) before it reads the exclusion list, so an excluded Gemm
+    is listed under both names."""
+    gemms = {n.name for n in model.graph.node if n.op_type == "Gemm"}
+    names = list(plan.exclude)
+    names += [f"{n}_MatMul" for n in plan.exclude if n in gemms]
+    return list(dict.fromkeys(names))
+
+
 def quantize_dynamic_matmul(src: Path, dst: Path, plan: QuantPlan) -> None:
-    """Dynamic INT8 of the weight MatMul/Gemm (activation scales computed per run): no calibration."""
+    """Dynamic INT8 of the weight MatMul/Gemm (one activation scale per tensor, computed per run over
+    the whole batch): no calibration."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    exclude = dynamic_exclusions(onnx.load(str(src), load_external_data=False), plan)
     with _quiet_ort_logging():
         quantize_dynamic(
             str(src),
@@ -576,7 +693,7 @@ def quantize_dynamic_matmul(src: Path, dst: Path, plan: QuantPlan) -> None:
             per_channel=False,
             reduce_range=False,
             weight_type=QuantType.QInt8,
-            nodes_to_exclude=list(plan.exclude),
+            nodes_to_exclude=exclude,
             extra_options={"MatMulConstBOnly": True},
         )
 
@@ -620,6 +737,38 @@ def qdq_zero_points(path: str | Path) -> dict[str, np.ndarray]:
     return out
 
 
+def quantised_weights(model: Any) -> set[str]:
+    """The float initialisers the quantiser replaced by int8 copies: `<w>_quantized` (Q/DQ and dynamic
+    MatMul), `<w>_Transposed[_k]_quantized` (a Gemm the dynamic quantiser rewrote as a MatMul)."""
+    import re
+
+    from onnx import TensorProto
+
+    names = set()
+    for init in model.graph.initializer:
+        if init.name.endswith("_quantized") and init.data_type in (TensorProto.INT8, TensorProto.UINT8):
+            names.add(re.sub(r"_Transposed(_\d+)?$", "", init.name.removesuffix("_quantized")))
+    return names
+
+
+def check_kept_float(model: Any, path: Path, plan: QuantPlan) -> None:
+    """Every excluded node's constant weight is still float in the quantised graph at `path` (what the
+    manifest's kept_float says)."""
+    import onnx
+
+    constant = {i.name for i in model.graph.initializer}
+    weights = {
+        w: n.name for n in model.graph.node if n.name in plan.exclude for w in n.input if w in constant
+    }
+    hit = sorted(quantised_weights(onnx.load(str(path))) & weights.keys())
+    if hit:
+        raise QuantizeError(
+            f"{path}: the quantiser quantised {len(hit)} weight(s) of nodes kept in float "
+            f"(first: {weights[hit[0]]}); this ONNX Runtime names nodes differently from what "
+            "vrclip-export expects"
+        )
+
+
 def check_symmetric(path: Path) -> int:
     """The S8S8 contract: Q/DQ present, every zero point an int8 0. Returns the Q/DQ node count."""
     zps = qdq_zero_points(path)
@@ -654,6 +803,14 @@ def run_graph(
         if progress:
             progress("gate", done, total)
     return {n: np.concatenate(v) for n, v in outs.items()}
+
+
+def gate_batch(precision: str) -> int:
+    """The batch the gate runs a quantised graph at: 1 where the runtime runs the package one sample
+    at a time (int8-cpu, see vrclip.edge.inference.onnxruntime_backend), so the gate scores what runs."""
+    from vrclip.edge.inference.onnxruntime_backend import runs_per_sample
+
+    return 1 if runs_per_sample(precision) else 16
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -791,6 +948,8 @@ def _quantize_once(
     cache: Path | None,
     progress: Progress | None,
 ) -> None:
+    import onnx
+
     reader = FeedReader.of_samples(calib, manifest, options.batch, progress)
     if options.variant == "int8":
         quantize_s8s8(src, dst, reader, plan, options.calibrate_method, cache)
@@ -799,6 +958,7 @@ def _quantize_once(
         quantize_u8s8(src, dst, reader, plan, options.calibrate_method, cache)
     else:
         quantize_dynamic_matmul(src, dst, plan)
+    check_kept_float(onnx.load(str(src), load_external_data=False), dst, plan)
 
 
 def quantize_model(
@@ -830,7 +990,9 @@ def quantize_model(
         if cache is not None:
             cache.unlink()  # the quantiser writes it on first use
         _quantize_once(src, tmp, calib, manifest, options, plan, cache, progress)
-        quant_out = run_graph(tmp, held, manifest, progress=progress, done0=len(held), total=total_gate)
+        quant_out = run_graph(
+            tmp, held, manifest, gate_batch(precision), progress=progress, done0=len(held), total=total_gate
+        )
         figures = gate_figures(float_out, quant_out, held)
         failures = gate_failures(figures, options.gate)
         sensitivity: list[dict[str, Any]] = []
@@ -897,6 +1059,7 @@ def _sensitivity(
     import onnx
 
     model = onnx.load(str(src), load_external_data=False)
+    batch = gate_batch("int8" if options.variant == "int8" else "int8-cpu")
     rows = []
     for block in sorted(_blocks(model)):
         if block in options.float_blocks:
@@ -904,7 +1067,7 @@ def _sensitivity(
         plan = plan_nodes(model, (*options.float_blocks, block))
         with temporary_sibling(dst, f".block{block}.onnx") as tmp:
             _quantize_once(src, tmp, calib, manifest, replace(options), plan, cache, None)
-            fig = gate_figures(float_out, run_graph(tmp, held, manifest), held)
+            fig = gate_figures(float_out, run_graph(tmp, held, manifest, batch), held)
         passed = not gate_failures(fig, options.gate)
         rows.append(
             {

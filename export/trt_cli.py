@@ -11,6 +11,7 @@ from enum import StrEnum
 from pathlib import Path
 
 import typer
+from vrclip.export.trt_verify import MAX_POSITION_ERROR_M, MAX_RELIABILITY_ERROR
 
 
 class BuildPrecision(StrEnum):
@@ -77,7 +78,19 @@ def verify(
     iterations: int = typer.Option(50, "--iterations", min=1, help="Timed runs per batch size."),
     warmup: int = typer.Option(5, "--warmup", min=0, help="Untimed runs first."),
     min_cosine: float = typer.Option(
-        0.99, "--min-cosine", help="Fail if any output's cosine to ONNX Runtime is lower."
+        0.99,
+        "--min-cosine",
+        help="Fail if the embedding's worst per-sample cosine to ONNX Runtime is lower.",
+    ),
+    max_position_error: float = typer.Option(
+        MAX_POSITION_ERROR_M,
+        "--max-position-error",
+        help="Fail if any position is further than this from ONNX Runtime's, metres.",
+    ),
+    max_reliability_error: float = typer.Option(
+        MAX_RELIABILITY_ERROR,
+        "--max-reliability-error",
+        help="Fail if any reliability differs from ONNX Runtime's by more than this.",
     ),
     max_samples: int | None = typer.Option(
         None, "--max-samples", min=1, help="Compare on at most this many samples."
@@ -93,7 +106,13 @@ def verify(
 
     import_tensorrt()  # say "not installed" before reading anything
     options = VerifyOptions(
-        batch=batch, iterations=iterations, warmup=warmup, min_cosine=min_cosine, max_samples=max_samples
+        batch=batch,
+        iterations=iterations,
+        warmup=warmup,
+        min_cosine=min_cosine,
+        max_position_error_m=max_position_error,
+        max_reliability_error=max_reliability_error,
+        max_samples=max_samples,
     )
     report = verify_engine(engine, data, options)
     for name, r in report["outputs"].items():
@@ -113,9 +132,12 @@ def verify(
     if record:
         typer.echo(f"recorded in {record_in_manifest(report, engine)}")
     if not report["passed"]:
-        worst = ", ".join(f"{k} {v:.5f}" for k, v in report["failing"].items())
-        raise UserError(f"{engine} disagrees with ONNX Runtime: cosine {worst} < {min_cosine}")
-    typer.echo(f"{engine}: passed ({report['samples']} samples, every output cosine >= {min_cosine})")
+        why = "; ".join(f"{k}: {v}" for k, v in report["failing"].items())
+        raise UserError(f"{engine} disagrees with ONNX Runtime: {why}")
+    typer.echo(
+        f"{engine}: passed ({report['samples']} samples; per sample: embedding cosine >= {min_cosine}, "
+        f"position within {max_position_error} m, reliability within {max_reliability_error})"
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -4,7 +4,13 @@ A TensorRT engine is a different program from its ONNX: kernels are chosen per G
 INT8 quantises. Before an engine goes to a box, its outputs are compared with ONNX Runtime's on the
 same ONNX (CPU provider: exact float32, the trustworthy reference) for real held-out samples:
 per output the largest and mean absolute difference, the relative L2 error and the cosine
-similarity (overall, and the worst row for vector outputs such as the embedding). The engine then
+similarity (overall, and the worst row for vector outputs such as the embedding). The verdict is
+per sample: the embedding passes on its worst row's cosine (one bad sample among many cannot hide
+in an average), the position on its largest absolute error in metres (`MAX_POSITION_ERROR_M`, the
+quantize gate's localisation tolerance: a cosine over floor coordinates of a few metres lets
+decimetre errors through) and the reliability on its largest absolute error (`MAX_RELIABILITY_ERROR`).
+Any other output passes on its worst row's cosine, or its overall cosine when it has one value per
+sample. The engine then
 gets latency percentiles (p50/p99) and throughput at batch 1 and at its maximum batch, with the feeds
 already on the GPU when CuPy is there (as the pipeline hands them over), so the numbers are the
 engine's, not the PCIe bus's.
@@ -29,6 +35,12 @@ from vrclip.edge.inference.device import is_device_array
 from vrclip.edge.inference.factory import PackagePaths, open_engine
 from vrclip.edge.manifest import EngineManifest, atomic_write_bytes, load_manifest, manifest_json
 
+#: Largest |engine - ONNX Runtime| of a position, metres: the quantize gate's localisation tolerance
+#: (vrclip.export.quantize.GateThresholds.max_loc_increase_m), applied here to every sample.
+MAX_POSITION_ERROR_M = 0.05
+#: Largest |engine - ONNX Runtime| of the RGB reliability (a weight in [0, 1]).
+MAX_RELIABILITY_ERROR = 0.05
+
 
 @dataclass(frozen=True)
 class VerifyOptions:
@@ -36,8 +48,11 @@ class VerifyOptions:
     batch: int | None = None
     iterations: int = 50
     warmup: int = 5
-    #: Every output's cosine similarity to ONNX Runtime must reach this for the engine to pass.
+    #: The embedding's worst per-sample cosine to ONNX Runtime must reach this for the engine to pass.
     min_cosine: float = 0.99
+    #: Largest absolute position error (m) and reliability error for the engine to pass.
+    max_position_error_m: float = MAX_POSITION_ERROR_M
+    max_reliability_error: float = MAX_RELIABILITY_ERROR
     #: Use at most this many samples from the file for the comparison.
     max_samples: int | None = None
 
@@ -115,6 +130,27 @@ def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(both_zero, 1.0, np.nan_to_num(cos, nan=0.0))
 
 
+def failures(outputs: dict[str, dict[str, float | None]], options: VerifyOptions) -> dict[str, str]:
+    """Outputs past their limit (see the module docstring), each with why: {name: 'figure vs limit'}."""
+    limits = {
+        "position": (options.max_position_error_m, " m"),
+        "reliability": (options.max_reliability_error, ""),
+    }
+    failing: dict[str, str] = {}
+    for name, r in outputs.items():
+        if name in limits:
+            limit, unit = limits[name]
+            worst = float(r["max_abs"] or 0.0)
+            if not worst <= limit:
+                failing[name] = f"max |diff| {worst:.4g}{unit} > {limit:g}{unit}"
+            continue
+        row = r["min_row_cosine"]
+        cosine, what = (row, "worst-row cosine") if row is not None else (r["cosine"], "cosine")
+        if not float(cosine or 0.0) >= options.min_cosine:
+            failing[name] = f"{what} {float(cosine or 0.0):.5f} < {options.min_cosine:g}"
+    return failing
+
+
 def take_batch(feeds: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
     """The first `batch` samples, repeating the file's samples if it holds fewer."""
     count = len(next(iter(feeds.values())))
@@ -175,7 +211,7 @@ def verify_engine(
             batch_feeds, placement = _to_device(take_batch(feeds, b))
             latency[f"batch_{b}"] = time_backend(engine, batch_feeds, options.iterations, options.warmup)
         build = engine.manifest.tensorrt
-    failing = {name: r["cosine"] for name, r in outputs.items() if r["cosine"] < options.min_cosine}
+    failing = failures(outputs, options)
     return {
         "engine": str(paths.engine),
         "onnx": str(paths.onnx),
@@ -189,6 +225,8 @@ def verify_engine(
         "latency": latency,
         "inputs_on": placement,
         "min_cosine": options.min_cosine,
+        "max_position_error_m": options.max_position_error_m,
+        "max_reliability_error": options.max_reliability_error,
         "failing": failing,
         "passed": not failing,
         "verified_at": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -144,8 +144,10 @@ def check_feeds(specs: Sequence[TensorSpec], feeds: Mapping[str, Any]) -> int:
     """Check names, ranks, per-sample shapes and dtypes of `feeds`; return the common batch size.
 
     Works on anything with `.shape` and `.dtype` (numpy and CuPy arrays alike) so device arrays are
-    never pulled to the host just to be checked. A dtype is accepted when it casts to the expected one
-    within its kind (float64 -> float32, bool -> float32), the cast itself being the backend's job.
+    never pulled to the host just to be checked. A floating-point input takes floating-point arrays
+    only (float64 or float16 -> float32; the cast is the backend's job): integer or bool data there is a
+    conversion the caller skipped (uint8 crops not divided by 255), not something to cast silently.
+    Other inputs take dtypes that cast to theirs within their kind (int64 -> int32).
     """
     expected = [s.name for s in specs]
     missing = [n for n in expected if n not in feeds]
@@ -177,8 +179,16 @@ def check_feeds(specs: Sequence[TensorSpec], feeds: Mapping[str, Any]) -> int:
             raise FeedError(
                 f"input {spec.name!r} has batch {shape[0]} but {first!r} has {batch}: all inputs share axis 0"
             )
-        if not np.can_cast(np.dtype(dtype), spec.numpy_dtype, casting="same_kind"):
-            raise FeedError(f"input {spec.name!r}: dtype {np.dtype(dtype)} cannot be used as {spec.dtype}")
+        have = np.dtype(dtype)
+        if np.issubdtype(spec.numpy_dtype, np.floating):
+            if not np.issubdtype(have, np.floating):
+                raise FeedError(
+                    f"input {spec.name!r}: dtype {have} cannot be used as {spec.dtype}: a floating-point "
+                    "input takes floating-point arrays; convert the data as the manifest's preprocessing "
+                    "says (e.g. uint8 crops / 255)"
+                )
+        elif not np.can_cast(have, spec.numpy_dtype, casting="same_kind"):
+            raise FeedError(f"input {spec.name!r}: dtype {have} cannot be used as {spec.dtype}")
     assert batch is not None  # specs is never empty (the manifest requires an input)
     return batch
 

@@ -6,6 +6,12 @@ that only ever runs TensorRT does not need it.
 
 CuPy arrays are accepted as feeds but copied to the host (`.get()`): ONNX Runtime's plain `run` API
 takes host memory. That copy is the price of the fallback path, not of the TensorRT path.
+
+An int8-cpu package (`vrclip-export quantize --variant cpu`) is run one sample at a time: its dynamic
+INT8 MatMuls compute one activation scale per tensor over the whole batch (DynamicQuantizeLinear),
+so in a batch one track's embedding would depend on the other tracks in the frame. Its `max_batch`
+is therefore 1 whatever the manifest or the caller asks; `infer` still takes any batch and runs it
+sample by sample.
 """
 
 from __future__ import annotations
@@ -34,6 +40,15 @@ ORT_DTYPES = {
     "tensor(int64)": "int64",
     "tensor(bool)": "bool",
 }
+
+
+#: Precisions run one sample at a time (see the module docstring).
+PER_SAMPLE_PRECISIONS = ("int8-cpu",)
+
+
+def runs_per_sample(precision: str) -> bool:
+    """Whether a package of this manifest precision is run one sample at a time."""
+    return precision in PER_SAMPLE_PRECISIONS
 
 
 def import_onnxruntime() -> ModuleType:
@@ -74,8 +89,10 @@ class OnnxRuntimeBackend(InferenceBackend):
         intra_op_threads: int | None = None,
         max_batch: int | None = None,
     ) -> None:
+        """`max_batch`: largest chunk run at once (default the manifest's; always 1 for int8-cpu)."""
         onnx_path = Path(onnx_path)
-        super().__init__(manifest, onnx_path, max_batch or manifest.max_batch)
+        limit = 1 if runs_per_sample(manifest.precision) else (max_batch or manifest.max_batch)
+        super().__init__(manifest, onnx_path, limit)
         ort = import_onnxruntime()
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

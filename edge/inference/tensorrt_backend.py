@@ -200,9 +200,14 @@ class TensorRTBackend(InferenceBackend):
         return super()._concatenate(parts)
 
     def _release(self) -> None:
-        # Context before engine before runtime: TensorRT objects must die in reverse order of creation.
+        # Work still queued on the stream (a copy out of the buffers) finishes before anything it uses
+        # is freed; then context before engine before runtime: TensorRT objects must die in reverse
+        # order of creation; the stream goes last.
+        if self._stream is not None:
+            self._stream.synchronize()
         self._context = None
         self._engine = None
         self._runtime = None
         self._in_bufs = {}
         self._out_bufs = {}
+        self._stream = None

@@ -16,7 +16,14 @@ from vrclip.edge.inference.onnxruntime_backend import OnnxRuntimeBackend
 from vrclip.edge.manifest import ManifestError, load_manifest, write_manifest
 
 from tests.fakes import fake_modules
-from tests.fakes.models import TinySpec, reference_outputs, tiny_feeds, tiny_model, tiny_package
+from tests.fakes.models import (
+    TinySpec,
+    reference_outputs,
+    tiny_feeds,
+    tiny_manifest,
+    tiny_model,
+    tiny_package,
+)
 
 
 @pytest.fixture
@@ -174,3 +181,53 @@ def test_cupy_feeds_are_accepted_by_the_cpu_backend(package: Path, monkeypatch: 
     with fake_modules(monkeypatch, "cupy") as fakes, open_engine(package, backend="onnxruntime") as backend:
         got = backend.infer({k: fakes["cupy"].asarray(v) for k, v in feeds.items()})
     np.testing.assert_allclose(got["position"], reference_outputs(package, feeds)["position"], rtol=1e-6)
+
+
+def int8_cpu_package(folder: Path) -> Path:
+    """The tiny model with its MatMuls dynamically quantised (DynamicQuantizeLinear: one activation
+    scale per tensor over the whole batch), packaged as `vrclip-export quantize --variant cpu` does."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    float_path = tiny_package(folder / "float", "model")
+    onnx_path = folder / "model.int8-cpu.onnx"
+    quantize_dynamic(str(float_path), str(onnx_path), weight_type=QuantType.QInt8)
+    assert "DynamicQuantizeLinear" in {n.op_type for n in onnx.load(str(onnx_path)).graph.node}
+    write_manifest(folder / "model.int8-cpu.json", tiny_manifest(onnx_path, precision="int8-cpu"))
+    return onnx_path
+
+
+def test_an_int8_cpu_sample_does_not_depend_on_its_batch_partners(tmp_path: Path) -> None:
+    """One track's embedding must not change with the other tracks of the frame: the dynamic INT8
+    scale is per tensor (the whole batch), so the backend runs such a package sample by sample."""
+    onnx_path = int8_cpu_package(tmp_path)
+    feeds = tiny_feeds(2)
+    partner = {k: v.copy() for k, v in feeds.items()}
+    partner["anchor"][1] = 400.0  # a far-off partner: its features dominate a batch-wide scale
+    alone = {k: v[:1] for k, v in feeds.items()}
+    batched = reference_outputs(onnx_path, partner)  # the graph itself, run as one batch
+    assert not np.allclose(batched["embedding"][0], reference_outputs(onnx_path, alone)["embedding"][0])
+    with open_engine(onnx_path, backend="onnxruntime") as backend:
+        single = backend.infer(alone)
+        with_partner = backend.infer(partner)
+        with_other = backend.infer(feeds)
+    for name in single:
+        np.testing.assert_array_equal(with_partner[name][0], single[name][0])
+        np.testing.assert_array_equal(with_other[name][0], single[name][0])
+    assert backend.max_batch == 1
+    with OnnxRuntimeBackend(onnx_path, load_manifest(onnx_path.with_suffix(".json")), max_batch=4) as b:
+        assert b.max_batch == 1  # asking for batches does not bring the batch dependence back
+
+
+def test_integer_or_bool_data_for_a_float_input_is_refused(package: Path) -> None:
+    """Raw uint8 crops (not divided by 255) would run and give garbage: refused, naming the input."""
+    feeds = tiny_feeds(2)
+    raw = (feeds["rgb"] * 255).astype(np.uint8)
+    with open_engine(package, backend="onnxruntime") as backend:
+        with pytest.raises(FeedError, match=r"input 'rgb': dtype uint8 cannot be used as float32.*/ 255"):
+            backend.infer({**feeds, "rgb": raw})
+        with pytest.raises(FeedError, match=r"input 'anchor': dtype int64 cannot be used as float32"):
+            backend.infer({**feeds, "anchor": feeds["anchor"].astype(np.int64)})
+        with pytest.raises(FeedError, match=r"input 'anchor': dtype bool cannot be used as float32"):
+            backend.infer({**feeds, "anchor": feeds["anchor"] > 0})
+        as16 = backend.infer({**feeds, "anchor": feeds["anchor"].astype(np.float16)})  # floats cast
+    assert as16["position"].shape == (2, 2)

@@ -174,3 +174,16 @@ def test_close_releases_and_refuses_further_work(built: Path) -> None:
     backend.close()
     with pytest.raises(RuntimeError, match="closed"):
         backend.infer(tiny_feeds(1))
+
+
+def test_close_waits_for_the_stream_then_drops_it(built: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Closing must not free the engine or buffers under work still queued on the stream, nor keep
+    the CUDA stream alive after the backend is done with it."""
+    backend = open_engine(built, backend="tensorrt")
+    backend.infer(tiny_feeds(2))
+    stream = backend._stream
+    seen: list[bool] = []  # at each synchronize: was the execution context still alive?
+    monkeypatch.setattr(stream, "synchronize", lambda: seen.append(backend._context is not None))
+    backend.close()
+    assert seen == [True]
+    assert backend._stream is None and backend._context is None

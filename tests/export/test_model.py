@@ -135,6 +135,25 @@ def test_loads_clip_weights_and_resizes_the_positional_embedding(tmp_path) -> No
     np.testing.assert_allclose(encoder.vit.positional_embedding[1:].detach().numpy(), 0.25, atol=1e-5)
 
 
+def test_loads_clip_weights_from_a_safetensors_file(tmp_path) -> None:
+    """open_clip publishes its weights as .safetensors: the same tensors load as from a .pt file."""
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    cfg = small_config().vision
+    torch.manual_seed(3)
+    source = VisualEncoder(cfg)
+    state = {f"visual.{k}": v.contiguous() for k, v in source.vit.state_dict().items()}
+    path = tmp_path / "clip.safetensors"
+    safetensors_torch.save_file(state, str(path))
+    encoder = VisualEncoder(cfg)
+    assert load_clip_visual_weights(encoder, path) == len(encoder.vit.state_dict())
+    assert torch.equal(encoder.vit.conv1.weight, source.vit.conv1.weight)
+    assert torch.equal(encoder.vit.positional_embedding, source.vit.positional_embedding)
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not safetensors")
+    with pytest.raises(CheckpointError, match=r"broken\.safetensors: not a readable safetensors file"):
+        load_clip_visual_weights(encoder, broken)
+
+
 def test_bad_weight_files_name_the_file(tmp_path) -> None:
     encoder = VisualEncoder(small_config().vision)
     with pytest.raises(CheckpointError, match="no such weights file"):

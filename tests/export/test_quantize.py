@@ -146,8 +146,109 @@ def test_quantising_again_gives_the_same_bytes(
     assert again.manifest.accuracy["gate"] == int8.manifest.accuracy["gate"]
 
 
-def test_cpu_variant(float_model: Path, small_dataset: Path, cache: Path) -> None:
-    result = quantize_model(float_model, [small_dataset], options(cache, variant="cpu"))
+def consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    out: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            out.setdefault(i, []).append(n)
+    return out
+
+
+def int8_nodes(path: Path) -> list[str]:
+    """Names of the nodes that compute in int8: fed by an activation DequantizeLinear (Q/DQ) or
+    integer MatMuls (dynamic)."""
+    model = onnx.load(str(path))
+    init = {i.name for i in model.graph.initializer}
+    made_by = producers(model)
+    names = []
+    for n in model.graph.node:
+        if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") or any(
+            i in made_by and made_by[i].op_type == "DequantizeLinear" and made_by[i].input[0] not in init
+            for i in n.input
+        ):
+            names.append(n.name)
+    return names
+
+
+def test_only_the_quantised_matmuls_read_int8_rounded_activations(int8: q.QuantizeResult) -> None:
+    """The float ops that share an input with a quantised MatMul (the adapter's lambda * x on the
+    residual stream, the SSM's Gather and skip Mul, the RF normalisation's Pow) read that input as
+    float: an activation DequantizeLinear feeds MatMul/Gemm only."""
+    model = onnx.load(str(int8.onnx_path))
+    init = {i.name for i in model.graph.initializer}
+    readers = consumers(model)
+    activation_dq = [
+        n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] not in init
+    ]
+    assert activation_dq
+    read_by = {c.op_type for d in activation_dq for c in readers.get(d.output[0], [])}
+    assert read_by and read_by <= {"MatMul", "Gemm"}, read_by
+    # The adapter's MatMul is quantised; the Mul beside it reads the very tensor its Q node reads.
+    made_by = producers(model)
+    adapter_mm = next(n for n in model.graph.node if n.name == "/visual/adapters.0/proj/MatMul")
+    quant = made_by[made_by[adapter_mm.input[0]].input[0]]
+    assert quant.op_type == "QuantizeLinear"
+    assert {c.op_type for c in readers[quant.input[0]]} >= {"QuantizeLinear", "Mul"}
+    assert not [n.name for n in model.graph.node if q.DEDICATED_INPUT in n.name and n.op_type == "Identity"]
+
+
+def test_a_float_block_keeps_its_adapter_float(
+    float_model: Path, small_dataset: Path, cache: Path, tmp_path: Path
+) -> None:
+    plan = q.plan_nodes(onnx.load(str(float_model)), (0,))
+    assert "/visual/adapters.0/proj/MatMul" in plan.exclude
+    out = tmp_path / "block0.int8.onnx"
+    result = quantize_model(float_model, [small_dataset], options(cache, out=out, float_blocks=(0,)))
+    quantised = int8_nodes(out)
+    assert quantised  # the RF encoder is still INT8
+    assert not [n for n in quantised if n.startswith(("/visual/resblocks.0/", "/visual/adapters.0/"))]
+    assert "transformer block 0 and its adapter" in " ".join(
+        result.manifest.accuracy["quantization"]["kept_float"]
+    )
+
+
+@pytest.fixture(scope="module")
+def cpu(float_model: Path, small_dataset: Path, cache: Path) -> q.QuantizeResult:
+    return quantize_model(float_model, [small_dataset], options(cache, variant="cpu"))
+
+
+def test_cpu_variant_keeps_the_excluded_gemms_float(
+    cpu: q.QuantizeResult, float_model: Path, tmp_path: Path
+) -> None:
+    """ONNX Runtime's dynamic quantiser renames each Gemm `<name>_MatMul`: the alignment heads (and a
+    float block's Gemm) must stay float all the same, as the manifest's kept_float says."""
+    quantised = int8_nodes(cpu.onnx_path)
+    assert quantised
+    for head in ("/align_vision/Gemm", "/align_rf/Gemm"):
+        assert not [n for n in quantised if n.startswith(head)], head
+        assert head in " ".join(cpu.manifest.accuracy["quantization"]["kept_float"])
+    weights = q.quantised_weights(onnx.load(str(cpu.onnx_path)))
+    assert weights and not weights & {"model.align_vision.weight", "model.align_rf.weight"}
+    out = tmp_path / "block0.int8-cpu.onnx"
+    q.quantize_dynamic_matmul(float_model, out, q.plan_nodes(onnx.load(str(float_model)), (0,)))
+    block0 = [n for n in int8_nodes(out) if n.startswith(("/visual/resblocks.0/", "/visual/adapters.0/"))]
+    assert not block0
+
+
+def test_a_quantiser_that_ignores_the_exclusions_is_caught_before_anything_is_written(
+    float_model: Path, small_dataset: Path, cache: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Should ONNX Runtime rename nodes again, the manifest must not claim float layers that are not."""
+    monkeypatch.setattr(q, "dynamic_exclusions", lambda model, plan: list(plan.exclude))  # the old names
+    out = tmp_path / "m.int8-cpu.onnx"
+    with pytest.raises(QuantizeError, match=r"quantised 2 weight\(s\) of nodes kept in float"):
+        quantize_model(float_model, [small_dataset], options(cache, variant="cpu", out=out))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_verify_position_limit_is_the_quantize_gates_localisation_tolerance() -> None:
+    from vrclip.export.trt_verify import MAX_POSITION_ERROR_M
+
+    assert GateThresholds().max_loc_increase_m == MAX_POSITION_ERROR_M
+
+
+def test_cpu_variant(cpu: q.QuantizeResult) -> None:
+    result = cpu
     assert result.onnx_path.name == "micro.int8-cpu.onnx"
     assert result.manifest.precision == "int8-cpu"
     ops = {n.op_type for n in onnx.load(str(result.onnx_path)).graph.node}
@@ -155,8 +256,13 @@ def test_cpu_variant(float_model: Path, small_dataset: Path, cache: Path) -> Non
     assert result.manifest.accuracy["gate"]["cosine_mean"] >= 0.9
 
 
-def test_cpu_variant_u8s8_uses_uint8_activations(float_model: Path, small_dataset: Path, cache: Path) -> None:
-    result = quantize_model(float_model, [small_dataset], options(cache, variant="cpu", cpu_method="u8s8"))
+def test_cpu_variant_u8s8_uses_uint8_activations(
+    float_model: Path, small_dataset: Path, cache: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "u8s8.int8-cpu.onnx"
+    result = quantize_model(
+        float_model, [small_dataset], options(cache, variant="cpu", cpu_method="u8s8", out=out)
+    )
     graph = onnx.load(str(result.onnx_path)).graph
     zero_points = {i.name: i.data_type for i in graph.initializer if i.name.endswith("_zero_point")}
     activation_zps = [

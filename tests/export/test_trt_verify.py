@@ -15,7 +15,13 @@ from vrclip.edge.errors import UserError
 from vrclip.edge.manifest import load_manifest
 from vrclip.export.trt_build import BuildOptions, build_engine
 from vrclip.export.trt_cli import register
-from vrclip.export.trt_verify import VerifyOptions, compare, load_feeds, verify_engine
+from vrclip.export.trt_verify import (
+    MAX_POSITION_ERROR_M,
+    VerifyOptions,
+    compare,
+    load_feeds,
+    verify_engine,
+)
 
 from tests.fakes import fake_modules
 from tests.fakes.models import tiny_feeds, tiny_package
@@ -78,8 +84,44 @@ def test_a_wrong_engine_fails_and_names_the_output(
     with pytest.raises(SystemExit) as exit_:
         run(cli_app())
     assert exit_.value.code == 2
-    assert "disagrees with ONNX Runtime: cosine position" in capsys.readouterr().err
+    assert "disagrees with ONNX Runtime: position: max |diff|" in capsys.readouterr().err
     assert json.loads(out_json.read_text())["failing"].keys() == {"position"}  # report written before failing
+
+
+def test_each_sample_must_agree_not_the_whole_output_on_average(
+    package: Path, fakes: dict[str, ModuleType], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Positions 0.3 m off, one embedding of ten at cosine 0.95, reliabilities 0.1 off: each keeps
+    a cosine over the whole flattened output above 0.99, and each must fail the engine."""
+    engine_cls = fakes["tensorrt"].ICudaEngine
+    honest = engine_cls._run
+    noise = np.random.default_rng(5).normal(0.0, 0.3, (10, 2)).astype(np.float32)
+    damage: dict[str, bool] = {}
+
+    def off(self, feeds):
+        out = honest(self, feeds)
+        n = len(out["position"])
+        if damage.get("position"):
+            out["position"] = out["position"] + noise[:n]
+        if damage.pop("embedding", False):  # the first chunk of the comparison run
+            e = out["embedding"].copy()
+            away = e[1] - (e[1] @ e[0]) * e[0]
+            e[0] = 0.95 * e[0] + np.sqrt(1 - 0.95**2) * away / np.linalg.norm(away)  # cosine 0.95
+            out["embedding"] = e
+        if damage.get("reliability"):
+            out["reliability"] = np.clip(out["reliability"] + np.float32(0.1), 0, 1)
+        return out
+
+    monkeypatch.setattr(engine_cls, "_run", off)
+    for name in ("position", "embedding", "reliability"):
+        damage.clear()
+        damage[name] = True
+        report = verify_engine(package, package.parent / "heldout.npz", FAST)
+        r = report["outputs"][name]
+        assert r["cosine"] > 0.99, name  # what the old check looked at: it would pass
+        assert not report["passed"] and set(report["failing"]) == {name}, name
+    assert "max |diff|" in report["failing"]["reliability"]
+    assert report["max_position_error_m"] == MAX_POSITION_ERROR_M
 
 
 def test_cli_writes_the_report_and_records_a_summary(
