@@ -359,10 +359,11 @@ def write_manifest(path: str | Path, manifest: EngineManifest) -> Path:
     return path
 
 
-def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
-    """Replace `path` with `data` in one rename; on any failure the old file is untouched."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def write_temporary(path: Path, data: bytes | memoryview) -> Path:
+    """`data` in a new fsynced file beside `path`, readable as the package's files are; returns its
+    path. The caller renames it over `path` (or removes it): a reader never sees half a file."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(name)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -372,9 +373,20 @@ def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
+    """Replace `path` with `data` in one rename; on any failure the old file is untouched."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = write_temporary(path, data)
+    try:
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -404,4 +416,5 @@ __all__ = [
     "manifest_path_for",
     "sha256_file",
     "write_manifest",
+    "write_temporary",
 ]

@@ -57,6 +57,7 @@ from vrclip.edge.manifest import (
     load_manifest,
     manifest_json,
     sha256_file,
+    write_temporary,
 )
 
 #: Batch the profile is tuned for unless told otherwise: a handful of people in view.
@@ -366,9 +367,9 @@ def publish_package(
     """
     leftovers: list[Path] = []
     try:
-        engine_tmp = _write_temporary(engine, engine_data)
+        engine_tmp = write_temporary(engine, engine_data)
         leftovers.append(engine_tmp)
-        manifest_tmp = _write_temporary(manifest, manifest_data)
+        manifest_tmp = write_temporary(manifest, manifest_data)
         leftovers.append(manifest_tmp)
         previous = _keep_previous(engine)
         if previous is not None:
@@ -397,25 +398,6 @@ def publish_package(
     finally:
         for path in leftovers:
             path.unlink(missing_ok=True)
-
-
-def _write_temporary(path: Path, data: bytes | memoryview) -> Path:
-    """`data` in a new file beside `path` (fsynced, the package's permissions); returns its path."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp creates 0600; an engine package must be readable by the service user.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp
 
 
 def _keep_previous(path: Path) -> Path | None:
