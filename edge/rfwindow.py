@@ -35,6 +35,7 @@ the field as in training.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections import deque
 from dataclasses import asdict, dataclass
@@ -88,8 +89,16 @@ class RFWindowSpec:
             raise ValueError(
                 f"RF window needs frames >= 1 and range_bins >= 1, got {self.frames}, {self.range_bins}"
             )
-        if not self.span_m > 0:
-            raise ValueError(f"RF window span_m = {self.span_m}: must be positive")
+        if not (math.isfinite(self.span_m) and self.span_m > 0):
+            raise ValueError(f"RF window span_m = {self.span_m}: must be a positive finite length")
+        if not math.isfinite(self.centre_height_m):
+            raise ValueError(f"RF window centre_height_m = {self.centre_height_m}: must be finite")
+        if self.pad_factor < 1:
+            raise ValueError(f"RF window pad_factor = {self.pad_factor}: must be >= 1")
+        if not 0.0 < self.background_alpha <= 1.0:
+            raise ValueError(f"RF window background_alpha = {self.background_alpha}: must be in (0, 1]")
+        if any(not math.isfinite(o) for o in self.beam_offsets_m):
+            raise ValueError(f"RF window beam_offsets_m {self.beam_offsets_m}: must be finite offsets")
         if self.background not in ("session", "running", "none"):
             raise ValueError(f"RF window background = {self.background!r}: must be session, running or none")
         if len(set(self.channels)) != len(self.channels) or any(c < 0 for c in self.channels):

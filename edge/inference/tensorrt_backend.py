@@ -17,6 +17,7 @@ import this module fine and simply cannot instantiate the class.
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -29,6 +30,8 @@ from vrclip.edge.inference.device import import_cupy, is_device_array
 from vrclip.edge.manifest import EngineManifest
 
 #: TensorRT requires every tensor address to be 256-byte aligned (cudaMalloc's alignment).
+log = logging.getLogger(__name__)
+
 TENSOR_ALIGNMENT = 256
 TRT_MISSING = "TensorRT is not installed: pip install 'vrclip-edge[trt]' on the GPU box"
 
@@ -203,11 +206,17 @@ class TensorRTBackend(InferenceBackend):
         # Work still queued on the stream (a copy out of the buffers) finishes before anything it uses
         # is freed; then context before engine before runtime: TensorRT objects must die in reverse
         # order of creation; the stream goes last.
-        if self._stream is not None:
-            self._stream.synchronize()
-        self._context = None
-        self._engine = None
-        self._runtime = None
-        self._in_bufs = {}
-        self._out_bufs = {}
-        self._stream = None
+        # After a sticky CUDA error the synchronise itself raises: close() must still let everything
+        # go (and not replace the error that brought the run down), so that is logged, not raised.
+        try:
+            if self._stream is not None:
+                self._stream.synchronize()
+        except Exception as exc:
+            log.warning("TensorRT backend: stream synchronise failed while closing (%s)", exc)
+        finally:
+            self._context = None
+            self._engine = None
+            self._runtime = None
+            self._in_bufs = {}
+            self._out_bufs = {}
+            self._stream = None

@@ -27,7 +27,7 @@ from vrclip.edge.pipeline.app import (
     with_workdir,
 )
 from vrclip.edge.pipeline.enrolment import embedding_dim, enrol_from_feed, enroll_simulated_people
-from vrclip.edge.pipeline.runner import EdgeRunner
+from vrclip.edge.pipeline.runner import EdgeRunner, radar_stall_s
 from vrclip.edge.service.notify import Notifier
 from vrclip.edge.service.shutdown import ShutdownFlag
 from vrclip.edge.service.watchdog import WatchdogPinger
@@ -85,6 +85,7 @@ def run_pipeline(
                 emit=emit,
                 heartbeat=pinger.heartbeat,
                 status_stream=sys.stderr,
+                radar_stall_s=radar_stall_s(config),
             )
             summary = runner.run(stop, duration_s=duration_s)
             if not stop.is_set():  # a duration or a replay ended it: tell systemd we are going

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, TextIO
 
+from vrclip.edge.config import EdgeConfig
 from vrclip.edge.events.event import IdentityEvent
 from vrclip.edge.events.health import Health
 from vrclip.edge.pipeline.identify import Identifier, TrackResult
@@ -42,6 +43,17 @@ class RunSummary:
         return (self.ended_s or time.monotonic()) - self.started_s
 
 
+#: How long the radar capture may show no sign of life (no frame, fault or reconnection attempt)
+#: before the run loop stops feeding the watchdog. Longer than the VNA driver's largest reconnection
+#: backoff (radar.vna.reconnect_max_backoff_s, 30 s by default) plus an attempt's timeouts.
+RADAR_STALL_S = 90.0
+
+
+def radar_stall_s(config: EdgeConfig) -> float:
+    """`RADAR_STALL_S`, or more where the config lets the driver wait longer between reconnections."""
+    return max(RADAR_STALL_S, config.radar.vna.reconnect_max_backoff_s + 60.0)
+
+
 class EdgeRunner:
     """Owns the capture threads and drives the Identifier with synchronised frames.
 
@@ -65,6 +77,7 @@ class EdgeRunner:
         status_stream: TextIO | None = None,
         status_interval_s: float = 5.0,
         lossless: bool = False,
+        radar_stall_s: float = RADAR_STALL_S,
     ) -> None:
         if "radar" not in sources:
             raise ValueError("the pipeline is driven by radar frames: a radar source is required")
@@ -83,9 +96,14 @@ class EdgeRunner:
             name: CaptureThread(factory, name, self.queues[name], health, lossless=lossless)
             for name, factory in sources.items()
         }
+        self.radar_stall_s = radar_stall_s
         self.sync = Synchronizer(slop_ns)
         self.lossless = lossless
         self._latest: dict[str, int] = {}
+
+    def _radar_alive(self) -> bool:
+        quiet_ns = time.monotonic_ns() - self.threads["radar"].last_alive_ns()
+        return quiet_ns < self.radar_stall_s * 1e9
 
     def run(
         self, stop: StopSignal, duration_s: float | None = None, max_frames: int | None = None
@@ -108,9 +126,11 @@ class EdgeRunner:
                 item = radar_q.get(timeout=0.1)
                 self._collect_partners(None if item is None else item.frame.t_ns)
                 if item is None:
-                    if summary.frames and self.heartbeat is not None:
-                        # The loop is alive, waiting for a radar that is down and being reopened by
-                        # its capture thread: that is a degraded service, not a stalled one.
+                    if summary.frames and self.heartbeat is not None and self._radar_alive():
+                        # The loop is alive, waiting for a radar that is down and being reopened
+                        # (frames, faults or reconnection attempts keep coming): a degraded service,
+                        # not a stalled one. A radar read that hangs shows no sign of life, and after
+                        # `radar_stall_s` the heartbeats stop so systemd restarts the service.
                         self.heartbeat()
                     if self.threads["radar"].ended.is_set() and not len(radar_q):
                         summary.reason = "radar stream ended"

@@ -117,6 +117,11 @@ class ScpiRadarSource:
         self._source = RadarSource.from_config(self.config)
         self._source.open()
 
+    @property
+    def last_activity_ns(self) -> int:
+        """Monotonic time of the driver's last frame or (re)connection attempt (see CaptureThread)."""
+        return self._source.last_activity_ns if self._source is not None else 0
+
     def read(self) -> Frame | None:
         """The next radar frame, no faster than radar.frame_rate_hz (the rate the engine expects)."""
         assert self._source is not None
@@ -367,6 +372,18 @@ class CaptureThread:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"capture-{modality}", daemon=True)
         self._source: FrameSource | None = None
+        self._alive_ns = time.monotonic_ns()
+
+    def last_alive_ns(self) -> int:
+        """Monotonic time of this capture's last sign of life: a frame, a fault, a reopen attempt, or
+        (for a source that retries inside `read`, such as the SCPI radar) its own last attempt. A
+        read that hangs shows none, which is how the run loop tells a stall from an outage."""
+        source = self._source
+        inner = getattr(source, "last_activity_ns", None) if source is not None else None
+        return max(self._alive_ns, inner if isinstance(inner, int) else 0)
+
+    def _touch(self) -> None:
+        self._alive_ns = time.monotonic_ns()
 
     def start(self) -> CaptureThread:
         self._thread.start()
@@ -391,6 +408,7 @@ class CaptureThread:
                 backoff = 0.2
                 while not self._stop.is_set():
                     frame = self._source.read()
+                    self._touch()
                     if frame is None:
                         self.ended.set()
                         return
@@ -413,6 +431,7 @@ class CaptureThread:
                 self.ended.set()
                 return
             except Exception as exc:  # any sensor fault degrades the output, never kills the process
+                self._touch()
                 if self._stop.is_set():
                     return
                 self.health.set_modality(self.modality, ModalityState.DOWN, exc)
@@ -423,4 +442,5 @@ class CaptureThread:
                     with contextlib.suppress(Exception):
                         source.close()
             self._stop.wait(backoff)
+            self._touch()
             backoff = min(self.max_backoff_s, backoff * 2)

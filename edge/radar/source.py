@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -88,6 +89,9 @@ class RadarSource:
         #: Hardware steps the armed controller should have counted (step = "trigger").
         self._steps_expected = 0
         self.stats = RadarStats()
+        #: Monotonic time of the last frame, dropped frame or (re)connection attempt: the run loop's
+        #: watchdog tells an outage being retried (this keeps moving) from a hung driver call.
+        self.last_activity_ns = time.monotonic_ns()
         self._pairs = [(int(t), int(r)) for t, r in np.asarray(geometry.pairs).reshape(-1, 2)]
         self._seq = 0
         self._closed = threading.Event()
@@ -177,6 +181,7 @@ class RadarSource:
         self.switch.close()
 
         def note(exc: BaseException, delay: float) -> None:
+            self.last_activity_ns = time.monotonic_ns()
             self.stats.last_error = str(exc)
             log.warning("radar reconnect failed (%s); next attempt in %.2f s", exc, delay)
 
@@ -211,6 +216,7 @@ class RadarSource:
                         if self._closed.is_set():
                             return None
                         raise
+                    self.last_activity_ns = time.monotonic_ns()
                     if is_reconnect:
                         self.stats.reconnects += 1
                 seq = self._seq
@@ -221,6 +227,7 @@ class RadarSource:
                 except RadarSetupError:
                     raise
                 except RadarError as exc:
+                    self.last_activity_ns = time.monotonic_ns()
                     self.stats.drops += 1
                     self.stats.last_error = str(exc)
                     log.warning("radar frame %d dropped: %s", seq, exc)
@@ -228,6 +235,7 @@ class RadarSource:
                     self.switch.close()
                     continue
                 self.stats.frames += 1
+                self.last_activity_ns = time.monotonic_ns()
                 return RadarFrame(seq=seq, t_ns=t_ns, clock=self.clock, s21=s21)
             return None
 

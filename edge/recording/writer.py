@@ -121,9 +121,14 @@ class SessionWriter:
                 f"SessionWriter: config_toml must be the TOML text, got {type(config_toml).__name__}"
             )
         freqs = np.asarray(freqs_hz, dtype=np.float64)
-        if freqs.ndim != 1 or freqs.size == 0 or not np.all(np.isfinite(freqs)):
+        if (
+            freqs.ndim != 1
+            or not 2 <= freqs.size <= schema.MAX_SWEEP_POINTS
+            or not np.all(np.isfinite(freqs))
+        ):
             raise UserError(
-                f"SessionWriter: freqs_hz must be a non-empty 1-D array of finite Hz, got {freqs.shape}"
+                f"SessionWriter: freqs_hz must be a 1-D array of 2..{schema.MAX_SWEEP_POINTS} finite Hz, "
+                f"got shape {freqs.shape}"
             )
         if int(radar_channels) <= 0:
             raise UserError(f"SessionWriter: radar_channels must be positive, got {radar_channels}")

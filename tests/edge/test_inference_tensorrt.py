@@ -187,3 +187,20 @@ def test_close_waits_for_the_stream_then_drops_it(built: Path, monkeypatch: pyte
     backend.close()
     assert seen == [True]
     assert backend._stream is None and backend._context is None
+
+
+def test_close_after_a_cuda_error_still_lets_everything_go(
+    built: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a sticky CUDA error the stream's synchronise raises; close() must not raise in its turn
+    (it runs in `finally` blocks, where it would hide the error that stopped the run) and must still
+    drop the context, engine and stream."""
+    backend = open_engine(built, backend="tensorrt")
+    backend.infer(tiny_feeds(2))
+
+    def broken() -> None:
+        raise RuntimeError("cudaErrorIllegalAddress (test)")
+
+    monkeypatch.setattr(backend._stream, "synchronize", broken)
+    backend.close()
+    assert backend._stream is None and backend._context is None and backend._engine is None

@@ -146,9 +146,12 @@ def test_rf_window_spec_must_match_the_declared_sizes() -> None:
     [
         ("background", "mean", "must be session, running or none"),
         ("channels", "abc", "expected a list of numbers"),
-        ("span_m", -1, "must be positive"),
+        ("span_m", -1, "must be a positive finite length"),
         ("beam_heights_m", [1.0, "x"], "expected a list of numbers"),
         ("range_compensation", "yes", "expected true or false"),
+        ("background_alpha", -1.0, "must be in \\(0, 1\\]"),
+        ("beam_offsets_m", [0.0, float("nan")], "must be finite offsets"),
+        ("centre_height_m", float("inf"), "must be finite"),
     ],
 )
 def test_an_rf_window_the_runtime_cannot_build_is_refused_naming_the_manifest(

@@ -299,6 +299,20 @@ def test_a_geometry_that_does_not_describe_the_radar_is_refused_by_reader_and_wr
         child.open_writer(tmp_path / "w2.h5", geometry=cases["few_pairs"][0])
 
 
+def test_the_writer_refuses_a_frequency_axis_its_reader_would_refuse(tmp_path: Path) -> None:
+    for freqs in (np.array([1e9]), np.zeros(200_000)):
+        with pytest.raises(UserError, match=r"freqs_hz must be a 1-D array of 2\.\.100001"):
+            SessionWriter(
+                tmp_path / "f.h5",
+                config_toml="",
+                geometry=child.GEOMETRY,
+                freqs_hz=freqs,
+                radar_channels=child.CHANNELS,
+                conditions={},
+                identities=[],
+            )
+
+
 def test_a_frequency_axis_beyond_any_sweep_is_refused_before_it_is_read(tmp_path: Path) -> None:
     path = tmp_path / "freqs.h5"
     _write_session(path, n=2)

@@ -280,6 +280,53 @@ def test_a_step_that_hangs_still_stops_the_watchdog() -> None:
     assert not loop.is_alive()
 
 
+class HangingRadar(Radar):
+    """Healthy frames, then a read that never returns (a driver call stuck without its timeout)."""
+
+    def __init__(self, healthy: list[int], hung: threading.Event, release: threading.Event) -> None:
+        super().__init__(healthy)
+        self.hung, self.release = hung, release
+
+    def read(self) -> RadarFrame:
+        if self.healthy[0] <= 0:
+            self.hung.set()
+            self.release.wait(30)
+            raise SensorError("VNA: released (test)")
+        return super().read()
+
+
+def test_a_radar_read_that_hangs_stops_the_watchdog_after_the_stall_limit() -> None:
+    """An outage being retried keeps showing signs of life (faults, reconnection attempts); a hung
+    read shows none, and past `radar_stall_s` the loop must stop feeding the watchdog."""
+    identifier = CountingIdentifier()
+    pinger = WatchdogPinger(Notifier(socket_name=""), interval_s=None)
+    hung, release = threading.Event(), threading.Event()
+    runner = EdgeRunner(
+        identifier,  # type: ignore[arg-type]
+        {"radar": lambda: HangingRadar([3], hung, release)},
+        Health(("radar",)),
+        slop_ns=0,
+        heartbeat=pinger.heartbeat,
+        radar_stall_s=1.0,
+    )
+    stop = threading.Event()
+    loop = threading.Thread(target=runner.run, args=(stop,))
+    loop.start()
+    try:
+        assert hung.wait(30) and pinger.ready
+        time.sleep(0.3)
+        assert pinger.tick(), "within the stall limit the loop still vouches for the radar"
+        time.sleep(1.2)
+        pinger.tick()  # beats sent just before the limit
+        time.sleep(0.5)
+        assert not pinger.tick(), "no WATCHDOG=1 once the radar read has hung past the stall limit"
+    finally:
+        stop.set()
+        release.set()
+        loop.join(30)
+    assert not loop.is_alive()
+
+
 CHILD = r"""
 import sys
 from vrclip.edge.service import Notifier, ShutdownFlag, WatchdogPinger
