@@ -82,3 +82,28 @@ def test_tiny_package_is_resolved_like_the_runtime_and_must_be_the_float_one(tmp
     fp32.write_bytes(fp32.read_bytes() + b"\0")  # not the model its manifest describes
     with pytest.raises(UserError, match=r"m\.onnx: sha256 .* is not the"):
         bench(tmp_path / "m")
+
+
+def test_int8_cpu_is_timed_and_scored_one_sample_at_a_time_as_the_runtime_runs_it() -> None:
+    """The runtime runs int8-cpu packages at batch 1 (one activation scale per tensor would make a
+    sample depend on its batch partners); the bench must time what the runtime does."""
+    import numpy as np
+    from vrclip.export.bench import Variant, run_like_runtime
+
+    class Session:
+        def __init__(self) -> None:
+            self.batches: list[int] = []
+
+        def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+            n = feeds["rf"].shape[0]
+            self.batches.append(n)
+            return [feeds["rf"].reshape(n, -1) * (k + 1) for k in range(len(names))]
+
+    feeds = {"rf": np.arange(8 * 3, dtype=np.float32).reshape(8, 3), "present": np.ones((8, 2), np.float32)}
+    cpu, fp32 = Variant("int8-cpu", Path("x")), Variant("fp32", Path("y"))
+    cpu.session, fp32.session = Session(), Session()
+    out = run_like_runtime(cpu, ["embedding", "position"], feeds)
+    assert cpu.session.batches == [1] * 8
+    assert np.array_equal(out[0], feeds["rf"]) and np.array_equal(out[1], 2 * feeds["rf"])
+    run_like_runtime(fp32, ["embedding"], feeds)
+    assert fp32.session.batches == [8]

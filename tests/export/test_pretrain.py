@@ -22,6 +22,7 @@ from vrclip.export.model import (  # noqa: E402
 )
 from vrclip.export.pretrain import (  # noqa: E402
     CHECKPOINT_NAME,
+    CROP_RENDER_VERSION,
     PretrainConfig,
     augment,
     pretrain,
@@ -142,8 +143,14 @@ def test_a_checkpoint_is_resumed_only_for_the_rig_it_was_pretrained_on(
     with pytest.raises(UserError, match=r"\(JPEG quality differs\)"):
         pretrain(replace(cfg, dataset=duller), log=lambda _: None)
 
-    # A checkpoint from before the rig was recorded cannot show which camera it was trained on.
+    # Trained on crops an older renderer made (other crops for the same settings): not resumed.
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    older = {**state, "settings": {**state["settings"], "render_version": CROP_RENDER_VERSION - 1}}
+    torch.save(older, checkpoint)
+    with pytest.raises(UserError, match=r"other settings \(render_version\).*--restart"):
+        pretrain(cfg, log=lambda _: None)
+
+    # A checkpoint from before the rig was recorded cannot show which camera it was trained on.
     legacy = {**state, "settings": {k: v for k, v in state["settings"].items() if k != "rig"}}
     torch.save(legacy, checkpoint)
     with pytest.raises(UserError, match=r"did not record the dataset's rig.*pass --restart"):
