@@ -307,18 +307,22 @@ def test_a_radar_read_that_hangs_stops_the_watchdog_after_the_stall_limit() -> N
         Health(("radar",)),
         slop_ns=0,
         heartbeat=pinger.heartbeat,
-        radar_stall_s=1.0,
+        radar_stall_s=3.0,
     )
     stop = threading.Event()
     loop = threading.Thread(target=runner.run, args=(stop,))
     loop.start()
     try:
-        assert hung.wait(30) and pinger.ready
-        time.sleep(0.3)
+        assert hung.wait(30)
+        hung_at = time.monotonic()  # the capture's last sign of life was just before this
+        while not pinger.ready and time.monotonic() < hung_at + 30:  # the loop catches up
+            time.sleep(0.01)
+        assert pinger.ready
+        time.sleep(max(0.0, hung_at + 1.0 - time.monotonic()))
         assert pinger.tick(), "within the stall limit the loop still vouches for the radar"
-        time.sleep(1.2)
+        time.sleep(max(0.0, hung_at + 3.5 - time.monotonic()))
         pinger.tick()  # beats sent just before the limit
-        time.sleep(0.5)
+        time.sleep(0.6)
         assert not pinger.tick(), "no WATCHDOG=1 once the radar read has hung past the stall limit"
     finally:
         stop.set()
