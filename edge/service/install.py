@@ -42,8 +42,8 @@ StartLimitBurst=5
 
 [Service]
 # READY=1 is sent once the first frame has gone through the pipeline, WATCHDOG=1 while the loop keeps
-# turning (a radar outage is waited out; a hung step stops it: vrclip.edge.service.watchdog),
-# STOPPING=1 on SIGTERM.
+# turning (a radar outage is waited out; a hung step, or a radar read silent for 90 s, stops it:
+# vrclip.edge.service.watchdog), STOPPING=1 on SIGTERM.
 Type=notify
 NotifyAccess=main
 ExecStart={executable} run --config {config}

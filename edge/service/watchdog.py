@@ -2,12 +2,13 @@
 
 A thread that pings WATCHDOG=1 on a timer would keep a deadlocked pipeline "healthy" for ever. Here
 the pipeline calls `heartbeat()` on every turn of its run loop (an integer increment): after each
-processed frame, and also on each short wait in which no radar frame came (a sensor that is down is
-reopened by its capture thread while the loop goes on; restarting the service would not bring it
-back sooner). The pinger thread sends WATCHDOG=1 every WatchdogSec/2 only if at least one heartbeat
-happened since its previous ping. A stalled pipeline (a step stuck in a deadlock or on a GPU that
-stopped answering) therefore stops the pings, and systemd kills and restarts the service after
-WatchdogSec.
+processed frame, and also on each short wait in which no radar frame came while the radar capture
+still shows signs of life (a sensor that is down is reopened by its capture thread while the loop
+goes on; restarting the service would not bring it back sooner). A radar read that hangs shows none,
+and after the runner's `radar_stall_s` the heartbeats stop. The pinger thread sends WATCHDOG=1
+every WatchdogSec/2 only if at least one heartbeat happened since its previous ping. A stalled
+pipeline (a step stuck in a deadlock or on a GPU that stopped answering) therefore stops the pings,
+and systemd kills and restarts the service after WatchdogSec.
 
 READY=1 is sent on the first heartbeat: "started" means a frame went through the whole pipeline,
 not that Python imported its modules; until then systemd's start timeout applies.
