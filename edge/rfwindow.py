@@ -35,8 +35,10 @@ the field as in training.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
+import typing
 from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -135,8 +137,9 @@ class RFWindowSpec:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for key in ("channels", "beam_heights_m", "beam_offsets_m"):
-            d[key] = list(d[key])
+        for key, (kind, _) in _field_kinds().items():
+            if kind is tuple:
+                d[key] = list(d[key])
         return d
 
     @classmethod
@@ -147,16 +150,16 @@ class RFWindowSpec:
         if not isinstance(data, dict):
             raise ValueError(f"RF window is a {type(data).__name__}, not a mapping")
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        for key, kind in _WINDOW_FIELD_TYPES.items():
-            if key not in known:
+        for key, (kind, element) in _field_kinds().items():
+            if key not in known or kind is None:
                 continue
             value = known[key]
             try:
                 if kind is tuple:
-                    whole = key == "channels"
+                    whole = element is int
                     if isinstance(value, str | bytes) or not all(_is_number(v, whole) for v in value):
                         raise TypeError
-                    known[key] = tuple((int if whole else float)(v) for v in value)
+                    known[key] = tuple(element(v) for v in value)
                 elif kind is bool:
                     if not isinstance(value, bool | np.bool_):
                         raise TypeError
@@ -171,19 +174,20 @@ class RFWindowSpec:
         return cls(**known)
 
 
-#: What each field of RFWindowSpec must hold in a file (`background` is checked by the class itself).
-_WINDOW_FIELD_TYPES: dict[str, type] = {
-    "frames": int,
-    "range_bins": int,
-    "pad_factor": int,
-    "span_m": float,
-    "centre_height_m": float,
-    "background_alpha": float,
-    "range_compensation": bool,
-    "channels": tuple,
-    "beam_heights_m": tuple,
-    "beam_offsets_m": tuple,
-}
+@functools.cache
+def _field_kinds() -> dict[str, tuple[type | None, type | None]]:
+    """{field: (kind, element)} of RFWindowSpec from its annotations: int, float, bool, or tuple with
+    its element type; kind None for a Literal (`background`, which the class checks itself)."""
+    kinds: dict[str, tuple[type | None, type | None]] = {}
+    for name, hint in typing.get_type_hints(RFWindowSpec).items():
+        origin = typing.get_origin(hint)
+        if origin is tuple:
+            kinds[name] = (tuple, typing.get_args(hint)[0])
+        elif origin is Literal:
+            kinds[name] = (None, None)
+        else:
+            kinds[name] = (hint, None)
+    return kinds
 
 
 def _is_number(value: object, whole: bool) -> bool:

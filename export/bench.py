@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from vrclip.edge.inference.onnxruntime_backend import runs_per_sample
 from vrclip.edge.manifest import EngineManifest, atomic_write_bytes, load_manifest, manifest_path_for
 
 #: JSON config label -> model preset.
@@ -185,7 +186,7 @@ def run_like_runtime(v: Variant, names: list[str], feeds: dict[str, np.ndarray])
     """Run `v` as the edge runtime does: int8-cpu (one activation scale per tensor, so per batch)
     one sample at a time, so that no sample's result depends on its batch partners; the others
     as one batch."""
-    if v.precision != "int8-cpu":
+    if not runs_per_sample(v.precision):
         return v.session.run(names, feeds)
     n = next(iter(feeds.values())).shape[0]
     parts = [v.session.run(names, {k: x[i : i + 1] for k, x in feeds.items()}) for i in range(n)]

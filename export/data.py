@@ -31,7 +31,6 @@ import numpy as np
 from vrclip.edge.config import parse_config
 from vrclip.edge.crops import CropSpec, camera_from_config, crop_person
 from vrclip.edge.errors import ConfigError, RecordingError, UserError
-from vrclip.edge.geometry import ArrayGeometry
 from vrclip.edge.recording.reader import SessionReader
 from vrclip.edge.rfwindow import RFWindowExtractor, RFWindowSpec
 
@@ -180,10 +179,7 @@ def recorded_channels(sessions: Sequence[SessionInfo]) -> int:
     first: tuple[str, int] | None = None
     for session in sessions:
         with SessionReader(session.path) as reader:
-            try:
-                count = ArrayGeometry.from_dict(reader.geometry).n_channels
-            except ValueError as e:
-                raise RecordingError(f"{session.path}: its array geometry is unreadable ({e})") from e
+            count = reader.array_geometry.n_channels
         if first is None:
             first = (session.name, count)
         elif count != first[1]:
@@ -242,9 +238,9 @@ def preprocess_session(session: SessionInfo, spec: PrepSpec) -> list[dict[str, n
             )
         try:
             config = parse_config(tomllib.loads(reader.config_toml), source=f"{where} config")
-            geometry = ArrayGeometry.from_dict(reader.geometry)
         except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError, ConfigError) as e:
-            raise RecordingError(f"{where}: its stored config/geometry is unreadable ({e})") from e
+            raise RecordingError(f"{where}: its stored config is unreadable ({e})") from e
+        geometry = reader.array_geometry
         try:
             extractor = RFWindowExtractor(
                 spec.rf, geometry, reader.freqs_hz, reader.calibration, source=where
@@ -403,12 +399,8 @@ def _read_cache(folder: Path, session: SessionInfo) -> list[Track] | None:
 
 def array_centre(session: SessionInfo) -> np.ndarray:
     """(2,) horizontal centre of the recording's radar array (the beams' origin), from its geometry."""
-    try:
-        with SessionReader(session.path) as reader:
-            geometry = ArrayGeometry.from_dict(reader.geometry)
-    except (KeyError, TypeError, ValueError) as e:
-        raise RecordingError(f"{session.path}: its stored array geometry is unreadable ({e})") from e
-    return np.asarray(geometry.centre_xy, np.float32)
+    with SessionReader(session.path) as reader:
+        return np.asarray(reader.array_geometry.centre_xy, np.float32)
 
 
 def _prepare_one(args: tuple[SessionInfo, PrepSpec, str]) -> str:

@@ -270,12 +270,11 @@ def sensor_signature(recording: str | Path) -> dict[str, Any]:
     Kept in the manifest's RF window record (key "sensor"; RFWindowSpec.from_dict ignores it) so the
     quantiser, and the runtime if it wishes, can refuse recordings from another radar configuration.
     """
-    from vrclip.edge.geometry import ArrayGeometry
     from vrclip.edge.recording.reader import SessionReader
 
     with SessionReader(recording) as reader:
         freqs = np.asarray(reader.freqs_hz, np.float64)
-        geometry = ArrayGeometry.from_dict(reader.geometry)
+        geometry = reader.array_geometry
         times = reader.times("radar", 0, min(reader.count("radar"), 1000))
     signature = signature_of(freqs, geometry)
     # The rate the runtime's RadarRateCheck compares its radar with, measured by the same rule.

@@ -123,6 +123,11 @@ class QuantizeOptions:
     #: Output path (default: <name>.int8.onnx / <name>.int8-cpu.onnx beside the float model).
     out: Path | None = None
 
+    @property
+    def precision(self) -> str:
+        """The manifest precision the variant produces: "int8" or "int8-cpu"."""
+        return "int8" if self.variant == "int8" else "int8-cpu"
+
 
 Progress = Callable[[str, int, int | None], None]
 """progress(task, done, total): task is 'preprocess', 'samples', 'calibrate' or 'gate'."""
@@ -212,7 +217,6 @@ def check_sensor(sessions: Sequence[Any], manifest: EngineManifest, source: str)
     found one, else the first recording (they must then at least agree with each other and with the
     model's channel count).
     """
-    from vrclip.edge.geometry import ArrayGeometry
     from vrclip.edge.recording.reader import SessionReader
     from vrclip.edge.rfwindow import RFWindowSpec
 
@@ -226,8 +230,7 @@ def check_sensor(sessions: Sequence[Any], manifest: EngineManifest, source: str)
         with SessionReader(s.path) as reader:
             if "camera" not in reader.streams:
                 raise RecordingError(f"{s.path}: has no camera stream; calibration needs RGB + radar")
-            geometry = ArrayGeometry.from_dict(reader.geometry)
-            mine = signature_of(np.asarray(reader.freqs_hz, np.float64), geometry)
+            mine = signature_of(np.asarray(reader.freqs_hz, np.float64), reader.array_geometry)
         used = window.n_channels(mine["array_channels"])
         if window.channels and max(window.channels) >= mine["array_channels"]:
             raise QuantizeError(
@@ -894,7 +897,7 @@ def output_path(src: Path, options: QuantizeOptions) -> Path:
     if options.out is not None:
         return Path(options.out)
     stem = src.name.removesuffix(".onnx")
-    return src.with_name(f"{stem}.{'int8' if options.variant == 'int8' else 'int8-cpu'}.onnx")
+    return src.with_name(f"{stem}.{options.precision}.onnx")
 
 
 def check_output_path(src: Path, dst: Path) -> None:
@@ -983,7 +986,7 @@ def quantize_model(
     calib, held = load_samples(recordings, manifest, options, str(src), progress)
     total_gate = 2 * len(held)
     float_out = run_graph(src, held, manifest, progress=progress, total=total_gate)
-    precision = "int8" if options.variant == "int8" else "int8-cpu"
+    precision = options.precision
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(temporary_sibling(dst, ".onnx"))
         cache = stack.enter_context(temporary_sibling(dst, ".calib.json")) if find_float_blocks else None
@@ -1059,7 +1062,7 @@ def _sensitivity(
     import onnx
 
     model = onnx.load(str(src), load_external_data=False)
-    batch = gate_batch("int8" if options.variant == "int8" else "int8-cpu")
+    batch = gate_batch(options.precision)
     rows = []
     for block in sorted(_blocks(model)):
         if block in options.float_blocks:

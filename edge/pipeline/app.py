@@ -166,7 +166,7 @@ def replay_feed(path: Path, *, paced: bool = True, loop: bool = False) -> Feed:
 
     with SessionReader(path) as reader:
         config = parse_config(tomllib.loads(reader.config_toml), source=f"{path} config")
-        geometry = ArrayGeometry.from_dict(reader.geometry)
+        geometry = reader.array_geometry
         freqs = np.asarray(reader.freqs_hz)
         calibration = (
             ChannelCalibration.from_dict(reader.calibration, source=f"{path} calibration")

@@ -165,16 +165,19 @@ class Identifier:
         return results, events
 
     def _crop(self, synced: SyncedFrame, position: np.ndarray) -> tuple[np.ndarray, bool]:
-        blank = np.zeros((self.crop_spec.height, self.crop_spec.width, 3), np.uint8)
         if synced.camera is None or self.camera is None:
-            return blank, False
+            return self._no_crop(), False
         try:
             return crop_person(synced.camera.rgb, self.camera, position, self.crop_spec)
         except ValueError as exc:
             # A frame the camera model cannot crop (another size than camera.width/height, a wrong
             # pixel format) is a camera fault: this step goes on as if the camera were not live.
             self._fault("camera_crop_errors", f"camera frame unusable, identifying without it: {exc}")
-            return blank, False
+            return self._no_crop(), False
+
+    def _no_crop(self) -> np.ndarray:
+        """The black crop fed with `present` rgb = 0 (allocated only when a crop is missing)."""
+        return np.zeros((self.crop_spec.height, self.crop_spec.width, 3), np.uint8)
 
     def _fault(self, counter: str, message: str) -> None:
         """Count a recoverable fault; warn once per kind (a fault that repeats every frame must not

@@ -58,9 +58,10 @@ class EdgeRunner:
     """Owns the capture threads and drives the Identifier with synchronised frames.
 
     `heartbeat` (WatchdogPinger.heartbeat) is first called once a frame has gone through the whole
-    pipeline, then on every turn of the loop, also when no radar frame came within its short wait: a
-    radar that is down and being reopened must not get the service killed by the watchdog, while a
-    step that hangs stops the loop, and with it the heartbeats.
+    pipeline, then on every turn of the loop, also when no radar frame came within its short wait as
+    long as the radar capture shows signs of life (`radar_stall_s`): a radar that is down and being
+    reopened must not get the service killed by the watchdog, while a step or a radar read that
+    hangs stops the heartbeats.
     """
 
     def __init__(

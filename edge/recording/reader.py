@@ -160,7 +160,8 @@ class SessionReader:
         self.config_toml = self._required_str("config_toml")
         self.geometry: dict[str, Any] = self._json_object("geometry_json")
         try:
-            geometry_channels = ArrayGeometry.from_dict(self.geometry).n_channels
+            #: The radar array the recording was made with, checked when the file is opened.
+            self.array_geometry = ArrayGeometry.from_dict(self.geometry)
         except ValueError as exc:
             raise RecordingError(f"{where}: geometry_json is not an antenna array geometry ({exc})") from None
         self.conditions: dict[str, Any] = self._json_object("conditions_json")
@@ -191,6 +192,7 @@ class SessionReader:
             )
         self.freqs_hz: np.ndarray = freqs[()]
         channels = self._dim(radar, "channels")
+        geometry_channels = self.array_geometry.n_channels
         if channels != geometry_channels:
             raise RecordingError(
                 f"{where}: the radar stream has {channels} channels but geometry_json pairs "
