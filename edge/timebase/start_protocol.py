@@ -13,7 +13,9 @@ Wire format: newline-terminated UTF-8 JSON, one object per line, each line at mo
 - server -> client, once armed: ``{"type": "start", "target_ns": <int>, "clock": "<clock name>",
   "session": "<id>"}``; then the server closes its side.
 - server -> client, when it refuses (full, start already passed, bad hello):
-  ``{"type": "error", "message": "<why>"}``; then it closes.
+  ``{"type": "error", "message": "<why>"}``; then it closes. A refusal that may pass (the server is
+  full, and a slot frees when another device leaves or a silent socket is dropped) adds
+  ``"retry": true``; the client then keeps trying until its own timeout.
 
 Nothing read from the socket is trusted: lines are length-bounded, the number of clients is bounded,
 and the client validates every field of the start message before sleeping on it.
@@ -86,8 +88,11 @@ def _encode(msg: dict[str, Any]) -> bytes:
     return line
 
 
-def _error_line(message: str) -> bytes:
-    return _encode({"type": "error", "message": message[:800]})
+def _error_line(message: str, *, retry: bool = False) -> bytes:
+    msg: dict[str, Any] = {"type": "error", "message": message[:800]}
+    if retry:
+        msg["retry"] = True
+    return _encode(msg)
 
 
 def new_session_id() -> str:
@@ -394,7 +399,7 @@ class StartServer:
             self._sel.register(sock, selectors.EVENT_READ, conn)
             if full:
                 # Refused, but through the lingering close, so the refusal line is not lost to a reset.
-                self._reply_and_close(conn, f"time server full ({self.max_clients} clients)")
+                self._reply_and_close(conn, f"time server full ({self.max_clients} clients)", retry=True)
 
     def _on_readable(self, conn: _Conn) -> None:
         try:
@@ -465,9 +470,9 @@ class StartServer:
                     "already passed; this device joined too late",
                 )
 
-    def _reply_and_close(self, conn: _Conn, message: str) -> None:
+    def _reply_and_close(self, conn: _Conn, message: str, *, retry: bool = False) -> None:
         conn.answered = True
-        conn.outbuf += _error_line(message)
+        conn.outbuf += _error_line(message, retry=retry)
         self._flush(conn)
 
     def _flush(self, conn: _Conn) -> None:
@@ -557,7 +562,10 @@ def parse_start_message(
     kind = msg.get("type")
     if kind == "error":
         detail = msg.get("message")
-        raise UserError(f"{where} refused this device: {detail if isinstance(detail, str) else text[:200]}")
+        why = f"{where} refused this device: {detail if isinstance(detail, str) else text[:200]}"
+        if msg.get("retry") is True:
+            raise ServerBusy(why)
+        raise UserError(why)
     if kind != "start":
         raise UserError(f"{where} sent field 'type' = {kind!r}, expected 'start'")
     for key in ("target_ns", "clock", "session"):
@@ -606,8 +614,9 @@ def wait_for_start(
 ) -> StartSignal:
     """Connect to the time server (retrying with backoff), say hello, and return its validated signal.
 
-    Retries cover the usual start-up race (devices come up before the server) and transient drops;
-    a message the server did send but that fails validation, or an explicit refusal, is final.
+    Retries cover the usual start-up race (devices come up before the server), transient drops and a
+    full server (a slot frees when a device leaves or a silent socket is dropped); a message the server
+    did send but that fails validation, or any other refusal, is final.
     Raises UserError naming ``host:port`` if no valid signal arrives within ``timeout_s``.
     """
     if not isinstance(name, str) or not 1 <= len(name) <= _NAME_MAX or not name.isprintable():
@@ -625,12 +634,11 @@ def wait_for_start(
             break
         try:
             line = _exchange(host, port, hello, deadline)
-        except _Retry as exc:
-            last_error = str(exc)
-        else:
             return parse_start_message(
                 line, server, past_tolerance_ns=past_tolerance_ns, max_future_ns=max_future_ns
             )
+        except (_Retry, ServerBusy) as exc:
+            last_error = str(exc)
         left = deadline - time.monotonic()
         if left <= 0:
             break
@@ -640,6 +648,10 @@ def wait_for_start(
         f"no start signal from time server {server} within {timeout_s:g} s (last: {last_error}); "
         "check that `vrclip-edge timebase serve` is running there and reachable"
     )
+
+
+class ServerBusy(UserError):
+    """The server refused for now (it is full) and said a later attempt may succeed."""
 
 
 class _Retry(Exception):

@@ -17,6 +17,7 @@ from vrclip.edge.timebase.cli import timebase_app
 from vrclip.edge.timebase.clock import CLOCK_MONOTONIC, now_ns, sleep_until_ns
 from vrclip.edge.timebase.start_protocol import (
     MAX_LINE_BYTES,
+    ServerBusy,
     StartServer,
     StartSignal,
     parse_start_message,
@@ -184,15 +185,57 @@ def test_connected_but_never_armed_times_out_with_a_clear_error() -> None:
     assert f"{HOST}:{server.port}" in str(info.value)
 
 
-def test_server_full_is_refused_with_a_message() -> None:
-    with StartServer(HOST, 0, max_clients=1) as srv, socket.create_connection((HOST, srv.port)) as first:
-        first.sendall(b'{"type":"hello","name":"first"}\n')
-        deadline = time.monotonic() + 5
-        while srv.clients != ["first"] and time.monotonic() < deadline:
-            time.sleep(0.01)
-        with pytest.raises(UserError, match=r"refused.*full \(1 clients\)"):
-            wait_for_start(HOST, srv.port, "second", timeout_s=3)
+def _hold_slot(srv: StartServer, name: str) -> socket.socket:
+    """Connect a device that says hello and waits, holding one of the server's slots."""
+    sock = socket.create_connection((HOST, srv.port), timeout=5)
+    sock.sendall(json.dumps({"type": "hello", "name": name}).encode() + b"\n")
+    deadline = time.monotonic() + 5
+    while name not in srv.clients and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert name in srv.clients
+    return sock
+
+
+def test_a_server_that_stays_full_is_reported_when_the_device_gives_up() -> None:
+    with StartServer(HOST, 0, max_clients=1) as srv, _hold_slot(srv, "first"):
+        with pytest.raises(UserError, match=r"within 1 s \(last: .*refused.*full \(1 clients\)"):
+            wait_for_start(HOST, srv.port, "second", timeout_s=1)
         assert srv.clients == ["first"], "a refused device must not count as a client"
+
+
+def test_full_refusal_says_retry_and_other_refusals_do_not() -> None:
+    with (
+        StartServer(HOST, 0, max_clients=1) as srv,
+        _hold_slot(srv, "first"),
+        socket.create_connection((HOST, srv.port), timeout=5) as second,
+    ):
+        line = second.makefile("rb").readline()
+    assert json.loads(line) == {"type": "error", "message": "time server full (1 clients)", "retry": True}
+    with pytest.raises(UserError, match="refused this device: bad hello") as info:
+        parse_start_message(b'{"type":"error","message":"bad hello"}', "h:1")
+    assert not isinstance(info.value, ServerBusy), "only a refusal that says retry may be retried"
+
+
+def test_a_device_refused_by_a_full_server_gets_in_when_a_slot_frees() -> None:
+    """A full server is a passing state (a device restarts, a silent socket is dropped): the device
+    retries within its timeout instead of giving up on the first refusal."""
+    with StartServer(HOST, 0, max_clients=1) as srv:
+        first = _hold_slot(srv, "first")
+        got: list[object] = []
+        waiter = threading.Thread(
+            target=lambda: got.append(wait_for_start(HOST, srv.port, "second", timeout_s=8))
+        )
+        waiter.start()
+        time.sleep(0.3)  # the second device has been refused at least once by now
+        assert srv.clients == ["first"]
+        first.close()
+        deadline = time.monotonic() + 5
+        while srv.clients != ["second"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert srv.clients == ["second"]
+        signal = srv.arm(lead_s=0.2)
+        waiter.join(timeout=8)
+        assert got == [signal]
 
 
 def test_silent_connections_are_dropped_after_the_hello_deadline_and_free_their_slots() -> None:
