@@ -15,6 +15,7 @@ import tempfile
 import time
 import zipfile
 import zlib
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,13 @@ from vrclip.edge.gallery.store import MAX_DIM, GalleryError, GalleryStore, norma
 
 FORMAT = "vrclip-gallery"
 FORMAT_VERSION = 1
-#: Refuse import files larger than this (a gallery of 10,000 people x 32 exemplars x 512-d is ~650 MB JSON).
+#: Refuse import files larger than this (10,000 people x 32 exemplars x 512-d is 655 MB of float32).
 MAX_IMPORT_BYTES = 2 << 30
+#: A JSON export or import larger than this is refused with a pointer to .npz. JSON is read whole and
+#: every number becomes a Python float (about 32 bytes for ~20 bytes of text), so this bounds the memory
+#: an import takes to about 1 GB; 256 MiB holds ~400 people x 32 exemplars x 512-d. .npz has no such
+#: cost and takes galleries of any size up to MAX_IMPORT_ARRAY_BYTES.
+MAX_JSON_BYTES = 256 << 20
 #: Refuse an npz import whose arrays, uncompressed, add up to more than this: a few hundred kilobytes
 #: of deflated zeros can expand to gigabytes. The 10,000 x 32 x 512 gallery is 655 MB of float32.
 MAX_IMPORT_ARRAY_BYTES = 1 << 30
@@ -87,17 +93,7 @@ def export_gallery(store: GalleryStore, path: str | Path) -> int:
     blocks = [(info, store.exemplars(info.name)) for info in infos]
     dim = store.dim or 0
     if kind == "json":
-        doc = {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "dim": dim,
-            "exported_ns": time.time_ns(),
-            "identities": [
-                {"name": info.name, "created_ns": info.created_ns, "exemplars": vectors.tolist()}
-                for info, vectors in blocks
-            ],
-        }
-        _atomic_write(path, lambda h: h.write(json.dumps(doc, separators=(",", ":")).encode("utf-8")))
+        _atomic_write(path, lambda h: _write_json(h, path, dim, blocks))
     else:
         matrix = np.concatenate([v for _, v in blocks]) if blocks else np.zeros((0, dim), np.float32)
         owner = [i for i, (_, vectors) in enumerate(blocks) for _ in range(len(vectors))]
@@ -112,6 +108,27 @@ def export_gallery(store: GalleryStore, path: str | Path) -> int:
         }
         _atomic_write(path, lambda h: np.savez_compressed(h, **arrays))
     return len(blocks)
+
+
+def _write_json(handle: Any, path: Path, dim: int, blocks: list[tuple[Any, np.ndarray]]) -> None:
+    """Write the JSON export one identity at a time, so that only one identity's numbers are ever held
+    as Python floats; refuse (and so leave no file) once it outgrows what a JSON import reads."""
+    head = {"format": FORMAT, "version": FORMAT_VERSION, "dim": dim, "exported_ns": time.time_ns()}
+    opening = json.dumps(head, separators=(",", ":"))[:-1] + ',"identities":['
+    written = handle.write(opening.encode("utf-8"))
+    for i, (info, vectors) in enumerate(blocks):
+        item = {"name": info.name, "created_ns": info.created_ns, "exemplars": vectors.tolist()}
+        written += handle.write(
+            (("," if i else "") + json.dumps(item, separators=(",", ":"))).encode("utf-8")
+        )
+        if written + 2 > MAX_JSON_BYTES:  # 2: the closing ]}
+            exemplars = sum(len(v) for _, v in blocks)
+            raise GalleryError(
+                f"{path}: a gallery of {len(blocks)} identities and {exemplars} exemplars is too large for "
+                f"a JSON export (over {MAX_JSON_BYTES} bytes, more than a JSON import reads); "
+                "export to a file ending in .npz instead"
+            )
+    handle.write(b"]}")
 
 
 def _check_dim(path: Path, dim: Any) -> int:
@@ -264,9 +281,15 @@ def import_gallery(store: GalleryStore, path: str | Path, *, overwrite: bool = F
         raise GalleryError(
             f"{path}: {size} bytes is larger than the {MAX_IMPORT_BYTES} bytes an import accepts"
         )
+    if kind == "json" and size > MAX_JSON_BYTES:
+        raise GalleryError(
+            f"{path}: {size} bytes of JSON is more than the {MAX_JSON_BYTES} bytes a JSON import reads "
+            "(every number would be held in memory as a Python object); export the gallery as .npz "
+            "(`vrclip-edge gallery export FILE.npz`) and import that"
+        )
     dim, entries = _read_json(path) if kind == "json" else _read_npz(path)
-    names = [name for name, _ in entries]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
+    counts = Counter(name for name, _ in entries)
+    duplicates = sorted(n for n, c in counts.items() if c > 1)
     if duplicates:
         raise GalleryError(f"{path}: identities listed twice: {', '.join(map(repr, duplicates))}")
     checked: list[tuple[str, np.ndarray]] = []

@@ -244,3 +244,40 @@ def test_export_to_an_unwritable_path_is_a_gallery_error_and_leaves_nothing(db: 
     assert list(folder.iterdir()) == []
     result = invoke(db, "export", str(folder))
     assert isinstance(result.exception, GalleryError) and "folder.json" in str(result.exception)
+
+
+def test_json_export_is_valid_json_of_every_identity(db: Path, tmp_path: Path) -> None:
+    """The JSON export is written one identity at a time; the result is still one valid document."""
+    out = tmp_path / "g.json"
+    with GalleryStore(db) as store:
+        assert export_gallery(store, out) == 2
+        alice = store.exemplars("alice")
+    doc = json.loads(out.read_text())
+    assert (doc["format"], doc["version"], doc["dim"]) == ("vrclip-gallery", 1, DIM)
+    assert [p["name"] for p in doc["identities"]] == ["alice", "bob"]
+    np.testing.assert_array_equal(np.array(doc["identities"][0]["exemplars"], np.float32), alice)
+
+
+def test_json_too_large_is_refused_both_ways_with_a_pointer_to_npz(
+    db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """JSON is parsed whole into Python floats, so its size is bounded; .npz carries any gallery."""
+    from vrclip.edge.gallery import transfer
+
+    big = tmp_path / "big.json"
+    with GalleryStore(db) as store:
+        export_gallery(store, big)
+    size = big.stat().st_size
+    monkeypatch.setattr(transfer, "MAX_JSON_BYTES", size - 1)
+    with GalleryStore(tmp_path / "t.sqlite") as store:
+        with pytest.raises(GalleryError, match=rf"big\.json: {size} bytes of JSON is more than .*\.npz"):
+            import_gallery(store, big)
+        assert store.identities() == []
+    with GalleryStore(db) as store:
+        with pytest.raises(
+            GalleryError, match=r"again\.json: a gallery of 2 identities and 5 exemplars .*\.npz"
+        ):
+            export_gallery(store, tmp_path / "again.json")
+        assert export_gallery(store, tmp_path / "fine.npz") == 2
+    assert not (tmp_path / "again.json").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")], "no temporary file is left"
