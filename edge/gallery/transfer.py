@@ -28,9 +28,9 @@ FORMAT_VERSION = 1
 #: Refuse import files larger than this (10,000 people x 32 exemplars x 512-d is 655 MB of float32).
 MAX_IMPORT_BYTES = 2 << 30
 #: A JSON export or import larger than this is refused with a pointer to .npz. JSON is read whole and
-#: every number becomes a Python float (about 32 bytes for ~20 bytes of text), so this bounds the memory
-#: an import takes to about 1 GB; 256 MiB holds ~400 people x 32 exemplars x 512-d. .npz has no such
-#: cost and takes galleries of any size up to MAX_IMPORT_ARRAY_BYTES.
+#: every number becomes a Python float (201 MB of JSON peaked at 531 MB parsed), so an import of this
+#: size takes about 1 GB with the raw text; 256 MiB holds ~780 people x 32 exemplars x 512-d (21 bytes
+#: a number). .npz has no such cost and takes galleries of any size up to MAX_IMPORT_ARRAY_BYTES.
 MAX_JSON_BYTES = 256 << 20
 #: Refuse an npz import whose arrays, uncompressed, add up to more than this: a few hundred kilobytes
 #: of deflated zeros can expand to gigabytes. The 10,000 x 32 x 512 gallery is 655 MB of float32.
