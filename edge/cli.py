@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
 import typer
 from vrclip.edge.cli_support import make_app, progress_bar, run
-from vrclip.edge.config import config_to_toml, load_config
+from vrclip.edge.config import EdgeConfig, config_to_toml, load_config
 from vrclip.edge.errors import UserError
 from vrclip.edge.gallery.cli import gallery_app
 from vrclip.edge.imaging.bench import bench_app
@@ -58,28 +59,57 @@ def record(
     out: Path = typer.Option(..., "--out", "-o", help="Recording file to write (.h5)."),
     simulate: bool = typer.Option(False, "--simulate", help="Record the simulated rig (no hardware)."),
     seconds: float = typer.Option(10.0, "--seconds", min=0.1, help="Session length in seconds."),
-    people: int = typer.Option(1, "--people", help="Number of people walking in the simulated room."),
-    lighting: str = typer.Option("day", "--lighting", help="day | dusk | night"),
-    occlusion: str = typer.Option("none", "--occlusion", help="none | wall | furniture"),
-    seed: int = typer.Option(0, "--seed", help="Session seed: walking paths and sensor noise."),
+    identity: list[str] = typer.Option(
+        [],
+        "--identity",
+        "-i",
+        help="Hardware rig: who walks in this session (repeat for each person); stored as the "
+        "session's identities.",
+    ),
+    wait_start: bool = typer.Option(
+        False,
+        "--wait-start",
+        help="Hardware rig: open the sensors, then start at the instant the rig's time server "
+        "(sync.time_server, `vrclip-edge timebase serve`) broadcasts.",
+    ),
+    name: str = typer.Option(
+        socket.gethostname(), "--name", help="This device's name, sent to the time server."
+    ),
+    start_timeout: float = typer.Option(
+        120.0, "--start-timeout", min=0.1, help="With --wait-start: give up after this many seconds."
+    ),
+    people: int = typer.Option(1, "--people", help="Simulated rig: number of people walking."),
+    lighting: str = typer.Option("day", "--lighting", help="Simulated rig: day | dusk | night"),
+    occlusion: str = typer.Option("none", "--occlusion", help="Simulated rig: none | wall | furniture"),
+    seed: int = typer.Option(0, "--seed", help="Simulated rig: walking paths and sensor noise."),
     world_seed: int = typer.Option(
-        0, "--world-seed", help="Who the people are: person-00 is the same person for the same world seed."
+        0,
+        "--world-seed",
+        help="Simulated rig: who the people are (person-00 is the same person for the same seed).",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file."),
     config: Path | None = CONFIG_OPTION,
 ) -> None:
-    """Record a session (radar, camera, depth, labels) to HDF5."""
-    from vrclip.edge.record import RecordRequest, record_simulated
-    from vrclip.edge.sim.scene import Lighting, SceneSpec, default_people, occluder_preset
+    """Record a session (radar, camera, depth; labels on the simulated rig) to HDF5.
 
-    if not simulate:
-        raise UserError(
-            "recording from the hardware rig is not implemented yet (`vrclip-edge run` does not record "
-            "either); use --simulate for the simulated rig"
-        )
+    With --simulate the simulated scene is stepped as fast as it renders. Without it, the real rig
+    the config describes is recorded in real time: every sensor through the runtime's drivers, a
+    faulty one reported and the others recorded; Ctrl-C stops early and keeps the file.
+    """
     if not overwrite and (out.exists() or out.is_symlink()):
         raise UserError(f"{out}: file already exists; choose another path or pass --overwrite")
     cfg = load_config(config)
+    if not simulate:
+        _record_rig(cfg, out, seconds, tuple(identity), overwrite, wait_start, name, start_timeout)
+        return
+    if identity or wait_start:
+        raise UserError(
+            "--identity and --wait-start are for the hardware rig; the simulated rig names its "
+            "people itself (--people, --world-seed)"
+        )
+    from vrclip.edge.record import RecordRequest, record_simulated
+    from vrclip.edge.sim.scene import Lighting, SceneSpec, default_people, occluder_preset
+
     Lighting.preset(lighting)
     occluder_preset(occlusion, cfg.room)
     spec = SceneSpec(
@@ -101,6 +131,63 @@ def record(
     elapsed = time.perf_counter() - started
     summary = ", ".join(f"{n} {stream}" for stream, n in counts.items())
     typer.echo(f"wrote {out}: {summary} frames in {elapsed:.1f} s")
+
+
+def _record_rig(
+    cfg: EdgeConfig,
+    out: Path,
+    seconds: float,
+    identities: tuple[str, ...],
+    overwrite: bool,
+    wait_start: bool,
+    name: str,
+    start_timeout: float,
+) -> None:
+    """`record` on the real rig: a summary line per stream, and exit 1 if a stream recorded nothing."""
+    from vrclip.edge.pipeline.app import hardware_feed
+    from vrclip.edge.record_live import NOTHING_UP_S, LiveRecordRequest, record_feed, time_server_start
+
+    feed = hardware_feed(cfg)
+    for warning in feed.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    server = cfg.sync.time_server
+    waiter = time_server_start(server.host, server.port, name, start_timeout) if wait_start else None
+    if waiter is not None:
+        typer.echo(f"opening the sensors, then waiting for the start from {server.host}:{server.port}")
+    try:
+        with progress_bar() as bar:
+            task = bar.add_task(f"recording {out.name}", total=seconds)
+            result = record_feed(
+                feed,
+                LiveRecordRequest(out, seconds, identities=identities, overwrite=overwrite),
+                lambda done, total: bar.update(task, completed=done),
+                wait_start=waiter,
+            )
+    finally:
+        feed.close()
+    for stream, n in result.frames.items():
+        line = f"  {stream}: {n} frames, {result.dropped[stream]} dropped"
+        if stream in result.faults:
+            line += f"; fault: {result.faults[stream]}"
+        typer.echo(line)
+    missing = result.missing()
+    if len(missing) == len(result.frames):
+        out.unlink(missing_ok=True)
+        given_up = f" within {NOTHING_UP_S:g} s of the start" if result.nothing_up else ""
+        raise UserError(
+            f"no sensor delivered a frame{given_up} (faults above), so no file was kept; check "
+            "the rig's cables and the config's [radar], [camera] and [zed] sections, or record the "
+            "simulated rig with --simulate"
+        )
+    how = "stopped early after" if result.stopped_early else "recorded"
+    typer.echo(f"wrote {out}: {how} {result.seconds:.1f} s")
+    if missing:
+        typer.echo(
+            f"error: no {' or '.join(missing)} frames were recorded (see the faults above); the file "
+            "holds the other streams",
+            err=True,
+        )
+        raise typer.Exit(1)
 
 
 @dataset_app.command("make")

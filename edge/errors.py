@@ -20,5 +20,10 @@ class RecordingError(UserError):
     """A recording file is missing, truncated beyond use, foreign, or of an unknown schema version."""
 
 
+class FrameRejected(RecordingError):
+    """The writer refused one frame (wrong shape, size, clock or labels) and wrote nothing of it: the
+    recording itself is fine and a live recorder may go on with the next frame."""
+
+
 class SensorError(Exception):
     """A sensor (instrument, camera, depth camera) failed; the runtime degrades instead of dying."""

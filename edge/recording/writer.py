@@ -26,7 +26,7 @@ from typing import Any
 import h5py
 import numpy as np
 import vrclip.edge
-from vrclip.edge.errors import RecordingError, UserError
+from vrclip.edge.errors import FrameRejected, RecordingError, UserError
 from vrclip.edge.frames import CLOCK_REALTIME, CameraFrame, DepthFrame, RadarFrame
 from vrclip.edge.geometry import ArrayGeometry
 from vrclip.edge.recording import schema
@@ -260,12 +260,12 @@ class SessionWriter:
         what = f"{self.path}: radar frame seq {frame.seq}"
         s21 = np.asarray(frame.s21)
         if s21.shape != self._radar_shape:
-            raise RecordingError(
+            raise FrameRejected(
                 f"{what}: s21 has shape {s21.shape}, the session records {self._radar_shape} "
                 "(radar_channels, len(freqs_hz)); the sweep changed mid-session - start a new recording"
             )
         if not np.iscomplexobj(s21):
-            raise RecordingError(f"{what}: s21 must be complex S-parameters, got dtype {s21.dtype}")
+            raise FrameRejected(f"{what}: s21 must be complex S-parameters, got dtype {s21.dtype}")
         with self._cond:
             s = self._stream(RADAR, frame.clock, what)
             row = {"s21": s21.astype(np.complex64, copy=False)}
@@ -280,12 +280,12 @@ class SessionWriter:
         what = f"{self.path}: camera frame seq {frame.seq}"
         rgb = np.asarray(frame.rgb)
         if self._camera_size is None:
-            raise RecordingError(
+            raise FrameRejected(
                 f"{what}: the session was created without camera_size, so has no camera stream"
             )
         expected = (*self._camera_size, 3)
         if rgb.shape != expected or rgb.dtype != np.uint8:
-            raise RecordingError(
+            raise FrameRejected(
                 f"{what}: image is {rgb.shape} {rgb.dtype}, the session records {expected} uint8"
             )
         data = encode_rgb(rgb, self._quality)  # outside the lock: encoding is the slow part
@@ -303,12 +303,13 @@ class SessionWriter:
         what = f"{self.path}: depth frame seq {frame.seq}"
         depth = np.asarray(frame.depth)
         if self._depth_size is None:
-            raise RecordingError(
-                f"{what}: the session was created without depth_size, so has no depth stream"
-            )
+            raise FrameRejected(f"{what}: the session was created without depth_size, so has no depth stream")
         if depth.shape != self._depth_size:
-            raise RecordingError(f"{what}: depth is {depth.shape}, the session records {self._depth_size}")
-        positions, k = pad_positions(frame.positions, self._max_people, what)
+            raise FrameRejected(f"{what}: depth is {depth.shape}, the session records {self._depth_size}")
+        try:
+            positions, k = pad_positions(frame.positions, self._max_people, what)
+        except (ValueError, UserError) as exc:
+            raise FrameRejected(str(exc)) from exc
         with self._cond:
             s = self._stream(DEPTH, frame.clock, what)
             row: dict[str, Any] = {"depth": depth.astype(np.float16), "positions": positions, "count": k}
@@ -321,9 +322,9 @@ class SessionWriter:
         self._check_usable()
         s = self._streams.get(name)
         if s is None:
-            raise RecordingError(f"{what}: the session has no {name} stream")
+            raise FrameRejected(f"{what}: the session has no {name} stream")
         if clock != s.clock:
-            raise RecordingError(
+            raise FrameRejected(
                 f"{what}: frame is on clock {clock!r} but the session's {name} stream records {s.clock!r}; "
                 "timestamps on different clocks cannot be compared - fix the source's clock or the "
                 "writer's clock= argument"
@@ -331,7 +332,10 @@ class SessionWriter:
         return s
 
     def _truth_row(self, truth: Any, what: str) -> dict[str, Any]:
-        t = pack_truth(truth, self._identity_index, self._max_people, what)
+        try:
+            t = pack_truth(truth, self._identity_index, self._max_people, what)
+        except (ValueError, UserError) as exc:
+            raise FrameRejected(str(exc)) from exc
         return {
             "truth/count": t.count,
             "truth/ids": t.ids,

@@ -112,7 +112,9 @@ def test_user_mistakes_are_one_line_errors(tmp_path: Path) -> None:
     assert_one_line_error(
         cli("record", "--simulate", "--lighting", "noon", "--out", str(tmp_path / "x.h5")), "noon"
     )
-    assert_one_line_error(cli("record", "--out", str(tmp_path / "x.h5")), "--simulate")
+    assert_one_line_error(
+        cli("record", "--simulate", "--identity", "alice", "--out", str(tmp_path / "x.h5")), "--identity"
+    )
     foreign = tmp_path / "foreign.h5"
     with h5py.File(foreign, "w") as f:
         f["data"] = np.arange(3)

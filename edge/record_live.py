@@ -1,0 +1,234 @@
+"""Record a session from a live feed: the real rig, or the simulators through the real drivers.
+
+The simulated path (`vrclip.edge.record`) steps the scene itself and never waits; a live feed runs at
+the sensors' pace, can fault and can be told when to start. So this path reads every configured
+sensor through the runtime's own capture threads (bounded drop-oldest queues, a faulty sensor marked
+down and reopened with backoff), writes what arrives inside the session's time window, and reports
+per stream what it recorded, dropped and which sensor was down. The writer flushes every second, so a
+recording cut short (Ctrl-C, kill, power loss) keeps everything up to its last flush.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vrclip.edge.config import config_to_toml
+from vrclip.edge.errors import FrameRejected, UserError
+from vrclip.edge.events.health import Health, ModalityState
+from vrclip.edge.frames import CLOCK_REALTIME, CameraFrame, DepthFrame, RadarFrame
+from vrclip.edge.pipeline.app import Feed
+from vrclip.edge.pipeline.queues import DropOldestQueue
+from vrclip.edge.pipeline.sources import Captured, CaptureThread
+from vrclip.edge.recording.writer import SessionWriter
+from vrclip.edge.timebase.clock import now_ns
+from vrclip.edge.timebase.start_protocol import wait_for_start
+
+#: Frames held between the capture threads and the writer (all streams together). A camera frame is
+#: ~0.7 MB and a depth frame ~0.9 MB, so this bounds the backlog to ~60 MB; a writer that falls behind
+#: (a slow disk) drops the oldest frames, counted per stream, instead of growing without limit.
+QUEUE_FRAMES = 64
+#: How long after the window's end frames already captured are still written (they are stamped
+#: inside the window but may reach the queue a little later).
+DRAIN_S = 0.5
+#: A session in which no sensor has come up this long after its start is given up (every fault is
+#: reported): on a machine without the rig, or with a config that points at none of it, the user
+#: should not have to wait out the whole session to learn that.
+NOTHING_UP_S = 5.0
+
+
+@dataclass(frozen=True)
+class LiveRecordRequest:
+    out: Path
+    seconds: float
+    #: Who is in the session (the labels a trainer needs; a live rig cannot know them itself).
+    identities: tuple[str, ...] = ()
+    overwrite: bool = False
+    #: The session's start on CLOCK_REALTIME (from the time server); None starts at the first frames.
+    start_ns: int | None = None
+    session_id: str | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+    flush_interval_s: float = 1.0
+
+
+@dataclass
+class LiveRecordResult:
+    frames: dict[str, int]
+    dropped: dict[str, int]
+    #: Per stream that was down at some point: the last reason (the recording went on without it).
+    faults: dict[str, str]
+    seconds: float
+    stopped_early: bool
+    #: True when the session was given up because no sensor came up (see NOTHING_UP_S).
+    nothing_up: bool = False
+
+    def missing(self) -> list[str]:
+        """Streams that recorded no frame at all."""
+        return [name for name, n in self.frames.items() if n == 0]
+
+
+def _writer_for(
+    feed: Feed, request: LiveRecordRequest, start_ns: int, session_id: str | None
+) -> SessionWriter:
+    cfg = feed.config
+    streams = set(feed.sources)
+    conditions = {
+        "source": "live",
+        "people": list(request.identities),
+        "seconds": request.seconds,
+        **request.notes,
+    }
+    return SessionWriter(
+        request.out,
+        config_toml=config_to_toml(cfg),
+        geometry=feed.geometry.to_dict(),
+        freqs_hz=feed.freqs_hz,
+        radar_channels=feed.geometry.n_channels,
+        calibration=feed.calibration.to_dict() if feed.calibration is not None else None,
+        conditions=json.dumps(conditions),
+        identities=list(request.identities),
+        camera_size=(cfg.camera.height, cfg.camera.width) if "camera" in streams else None,
+        depth_size=(cfg.zed.depth_height, cfg.zed.depth_width) if "depth" in streams else None,
+        clock=CLOCK_REALTIME,
+        session_id=session_id,
+        created_ns=start_ns,
+        max_people=max(8, len(request.identities)),
+        flush_interval_s=request.flush_interval_s,
+        jpeg_quality=cfg.camera.jpeg_quality,
+        overwrite=request.overwrite,
+    )
+
+
+def _write(writer: SessionWriter, frame: RadarFrame | CameraFrame | DepthFrame) -> None:
+    if isinstance(frame, RadarFrame):
+        writer.write_radar(frame)
+    elif isinstance(frame, CameraFrame):
+        writer.write_camera(frame)
+    else:
+        writer.write_depth(frame)
+
+
+#: Blocks until the session's start is known: (start instant on CLOCK_REALTIME in ns, session id).
+StartWaiter = Callable[[], tuple[int, str]]
+
+
+def time_server_start(host: str, port: int, name: str, timeout_s: float) -> StartWaiter:
+    """A StartWaiter that asks the rig's time server (`vrclip-edge timebase serve`) for the start."""
+
+    def wait() -> tuple[int, str]:
+        signal = wait_for_start(host, port, name, timeout_s)
+        if signal.clock != CLOCK_REALTIME:
+            raise UserError(
+                f"time server {host}:{port} gives its start on {signal.clock}, but the sensors stamp "
+                f'their frames on {CLOCK_REALTIME}: set sync.clock = "{CLOCK_REALTIME}" for the server'
+            )
+        return signal.target_ns, signal.session
+
+    return wait
+
+
+def record_feed(
+    feed: Feed,
+    request: LiveRecordRequest,
+    progress: Callable[[float, float], None] | None = None,
+    stop: threading.Event | None = None,
+    wait_start: StartWaiter | None = None,
+) -> LiveRecordResult:
+    """Record `request.seconds` of every stream `feed` offers into `request.out`.
+
+    The sensors are opened first and only then is the start awaited (`wait_start`, e.g. the time
+    server's signal; else `request.start_ns`, else now), so instruments that take a while to connect
+    do not miss the start. Frames stamped before the start or after the end of the window are not
+    written. A frame the writer refuses (a camera delivering another size than configured, labels
+    naming someone not in the session) is counted as dropped with the reason kept in `faults`, never
+    written half. `stop` (or Ctrl-C) ends the session early; what was written stays readable.
+    """
+    if not request.seconds > 0:
+        raise UserError(f"session length must be > 0 seconds, got {request.seconds!r}")
+    _check_not_over(request.start_ns, request.seconds)
+    stop = stop or threading.Event()
+    health = Health(tuple(feed.sources))
+    queue: DropOldestQueue[Captured] = DropOldestQueue(QUEUE_FRAMES)
+    frames = dict.fromkeys(feed.sources, 0)
+    rejected: dict[str, int] = dict.fromkeys(feed.sources, 0)
+    faults: dict[str, str] = {}
+    threads = [
+        CaptureThread(factory, modality, queue, health).start() for modality, factory in feed.sources.items()
+    ]
+    stopped_early = nothing_up = False
+    try:
+        if wait_start is not None:
+            start_ns, session_id = wait_start()
+            _check_not_over(start_ns, request.seconds)
+        else:
+            start_ns = request.start_ns if request.start_ns is not None else now_ns(CLOCK_REALTIME)
+            session_id = request.session_id
+        end_ns = start_ns + int(request.seconds * 1e9)
+        dropped_before = _dropped(health)
+        with _writer_for(feed, request, start_ns, session_id) as writer:
+            try:
+                while True:
+                    now = now_ns(CLOCK_REALTIME)
+                    if now >= end_ns + DRAIN_S * 1e9 or all(t.ended.is_set() for t in threads):
+                        break
+                    if stop.is_set():
+                        stopped_early = True
+                        break
+                    if now >= start_ns + NOTHING_UP_S * 1e9 and _nothing_up(health):
+                        stopped_early = nothing_up = True
+                        break
+                    captured = queue.get(timeout=0.1)
+                    if progress is not None:
+                        progress(min(max(now - start_ns, 0) / 1e9, request.seconds), request.seconds)
+                    if captured is None or not start_ns <= captured.frame.t_ns < end_ns:
+                        continue
+                    modality = _modality(captured.frame)
+                    try:
+                        _write(writer, captured.frame)
+                    except FrameRejected as exc:
+                        rejected[modality] += 1
+                        faults[modality] = str(exc)
+                        continue
+                    frames[modality] += 1
+            except KeyboardInterrupt:  # the file is closed (flushed) on the way out, and kept
+                stopped_early = True
+    finally:
+        for thread in threads:
+            thread.stop(timeout=2.0)
+    snapshot = health.snapshot()
+    for name, state in snapshot["modalities"].items():
+        went_down = state["changes"] > 1 or state["state"] != ModalityState.UP.value
+        if name not in faults and went_down and state["last_error"]:
+            faults[name] = state["last_error"]
+    dropped_after = _dropped(health)
+    dropped = {
+        name: dropped_after.get(name, 0) - dropped_before.get(name, 0) + rejected[name]
+        for name in feed.sources
+    }
+    elapsed = min(max(now_ns(CLOCK_REALTIME) - start_ns, 0) / 1e9, request.seconds)
+    return LiveRecordResult(frames, dropped, faults, elapsed, stopped_early, nothing_up)
+
+
+def _check_not_over(start_ns: int | None, seconds: float) -> None:
+    if start_ns is not None and start_ns + seconds * 1e9 <= now_ns(CLOCK_REALTIME):
+        raise UserError("the session's start and end have both passed already; ask for a later start")
+
+
+def _nothing_up(health: Health) -> bool:
+    """No sensor has opened or delivered a frame yet (each is still in its initial down state)."""
+    snapshot = health.snapshot()
+    return not snapshot["sources"] and all(m["changes"] == 0 for m in snapshot["modalities"].values())
+
+
+def _dropped(health: Health) -> dict[str, int]:
+    return {name: int(s["dropped"]) for name, s in health.snapshot()["sources"].items()}
+
+
+def _modality(frame: RadarFrame | CameraFrame | DepthFrame) -> str:
+    if isinstance(frame, RadarFrame):
+        return "radar"
+    return "camera" if isinstance(frame, CameraFrame) else "depth"

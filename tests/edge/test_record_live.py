@@ -1,0 +1,288 @@
+"""Recording a live feed: the simulated rig through the real VNA/switch drivers, faulty sensors, Ctrl-C."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+from vrclip.edge import cli as edge_cli
+from vrclip.edge.config import EdgeConfig, config_to_toml
+from vrclip.edge.errors import SensorError, UserError
+from vrclip.edge.frames import CLOCK_REALTIME, CameraFrame
+from vrclip.edge.pipeline import app as pipeline_app
+from vrclip.edge.pipeline.app import Feed, simulated_feed
+from vrclip.edge.record_live import LiveRecordRequest, record_feed
+from vrclip.edge.recording.reader import SessionReader
+from vrclip.edge.sim.scene import SceneSpec
+from vrclip.edge.timebase.clock import now_ns
+from vrclip.edge.timebase.start_protocol import StartServer
+
+from tests.scripts import console_script
+
+FAST = {"radar": {"frame_rate_hz": 8}, "camera": {"fps": 8, "width": 320, "height": 180}, "zed": {"fps": 4}}
+PEOPLE = ("alice", "bob")
+runner = CliRunner()
+app = edge_cli.app
+
+
+@pytest.fixture()
+def config() -> EdgeConfig:
+    return EdgeConfig.model_validate(FAST)
+
+
+def _feed(config: EdgeConfig, *, scpi: bool = False) -> Feed:
+    return simulated_feed(config, SceneSpec(people=PEOPLE, seed=4), scpi=scpi)
+
+
+def test_live_rig_through_the_real_drivers_is_recorded_inside_its_window(
+    config: EdgeConfig, tmp_path: Path
+) -> None:
+    """Radar through pyvisa to the SCPI VNA simulator and the switch controller, camera and depth from
+    the simulated rig: every stream lands in one readable file, stamped inside the session's window,
+    with the people's labels, the rig's calibration and geometry."""
+    feed = _feed(config, scpi=True)
+    out = tmp_path / "live.h5"
+    start = now_ns(CLOCK_REALTIME) + int(1.5e9)  # as from the time server: the drivers connect first
+    seen: list[float] = []
+    try:
+        result = record_feed(
+            feed,
+            LiveRecordRequest(out, 2.0, identities=PEOPLE, start_ns=start, session_id="s-1"),
+            progress=lambda done, total: seen.append(done),
+        )
+    finally:
+        feed.close()
+    assert result.missing() == [] and not result.stopped_early
+    assert set(result.frames) == {"radar", "camera", "depth"}
+    with SessionReader(out) as reader:
+        assert reader.counts == result.frames
+        assert reader.session_id == "s-1" and reader.created_ns == start
+        assert reader.identities == PEOPLE and reader.conditions["source"] == "live"
+        assert reader.calibration == feed.calibration.to_dict()
+        assert reader.geometry == feed.geometry.to_dict()
+        assert reader.count("radar") >= 2, "8 frames/s asked; a loaded 2-core box sweeps slower"
+        for stream in ("radar", "camera", "depth"):
+            times = reader.times(stream)
+            assert times.min() >= start and times.max() < start + 2_000_000_000, stream
+            assert np.all(np.diff(times) > 0), stream
+        truth = reader.camera(0).truth
+        assert truth is not None and set(truth.identities) <= set(PEOPLE)
+        assert reader.radar(0).s21.shape == (feed.geometry.n_channels, feed.freqs_hz.size)
+    assert seen and max(seen) == pytest.approx(2.0)
+
+
+class _WrongSizeCamera:
+    """A camera delivering 640x480 where the config says 320x180 (a driver that ignored the setting)."""
+
+    modality = "camera"
+
+    def __init__(self) -> None:
+        self.seq = 0
+
+    def open(self) -> None:
+        pass
+
+    def read(self) -> CameraFrame:
+        time.sleep(0.05)
+        self.seq += 1
+        rgb = np.zeros((480, 640, 3), np.uint8)
+        return CameraFrame(seq=self.seq, t_ns=now_ns(CLOCK_REALTIME), clock=CLOCK_REALTIME, rgb=rgb)
+
+    def close(self) -> None:
+        pass
+
+
+class _DeadDepth:
+    modality = "depth"
+
+    def open(self) -> None:
+        raise SensorError("ZED not found on USB")
+
+    def read(self) -> None:  # pragma: no cover - never opened
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_faulty_sensor_is_reported_and_the_others_are_still_recorded(
+    config: EdgeConfig, tmp_path: Path
+) -> None:
+    feed = _feed(config)
+    feed.sources["camera"] = _WrongSizeCamera
+    feed.sources["depth"] = _DeadDepth
+    out = tmp_path / "faulty.h5"
+    result = record_feed(feed, LiveRecordRequest(out, 1.5, identities=PEOPLE))
+    assert result.frames["radar"] >= 5
+    assert result.frames["camera"] == 0 and result.dropped["camera"] >= 5
+    assert "(480, 640, 3)" in result.faults["camera"], "the refused frame's size is named"
+    assert "ZED not found on USB" in result.faults["depth"]
+    assert sorted(result.missing()) == ["camera", "depth"]
+    with SessionReader(out) as reader:
+        assert reader.counts == {"radar": result.frames["radar"], "camera": 0, "depth": 0}
+
+
+def test_stopping_early_keeps_what_was_recorded(config: EdgeConfig, tmp_path: Path) -> None:
+    feed = _feed(config)
+    stop = threading.Event()
+    threading.Timer(1.0, stop.set).start()
+    began = time.monotonic()
+    result = record_feed(feed, LiveRecordRequest(tmp_path / "cut.h5", 30.0, identities=PEOPLE), stop=stop)
+    assert time.monotonic() - began < 5
+    assert result.stopped_early and 0.5 < result.seconds < 5
+    with SessionReader(tmp_path / "cut.h5") as reader:
+        assert reader.count("radar") == result.frames["radar"] >= 3
+
+
+def test_labels_of_people_not_named_are_refused_per_frame(config: EdgeConfig, tmp_path: Path) -> None:
+    """The simulated frames carry the scene's names; naming other people makes each labelled frame a
+    refusal that says which name is unknown, not a crash and not a file with wrong labels."""
+    feed = _feed(config)
+    result = record_feed(feed, LiveRecordRequest(tmp_path / "x.h5", 1.0, identities=("carol",)))
+    assert result.frames["radar"] == 0 and result.dropped["radar"] >= 3
+    assert "alice" in result.faults["radar"] or "bob" in result.faults["radar"]
+
+
+def test_bad_requests_are_user_errors(config: EdgeConfig, tmp_path: Path) -> None:
+    feed = _feed(config)
+    with pytest.raises(UserError, match="> 0 seconds"):
+        record_feed(feed, LiveRecordRequest(tmp_path / "a.h5", 0.0))
+    past = now_ns(CLOCK_REALTIME) - int(10e9)
+    with pytest.raises(UserError, match="passed already"):
+        record_feed(feed, LiveRecordRequest(tmp_path / "b.h5", 1.0, start_ns=past))
+    (tmp_path / "c.h5").write_bytes(b"keep me")
+    with pytest.raises(UserError, match="already exists"):
+        record_feed(feed, LiveRecordRequest(tmp_path / "c.h5", 1.0))
+    assert (tmp_path / "c.h5").read_bytes() == b"keep me"
+
+
+# ------------------------------------------------------------------------------------- the command
+def _cli_config(tmp_path: Path, port: int = 7390) -> Path:
+    data = {**FAST, "sync": {"time_server": {"port": port}}}
+    path = tmp_path / "edge.toml"
+    path.write_text(config_to_toml(EdgeConfig.model_validate(data)))
+    return path
+
+
+@pytest.fixture()
+def rig(monkeypatch: pytest.MonkeyPatch) -> dict[str, Feed]:
+    """`record` without --simulate opens the hardware rig; here the simulated one stands in for it."""
+    made: dict[str, Feed] = {}
+
+    def fake_hardware_feed(config: EdgeConfig) -> Feed:
+        made["feed"] = _feed(config)
+        return made["feed"]
+
+    monkeypatch.setattr(pipeline_app, "hardware_feed", fake_hardware_feed)
+    return made
+
+
+def test_record_command_records_the_rig_and_summarises_each_stream(
+    rig: dict[str, Feed], tmp_path: Path
+) -> None:
+    out = tmp_path / "site.h5"
+    cfg = _cli_config(tmp_path)
+    result = runner.invoke(
+        app, ["record", "--out", str(out), "--seconds", "1", "-i", "alice", "-i", "bob", "-c", str(cfg)]
+    )
+    assert result.exit_code == 0, result.output
+    assert f"wrote {out}: recorded 1.0 s" in result.output
+    assert "radar:" in result.output and "camera:" in result.output and "depth:" in result.output
+    with SessionReader(out) as reader:
+        assert reader.identities == PEOPLE and min(reader.counts.values()) > 0
+    again = runner.invoke(app, ["record", "--out", str(out), "--seconds", "1", "-c", str(cfg)])
+    assert again.exit_code != 0 and "--overwrite" in str(again.exception)
+
+
+def test_record_command_exits_1_naming_a_stream_that_recorded_nothing(
+    rig: dict[str, Feed], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = pipeline_app.hardware_feed
+
+    def without_depth(config: EdgeConfig) -> Feed:
+        feed = real(config)
+        feed.sources["depth"] = _DeadDepth
+        return feed
+
+    monkeypatch.setattr(pipeline_app, "hardware_feed", without_depth)
+    out = tmp_path / "nodepth.h5"
+    result = runner.invoke(
+        app,
+        [
+            "record",
+            "--out",
+            str(out),
+            "--seconds",
+            "1",
+            "-i",
+            "alice",
+            "-i",
+            "bob",
+            "-c",
+            str(_cli_config(tmp_path)),
+        ],
+    )
+    assert result.exit_code == 1, result.output
+    assert "ZED not found on USB" in result.output and "no depth frames were recorded" in result.output
+    with SessionReader(out) as reader:
+        assert reader.count("radar") > 0
+
+
+def test_record_command_starts_at_the_time_servers_instant(rig: dict[str, Feed], tmp_path: Path) -> None:
+    out = tmp_path / "synced.h5"
+    with StartServer("127.0.0.1", 0, expected_clients=1, lead_s=1.0) as server:
+        cfg = _cli_config(tmp_path, server.port)
+        result = runner.invoke(
+            app,
+            ["record", "--out", str(out), "--seconds", "1", "-i", "alice", "-i", "bob", "--wait-start",
+             "--name", "box-1", "-c", str(cfg)],
+        )  # fmt: skip
+        signal = server.signal
+    assert result.exit_code == 0, result.output
+    assert signal is not None and server.armed_clients == ["box-1"]
+    with SessionReader(out) as reader:
+        assert reader.session_id == signal.session and reader.created_ns == signal.target_ns
+        for stream in reader.streams:
+            times = reader.times(stream)
+            assert times.min() >= signal.target_ns and times.max() < signal.target_ns + 1_000_000_000
+
+
+def test_record_command_refuses_mixing_rig_options(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["record", "--simulate", "--out", str(tmp_path / "x.h5"), "-i", "alice"])
+    assert result.exit_code != 0 and "--identity and --wait-start are for the hardware rig" in str(
+        result.exception
+    )
+
+
+def test_record_without_a_rig_gives_up_soon_names_every_fault_and_keeps_no_file(tmp_path: Path) -> None:
+    """On a laptop (or with a config pointing at nothing) the command must not wait out the session."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there
+    cfg = tmp_path / "nowhere.toml"
+    data = {
+        "radar": {"switch": {"port": f"tcp://127.0.0.1:{port}"}},
+        "camera": {"device": str(tmp_path / "no-such-camera")},
+        "zed": {"enabled": False},
+    }
+    cfg.write_text(config_to_toml(EdgeConfig.model_validate(data)))
+    out = tmp_path / "x.h5"
+    began = time.monotonic()
+    result = subprocess.run(
+        [console_script("vrclip-edge"), "record", "--out", str(out), "--seconds", "60", "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert time.monotonic() - began < 30
+    assert "Traceback" not in result.stderr
+    assert f"127.0.0.1:{port}" in result.stdout and "no-such-camera" in result.stdout
+    assert "no sensor delivered a frame within 5 s" in result.stderr and "--simulate" in result.stderr
+    assert not out.exists()
