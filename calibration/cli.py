@@ -1,16 +1,27 @@
-"""`vrclip-calibrate`: the on-site calibration wizard (its steps land with the calibration issue)."""
+"""`vrclip-calibrate`: the on-site calibration wizard (radar channels; array geometry on show)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import typer
-from vrclip.edge.cli_support import make_app, run
+from rich.console import Console
+from vrclip.edge.cli_support import make_app, progress_bar, run
 from vrclip.edge.config import load_config
+from vrclip.edge.errors import UserError
 from vrclip.edge.geometry import load_geometry
 
 app = make_app("vrclip-calibrate", "On-site calibration wizard for the radar array and cameras.")
+
+PROMPTS = {
+    "empty": "Step 1 of 2: clear the monitored area (nobody and nothing moving in front of the array); "
+    "the empty room is measured next.",
+    "reflector": "Step 2 of 2: stand the corner reflector at x={x:.3f} y={y:.3f} z={z:.3f} m (room "
+    "coordinates, surveyed to the centimetre), opening towards the array, then leave the area.",
+}
 
 
 @app.command("geometry")
@@ -18,6 +29,65 @@ def geometry(config: Path | None = typer.Option(None, "--config", "-c", help="Co
     """Print the array geometry the config selects, placed in the room (JSON)."""
     cfg = load_config(config)
     typer.echo(json.dumps(load_geometry(cfg.radar.array).to_dict(), indent=1))
+
+
+@app.command("channels")
+def channels(
+    reflector: tuple[float, float, float] = typer.Option(
+        ..., "--reflector", help="Where the corner reflector stands: x y z in metres, room coordinates."
+    ),
+    frames: int = typer.Option(20, "--frames", min=2, max=1000, help="Frames averaged per measurement."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Calibration file to write (default: the config's paths.calibration_file)."
+    ),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not wait for Enter before each measurement."),
+    simulate: bool = typer.Option(
+        False, "--simulate", help="Calibrate the simulated rig (SCPI simulators; no hardware)."
+    ),
+    config: Path | None = typer.Option(None, "--config", "-c", help="Config TOML."),
+) -> None:
+    """Measure every radar channel's gain and delay (empty room, then a reflector) and write them to
+    the calibration file the runtime reads. The file it replaces is kept as FILE.prev."""
+    from vrclip.calibration.wizard import run_wizard
+
+    cfg = load_config(config)
+    target = out if out is not None else Path(cfg.paths.calibration_file)
+    if target.is_dir():
+        raise UserError(f"{target}: is a directory; give the calibration a file name (--out FILE.json)")
+    console = Console(stderr=True)
+    x, y, z = reflector
+
+    def prompt(step: str) -> None:
+        console.print(PROMPTS[step].format(x=x, y=y, z=z))
+        if not (yes or simulate):
+            typer.prompt("Press Enter when ready", default="", show_default=False)
+
+    with progress_bar() as bar:
+
+        def tick(step: str) -> Callable[[], None]:
+            task = bar.add_task(f"measuring: {step}", total=frames)
+            return lambda: bar.update(task, advance=1)
+
+        result = run_wizard(
+            cfg, np.array(reflector), target, frames=frames, simulate=simulate, prompt=prompt, tick=tick
+        )
+    fit = result.fit
+    snr = fit.snr_db
+    worst = int(np.argmin(snr))
+    typer.echo(
+        f"{fit.calibration.n_channels} channels: echo {np.median(snr):.1f} dB over the noise (median; "
+        f"weakest channel {worst}: {snr[worst]:.1f} dB), model misfit median {np.median(fit.residual):.2%} "
+        f"(max {fit.residual.max():.2%})"
+    )
+    typer.echo(
+        f"focus at the reflector: {fit.coherence:.3f} of a perfect coherent sum "
+        f"(uncalibrated: {fit.coherence_uncalibrated:.3f})"
+    )
+    suspect = fit.suspect_channels()
+    if suspect:
+        typer.echo(f"warning: channels {', '.join(map(str, suspect))} measured poorly; check them", err=True)
+    kept = f" (the previous one is kept as {result.previous})" if result.previous else ""
+    typer.echo(f"wrote {result.path}{kept}")
 
 
 def main() -> None:

@@ -159,9 +159,9 @@ class ChannelCalibration:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise ConfigError(
-                f"{path}: no channel calibration file; put the rig's per-channel calibration there "
-                f"(JSON, format {FORMAT!r}: gain_re, gain_im, delay_s per virtual channel; the "
-                "`vrclip-calibrate` wizard does not measure it yet) or set paths.calibration_file"
+                f"{path}: no channel calibration file; measure it with `vrclip-calibrate channels "
+                f"--reflector X Y Z --out {path}` (JSON, format {FORMAT!r}: gain_re, gain_im, delay_s "
+                "per virtual channel) or set paths.calibration_file"
             ) from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: cannot read channel calibration: {exc}") from None

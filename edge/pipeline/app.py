@@ -81,9 +81,8 @@ def load_rig_calibration(
     if may_be_absent and not path.exists():
         return None, (
             f"paths.calibration_file = {path}: no channel calibration there yet; running the radar "
-            "UNCALIBRATED (images blur, identities suffer). Put the rig's per-channel calibration "
-            "there (format: vrclip.edge.imaging.calibration; the `vrclip-calibrate` wizard does not "
-            "measure it yet), or set paths.calibration_file"
+            "UNCALIBRATED (images blur, identities suffer). Measure it with `vrclip-calibrate "
+            "channels --reflector X Y Z` (it writes there), or set paths.calibration_file"
         )
     return ChannelCalibration.load(path, n_channels), None
 
@@ -134,14 +133,7 @@ def simulated_feed(
             epoch_ns=epoch_ns,
         ).start()
         closers.append(simulator.stop)
-        data = config.model_dump(mode="json")
-        data["radar"]["vna"]["resource"] = simulator.vna_resource
-        data["radar"]["switch"]["port"] = simulator.switch_url
-        if "step" not in config.radar.switch.model_fields_set:
-            # The simulated rig has its VNA's trigger output wired to the switch's STEP IN; unless
-            # the config chooses, it steps that way (no round trip per channel: a faster rig).
-            data["radar"]["switch"]["step"] = "trigger"
-        radar_config = parse_config(data, source="simulated rig")
+        radar_config = simulator.edge_config(config)
         radar: Callable[[], FrameSource] = lambda: ScpiRadarSource(radar_config)  # noqa: E731
     else:
         radar = lambda: SimulatedSource(rig, "radar", config.radar.frame_rate_hz, epoch_ns)  # noqa: E731

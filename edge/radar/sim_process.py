@@ -25,7 +25,7 @@ from dataclasses import asdict
 from typing import Any
 
 import numpy as np
-from vrclip.edge.config import ArrayConfig, RoomConfig, SweepConfig
+from vrclip.edge.config import ArrayConfig, EdgeConfig, RoomConfig, SweepConfig, parse_config
 from vrclip.edge.errors import UserError
 from vrclip.edge.geometry import load_geometry
 from vrclip.edge.radar.simulated import new_event_loop, run_simulated_radar, switch_url, vna_resource
@@ -46,6 +46,7 @@ def _spec_from_dict(data: dict[str, Any]) -> SceneSpec:
     fields = dict(data)
     fields["room"] = RoomConfig(**fields["room"])
     fields["people"] = tuple(fields["people"])
+    fields["reflectors"] = tuple(tuple(float(v) for v in r) for r in fields.get("reflectors", ()))
     return SceneSpec(**fields)
 
 
@@ -171,6 +172,17 @@ class SimulatorProcess:
             raise UserError(f"the radar simulator process did not start: {' | '.join(tail) or 'no output'}")
         self.vna_port, self.switch_port = int(parts[1]), int(parts[2])
         return self
+
+    def edge_config(self, config: EdgeConfig) -> EdgeConfig:
+        """`config` with its radar pointed at this simulator: the VNA's VISA resource and the switch
+        controller's address. Unless the config chooses, the switch steps on the VNA's trigger
+        output, as the simulated rig is wired (no round trip per channel: a faster rig)."""
+        data = config.model_dump(mode="json")
+        data["radar"]["vna"]["resource"] = self.vna_resource
+        data["radar"]["switch"]["port"] = self.switch_url
+        if "step" not in config.radar.switch.model_fields_set:
+            data["radar"]["switch"]["step"] = "trigger"
+        return parse_config(data, source="simulated rig")
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None

@@ -149,13 +149,19 @@ class SceneSpec:
     world_seed: int = 0
     #: Keep walkers this far from the room's edges (metres).
     margin_m: float = 0.5
+    #: Fixed point reflectors (x, y, z, amplitude) in room coordinates: a calibration target such as
+    #: a corner reflector, part of the static room the radar sees.
+    reflectors: tuple[tuple[float, float, float, float], ...] = ()
+    #: Allow a room with nobody in it (what a calibration's empty-room step measures); any other
+    #: scene without people is a mistake and is refused.
+    empty_room: bool = False
 
 
 class Scene:
     """People walking in a room. `state(t)` is deterministic for (spec, t)."""
 
     def __init__(self, spec: SceneSpec) -> None:
-        if not spec.people:
+        if not spec.people and not spec.empty_room:
             raise UserError("the scene is empty: give at least one person (--people 1 or more)")
         room = spec.room
         if (room.x_max_m - room.x_min_m) <= 2 * spec.margin_m or (
@@ -214,6 +220,9 @@ class Scene:
                 pts.append((room.x_min_m - 0.3, y, z))
                 pts.append((room.x_max_m + 0.3, y, z))
                 amps.extend([1.2, 1.2])
+        for x, y, z, amplitude in self.spec.reflectors:
+            pts.append((x, y, z))
+            amps.append(amplitude)
         for occ in self.occluders:
             for frac in np.linspace(0.0, 1.0, 5):
                 x = occ.x0 + frac * (occ.x1 - occ.x0)

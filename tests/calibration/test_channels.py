@@ -1,0 +1,159 @@
+"""The radar-channel calibration: its fit against the simulator's known front end, its quality gates,
+and the wizard end to end through the SCPI simulators and the real drivers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from vrclip.calibration.channels import Averaged, average_frames, check_quality, fit_channels
+from vrclip.edge.config import EdgeConfig
+from vrclip.edge.errors import UserError
+from vrclip.edge.geometry import load_geometry
+from vrclip.edge.imaging.calibration import ChannelCalibration
+from vrclip.edge.sim.radar import FrontEndErrors, RadarSimulator
+from vrclip.edge.sim.scene import Scene, SceneSpec
+
+from tests.scripts import console_script
+
+CONFIG = EdgeConfig()
+GEOMETRY = load_geometry(CONFIG.radar.array)
+ERRORS = FrontEndErrors.draw(GEOMETRY.n_channels, 1234)
+REFLECTOR = np.array([0.4, 3.2, 1.1])
+
+
+def _measure(reflectors: tuple, frames: int = 8, seed: int = 0) -> tuple[Averaged, np.ndarray]:
+    spec = SceneSpec(room=CONFIG.room, people=(), empty_room=True, reflectors=reflectors)
+    scene = Scene(spec)
+    sim = RadarSimulator(scene, GEOMETRY, CONFIG.radar.sweep, ERRORS)
+    rng = np.random.default_rng(seed)
+    return average_frames(lambda: sim.frame(scene.state(0.0), rng), frames), sim.freqs_hz
+
+
+def _assert_matches_front_end(calibration: ChannelCalibration) -> None:
+    """Delays exactly, gains up to one real positive factor (the reflector's unknown strength)."""
+    assert np.abs(calibration.delay_s - ERRORS.delay_s).max() < 0.5e-12
+    ratio = calibration.gain / ERRORS.gain
+    assert np.abs(np.angle(ratio)).max() < 1e-3
+    assert np.abs(ratio).std() / np.abs(ratio).mean() < 1e-3
+    assert np.abs(calibration.gain).mean() == pytest.approx(1.0)
+
+
+def test_fit_recovers_every_channels_gain_and_delay() -> None:
+    empty, freqs = _measure(())
+    target, _ = _measure(((*REFLECTOR, 3.0),), seed=1)
+    fit = fit_channels(empty, target, GEOMETRY, freqs, REFLECTOR)
+    _assert_matches_front_end(fit.calibration)
+    assert fit.coherence > 0.999 and fit.coherence_uncalibrated < 0.1
+    assert fit.residual.max() < 0.01 and np.median(fit.snr_db) > 40
+    assert fit.suspect_channels() == []
+    check_quality(fit)
+
+
+def test_noise_estimate_is_the_spread_of_the_frames() -> None:
+    rng = np.random.default_rng(3)
+    std = 0.01  # per real and imaginary part
+    frames = [rng.normal(0, std, (4, 50)) + 1j * rng.normal(0, std, (4, 50)) for _ in range(40)]
+    it = iter(frames)
+    averaged = average_frames(lambda: next(it), 40)
+    np.testing.assert_allclose(averaged.noise_var, 2 * std**2 / 40, rtol=0.15)
+    with pytest.raises(UserError, match="at least 2 frames"):
+        average_frames(lambda: frames[0], 1)
+    with pytest.raises(UserError, match="NaN"):
+        average_frames(lambda: np.full((4, 50), np.nan, complex), 3)
+
+
+def test_a_missing_reflector_is_refused_with_what_to_check() -> None:
+    empty, freqs = _measure(())
+    again, _ = _measure((), seed=1)
+    fit = fit_channels(empty, again, GEOMETRY, freqs, REFLECTOR)
+    with pytest.raises(UserError, match=r"dB over the noise .*reflector stands at the position given"):
+        check_quality(fit)
+
+
+def test_channels_that_measured_badly_are_named_and_refused() -> None:
+    empty, freqs = _measure(())
+    target, _ = _measure(((*REFLECTOR, 3.0),), seed=1)
+    broken = target.mean.copy()
+    bad = np.arange(0, 144, 6)  # 24 channels: a loose cable on one switch port
+    broken[bad] = empty.mean[bad] + 1e-3 * np.exp(
+        2j * np.pi * np.random.default_rng(5).random(broken[bad].shape)
+    )
+    fit = fit_channels(empty, Averaged(broken, target.noise_var, target.frames), GEOMETRY, freqs, REFLECTOR)
+    assert set(fit.suspect_channels()) == set(bad.tolist())
+    with pytest.raises(UserError, match=r"24 of 144 channels measured badly .*channels 0, 6, 12"):
+        check_quality(fit)
+
+
+def test_a_reflector_against_the_array_is_refused_before_measuring() -> None:
+    empty, freqs = _measure(())
+    with pytest.raises(UserError, match=r"at least 1 m in front of the array"):
+        fit_channels(empty, empty, GEOMETRY, freqs, np.array([0.0, 0.1, 1.0]))
+
+
+def test_wizard_calibrates_the_simulated_rig_through_the_drivers_and_keeps_the_old_file(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "calibration.json"
+    args = [console_script("vrclip-calibrate"), "channels", "--simulate", "--reflector", "0.4", "3.2", "1.1"]
+    result = subprocess.run(
+        [*args, "--frames", "4", "--out", str(out)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "144 channels" in result.stdout and f"wrote {out}" in result.stdout
+    calibration = ChannelCalibration.load(out, GEOMETRY.n_channels)  # what the runtime reads
+    _assert_matches_front_end(calibration)
+    doc = json.loads(out.read_text())
+    assert doc["reflector_m"] == [0.4, 3.2, 1.1] and doc["coherence"] > 0.999
+    first = out.read_bytes()
+    again = subprocess.run(
+        [*args, "--frames", "3", "--out", str(out)], capture_output=True, text=True, timeout=120
+    )
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "calibration.json.prev").read_bytes() == first
+    assert f"previous one is kept as {out}.prev" in again.stdout
+
+
+def test_wizard_errors_are_one_line_and_leave_the_old_file(tmp_path: Path) -> None:
+    out = tmp_path / "calibration.json"
+    out.write_text("old")
+    cmd = [console_script("vrclip-calibrate"), "channels", "--simulate", "--frames", "2", "--out", str(out)]
+    close = subprocess.run(
+        [*cmd, "--reflector", "0", "0.2", "1"], capture_output=True, text=True, timeout=120
+    )
+    assert close.returncode == 2 and "Traceback" not in close.stderr
+    assert "in front of the array" in close.stderr
+    folder = subprocess.run(
+        [*cmd[:-1], str(tmp_path), "--reflector", "0.4", "3.2", "1.1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert folder.returncode == 2 and "is a directory" in folder.stderr
+    assert out.read_text() == "old"
+
+
+def test_wizard_without_a_rig_says_which_instrument_it_could_not_reach(tmp_path: Path) -> None:
+    import socket
+
+    from vrclip.edge.config import config_to_toml
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text(
+        config_to_toml(EdgeConfig.model_validate({"radar": {"switch": {"port": f"tcp://127.0.0.1:{port}"}}}))
+    )
+    out = tmp_path / "calibration.json"
+    result = subprocess.run(
+        [console_script("vrclip-calibrate"), "channels", "--reflector", "0.4", "3.2", "1.1", "--yes",
+         "-c", str(cfg), "--out", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"cannot connect: switch tcp://127.0.0.1:{port}" in result.stderr
+    assert not out.exists()
