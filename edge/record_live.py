@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 
 from vrclip.edge.config import config_to_toml
 from vrclip.edge.errors import FrameRejected, UserError
-from vrclip.edge.events.health import Health, ModalityState
+from vrclip.edge.events.health import Health, Modality, ModalityState
 from vrclip.edge.frames import CLOCK_REALTIME, CameraFrame, DepthFrame, RadarFrame
 from vrclip.edge.pipeline.app import Feed
 from vrclip.edge.pipeline.queues import DropOldestQueue
@@ -35,6 +36,10 @@ QUEUE_FRAMES = 64
 #: How long after the window's end frames already captured are still written (they are stamped
 #: inside the window but may reach the queue a little later).
 DRAIN_S = 0.5
+#: How long the sensors may take to open before the session starts anyway (the time server is told
+#: this device is ready, or a session without a given start begins): each sensor counts as settled once
+#: it is open or has failed once; one still opening after this long misses the start.
+OPEN_WAIT_S = 30.0
 #: A session in which no sensor has come up this long after its start is given up (every fault is
 #: reported): on a machine without the rig, or with a config that points at none of it, the user
 #: should not have to wait out the whole session to learn that.
@@ -48,7 +53,8 @@ class LiveRecordRequest:
     #: Who is in the session (the labels a trainer needs; a live rig cannot know them itself).
     identities: tuple[str, ...] = ()
     overwrite: bool = False
-    #: The session's start on CLOCK_REALTIME (from the time server); None starts at the first frames.
+    #: The session's start on CLOCK_REALTIME (from the time server); None starts once the sensors
+    #: have opened (or failed, see OPEN_WAIT_S).
     start_ns: int | None = None
     session_id: str | None = None
     notes: dict[str, Any] = field(default_factory=dict)
@@ -140,9 +146,10 @@ def record_feed(
 ) -> LiveRecordResult:
     """Record `request.seconds` of every stream `feed` offers into `request.out`.
 
-    The sensors are opened first and only then is the start awaited (`wait_start`, e.g. the time
-    server's signal; else `request.start_ns`, else now), so instruments that take a while to connect
-    do not miss the start. Frames stamped before the start or after the end of the window are not
+    The sensors are opened first (each until it is open or has failed once, at most OPEN_WAIT_S) and
+    only then is the start awaited (`wait_start`, e.g. the time server's signal; else
+    `request.start_ns`, else now), so instruments that take a while to connect do not miss the
+    start. Frames stamped before the start or after the end of the window are not
     written. A frame the writer refuses (a camera delivering another size than configured, labels
     naming someone not in the session) is counted as dropped with the reason kept in `faults`, never
     written half. `stop` (or Ctrl-C) ends the session early; what was written stays readable.
@@ -161,7 +168,8 @@ def record_feed(
     ]
     stopped_early = nothing_up = False
     try:
-        if wait_start is not None:
+        _await_sensors(threads, health, stop)
+        if wait_start is not None and not stop.is_set():
             start_ns, session_id = wait_start()
             _check_not_over(start_ns, request.seconds)
         else:
@@ -216,6 +224,25 @@ def record_feed(
 def _check_not_over(start_ns: int | None, seconds: float) -> None:
     if start_ns is not None and start_ns + seconds * 1e9 <= now_ns(CLOCK_REALTIME):
         raise UserError("the session's start and end have both passed already; ask for a later start")
+
+
+def _await_sensors(threads: list[CaptureThread], health: Health, stop: threading.Event) -> None:
+    """Wait until every sensor is open, has failed once or has ended (at most OPEN_WAIT_S)."""
+    deadline = time.monotonic() + OPEN_WAIT_S
+    while not stop.is_set() and time.monotonic() < deadline:
+        modalities = health.snapshot()["modalities"]
+        if all(t.ended.is_set() or _settled(modalities[t.modality]) for t in threads):
+            return
+        time.sleep(0.05)
+
+
+def _settled(state: dict[str, Any]) -> bool:
+    return (
+        state["state"] == ModalityState.UP.value or state["changes"] > 0 or state["last_error"] != _NO_ERROR
+    )
+
+
+_NO_ERROR = Modality().last_error
 
 
 def _nothing_up(health: Health) -> bool:

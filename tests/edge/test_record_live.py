@@ -7,6 +7,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -286,3 +287,56 @@ def test_record_without_a_rig_gives_up_soon_names_every_fault_and_keeps_no_file(
     assert f"127.0.0.1:{port}" in result.stdout and "no-such-camera" in result.stdout
     assert "no sensor delivered a frame within 5 s" in result.stderr and "--simulate" in result.stderr
     assert not out.exists()
+
+
+class _SlowCamera:
+    """A camera that takes 1.5 s to open (as a USB camera or a ZED does), then delivers 20 frames/s."""
+
+    modality = "camera"
+    opened_ns: ClassVar[list[int]] = []
+
+    def __init__(self) -> None:
+        self.seq = 0
+
+    def open(self) -> None:
+        time.sleep(1.5)
+        _SlowCamera.opened_ns.append(now_ns(CLOCK_REALTIME))
+
+    def read(self) -> CameraFrame:
+        time.sleep(0.05)
+        self.seq += 1
+        rgb = np.zeros((180, 320, 3), np.uint8)
+        return CameraFrame(seq=self.seq, t_ns=now_ns(CLOCK_REALTIME), clock=CLOCK_REALTIME, rgb=rgb)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("time_server", [False, True])
+def test_the_sensors_are_open_before_the_session_starts(
+    config: EdgeConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, time_server: bool
+) -> None:
+    """A sensor that takes a while to open must not miss the start: without a time server the session
+    begins once the sensors are open, and the time server is only asked for the start after that (it
+    arms when every device has asked, so a device with slow sensors would make all of them miss it)."""
+    monkeypatch.setattr(_SlowCamera, "opened_ns", [])
+    feed = _feed(config)
+    feed.sources["camera"] = _SlowCamera
+    asked: list[int] = []
+
+    def wait_start() -> tuple[int, str]:
+        asked.append(now_ns(CLOCK_REALTIME))
+        return asked[-1] + 200_000_000, "s-slow"
+
+    out = tmp_path / "slow.h5"
+    result = record_feed(
+        feed, LiveRecordRequest(out, 1.0, identities=PEOPLE), wait_start=wait_start if time_server else None
+    )
+    assert _SlowCamera.opened_ns, "the camera opened"
+    if time_server:
+        assert asked and asked[0] >= _SlowCamera.opened_ns[0], (
+            "the start was asked before the camera was open"
+        )
+    assert result.frames["camera"] >= 5, result
+    with SessionReader(out) as reader:
+        assert reader.created_ns >= _SlowCamera.opened_ns[0] - 100_000_000
