@@ -178,6 +178,20 @@ def record_feed(
         end_ns = start_ns + int(request.seconds * 1e9)
         dropped_before = _dropped(health)
         with _writer_for(feed, request, start_ns, session_id) as writer:
+
+            def take(captured: Captured) -> None:
+                """Write a frame stamped inside the window; a refused one is counted, its reason kept."""
+                if not start_ns <= captured.frame.t_ns < end_ns:
+                    return
+                modality = _modality(captured.frame)
+                try:
+                    _write(writer, captured.frame)
+                except FrameRejected as exc:
+                    rejected[modality] += 1
+                    faults[modality] = str(exc)
+                    return
+                frames[modality] += 1
+
             try:
                 while True:
                     now = now_ns(CLOCK_REALTIME)
@@ -192,21 +206,18 @@ def record_feed(
                     captured = queue.get(timeout=0.1)
                     if progress is not None:
                         progress(min(max(now - start_ns, 0) / 1e9, request.seconds), request.seconds)
-                    if captured is None or not start_ns <= captured.frame.t_ns < end_ns:
-                        continue
-                    modality = _modality(captured.frame)
-                    try:
-                        _write(writer, captured.frame)
-                    except FrameRejected as exc:
-                        rejected[modality] += 1
-                        faults[modality] = str(exc)
-                        continue
-                    frames[modality] += 1
+                    if captured is not None:
+                        take(captured)
             except KeyboardInterrupt:  # the file is closed (flushed) on the way out, and kept
                 stopped_early = True
+            # Once the capture threads have stopped, the queue holds all that is left: frames stamped
+            # inside the window that the writer had not reached yet (it fell behind) are written too.
+            _stop_all(threads)
+            for captured in queue.drain():
+                take(captured)
     finally:
-        for thread in threads:
-            thread.stop(timeout=2.0)
+        _stop_all(threads)
+        queue.close()  # a capture thread that did not stop in time can no longer fill it
     snapshot = health.snapshot()
     for name, state in snapshot["modalities"].items():
         went_down = state["changes"] > 1 or state["state"] != ModalityState.UP.value
@@ -219,6 +230,11 @@ def record_feed(
     }
     elapsed = min(max(now_ns(CLOCK_REALTIME) - start_ns, 0) / 1e9, request.seconds)
     return LiveRecordResult(frames, dropped, faults, elapsed, stopped_early, nothing_up)
+
+
+def _stop_all(threads: list[CaptureThread]) -> None:
+    for thread in threads:
+        thread.stop(timeout=2.0)
 
 
 def _check_not_over(start_ns: int | None, seconds: float) -> None:

@@ -6,6 +6,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
@@ -13,13 +14,16 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 from vrclip.edge import cli as edge_cli
+from vrclip.edge import record_live
 from vrclip.edge.config import EdgeConfig, config_to_toml
 from vrclip.edge.errors import SensorError, UserError
 from vrclip.edge.frames import CLOCK_REALTIME, CameraFrame
 from vrclip.edge.pipeline import app as pipeline_app
 from vrclip.edge.pipeline.app import Feed, simulated_feed
+from vrclip.edge.pipeline.sources import Frame, FrameSource
 from vrclip.edge.record_live import LiveRecordRequest, record_feed
 from vrclip.edge.recording.reader import SessionReader
+from vrclip.edge.recording.writer import SessionWriter
 from vrclip.edge.sim.scene import SceneSpec
 from vrclip.edge.timebase.clock import now_ns
 from vrclip.edge.timebase.start_protocol import StartServer
@@ -340,3 +344,50 @@ def test_the_sensors_are_open_before_the_session_starts(
     assert result.frames["camera"] >= 5, result
     with SessionReader(out) as reader:
         assert reader.created_ns >= _SlowCamera.opened_ns[0] - 100_000_000
+
+
+def test_frames_a_slow_writer_had_not_reached_when_the_window_closed_are_still_written(
+    config: EdgeConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer stalls (a slow disk) for longer than the window and its drain time: every frame
+    stamped inside the window is still in the queue (fewer than it holds), and must be written, not
+    left there uncounted when the window closes."""
+    feed = _feed(config)
+    stamps: dict[str, list[int]] = {name: [] for name in feed.sources}
+
+    def counted(factory: Callable[[], FrameSource], name: str) -> Callable[[], FrameSource]:
+        def make() -> FrameSource:
+            source = factory()
+            read = source.read
+
+            def read_counted() -> Frame | None:
+                frame = read()
+                if frame is not None:
+                    stamps[name].append(frame.t_ns)
+                return frame
+
+            source.read = read_counted  # type: ignore[method-assign]
+            return source
+
+        return make
+
+    feed.sources = {name: counted(factory, name) for name, factory in feed.sources.items()}
+    write = record_live._write
+    stalled: list[bool] = []
+
+    def slow_write(writer: SessionWriter, frame: Frame) -> None:
+        if not stalled:
+            stalled.append(True)
+            time.sleep(record_live.DRAIN_S + 1.5)
+        write(writer, frame)
+
+    monkeypatch.setattr(record_live, "_write", slow_write)
+    out = tmp_path / "behind.h5"
+    result = record_feed(feed, LiveRecordRequest(out, 1.0, identities=PEOPLE))
+    with SessionReader(out) as reader:
+        start, end = reader.created_ns, reader.created_ns + 1_000_000_000
+        in_window = {name: sum(start <= t < end for t in times) for name, times in stamps.items()}
+        assert sum(in_window.values()) < record_live.QUEUE_FRAMES, "the test needs a queue that never drops"
+        assert in_window["radar"] >= 3
+        assert result.frames == in_window and reader.counts == {**in_window}, (result, in_window)
+        assert sum(result.dropped.values()) == 0
