@@ -34,6 +34,10 @@ from vrclip.edge.recording.jpeg import encode_rgb
 from vrclip.edge.recording.labels import pack_truth, pad_positions
 from vrclip.edge.recording.schema import CAMERA, COMMITTED, DEPTH, RADAR, DatasetSpec
 
+#: What h5py raises when the disk refuses a write (full, or failing): OSError, or RuntimeError from a
+#: flush ("Unable to synchronously flush file ... errno = 28").
+_HDF5_WRITE_ERRORS = (OSError, RuntimeError)
+
 
 @dataclass
 class _Stream:
@@ -359,7 +363,7 @@ class SessionWriter:
                     ds = s.datasets[spec.name]
                     ds.resize(n + 1, axis=0)
                     ds[n] = row[spec.name]
-        except OSError as e:
+        except _HDF5_WRITE_ERRORS as e:
             raise RecordingError(f"{what}: writing failed ({e}); check free disk space and the disk") from e
         if jpeg is not None:
             s.jpeg_bytes += jpeg.size
@@ -396,7 +400,7 @@ class SessionWriter:
                     changed = True
             if changed:
                 self._file.flush()
-        except OSError as e:
+        except _HDF5_WRITE_ERRORS as e:
             raise RecordingError(
                 f"{self.path}: flushing failed ({e}); check free disk space and the disk"
             ) from e
@@ -436,14 +440,26 @@ class SessionWriter:
             self._closing = True
             self._cond.notify_all()
         self._thread.join()
+        failure: RecordingError | None = None
         with self._cond:
             try:
                 if self._error is None:
                     self._flush_locked()
+            except RecordingError as e:
+                failure = e
             finally:
-                self._file.close()
+                try:
+                    self._file.close()
+                except _HDF5_WRITE_ERRORS as e:  # HDF5 writes its metadata on close: a full disk fails here
+                    if failure is None and self._error is None:
+                        failure = RecordingError(
+                            f"{self.path}: closing the file failed ({e}); check free disk space and the disk"
+                        )
+                        failure.__cause__ = e
         if self._error is not None:
             raise RecordingError(f"{self.path}: a background flush failed: {self._error}") from self._error
+        if failure is not None:
+            raise failure
 
     def __enter__(self) -> SessionWriter:
         return self

@@ -390,3 +390,48 @@ def test_corrupt_jpeg_names_the_frame(tmp_path: Path) -> None:
             r.camera(1)
     with pytest.raises(RecordingError, match="frame 7"):
         decode_rgb(np.frombuffer(b"\xff\xd8garbage", np.uint8), 72, 128, "frame 7")
+
+
+_DISK_FULL_CHILD = """
+import os, resource, signal, sys, time
+import numpy as np
+from vrclip.edge.frames import CLOCK_REALTIME, RadarFrame
+from vrclip.edge.geometry import load_geometry
+from vrclip.edge.recording import SessionWriter
+
+geometry = load_geometry()
+writer = SessionWriter(sys.argv[1], config_toml="", geometry=geometry.to_dict(),
+                       freqs_hz=np.linspace(1e9, 2e9, 101), radar_channels=geometry.n_channels,
+                       conditions={}, identities=[], flush_interval_s=float(sys.argv[2]))
+# The disk fills up 1 MB further on (a file size limit refuses writes as a full disk does: EFBIG).
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (os.path.getsize(sys.argv[1]) + 1_000_000, resource.RLIM_INFINITY))
+s21 = np.ones((geometry.n_channels, 101), np.complex64)
+for step, act in (("write", lambda: [writer.write_radar(RadarFrame(i, time.time_ns(), CLOCK_REALTIME, s21))
+                                     for i in range(100_000)]), ("close", writer.close)):
+    try:
+        act()
+        print(step, "ok", flush=True)
+    except BaseException as exc:
+        print(step, type(exc).__name__, " ".join(str(exc).split()), flush=True)
+os._exit(0)  # HDF5's own exit handler crashes on a file it could not close (h5py 3.16 / HDF5 2.0)
+"""
+
+
+@pytest.mark.parametrize("flush_interval_s", [0.001, 1.0])
+def test_a_full_disk_is_a_recording_error_when_writing_flushing_and_closing(
+    tmp_path: Path, flush_interval_s: float
+) -> None:
+    """h5py reports a refused write as OSError or RuntimeError (a flush), also from close(): each
+    must reach the caller as the RecordingError that says to check the disk, not as a traceback."""
+    path = tmp_path / "full.h5"
+    proc = subprocess.run(
+        [sys.executable, "-c", _DISK_FULL_CHILD, str(path), str(flush_interval_s)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = dict(line.split(" ", 1) for line in proc.stdout.splitlines())
+    assert set(lines) == {"write", "close"}, (proc.stdout, proc.stderr)
+    for step, outcome in lines.items():
+        assert outcome.startswith("RecordingError") and "check free disk space" in outcome, (step, outcome)
