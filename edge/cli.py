@@ -220,6 +220,44 @@ def dataset_make(
     typer.echo(f"wrote {index} ({identities * sessions} sessions) in {time.perf_counter() - started:.1f} s")
 
 
+@app.command("label")
+def label(
+    recording: Path = typer.Argument(..., help="A one-person session recorded on the real rig (.h5)."),
+    out: Path = typer.Option(..., "--out", "-o", help="The labelled copy to write (.h5)."),
+    identity: str | None = typer.Option(
+        None, "--identity", "-i", help="Who walked (default: the one identity the recording names)."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
+) -> None:
+    """Label a one-person recording with the radar's own track, so `vrclip-export train` can use it.
+
+    The radar frames go through the runtime's imaging and tracker; wherever exactly one confirmed track
+    is up, that is the person. Samples and JPEGs are copied bit for bit; only labels change.
+    """
+    from vrclip.edge.label import label_recording
+
+    with progress_bar() as bar:
+        task = bar.add_task(f"tracking {recording.name}", total=None)
+        result = label_recording(
+            recording,
+            out,
+            identity=identity,
+            overwrite=overwrite,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    share = result.labelled / max(result.radar_frames, 1)
+    typer.echo(
+        f"wrote {out}: {result.identity} labelled in {result.labelled} of {result.radar_frames} radar "
+        f"frames ({share:.0%}) and {result.labelled_camera} of {result.camera_frames} camera frames"
+    )
+    if result.crowded:
+        typer.echo(
+            f"warning: {result.crowded} radar frames had more than one track (someone else in the room?) "
+            "and were left unlabelled",
+            err=True,
+        )
+
+
 @app.command("inspect")
 def inspect(file: Path = typer.Argument(..., help="A session recording (.h5).")) -> None:
     """Summarise a recording: streams, frame counts, clocks, duration, identities and conditions."""

@@ -109,6 +109,12 @@ def _overlaps_image(box: tuple[float, float, float, float], camera: PinholeCamer
     return x1 > 0 and y1 > 0 and x0 < camera.width and y0 < camera.height
 
 
+def in_view(camera: PinholeCamera, position_xy: np.ndarray, spec: CropSpec = CropSpec()) -> bool:
+    """Whether a person at floor position (x, y) would appear in the camera's image at all."""
+    box = person_box(camera, position_xy, spec)
+    return box is not None and _overlaps_image(box, camera)
+
+
 def crop_person(
     rgb: np.ndarray, camera: PinholeCamera, position_xy: np.ndarray, spec: CropSpec = CropSpec()
 ) -> tuple[np.ndarray, bool]:
@@ -138,5 +144,6 @@ __all__ = [
     "camera_from_config",
     "crop_box",
     "crop_person",
+    "in_view",
     "person_box",
 ]

@@ -1,0 +1,207 @@
+"""Label a one-person recording from the real rig with the radar's own track, so it can train VRCLIP.
+
+A recording from the real rig (`vrclip-edge record --identity NAME`) knows who walked but not where:
+the trainer needs a floor position per frame (to gate the RF window and cut the person crop). With
+one person in the room the runtime's radar chain finds it: the session's radar frames go through the
+same imaging, detection and tracker as `vrclip-edge run`, and wherever exactly one confirmed track is
+up, that is the person. Camera and depth frames take the position interpolated at their own time
+stamps, and a camera frame counts the person visible when the crop box falls in the image (a real rig
+cannot tell an occluder from the person; the gate learns from what the crop shows).
+
+Frames with no confirmed track, or with two or more (someone else walked in), stay unlabelled: the
+trainer skips them. The output is a copy of the recording with only its labels and identity list
+changed; radar samples and JPEG bytes are copied bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+from vrclip.edge.config import parse_config
+from vrclip.edge.crops import camera_from_config, in_view
+from vrclip.edge.errors import ConfigError, RecordingError, UserError
+from vrclip.edge.imaging.calibration import ChannelCalibration
+from vrclip.edge.imaging.pipeline import ImagingPipeline
+from vrclip.edge.pipeline.tracker import Tracker
+from vrclip.edge.recording.reader import SessionReader
+from vrclip.edge.recording.schema import CAMERA, NO_ID, RADAR
+
+#: Camera or depth frames further than this from the nearest labelled radar frames stay unlabelled.
+MAX_INTERPOLATION_GAP_NS = 250_000_000
+
+
+@dataclass(frozen=True)
+class LabelResult:
+    identity: str
+    radar_frames: int
+    labelled: int
+    #: Radar frames with two or more confirmed tracks (left unlabelled).
+    crowded: int
+    labelled_camera: int
+    camera_frames: int
+
+
+def radar_track(
+    reader: SessionReader, progress: Callable[[int, int], None] | None = None
+) -> tuple[np.ndarray, int]:
+    """((N, 2) position per radar frame, NaN where not exactly one confirmed track; crowded count)."""
+    try:
+        config = parse_config(tomllib.loads(reader.config_toml), source=f"{reader.path} config")
+    except (tomllib.TOMLDecodeError, ConfigError) as exc:
+        raise RecordingError(f"{reader.path}: its stored config is unreadable ({exc})") from None
+    calibration = (
+        ChannelCalibration.from_dict(reader.calibration, source=f"{reader.path} calibration")
+        if reader.calibration
+        else None
+    )
+    imaging = ImagingPipeline(config, reader.array_geometry, calibration)
+    tracker = Tracker()
+    n = reader.count(RADAR)
+    positions = np.full((n, 2), np.nan)
+    crowded = 0
+    try:
+        for i, frame in enumerate(reader.iter_radar()):
+            detections = imaging.process(frame.s21).detections
+            found = np.array([[d.x_m, d.y_m] for d in detections], np.float64).reshape(-1, 2)
+            confirmed = [t for t in tracker.update(found, frame.t_ns) if t.misses == 0]
+            if len(confirmed) == 1:
+                positions[i] = confirmed[0].position
+            elif len(confirmed) > 1:
+                crowded += 1
+            if progress is not None:
+                progress(i + 1, n)
+    finally:
+        imaging.imager.close()
+    return positions, crowded
+
+
+def interpolate(t_radar: np.ndarray, positions: np.ndarray, t_other: np.ndarray) -> np.ndarray:
+    """(M, 2) positions at `t_other`, linear between the two labelled radar frames around each time;
+    NaN where those are more than MAX_INTERPOLATION_GAP_NS apart or either side is missing."""
+    out = np.full((len(t_other), 2), np.nan)
+    labelled = np.isfinite(positions).all(axis=1)
+    t = t_radar[labelled]
+    p = positions[labelled]
+    if len(t) == 0:
+        return out
+    right = np.clip(np.searchsorted(t, t_other), 1, max(len(t) - 1, 1))
+    left = right - 1
+    if len(t) == 1:
+        near = np.abs(t_other - t[0]) <= MAX_INTERPOLATION_GAP_NS // 2
+        out[near] = p[0]
+        return out
+    t0, t1 = t[left], t[right]
+    inside = (t_other >= t0) & (t_other <= t1) & (t1 - t0 <= MAX_INTERPOLATION_GAP_NS)
+    frac = np.where(t1 > t0, (t_other - t0) / np.maximum(t1 - t0, 1), 0.0)[:, None]
+    both = p[left] + frac * (p[right] - p[left])
+    out[inside] = both[inside]
+    return out
+
+
+def _write_truth(group: h5py.Group, n: int, positions: np.ndarray, visible: np.ndarray) -> int:
+    """Overwrite the first n label rows of a stream: identity 0 where a position is known."""
+    known = np.isfinite(positions).all(axis=1)
+    k = group["truth/ids"].shape[1]
+    count = np.where(known, 1, NO_ID).astype(np.int16)
+    ids = np.full((n, k), NO_ID, np.int16)
+    ids[known, 0] = 0
+    pos = np.full((n, k, 2), np.nan, np.float32)
+    pos[known, 0] = positions[known]
+    vis = np.zeros((n, k), bool)
+    vis[known, 0] = visible[known]
+    group["truth/count"][:n] = count
+    group["truth/ids"][:n] = ids
+    group["truth/positions"][:n] = pos
+    group["truth/visible"][:n] = vis
+    return int(known.sum())
+
+
+def label_recording(
+    source: Path,
+    out: Path,
+    *,
+    identity: str | None = None,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> LabelResult:
+    """Write `out`: `source` labelled with its one person's radar track (see the module doc)."""
+    source, out = Path(source), Path(out)
+    if not overwrite and (out.exists() or out.is_symlink()):
+        raise UserError(f"{out}: file already exists; choose another path or pass --overwrite")
+    if out.resolve() == source.resolve():
+        raise UserError(f"{out}: write the labelled copy to another file than the recording")
+    with SessionReader(source) as reader:
+        if reader.live:
+            raise RecordingError(
+                f"{source}: is still marked open by its writer (being recorded, or the recorder died); "
+                "label it once the recording has finished"
+            )
+        if identity is None:
+            if len(reader.identities) != 1:
+                named = ", ".join(reader.identities) or "nobody"
+                raise UserError(
+                    f"{source}: names {named}; labelling needs exactly one person per session: "
+                    "give --identity NAME for who walked alone"
+                )
+            identity = reader.identities[0]
+        if not identity or not identity.isprintable():
+            raise UserError(f"--identity {identity!r}: give the person's name")
+        positions, crowded = radar_track(reader, progress)
+        if not np.isfinite(positions).any():
+            raise UserError(
+                f"{source}: the radar tracked nobody alone in this session ({crowded} frames with several "
+                "tracks), so there is nothing to label; check the recording with `vrclip-edge inspect` "
+                "and the rig's calibration (`vrclip-calibrate channels`)"
+            )
+        t_radar = reader.times(RADAR)
+        streams = {name: reader.count(name) for name in reader.streams}
+        other = {
+            name: interpolate(t_radar, positions, reader.times(name)) for name in streams if name != RADAR
+        }
+        camera = camera_from_config(parse_config(tomllib.loads(reader.config_toml), source=str(source)))
+        conditions = dict(reader.conditions)
+    conditions["labels"] = "radar track of the one person walking (vrclip-edge label)"
+    visible = {RADAR: np.isfinite(positions).all(axis=1)}
+    for name, pos in other.items():
+        visible[name] = np.array([name == CAMERA and in_view(camera, p) for p in pos], bool)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
+    except OSError as exc:
+        raise UserError(
+            f"{out}: cannot write there ({exc.strerror or exc}); choose a writable folder"
+        ) from None
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        shutil.copyfile(source, tmp)
+        labelled: dict[str, int] = {}
+        with h5py.File(tmp, "r+") as f:
+            f.attrs["identities_json"] = json.dumps([identity])
+            f.attrs["conditions_json"] = json.dumps(conditions)
+            for name, n in streams.items():
+                pos = positions if name == RADAR else other[name]
+                labelled[name] = _write_truth(f[name], n, pos, visible[name])
+        with SessionReader(tmp):
+            pass  # the copy opens as a recording, or nothing replaces `out`
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise UserError(f"{out}: cannot write the labelled copy ({exc.strerror or exc})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return LabelResult(
+        identity,
+        streams[RADAR],
+        labelled[RADAR],
+        crowded,
+        labelled.get(CAMERA, 0),
+        streams.get(CAMERA, 0),
+    )

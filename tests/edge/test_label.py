@@ -1,0 +1,138 @@
+"""`vrclip-edge label`: a one-person recording gets the radar's own track as labels, usable for training."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from vrclip.edge.config import EdgeConfig
+from vrclip.edge.errors import RecordingError, UserError
+from vrclip.edge.label import interpolate, label_recording
+from vrclip.edge.record import RecordRequest, record_simulated
+from vrclip.edge.recording.reader import SessionReader
+from vrclip.edge.sim.scene import SceneSpec
+
+from tests.scripts import console_script
+
+FAST = {"camera": {"width": 320, "height": 180}}
+
+
+@pytest.fixture(scope="module")
+def walk(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A simulated one-person session (its simulator labels are what the radar track is checked on)."""
+    cfg = EdgeConfig.model_validate(FAST)
+    path = tmp_path_factory.mktemp("walk") / "alice.h5"
+    record_simulated(cfg, RecordRequest(path, 6.0, SceneSpec(room=cfg.room, people=("alice",), seed=2)))
+    return path
+
+
+def _strip_labels(src: Path, dst: Path, identities: list[str]) -> None:
+    """What a real rig records: the same frames, no ground truth."""
+    import json
+    import shutil
+
+    shutil.copyfile(src, dst)
+    with h5py.File(dst, "r+") as f:
+        f.attrs["identities_json"] = json.dumps(identities)
+        for stream in ("radar", "camera", "depth"):
+            f[stream]["truth/count"][...] = -1
+            f[stream]["truth/ids"][...] = -1
+            f[stream]["truth/positions"][...] = np.nan
+
+
+def test_labels_follow_the_person_and_the_data_is_copied_unchanged(walk: Path, tmp_path: Path) -> None:
+    rig = tmp_path / "rig.h5"
+    _strip_labels(walk, rig, ["alice"])
+    out = tmp_path / "labelled.h5"
+    result = label_recording(rig, out)
+    assert result.identity == "alice" and result.crowded == 0
+    assert result.labelled >= 0.85 * result.radar_frames
+    with SessionReader(walk) as truth, SessionReader(out) as got:
+        assert got.identities == ("alice",) and "vrclip-edge label" in got.conditions["labels"]
+        n = got.count("radar")
+        want = truth.truth_block("radar", 0, n)
+        have = got.truth_block("radar", 0, n)
+        known = have["count"] == 1
+        assert known.sum() == result.labelled
+        error = np.linalg.norm(have["positions"][known, 0] - want["positions"][known, 0], axis=1)
+        assert np.median(error) < 0.2 and np.percentile(error, 90) < 0.35, "the track is where she walked"
+        cam = got.truth_block("camera", 0, got.count("camera"))
+        assert (cam["count"] == 1).sum() == result.labelled_camera >= 0.8 * result.camera_frames
+        np.testing.assert_array_equal(truth.radar_block(0, n)[0], got.radar_block(0, n)[0])
+        assert truth.camera_jpeg(5) == got.camera_jpeg(5), "JPEG bytes are copied, not re-encoded"
+        assert got.session_id == truth.session_id
+
+
+def test_the_labelled_copy_trains(walk: Path, tmp_path: Path) -> None:
+    """The trainer's preprocessing refuses the raw rig recording and builds a track from the labelled one."""
+    pytest.importorskip("torch")
+    from vrclip.export.data import DatasetError, PrepSpec, SessionInfo, preprocess_session
+
+    rig = tmp_path / "rig.h5"
+    _strip_labels(walk, rig, ["alice"])
+    with pytest.raises(DatasetError, match="no identity labels"):
+        preprocess_session(SessionInfo(rig, "rig", "day", "none"), PrepSpec())
+    out = tmp_path / "labelled.h5"
+    label_recording(rig, out)
+    tracks = preprocess_session(SessionInfo(out, "labelled", "day", "none"), PrepSpec())
+    assert [str(t["identity"]) for t in tracks] == ["alice"]
+    assert tracks[0]["rgb_ok"].mean() > 0.8
+
+
+def test_who_walked_must_be_known_and_the_output_is_never_the_input(walk: Path, tmp_path: Path) -> None:
+    two = tmp_path / "two.h5"
+    _strip_labels(walk, two, ["alice", "bob"])
+    with pytest.raises(UserError, match=r"names alice, bob; .*--identity NAME"):
+        label_recording(two, tmp_path / "x.h5")
+    result = label_recording(two, tmp_path / "x.h5", identity="bob")
+    with SessionReader(tmp_path / "x.h5") as got:
+        assert got.identities == ("bob",) and result.identity == "bob"
+    with pytest.raises(UserError, match="already exists"):
+        label_recording(two, tmp_path / "x.h5", identity="bob")
+    with pytest.raises(UserError, match="another file than the recording"):
+        label_recording(two, two, identity="bob", overwrite=True)
+    with pytest.raises(RecordingError, match="no such file"):
+        label_recording(tmp_path / "missing.h5", tmp_path / "y.h5")
+    assert not (tmp_path / "y.h5").exists()
+
+
+def test_interpolation_bridges_short_gaps_only() -> None:
+    t = np.array([0, 100, 200, 900_000_000], np.int64)
+    p = np.array([[0.0, 1.0], [1.0, 1.0], [np.nan, np.nan], [5.0, 5.0]])
+    got = interpolate(t, p, np.array([50, 150, 300_000_000, -10], np.int64))
+    np.testing.assert_allclose(got[0], [0.5, 1.0])
+    assert np.isnan(got[1:]).all(), "no extrapolation, no bridging of a 0.9 s gap"
+
+
+def test_label_command(walk: Path, tmp_path: Path) -> None:
+    rig = tmp_path / "rig.h5"
+    _strip_labels(walk, rig, ["alice"])
+    out = tmp_path / "labelled.h5"
+    done = subprocess.run(
+        [console_script("vrclip-edge"), "label", str(rig), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"wrote {out}: alice labelled in" in done.stdout
+    again = subprocess.run(
+        [console_script("vrclip-edge"), "label", str(rig), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert again.returncode == 2 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_a_session_the_radar_saw_nobody_in_is_refused_and_writes_nothing(walk: Path, tmp_path: Path) -> None:
+    rig = tmp_path / "rig.h5"
+    _strip_labels(walk, rig, ["alice"])
+    with h5py.File(rig, "r+") as f:
+        f["radar"]["s21"][...] = 0  # a dead front end: nothing to image
+    with pytest.raises(UserError, match="tracked nobody"):
+        label_recording(rig, tmp_path / "out.h5")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rig.h5"]
