@@ -173,6 +173,11 @@ def _record_rig(
     missing = result.missing()
     if len(missing) == len(result.frames):
         out.unlink(missing_ok=True)
+        if result.error is not None:
+            raise UserError(f"{result.error}; nothing was recorded, so no file was kept")
+        if result.stopped_early and not result.nothing_up:
+            typer.echo("interrupted before the session recorded a frame, so no file was kept", err=True)
+            raise typer.Exit(130)
         given_up = f" within {NOTHING_UP_S:g} s of the start" if result.nothing_up else ""
         raise UserError(
             f"no sensor delivered a frame{given_up} (faults above), so no file was kept; check "
@@ -181,6 +186,9 @@ def _record_rig(
         )
     how = "stopped early after" if result.stopped_early else "recorded"
     typer.echo(f"wrote {out}: {how} {result.seconds:.1f} s")
+    if result.error is not None:
+        typer.echo(f"error: {result.error}; the file holds what was recorded before", err=True)
+        raise typer.Exit(1)
     if missing:
         typer.echo(
             f"error: no {' or '.join(missing)} frames were recorded (see the faults above); the file "

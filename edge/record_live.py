@@ -11,6 +11,7 @@ recording cut short (Ctrl-C, kill, power loss) keeps everything up to its last f
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from vrclip.edge.config import config_to_toml
-from vrclip.edge.errors import FrameRejected, UserError
+from vrclip.edge.errors import FrameRejected, RecordingError, UserError
 from vrclip.edge.events.health import Health, Modality, ModalityState
 from vrclip.edge.frames import CLOCK_REALTIME, CameraFrame, DepthFrame, RadarFrame
 from vrclip.edge.pipeline.app import Feed
@@ -40,6 +41,11 @@ DRAIN_S = 0.5
 #: this device is ready, or a session without a given start begins): each sensor counts as settled once
 #: it is open or has failed once; one still opening after this long misses the start.
 OPEN_WAIT_S = 30.0
+#: Free space a live recording leaves on its disk (checked every second): below it the session stops
+#: and keeps its file. A disk that does fill up leaves an HDF5 file that opens only once extended by
+#: hand (see the reader's message), so the recording stops well before: at a whole rig's ~10 MB/s this
+#: is some 25 s of data.
+MIN_FREE_BYTES = 256 << 20
 #: A session in which no sensor has come up this long after its start is given up (every fault is
 #: reported): on a machine without the rig, or with a config that points at none of it, the user
 #: should not have to wait out the whole session to learn that.
@@ -71,6 +77,9 @@ class LiveRecordResult:
     stopped_early: bool
     #: True when the session was given up because no sensor came up (see NOTHING_UP_S).
     nothing_up: bool = False
+    #: Why the recording itself ended early: its disk nearly full (see MIN_FREE_BYTES) or refusing a
+    #: write. The file keeps what was written before.
+    error: str | None = None
 
     def missing(self) -> list[str]:
         """Streams that recorded no frame at all."""
@@ -167,6 +176,7 @@ def record_feed(
         CaptureThread(factory, modality, queue, health).start() for modality, factory in feed.sources.items()
     ]
     stopped_early = nothing_up = False
+    error: str | None = None
     try:
         _await_sensors(threads, health, stop)
         if wait_start is not None and not stop.is_set():
@@ -177,22 +187,24 @@ def record_feed(
             session_id = request.session_id
         end_ns = start_ns + int(request.seconds * 1e9)
         dropped_before = _dropped(health)
-        with _writer_for(feed, request, start_ns, session_id) as writer:
+        writer = _writer_for(feed, request, start_ns, session_id)
 
-            def take(captured: Captured) -> None:
-                """Write a frame stamped inside the window; a refused one is counted, its reason kept."""
-                if not start_ns <= captured.frame.t_ns < end_ns:
-                    return
-                modality = _modality(captured.frame)
-                try:
-                    _write(writer, captured.frame)
-                except FrameRejected as exc:
-                    rejected[modality] += 1
-                    faults[modality] = str(exc)
-                    return
-                frames[modality] += 1
-
+        def take(captured: Captured) -> None:
+            """Write a frame stamped inside the window; a refused one is counted, its reason kept."""
+            if not start_ns <= captured.frame.t_ns < end_ns:
+                return
+            modality = _modality(captured.frame)
             try:
+                _write(writer, captured.frame)
+            except FrameRejected as exc:
+                rejected[modality] += 1
+                faults[modality] = str(exc)
+                return
+            frames[modality] += 1
+
+        try:
+            try:
+                next_disk_check = 0
                 while True:
                     now = now_ns(CLOCK_REALTIME)
                     if now >= end_ns + DRAIN_S * 1e9 or all(t.ended.is_set() for t in threads):
@@ -203,6 +215,12 @@ def record_feed(
                     if now >= start_ns + NOTHING_UP_S * 1e9 and _nothing_up(health):
                         stopped_early = nothing_up = True
                         break
+                    if now >= next_disk_check:
+                        next_disk_check = now + 1_000_000_000
+                        error = _disk_nearly_full(request.out)
+                        if error is not None:
+                            stopped_early = True
+                            break
                     captured = queue.get(timeout=0.1)
                     if progress is not None:
                         progress(min(max(now - start_ns, 0) / 1e9, request.seconds), request.seconds)
@@ -213,8 +231,16 @@ def record_feed(
             # Once the capture threads have stopped, the queue holds all that is left: frames stamped
             # inside the window that the writer had not reached yet (it fell behind) are written too.
             _stop_all(threads)
-            for captured in queue.drain():
-                take(captured)
+            if error is None:
+                for captured in queue.drain():
+                    take(captured)
+        except RecordingError as exc:  # the disk refused a write: the session ends, the file is kept
+            error, stopped_early = str(exc), True
+        finally:
+            try:
+                writer.close()
+            except RecordingError as exc:
+                error = error or str(exc)
     finally:
         _stop_all(threads)
         queue.close()  # a capture thread that did not stop in time can no longer fill it
@@ -229,7 +255,26 @@ def record_feed(
         for name in feed.sources
     }
     elapsed = min(max(now_ns(CLOCK_REALTIME) - start_ns, 0) / 1e9, request.seconds)
-    return LiveRecordResult(frames, dropped, faults, elapsed, stopped_early, nothing_up)
+    return LiveRecordResult(frames, dropped, faults, elapsed, stopped_early, nothing_up, error)
+
+
+def _disk_nearly_full(out: Path) -> str | None:
+    """Why `out` must not grow any further (its disk has less than MIN_FREE_BYTES free), else None."""
+    try:
+        free = _free_bytes(out.parent)
+    except OSError:
+        return None  # unknown: the writer still reports a write the disk refuses
+    if free >= MIN_FREE_BYTES:
+        return None
+    return (
+        f"{out}: only {free / 1e6:.0f} MB free on its disk (a recording leaves {MIN_FREE_BYTES >> 20} MiB "
+        "free, as HDF5 leaves a file that hit a full disk unreadable), so the session was stopped; free "
+        "some space or record elsewhere"
+    )
+
+
+def _free_bytes(folder: Path) -> int:
+    return shutil.disk_usage(folder).free
 
 
 def _stop_all(threads: list[CaptureThread]) -> None:

@@ -16,12 +16,12 @@ from typer.testing import CliRunner
 from vrclip.edge import cli as edge_cli
 from vrclip.edge import record_live
 from vrclip.edge.config import EdgeConfig, config_to_toml
-from vrclip.edge.errors import SensorError, UserError
+from vrclip.edge.errors import RecordingError, SensorError, UserError
 from vrclip.edge.frames import CLOCK_REALTIME, CameraFrame
 from vrclip.edge.pipeline import app as pipeline_app
 from vrclip.edge.pipeline.app import Feed, simulated_feed
 from vrclip.edge.pipeline.sources import Frame, FrameSource
-from vrclip.edge.record_live import LiveRecordRequest, record_feed
+from vrclip.edge.record_live import LiveRecordRequest, LiveRecordResult, record_feed
 from vrclip.edge.recording.reader import SessionReader
 from vrclip.edge.recording.writer import SessionWriter
 from vrclip.edge.sim.scene import SceneSpec
@@ -391,3 +391,87 @@ def test_frames_a_slow_writer_had_not_reached_when_the_window_closed_are_still_w
         assert in_window["radar"] >= 3
         assert result.frames == in_window and reader.counts == {**in_window}, (result, in_window)
         assert sum(result.dropped.values()) == 0
+
+
+def test_a_disk_running_full_stops_the_session_and_keeps_a_readable_file(
+    config: EdgeConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HDF5 leaves a file that hit a full disk unreadable (and crashes at exit): the recording stops
+    while MIN_FREE_BYTES are still free, says why, and the file opens with what was recorded."""
+    filling_at = time.monotonic() + 1.0
+    monkeypatch.setattr(
+        record_live,
+        "_free_bytes",
+        lambda folder: record_live.MIN_FREE_BYTES * (2 if time.monotonic() < filling_at else 0.5),
+    )
+    out = tmp_path / "full.h5"
+    result = record_feed(_feed(config), LiveRecordRequest(out, 30.0, identities=PEOPLE))
+    assert result.stopped_early and result.seconds < 10
+    assert result.error is not None and "free on its disk" in result.error and str(out) in result.error
+    with SessionReader(out) as reader:
+        assert reader.counts == result.frames and reader.count("radar") >= 2
+
+
+def test_a_write_the_disk_refuses_ends_the_session_and_keeps_the_file(
+    config: EdgeConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write = record_live._write
+    written: list[Frame] = []
+
+    def failing_write(writer: SessionWriter, frame: Frame) -> None:
+        if len(written) == 12:
+            raise RecordingError(f"{writer.path}: writing failed (No space left on device)")
+        write(writer, frame)
+        written.append(frame)
+
+    monkeypatch.setattr(record_live, "_write", failing_write)
+    out = tmp_path / "refused.h5"
+    result = record_feed(_feed(config), LiveRecordRequest(out, 30.0, identities=PEOPLE))
+    assert result.stopped_early and result.error is not None and "No space left" in result.error
+    assert sum(result.frames.values()) == 12
+    with SessionReader(out) as reader:
+        assert reader.counts == result.frames
+
+
+def test_record_command_reports_a_full_disk_after_the_streams_and_keeps_the_file(
+    rig: dict[str, Feed], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    filling_at = time.monotonic() + 1.0
+    monkeypatch.setattr(
+        record_live,
+        "_free_bytes",
+        lambda folder: record_live.MIN_FREE_BYTES * (2 if time.monotonic() < filling_at else 0.5),
+    )
+    out = tmp_path / "site.h5"
+    args = ["record", "--out", str(out), "--seconds", "30", "-i", "alice", "-i", "bob"]
+    result = runner.invoke(app, [*args, "-c", str(_cli_config(tmp_path))])
+    assert result.exit_code == 1, result.output
+    assert "radar:" in result.output and "stopped early after" in result.output
+    assert "free on its disk" in result.output and "the file holds what was recorded" in result.output
+    with SessionReader(out) as reader:
+        assert reader.count("radar") > 0
+
+    monkeypatch.setattr(record_live, "_free_bytes", lambda folder: 0)  # full before the first frame
+    result = runner.invoke(app, [*args, "--overwrite", "-c", str(_cli_config(tmp_path))])
+    assert result.exit_code != 0 and "no file was kept" in str(result.exception)
+    assert not out.exists()
+
+
+def test_record_command_interrupted_before_any_frame_says_so(
+    rig: dict[str, Feed], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while waiting for a start further ahead is not a rig without sensors."""
+
+    def interrupted(
+        feed: Feed, request: LiveRecordRequest, *args: object, **kwargs: object
+    ) -> LiveRecordResult:
+        request.out.write_bytes(b"")
+        zero = dict.fromkeys(feed.sources, 0)
+        return LiveRecordResult(zero, dict(zero), {}, 0.0, stopped_early=True)
+
+    monkeypatch.setattr(record_live, "record_feed", interrupted)
+    out = tmp_path / "early.h5"
+    result = runner.invoke(app, ["record", "--out", str(out), "-c", str(_cli_config(tmp_path))])
+    assert result.exit_code == 130, result.output
+    assert "interrupted before the session recorded a frame" in result.output
+    assert "cables" not in result.output and not out.exists()
