@@ -27,6 +27,7 @@ from vrclip.edge.pipeline.app import (
     with_workdir,
 )
 from vrclip.edge.pipeline.enrolment import embedding_dim, enrol_from_feed, enroll_simulated_people
+from vrclip.edge.pipeline.recorder import FrameRecorder
 from vrclip.edge.pipeline.runner import EdgeRunner, radar_stall_s
 from vrclip.edge.service.notify import Notifier
 from vrclip.edge.service.shutdown import ShutdownFlag
@@ -47,6 +48,9 @@ def run_pipeline(
     duration_s: float | None,
     events_stdout: bool,
     enrolled: set[str] | None = None,
+    record: Path | None = None,
+    record_seconds: float = 60.0,
+    people: tuple[str, ...] = (),
 ) -> dict:
     """Run until stopped (SIGTERM/SIGINT), the duration ends or a replay ends; returns a summary."""
     backend = open_backend(config, engine)
@@ -74,7 +78,10 @@ def run_pipeline(
         warn(message)
     identifier = make_identifier(feed, backend, match=matcher.match_batch, warn=warn, count=health.count)
     notifier = Notifier()
+    recorder = None
     try:
+        if record is not None:
+            recorder = FrameRecorder(feed, record, record_seconds, health, identities=people, warn=warn)
         with ShutdownFlag(notifier) as stop, WatchdogPinger(notifier, status=health.status_line) as pinger:
             runner = EdgeRunner(
                 identifier,
@@ -86,11 +93,13 @@ def run_pipeline(
                 heartbeat=pinger.heartbeat,
                 status_stream=sys.stderr,
                 radar_stall_s=radar_stall_s(config),
+                on_frame=recorder.offer if recorder is not None else None,
             )
             summary = runner.run(stop, duration_s=duration_s)
             if not stop.is_set():  # a duration or a replay ended it: tell systemd we are going
                 notifier.send("STOPPING=1", f"STATUS=stopping: {summary.reason}")
     finally:
+        recorded = recorder.close() if recorder is not None else None
         identifier.close()
         sinks.close()
         store.close()
@@ -106,6 +115,7 @@ def run_pipeline(
         "reason": summary.reason,
         "status": health.status_line(),
         "truth": score.summary() if feed.truth is not None and enrolled is not None else None,
+        "recorded": recorded,
         "health": snapshot,
     }
 
@@ -129,13 +139,31 @@ def run(
     sweep_time_ms: float = typer.Option(0.2, "--sweep-time-ms", help="Simulated VNA: time of one sweep."),
     workdir: Path = typer.Option(Path("vrclip-sim"), "--workdir", help="Simulated: gallery and events here."),
     events_stdout: bool = typer.Option(True, "--events-stdout/--no-events-stdout", help="Print events."),
+    record: Path | None = typer.Option(
+        None,
+        "--record",
+        help="Also write the frames the pipeline processes to this new recording (.h5), for "
+        "`run --replay` and bug reports.",
+    ),
+    record_seconds: float = typer.Option(
+        60.0, "--record-seconds", min=1.0, max=86400.0, help="With --record: stop recording after this long."
+    ),
 ) -> None:
     """Run the edge pipeline: sensors -> imaging -> tracks -> fused engine -> gallery -> identity events."""
     config = load_config(config_path)
     if simulate and replay:
         raise UserError("give --simulate or --replay, not both")
+    if record is not None and replay is not None:
+        raise UserError(
+            "--record with --replay would copy the recording; record the rig or the simulated rig"
+        )
+    if record is not None and (record.exists() or record.is_symlink()):
+        raise UserError(
+            f"{record}: file already exists; --record writes a new recording, choose another path"
+        )
     require_engine_exists(config, engine)
     enrolled: set[str] | None = None
+    people_in_scene: tuple[str, ...] = ()
     if simulate:
         workdir.mkdir(parents=True, exist_ok=True)
         config = with_workdir(config, workdir)
@@ -162,6 +190,7 @@ def run(
             room=config.room, people=names + visitors, occlusion=occlusion, lighting=lighting,
             seed=seed, world_seed=world_seed,
         )  # fmt: skip
+        people_in_scene = spec.people
         feed = simulated_feed(config, spec, scpi=not direct_radar, sweep_time_ms=sweep_time_ms)
     elif replay is not None:
         feed = replay_feed(replay)
@@ -169,7 +198,15 @@ def run(
         feed = hardware_feed(config)
     try:
         result = run_pipeline(
-            config, feed, engine, duration_s=duration, events_stdout=events_stdout, enrolled=enrolled
+            config,
+            feed,
+            engine,
+            duration_s=duration,
+            events_stdout=events_stdout,
+            enrolled=enrolled,
+            record=record,
+            record_seconds=record_seconds,
+            people=people_in_scene,
         )
     finally:
         feed.close()
@@ -177,6 +214,9 @@ def run(
         f"stopped ({result['reason']}): {result['frames']} frames, {result['events']} events", err=True
     )
     typer.echo(result["status"], err=True)
+    if result["recorded"] is not None:
+        written = ", ".join(f"{n} {stream}" for stream, n in result["recorded"].items() if n)
+        typer.echo(f"recorded {written or 'no'} frames to {record}", err=True)
     if result["truth"] is not None:
         typer.echo(
             "identity check against the simulator's ground truth: " + json.dumps(result["truth"]), err=True

@@ -1,0 +1,138 @@
+"""`vrclip-edge run --record FILE`: keep what the pipeline saw, for replay and for bug reports.
+
+Each radar frame the pipeline processes is written with the camera and depth frames it was paired
+with, so `vrclip-edge run --replay FILE` feeds the same engine the same inputs. The writing happens in
+a thread of its own behind a bounded drop-oldest queue: the identity pipeline never waits on a disk,
+and frames the disk cannot keep up with are dropped and counted (`record_dropped` in the health
+status). Recording stops after its duration (a service may run for months; raw frames take ~8 GB an
+hour of radar alone) or on the first write failure (a full disk), which is reported and leaves the
+pipeline running.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from vrclip.edge.config import config_to_toml
+from vrclip.edge.errors import FrameRejected, RecordingError
+from vrclip.edge.events.health import Health
+from vrclip.edge.frames import CLOCK_REALTIME
+from vrclip.edge.pipeline.app import Feed
+from vrclip.edge.pipeline.queues import DropOldestQueue
+from vrclip.edge.pipeline.sync import SyncedFrame
+from vrclip.edge.recording.writer import SessionWriter
+
+#: Synchronised frames waiting for the disk (a radar frame and up to two images: ~2 MB each at most).
+QUEUE_FRAMES = 32
+
+
+class FrameRecorder:
+    """Feed it with `offer(synced)` from the pipeline loop; `close()` finishes the file."""
+
+    def __init__(
+        self,
+        feed: Feed,
+        path: Path,
+        seconds: float,
+        health: Health,
+        *,
+        identities: tuple[str, ...] = (),
+        warn: Callable[[str], None] | None = None,
+    ) -> None:
+        cfg = feed.config
+        streams = set(feed.sources)
+        self.path = Path(path)
+        self.seconds = seconds
+        self.health = health
+        self.warn = warn
+        self.writer = SessionWriter(
+            self.path,
+            config_toml=config_to_toml(cfg),
+            geometry=feed.geometry.to_dict(),
+            freqs_hz=feed.freqs_hz,
+            radar_channels=feed.geometry.n_channels,
+            calibration=feed.calibration.to_dict() if feed.calibration is not None else None,
+            conditions=json.dumps(
+                {"source": "vrclip-edge run", "people": list(identities), "seconds": seconds}
+            ),
+            identities=list(identities),
+            camera_size=(cfg.camera.height, cfg.camera.width) if "camera" in streams else None,
+            depth_size=(cfg.zed.depth_height, cfg.zed.depth_width) if "depth" in streams else None,
+            clock=CLOCK_REALTIME,
+            max_people=max(8, len(identities)),
+            jpeg_quality=cfg.camera.jpeg_quality,
+        )
+        self.queue: DropOldestQueue[SyncedFrame] = DropOldestQueue(QUEUE_FRAMES)
+        self._first_ns: int | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="record", daemon=True)
+        self._thread.start()
+
+    @property
+    def recording(self) -> bool:
+        return not self._done.is_set()
+
+    def offer(self, synced: SyncedFrame) -> None:
+        """Called by the pipeline for every frame it processes; never blocks."""
+        if self._done.is_set():
+            return
+        t_ns = synced.radar.t_ns
+        if self._first_ns is None:
+            self._first_ns = t_ns
+        if t_ns - self._first_ns >= self.seconds * 1e9:
+            self.queue.close()  # the writer finishes what is queued, then the file
+            return
+        before = self.queue.dropped
+        self.queue.put(synced)
+        if self.queue.dropped > before:
+            self.health.count("record_dropped", self.queue.dropped - before)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                synced = self.queue.get(timeout=0.5)
+                if synced is None:
+                    if self.queue.closed:
+                        break
+                    continue
+                self._write(synced)
+        except RecordingError as exc:
+            self.health.count("record_errors")
+            if self.warn is not None:
+                self.warn(f"recording to {self.path} stopped: {exc}; the pipeline goes on without it")
+        finally:
+            self._done.set()
+            self.queue.close()
+            try:
+                self.writer.close()
+            except RecordingError as exc:
+                self.health.count("record_errors")
+                if self.warn is not None:
+                    self.warn(f"recording to {self.path} could not be completed: {exc}")
+
+    def _write(self, synced: SyncedFrame) -> None:
+        frames = [("radar", synced.radar, self.writer.write_radar)]
+        if synced.camera is not None:
+            frames.append(("camera", synced.camera, self.writer.write_camera))
+        if synced.depth is not None:
+            frames.append(("depth", synced.depth, self.writer.write_depth))
+        for stream, frame, write in frames:
+            try:
+                write(frame)  # type: ignore[arg-type]
+            except FrameRejected as exc:
+                self.health.count("record_rejected")
+                if self.warn is not None and self.health.counters["record_rejected"] == 1:
+                    self.warn(f"recording to {self.path}: a {stream} frame was refused ({exc})")
+                continue
+            self.health.count(f"recorded_{stream}")
+
+    def close(self, timeout_s: float = 30.0) -> dict[str, int]:
+        """Finish the file (what is queued is written first); returns frames written per stream."""
+        self.queue.close()
+        self._thread.join(timeout_s)
+        return {
+            stream: int(self.health.counters[f"recorded_{stream}"]) for stream in ("radar", "camera", "depth")
+        }

@@ -1,0 +1,121 @@
+"""`vrclip-edge run --record`: what the pipeline saw goes to a recording, without ever holding it up."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+from vrclip.edge import cli as edge_cli
+from vrclip.edge.config import EdgeConfig
+from vrclip.edge.errors import RecordingError, UserError
+from vrclip.edge.events.health import Health
+from vrclip.edge.pipeline.app import Feed, replay_feed, simulated_feed
+from vrclip.edge.pipeline.recorder import FrameRecorder
+from vrclip.edge.pipeline.sync import SyncedFrame
+from vrclip.edge.recording.reader import SessionReader
+from vrclip.edge.sim.scene import SceneSpec
+
+FAST = {
+    "radar": {"frame_rate_hz": 20},
+    "camera": {"fps": 20, "width": 320, "height": 180},
+    "zed": {"fps": 20},
+}
+PEOPLE = ("alice",)
+
+
+@pytest.fixture()
+def feed() -> Feed:
+    return simulated_feed(EdgeConfig.model_validate(FAST), SceneSpec(people=PEOPLE, seed=1), scpi=False)
+
+
+def _synced(feed: Feed, n: int) -> list[SyncedFrame]:
+    sources = {name: factory() for name, factory in feed.sources.items()}
+    for source in sources.values():
+        source.open()
+    return [
+        SyncedFrame(sources["radar"].read(), sources["camera"].read(), sources["depth"].read())
+        for _ in range(n)
+    ]
+
+
+def test_frames_offered_for_the_duration_are_written_and_replayable(feed: Feed, tmp_path: Path) -> None:
+    frames = _synced(feed, 30)  # 20 frames/s: 1.5 s
+    health = Health(tuple(feed.sources))
+    recorder = FrameRecorder(feed, tmp_path / "run.h5", 1.0, health, identities=PEOPLE)
+    for synced in frames:
+        recorder.offer(synced)
+    written = recorder.close()
+    assert 18 <= written["radar"] <= 21 and written["camera"] == written["radar"] == written["depth"]
+    with SessionReader(tmp_path / "run.h5") as reader:
+        assert reader.counts == written
+        assert reader.identities == PEOPLE and reader.conditions["source"] == "vrclip-edge run"
+        assert reader.radar(0).t_ns == frames[0].radar.t_ns
+        assert reader.camera(0).truth is not None
+    replay = replay_feed(tmp_path / "run.h5", paced=False)  # what `run --replay` reads
+    radar = replay.sources["radar"]()
+    radar.open()
+    assert radar.read().t_ns == frames[0].radar.t_ns
+    radar.close()
+
+
+def test_a_slow_disk_drops_frames_instead_of_holding_up_the_pipeline(
+    feed: Feed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    frames = _synced(feed, 60)
+    health = Health(tuple(feed.sources))
+    recorder = FrameRecorder(feed, tmp_path / "slow.h5", 60.0, health, identities=PEOPLE)
+    real = recorder.writer.write_radar
+    gate = threading.Event()
+    monkeypatch.setattr(recorder.writer, "write_radar", lambda frame: (gate.wait(5), real(frame)))
+    began = time.monotonic()
+    for synced in frames:
+        recorder.offer(synced)
+    assert time.monotonic() - began < 1.0, "offer() never waits for the disk"
+    gate.set()
+    written = recorder.close()
+    dropped = health.counters["record_dropped"]
+    assert dropped >= 60 - 33 and written["radar"] + dropped == 60
+
+
+def test_a_write_failure_stops_the_recording_with_a_warning_and_nothing_else(
+    feed: Feed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    frames = _synced(feed, 10)
+    health = Health(tuple(feed.sources))
+    warnings: list[str] = []
+    recorder = FrameRecorder(
+        feed, tmp_path / "full.h5", 60.0, health, identities=PEOPLE, warn=warnings.append
+    )
+    calls = iter(range(100))
+
+    def failing(frame) -> None:  # type: ignore[no-untyped-def]
+        if next(calls) >= 3:
+            raise RecordingError("writing failed ([Errno 28] No space left on device)")
+
+    monkeypatch.setattr(recorder.writer, "write_radar", failing)
+    for synced in frames:
+        recorder.offer(synced)
+    deadline = time.monotonic() + 5
+    while recorder.recording and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not recorder.recording
+    recorder.offer(frames[0])  # the pipeline goes on offering: nothing happens, nothing raises
+    recorder.close()
+    assert health.counters["record_errors"] == 1
+    assert any("No space left" in w and "pipeline goes on" in w for w in warnings)
+
+
+def test_run_refuses_record_with_replay_and_an_existing_file(tmp_path: Path) -> None:
+    runner = CliRunner()
+    existing = tmp_path / "old.h5"
+    existing.write_bytes(b"keep")
+    result = runner.invoke(edge_cli.app, ["run", "--simulate", "--record", str(existing)])
+    assert isinstance(result.exception, UserError) and "already exists" in str(result.exception)
+    result = runner.invoke(
+        edge_cli.app, ["run", "--replay", str(existing), "--record", str(tmp_path / "new.h5")]
+    )
+    assert isinstance(result.exception, UserError) and "--record with --replay" in str(result.exception)
+    assert existing.read_bytes() == b"keep"
