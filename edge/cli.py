@@ -90,12 +90,9 @@ def record(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file."),
     config: Path | None = CONFIG_OPTION,
 ) -> None:
-    """Record a session (radar, camera, depth; labels on the simulated rig) to HDF5.
-
-    With --simulate the simulated scene is stepped as fast as it renders. Without it, the real rig
-    the config describes is recorded in real time: every sensor through the runtime's drivers, a
-    faulty one reported and the others recorded; Ctrl-C stops early and keeps the file.
-    """
+    """Record a session (radar, camera, depth) to HDF5: the real rig the config describes, in real
+    time through the runtime's drivers (a faulty sensor is reported, the others recorded; Ctrl-C
+    stops early and keeps the file), or with --simulate the simulated rig, with labels."""
     if not overwrite and (out.exists() or out.is_symlink()):
         raise UserError(f"{out}: file already exists; choose another path or pass --overwrite")
     cfg = load_config(config)
@@ -237,11 +234,9 @@ def label(
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
 ) -> None:
-    """Label a one-person recording with the radar's own track, so `vrclip-export train` can use it.
-
-    The radar frames go through the runtime's imaging and tracker; wherever exactly one confirmed track
-    is up, that is the person. Samples and JPEGs are copied bit for bit; only labels change.
-    """
+    """Label a one-person recording with the radar's own track, so `vrclip-export train` can use it:
+    wherever the runtime's imaging and tracker hold exactly one confirmed track, that is the person.
+    Samples and JPEGs are copied bit for bit; only the labels change."""
     from vrclip.edge.label import label_recording
 
     with progress_bar() as bar:
