@@ -68,7 +68,6 @@ def test_labels_follow_the_person_and_the_data_is_copied_unchanged(walk: Path, t
 
 def test_the_labelled_copy_trains(walk: Path, tmp_path: Path) -> None:
     """The trainer's preprocessing refuses the raw rig recording and builds a track from the labelled one."""
-    pytest.importorskip("torch")
     from vrclip.export.data import DatasetError, PrepSpec, SessionInfo, preprocess_session
 
     rig = tmp_path / "rig.h5"
