@@ -89,7 +89,10 @@ def _simulated_radar(
     from vrclip.edge.sim.scene import SceneSpec
 
     target = ((*map(float, reflector), SIMULATED_REFLECTOR_AMPLITUDE),) if step == "reflector" else ()
-    spec = SceneSpec(room=config.room, people=(), empty_room=True, reflectors=target)
+    # The scene seed seeds the simulated VNA's thermal noise: each step gets its own, as on a real rig.
+    # With one seed for both, the two measurements drew the same noise and their difference (the
+    # reflector alone) came out noise-free, so the simulated rig hid how noise limits the fit.
+    spec = SceneSpec(room=config.room, people=(), empty_room=True, reflectors=target, seed=STEPS.index(step))
     errors = FrontEndErrors.draw(geometry.n_channels, SIMULATED_FRONT_END_SEED)
     with (
         SimulatorProcess(

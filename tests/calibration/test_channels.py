@@ -157,3 +157,18 @@ def test_wizard_without_a_rig_says_which_instrument_it_could_not_reach(tmp_path:
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"cannot connect: switch tcp://127.0.0.1:{port}" in result.stderr
     assert not out.exists()
+
+
+def test_the_simulated_rig_draws_fresh_noise_for_each_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reflector minus the empty room keeps the noise of both measurements, as on a real rig
+    (both steps once drew the very same noise, so their difference came out noise-free)."""
+    from vrclip.calibration import wizard
+
+    monkeypatch.setattr(wizard, "SIMULATED_REFLECTOR_AMPLITUDE", 0.0)  # only the noise differs
+    measured = {}
+    for step in wizard.STEPS:
+        with wizard._simulated_radar(CONFIG, step, REFLECTOR, GEOMETRY) as read:
+            measured[step] = average_frames(read, 2)
+    difference = measured["reflector"].mean - measured["empty"].mean
+    expected = (measured["reflector"].noise_var + measured["empty"].noise_var).mean()
+    assert 0.3 * expected < (np.abs(difference) ** 2).mean() < 3 * expected
