@@ -38,7 +38,8 @@ from vrclip.edge.sim.radar import sweep_frequencies
 SIMULATED_REFLECTOR_AMPLITUDE = 3.0
 #: The simulated rig's front end: the seed `SimulatedRig` draws its channel errors with.
 SIMULATED_FRONT_END_SEED = 1234
-#: Consecutive failed reconnections after which a measurement gives up instead of waiting forever.
+#: Consecutive failed reconnections, or consecutive frames the radar failed to measure, after which
+#: a measurement gives up instead of waiting (or retrying) forever.
 RECONNECT_ATTEMPTS = 3
 
 STEPS = ("empty", "reflector")
@@ -58,7 +59,9 @@ def _radar(config: EdgeConfig) -> Iterator[Callable[[], np.ndarray]]:
 
     where = f"radar (VNA {config.radar.vna.resource}, switch {config.radar.switch.port})"
     try:
-        source = RadarSource.from_config(config, max_reconnect_attempts=RECONNECT_ATTEMPTS)
+        source = RadarSource.from_config(
+            config, max_reconnect_attempts=RECONNECT_ATTEMPTS, max_dropped_frames=RECONNECT_ATTEMPTS
+        )
         source.open()
     except RadarError as exc:
         raise UserError(f"{where}: cannot connect: {exc}") from None

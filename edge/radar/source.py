@@ -66,6 +66,7 @@ class RadarSource:
         reconnect_initial_s: float = DEFAULT_RECONNECT_INITIAL_S,
         reconnect_max_backoff_s: float = 30.0,
         max_reconnect_attempts: int | None = None,
+        max_dropped_frames: int | None = None,
         pipelined: bool = True,
         step: str = "command",
     ) -> None:
@@ -84,6 +85,11 @@ class RadarSource:
         self.reconnect_max_backoff_s = reconnect_max_backoff_s
         #: Consecutive failed reconnection attempts after which read_frame() raises (None: never).
         self.max_reconnect_attempts = max_reconnect_attempts
+        #: Consecutive dropped frames after which read_frame() raises the last one's error (None:
+        #: never). A fault that every sweep repeats (the VNA returning NaN, a wrong point count) leaves
+        #: the reconnections succeeding, so without this read_frame() would drop frames forever.
+        self.max_dropped_frames = max_dropped_frames
+        self._dropped_in_a_row = 0
         self.pipelined = pipelined
         self.step = step
         #: Hardware steps the armed controller should have counted (step = "trigger").
@@ -200,8 +206,9 @@ class RadarSource:
     def read_frame(self) -> RadarFrame | None:
         """Acquire the next frame now; None once the source is closed.
 
-        Blocks through reconnections. Raises RadarSetupError for configurations that cannot work, and
-        the last RadarError after `max_reconnect_attempts` consecutive failed reconnections.
+        Blocks through reconnections. Raises RadarSetupError for configurations that cannot work, the
+        last RadarError after `max_reconnect_attempts` consecutive failed reconnections, and the last
+        frame's RadarError after `max_dropped_frames` consecutive dropped frames.
         """
         with self._lock:
             while not self._closed.is_set():
@@ -233,7 +240,15 @@ class RadarSource:
                     log.warning("radar frame %d dropped: %s", seq, exc)
                     self.vna.close()
                     self.switch.close()
+                    self._dropped_in_a_row += 1
+                    if (
+                        self.max_dropped_frames is not None
+                        and self._dropped_in_a_row >= self.max_dropped_frames
+                    ):
+                        self._dropped_in_a_row = 0
+                        raise
                     continue
+                self._dropped_in_a_row = 0
                 self.stats.frames += 1
                 self.last_activity_ns = time.monotonic_ns()
                 return RadarFrame(seq=seq, t_ns=t_ns, clock=self.clock, s21=s21)

@@ -172,3 +172,37 @@ def test_the_simulated_rig_draws_fresh_noise_for_each_step(monkeypatch: pytest.M
     difference = measured["reflector"].mean - measured["empty"].mean
     expected = (measured["reflector"].noise_var + measured["empty"].noise_var).mean()
     assert 0.3 * expected < (np.abs(difference) ** 2).mean() < 3 * expected
+
+
+def test_a_radar_that_fails_every_sweep_ends_the_measurement_with_its_fault() -> None:
+    """A VNA returning NaN every sweep reconnects fine, so the drivers dropped its frames forever and
+    the wizard hung; after a few dropped frames in a row it now stops with the fault as its error."""
+    import threading
+
+    from vrclip.calibration.wizard import _radar
+    from vrclip.edge.config import parse_config
+    from vrclip.edge.radar.simulated import SimulatedRadar
+
+    spec = SceneSpec(room=CONFIG.room, people=(), empty_room=True)
+    outcome: list[BaseException | None] = []
+    with SimulatedRadar(scene_spec=spec, sweep=CONFIG.radar.sweep, vna_fault="nan") as sim:
+        data = CONFIG.model_dump(mode="json")
+        data["radar"]["vna"]["resource"] = sim.vna_resource
+        data["radar"]["switch"]["port"] = sim.switch_url
+        config = parse_config(data, source="test")
+
+        def measure() -> None:
+            try:
+                with _radar(config) as read:
+                    average_frames(read, 2)
+                outcome.append(None)
+            except Exception as exc:  # whatever ended it, the test reports
+                outcome.append(exc)
+
+        worker = threading.Thread(target=measure, daemon=True)
+        worker.start()
+        worker.join(20.0)
+        assert not worker.is_alive(), "the measurement kept dropping frames instead of giving up"
+    (error,) = outcome
+    assert isinstance(error, UserError), error
+    assert "measurement failed" in str(error) and "nan" in str(error)
