@@ -86,34 +86,59 @@ class LiveRecordResult:
         return [name for name, n in self.frames.items() if n == 0]
 
 
-def _writer_for(
-    feed: Feed, request: LiveRecordRequest, start_ns: int, session_id: str | None
+def feed_writer(
+    feed: Feed,
+    path: Path,
+    *,
+    identities: tuple[str, ...],
+    conditions: dict[str, Any],
+    session_id: str | None = None,
+    created_ns: int | None = None,
+    flush_interval_s: float = 1.0,
+    overwrite: bool = False,
 ) -> SessionWriter:
+    """A recording of `feed`'s streams, as the live sources deliver them (all on CLOCK_REALTIME),
+    with the rig's config, geometry and calibration: what `run --replay` and the trainer read."""
     cfg = feed.config
     streams = set(feed.sources)
-    conditions = {
-        "source": "live",
-        "people": list(request.identities),
-        "seconds": request.seconds,
-        **request.notes,
-    }
     return SessionWriter(
-        request.out,
+        path,
         config_toml=config_to_toml(cfg),
         geometry=feed.geometry.to_dict(),
         freqs_hz=feed.freqs_hz,
         radar_channels=feed.geometry.n_channels,
         calibration=feed.calibration.to_dict() if feed.calibration is not None else None,
         conditions=json.dumps(conditions),
-        identities=list(request.identities),
+        identities=list(identities),
         camera_size=(cfg.camera.height, cfg.camera.width) if "camera" in streams else None,
         depth_size=(cfg.zed.depth_height, cfg.zed.depth_width) if "depth" in streams else None,
         clock=CLOCK_REALTIME,
         session_id=session_id,
-        created_ns=start_ns,
-        max_people=max(8, len(request.identities)),
-        flush_interval_s=request.flush_interval_s,
+        created_ns=created_ns,
+        max_people=max(8, len(identities)),
+        flush_interval_s=flush_interval_s,
         jpeg_quality=cfg.camera.jpeg_quality,
+        overwrite=overwrite,
+    )
+
+
+def _writer_for(
+    feed: Feed, request: LiveRecordRequest, start_ns: int, session_id: str | None
+) -> SessionWriter:
+    conditions = {
+        "source": "live",
+        "people": list(request.identities),
+        "seconds": request.seconds,
+        **request.notes,
+    }
+    return feed_writer(
+        feed,
+        request.out,
+        identities=request.identities,
+        conditions=conditions,
+        session_id=session_id,
+        created_ns=start_ns,
+        flush_interval_s=request.flush_interval_s,
         overwrite=request.overwrite,
     )
 

@@ -11,19 +11,16 @@ pipeline running.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from vrclip.edge.config import config_to_toml
 from vrclip.edge.errors import FrameRejected, RecordingError
 from vrclip.edge.events.health import Health
-from vrclip.edge.frames import CLOCK_REALTIME
 from vrclip.edge.pipeline.app import Feed
 from vrclip.edge.pipeline.queues import DropOldestQueue
 from vrclip.edge.pipeline.sync import SyncedFrame
-from vrclip.edge.recording.writer import SessionWriter
+from vrclip.edge.record_live import feed_writer
 
 #: Synchronised frames waiting for the disk (a radar frame and up to two images: ~2 MB each at most).
 QUEUE_FRAMES = 32
@@ -42,29 +39,12 @@ class FrameRecorder:
         identities: tuple[str, ...] = (),
         warn: Callable[[str], None] | None = None,
     ) -> None:
-        cfg = feed.config
-        streams = set(feed.sources)
         self.path = Path(path)
         self.seconds = seconds
         self.health = health
         self.warn = warn
-        self.writer = SessionWriter(
-            self.path,
-            config_toml=config_to_toml(cfg),
-            geometry=feed.geometry.to_dict(),
-            freqs_hz=feed.freqs_hz,
-            radar_channels=feed.geometry.n_channels,
-            calibration=feed.calibration.to_dict() if feed.calibration is not None else None,
-            conditions=json.dumps(
-                {"source": "vrclip-edge run", "people": list(identities), "seconds": seconds}
-            ),
-            identities=list(identities),
-            camera_size=(cfg.camera.height, cfg.camera.width) if "camera" in streams else None,
-            depth_size=(cfg.zed.depth_height, cfg.zed.depth_width) if "depth" in streams else None,
-            clock=CLOCK_REALTIME,
-            max_people=max(8, len(identities)),
-            jpeg_quality=cfg.camera.jpeg_quality,
-        )
+        conditions = {"source": "vrclip-edge run", "people": list(identities), "seconds": seconds}
+        self.writer = feed_writer(feed, self.path, identities=identities, conditions=conditions)
         self.queue: DropOldestQueue[SyncedFrame] = DropOldestQueue(QUEUE_FRAMES)
         self._first_ns: int | None = None
         self._done = threading.Event()
