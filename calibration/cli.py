@@ -56,21 +56,29 @@ def channels(
         raise UserError(f"{target}: is a directory; give the calibration a file name (--out FILE.json)")
     console = Console(stderr=True)
     x, y, z = reflector
+    bar = progress_bar()
 
     def prompt(step: str) -> None:
+        # The progress display redraws its lines several times a second: left running, it wiped the
+        # "Press Enter" line (and what the operator typed) off the terminal while waiting for them.
+        bar.stop()
         console.print(PROMPTS[step].format(x=x, y=y, z=z))
         if not (yes or simulate):
             typer.prompt("Press Enter when ready", default="", show_default=False)
 
-    with progress_bar() as bar:
+    def tick(step: str) -> Callable[[], None]:
+        for done in bar.task_ids:  # already printed when the display stopped for the prompt
+            bar.update(done, visible=False)
+        task = bar.add_task(f"measuring: {step}", total=frames)
+        bar.start()
+        return lambda: bar.update(task, advance=1)
 
-        def tick(step: str) -> Callable[[], None]:
-            task = bar.add_task(f"measuring: {step}", total=frames)
-            return lambda: bar.update(task, advance=1)
-
+    try:
         result = run_wizard(
             cfg, np.array(reflector), target, frames=frames, simulate=simulate, prompt=prompt, tick=tick
         )
+    finally:
+        bar.stop()
     fit = result.fit
     snr = fit.snr_db
     worst = int(np.argmin(snr))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -206,3 +207,38 @@ def test_a_radar_that_fails_every_sweep_ends_the_measurement_with_its_fault() ->
     (error,) = outcome
     assert isinstance(error, UserError), error
     assert "measurement failed" in str(error) and "nan" in str(error)
+
+
+def test_the_progress_display_is_stopped_while_the_operator_is_prompted(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A running progress display redraws its lines several times a second, which wiped the "Press
+    Enter when ready" line off the terminal while the wizard waited on it."""
+    import typer
+    from typer.testing import CliRunner
+    from vrclip.calibration import cli, wizard
+
+    bars = []
+    make_bar = cli.progress_bar
+    monkeypatch.setattr(cli, "progress_bar", lambda: bars.append(make_bar()) or bars[-1])
+    live_at_prompt = []
+    monkeypatch.setattr(typer, "prompt", lambda *a, **k: live_at_prompt.append(bars[-1].live.is_started))
+
+    def fake_wizard(
+        *_: object, frames: int, prompt: Callable[[str], None], tick: Callable, **__: object
+    ) -> None:
+        for step in wizard.STEPS:
+            prompt(step)
+            advance = tick(step)
+            for _ in range(frames):
+                advance()
+        raise UserError("stop here")
+
+    monkeypatch.setattr(wizard, "run_wizard", fake_wizard)
+    result = CliRunner().invoke(
+        cli.app,
+        ["channels", "--reflector", "0.4", "3.2", "1.1", "--frames", "2", "--out", str(tmp_path / "c")],
+    )
+    assert isinstance(result.exception, UserError), result.output
+    assert live_at_prompt == [False, False]
+    assert not bars[-1].live.is_started
