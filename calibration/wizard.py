@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -122,7 +123,14 @@ def _previous_kept(path: Path) -> Path | None:
 
 
 def write_calibration(path: Path, fit: ChannelFit, extra: dict[str, Any]) -> Path | None:
-    """Write the calibration file atomically; returns where the one it replaced was kept, if any."""
+    """Write the calibration file atomically; returns where the one it replaced was kept, if any.
+
+    A `path` that is a symbolic link is written through: the link stays and the file it points to is
+    replaced (the old one kept beside that file). Renaming over the link itself would turn it into a
+    plain file and leave the calibration it pointed to stale.
+    """
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
     doc = {**fit.calibration.to_dict(), **extra}
     data = (json.dumps(doc, indent=1) + "\n").encode("utf-8")
     previous = _previous_kept(path)

@@ -242,3 +242,22 @@ def test_the_progress_display_is_stopped_while_the_operator_is_prompted(
     assert isinstance(result.exception, UserError), result.output
     assert live_at_prompt == [False, False]
     assert not bars[-1].live.is_started
+
+
+def test_a_calibration_file_that_is_a_link_is_written_through(tmp_path: Path) -> None:
+    """Renaming the new file over a symbolic link replaced the link with a plain file and left the
+    file it pointed to (the one other tools follow the link to) with the old calibration."""
+    from vrclip.calibration.channels import ChannelFit
+    from vrclip.calibration.wizard import write_calibration
+
+    n = 4
+    fit = ChannelFit(ChannelCalibration.identity(n), np.full(n, 40.0), np.zeros(n), 1.0, 0.1)
+    real = tmp_path / "versions" / "site.json"
+    real.parent.mkdir()
+    real.write_text("old")
+    link = tmp_path / "calibration.json"
+    link.symlink_to(real)
+    kept = write_calibration(link, fit, {"source": "test"})
+    assert link.is_symlink() and link.resolve() == real
+    assert ChannelCalibration.load(link, n).n_channels == n
+    assert kept == real.with_name("site.json.prev") and kept.read_text() == "old"
