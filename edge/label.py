@@ -182,6 +182,11 @@ def label_recording(
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        # mkstemp creates the file 0600: the labelled copy is a recording like any other, readable as
+        # the umask allows (by a trainer running as another user).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         shutil.copyfile(source, tmp)
         labelled: dict[str, int] = {}
         with h5py.File(tmp, "r+") as f:

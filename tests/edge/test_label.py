@@ -135,3 +135,19 @@ def test_a_session_the_radar_saw_nobody_in_is_refused_and_writes_nothing(walk: P
     with pytest.raises(UserError, match="tracked nobody"):
         label_recording(rig, tmp_path / "out.h5")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rig.h5"]
+
+
+def test_the_labelled_copy_is_readable_as_the_umask_allows(walk: Path, tmp_path: Path) -> None:
+    """It was written through a private temporary file and kept its 0600 mode: a trainer running as
+    another user could not read it."""
+    import os
+
+    rig = tmp_path / "rig.h5"
+    _strip_labels(walk, rig, ["alice"])
+    out = tmp_path / "labelled.h5"
+    umask = os.umask(0o022)
+    try:
+        label_recording(rig, out)
+    finally:
+        os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o644
