@@ -5,8 +5,9 @@ the trainer needs a floor position per frame (to gate the RF window and cut the 
 one person in the room the runtime's radar chain finds it: the session's radar frames go through the
 same imaging, detection and tracker as `vrclip-edge run`, and wherever exactly one confirmed track is
 up, that is the person. Camera and depth frames take the position interpolated at their own time
-stamps, and a camera frame counts the person visible when the crop box falls in the image (a real rig
-cannot tell an occluder from the person; the gate learns from what the crop shows).
+stamps. Every stream's labels count the person visible (the schema's "visible to the camera") when
+the crop box at that frame's position falls in the camera image, as the simulator's labels do for every
+stream (a real rig cannot tell an occluder from the person; the gate learns from what the crop shows).
 
 Frames with no confirmed track, or with two or more (someone else walked in), stay unlabelled: the
 trainer skips them. The output is a copy of the recording with only its labels and identity list
@@ -170,9 +171,12 @@ def label_recording(
         camera = camera_from_config(parse_config(tomllib.loads(reader.config_toml), source=str(source)))
         conditions = dict(reader.conditions)
     conditions["labels"] = "radar track of the one person walking (vrclip-edge label)"
-    visible = {RADAR: np.isfinite(positions).all(axis=1)}
-    for name, pos in other.items():
-        visible[name] = np.array([name == CAMERA and in_view(camera, p) for p in pos], bool)
+    # Camera visibility on every stream, as the schema defines truth/visible (the radar's labels once
+    # said "visible" wherever labelled, the depth stream's never).
+    visible = {
+        name: np.array([bool(np.isfinite(p).all()) and in_view(camera, p) for p in pos], bool)
+        for name, pos in {RADAR: positions, **other}.items()
+    }
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
     except OSError as exc:

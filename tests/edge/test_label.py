@@ -151,3 +151,28 @@ def test_the_labelled_copy_is_readable_as_the_umask_allows(walk: Path, tmp_path:
     finally:
         os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o644
+
+
+def test_every_stream_says_visible_where_the_camera_would_see_the_person(walk: Path, tmp_path: Path) -> None:
+    """truth/visible means visible to the camera on every stream (the simulator labels them all so);
+    the radar's said True wherever labelled and the depth stream's never."""
+    import tomllib
+
+    from vrclip.edge.config import parse_config
+    from vrclip.edge.crops import camera_from_config, in_view
+
+    rig = tmp_path / "rig.h5"
+    _strip_labels(walk, rig, ["alice"])
+    out = tmp_path / "labelled.h5"
+    label_recording(rig, out)
+    with SessionReader(out) as got:
+        camera = camera_from_config(parse_config(tomllib.loads(got.config_toml)))
+        assert set(got.streams) == {"radar", "camera", "depth"}
+        seen = {}
+        for stream in got.streams:
+            truth = got.truth_block(stream, 0, got.count(stream))
+            known = truth["count"] == 1
+            want = [in_view(camera, p) for p in truth["positions"][known, 0]]
+            np.testing.assert_array_equal(truth["visible"][known, 0], want, err_msg=stream)
+            seen[stream] = truth["visible"][known, 0].mean()
+    assert seen["depth"] > 0.5, "the person walked in view most of the time"
