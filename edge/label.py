@@ -36,8 +36,12 @@ from vrclip.edge.pipeline.tracker import Tracker
 from vrclip.edge.recording.reader import SessionReader
 from vrclip.edge.recording.schema import CAMERA, NO_ID, RADAR
 
-#: Camera or depth frames further than this from the nearest labelled radar frames stay unlabelled.
+#: Camera or depth frames between labelled radar frames further apart than this stay unlabelled
+#: (at least; a slower radar stretches it to GAP_FRAMES of its own frame period).
 MAX_INTERPOLATION_GAP_NS = 250_000_000
+#: Labelled radar frames this many frame periods apart still bridge a camera frame between them:
+#: a real VNA sweeping 144 channels may give only ~3.5 frames/s (see `config check`).
+GAP_FRAMES = 2.5
 
 
 @dataclass(frozen=True)
@@ -85,9 +89,20 @@ def radar_track(
     return positions, crowded
 
 
-def interpolate(t_radar: np.ndarray, positions: np.ndarray, t_other: np.ndarray) -> np.ndarray:
+def max_gap_ns(t_radar: np.ndarray) -> int:
+    """How far apart two labelled radar frames may be for frames between them to be labelled."""
+    steps = np.diff(np.asarray(t_radar, np.int64))
+    period = float(np.median(steps)) if steps.size else 0.0
+    return int(max(MAX_INTERPOLATION_GAP_NS, GAP_FRAMES * period))
+
+
+def interpolate(
+    t_radar: np.ndarray, positions: np.ndarray, t_other: np.ndarray, max_gap: int | None = None
+) -> np.ndarray:
     """(M, 2) positions at `t_other`, linear between the two labelled radar frames around each time;
-    NaN where those are more than MAX_INTERPOLATION_GAP_NS apart or either side is missing."""
+    NaN where those are more than `max_gap` ns apart (default `max_gap_ns(t_radar)`) or either side
+    is missing."""
+    gap = max_gap_ns(t_radar) if max_gap is None else max_gap
     out = np.full((len(t_other), 2), np.nan)
     labelled = np.isfinite(positions).all(axis=1)
     t = t_radar[labelled]
@@ -97,11 +112,11 @@ def interpolate(t_radar: np.ndarray, positions: np.ndarray, t_other: np.ndarray)
     right = np.clip(np.searchsorted(t, t_other), 1, max(len(t) - 1, 1))
     left = right - 1
     if len(t) == 1:
-        near = np.abs(t_other - t[0]) <= MAX_INTERPOLATION_GAP_NS // 2
+        near = np.abs(t_other - t[0]) <= gap // 2
         out[near] = p[0]
         return out
     t0, t1 = t[left], t[right]
-    inside = (t_other >= t0) & (t_other <= t1) & (t1 - t0 <= MAX_INTERPOLATION_GAP_NS)
+    inside = (t_other >= t0) & (t_other <= t1) & (t1 - t0 <= gap)
     frac = np.where(t1 > t0, (t_other - t0) / np.maximum(t1 - t0, 1), 0.0)[:, None]
     both = p[left] + frac * (p[right] - p[left])
     out[inside] = both[inside]
@@ -144,7 +159,8 @@ def label_recording(
         if reader.live:
             raise RecordingError(
                 f"{source}: is still marked open by its writer (being recorded, or the recorder died); "
-                "label it once the recording has finished"
+                "label it once the recording has finished, or if its recorder died, clear the mark with "
+                "`h5clear -s FILE` (Debian: hdf5-tools) first"
             )
         if identity is None:
             if len(reader.identities) != 1:

@@ -106,6 +106,20 @@ def test_interpolation_bridges_short_gaps_only() -> None:
     assert np.isnan(got[1:]).all(), "no extrapolation, no bridging of a 0.9 s gap"
 
 
+def test_a_slow_radar_still_labels_the_camera_frames_between_its_frames() -> None:
+    """A real VNA may sweep the array only ~3.5 times a second: frames 286 ms apart are neighbours,
+    not a gap, and the camera frames between them get positions."""
+    t = np.arange(6, dtype=np.int64) * 286_000_000
+    p = np.stack([np.linspace(0, 1, 6), np.full(6, 2.0)], axis=1)
+    p[3] = np.nan  # one missed radar frame: 572 ms between labelled neighbours is still bridged
+    cam = np.array([143_000_000, 900_000_000], np.int64)
+    got = interpolate(t, p, cam)
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got[0], [0.1, 2.0], atol=1e-9)
+    p[2] = np.nan  # two missed frames in a row: 858 ms apart, more than 2.5 frame periods
+    assert np.isnan(interpolate(t, p, cam)[1]).all()
+
+
 def test_label_command(walk: Path, tmp_path: Path) -> None:
     rig = tmp_path / "rig.h5"
     _strip_labels(walk, rig, ["alice"])
