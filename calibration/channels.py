@@ -166,7 +166,9 @@ def fit_channels(
     scale = float(np.abs(gain).mean())
     if not scale > 0 or not np.all(np.isfinite(gain)) or not np.all(np.isfinite(delay)):
         raise UserError("the reflector measurement gave no usable signal; was the reflector in place?")
-    calibration = ChannelCalibration(gain / scale, delay)
+    calibration = ChannelCalibration(
+        gain / scale, delay, (float(freqs[0]), float(freqs[-1]), int(freqs.size))
+    )
     corrected = ratio * calibration.correction(freqs)
     return ChannelFit(calibration, snr_db, residual, _coherence(corrected), _coherence(ratio))
 

@@ -45,6 +45,9 @@ class ChannelCalibration:
     gain: np.ndarray
     #: (channels,) float64 extra delay of each path (s).
     delay_s: np.ndarray
+    #: (start Hz, stop Hz, points) of the sweep it was measured with, when known. A delay is only
+    #: measured modulo 1 / (frequency step), so on another sweep a long cable's delay can alias.
+    sweep: tuple[float, float, int] | None = None
 
     def __post_init__(self) -> None:
         gain = np.asarray(self.gain, dtype=np.complex128).reshape(-1)
@@ -102,7 +105,7 @@ class ChannelCalibration:
         return (np.asarray(s21) * self.correction(freqs_hz)).astype(np.complex64)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "format": FORMAT,
             "version": VERSION,
             "channels": self.n_channels,
@@ -110,6 +113,29 @@ class ChannelCalibration:
             "gain_im": self.gain.imag.tolist(),
             "delay_s": self.delay_s.tolist(),
         }
+        if self.sweep is not None:
+            start, stop, points = self.sweep
+            data["sweep"] = {"start_hz": start, "stop_hz": stop, "points": points}
+        return data
+
+    def sweep_mismatch(self, start_hz: float, stop_hz: float, points: int) -> str | None:
+        """Why this calibration may not fit a sweep of start..stop in `points` (None if it does or
+        its own sweep is not recorded)."""
+        if self.sweep is None:
+            return None
+        start, stop, n = self.sweep
+        if (
+            n == points
+            and math.isclose(start, start_hz, rel_tol=1e-9)
+            and math.isclose(stop, stop_hz, rel_tol=1e-9)
+        ):
+            return None
+        return (
+            f"the channel calibration was measured on a sweep of {start / 1e9:g}-{stop / 1e9:g} GHz in "
+            f"{n} points, but the radar sweeps {start_hz / 1e9:g}-{stop_hz / 1e9:g} GHz in {points}: "
+            "delays are only known modulo one over the frequency step, so re-run `vrclip-calibrate "
+            "channels` for this sweep"
+        )
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "<calibration>") -> ChannelCalibration:
@@ -139,8 +165,9 @@ class ChannelCalibration:
         if not (isinstance(channels, int) and all(a.size == channels for a in arrays.values())):
             sizes = {k: a.size for k, a in arrays.items()}
             raise ConfigError(f"{source}: channels = {channels!r} does not match the list lengths {sizes}")
+        sweep = _sweep_of(data.get("sweep"), source)
         try:
-            return cls(arrays["gain_re"] + 1j * arrays["gain_im"], arrays["delay_s"])
+            return cls(arrays["gain_re"] + 1j * arrays["gain_im"], arrays["delay_s"], sweep)
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None
 
@@ -195,6 +222,27 @@ def _check_frame(s21: np.ndarray, n_channels: int, n_points: int) -> None:
     shape = np.shape(s21)
     if shape != (n_channels, n_points):
         raise ValueError(f"radar frame has shape {shape}; the calibration expects ({n_channels}, {n_points})")
+
+
+def _sweep_of(value: object, source: str) -> tuple[float, float, int] | None:
+    """The optional "sweep" entry: {"start_hz", "stop_hz", "points"}, validated."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: sweep must be an object with start_hz, stop_hz and points")
+    start, stop, points = value.get("start_hz"), value.get("stop_hz"), value.get("points")
+    if not (
+        _is_number(start)
+        and _is_number(stop)
+        and 0 < float(start) < float(stop)  # type: ignore[arg-type]
+        and isinstance(points, int)
+        and not isinstance(points, bool)
+        and points >= 2
+    ):
+        raise ConfigError(
+            f"{source}: sweep = {value!r}; expected start_hz < stop_hz (positive Hz) and points >= 2"
+        )
+    return float(start), float(stop), int(points)  # type: ignore[arg-type]
 
 
 def _is_number(value: object) -> bool:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from vrclip.edge.config import EdgeConfig, PathsConfig, parse_config
+from vrclip.edge.config import EdgeConfig, PathsConfig, SweepConfig, parse_config
 from vrclip.edge.crops import camera_from_config
 from vrclip.edge.errors import UserError
 from vrclip.edge.events.event import IdentityEvent
@@ -68,7 +68,7 @@ class Feed:
 
 
 def load_rig_calibration(
-    path: str | Path, n_channels: int, *, may_be_absent: bool = False
+    path: str | Path, n_channels: int, *, may_be_absent: bool = False, sweep: SweepConfig | None = None
 ) -> tuple[ChannelCalibration | None, str | None]:
     """(calibration, warning) for the real rig from `path` (paths.calibration_file).
 
@@ -84,7 +84,11 @@ def load_rig_calibration(
             "UNCALIBRATED (images blur, identities suffer). Measure it with `vrclip-calibrate "
             "channels --reflector X Y Z` (it writes there), or set paths.calibration_file"
         )
-    return ChannelCalibration.load(path, n_channels), None
+    calibration = ChannelCalibration.load(path, n_channels)
+    mismatch = (
+        calibration.sweep_mismatch(sweep.start_hz, sweep.stop_hz, sweep.points) if sweep is not None else None
+    )
+    return calibration, (f"paths.calibration_file = {path}: {mismatch}" if mismatch else None)
 
 
 def hardware_feed(config: EdgeConfig) -> Feed:
@@ -97,7 +101,9 @@ def hardware_feed(config: EdgeConfig) -> Feed:
     geometry = load_geometry(config.radar.array)
     path = config.paths.calibration_file
     default = PathsConfig.model_fields["calibration_file"].default
-    calibration, warning = load_rig_calibration(path, geometry.n_channels, may_be_absent=path == default)
+    calibration, warning = load_rig_calibration(
+        path, geometry.n_channels, may_be_absent=path == default, sweep=config.radar.sweep
+    )
     sources: SourceFactories = {
         "radar": lambda: ScpiRadarSource(config),
         "camera": lambda: OpenCvCameraSource(config),

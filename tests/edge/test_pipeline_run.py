@@ -493,3 +493,27 @@ def test_a_calibration_file_is_loaded_and_only_the_default_location_may_be_absen
     broken.write_text("{")
     with pytest.raises(ConfigError, match=r"broken\.json"):
         load_rig_calibration(broken, n, may_be_absent=True)
+
+
+def test_a_calibration_measured_on_another_sweep_is_loaded_with_a_warning(tmp_path: Path) -> None:
+    """A delay is measured modulo one over the frequency step: after a sweep change the operator must
+    hear that the calibration should be measured again (it still loads: the rig keeps running)."""
+    config = EdgeConfig.model_validate({"paths": {"calibration_file": str(tmp_path / "cal.json")}})
+    n = load_geometry(config.radar.array).n_channels
+    sweep = config.radar.sweep
+    same = ChannelCalibration(np.ones(n, complex), np.zeros(n), (sweep.start_hz, sweep.stop_hz, sweep.points))
+    same.save(tmp_path / "cal.json")
+    feed = hardware_feed(config)
+    assert feed.calibration is not None and feed.calibration.sweep == same.sweep and feed.warnings == []
+    other = ChannelCalibration(
+        np.ones(n, complex), np.zeros(n), (sweep.start_hz, sweep.stop_hz, 2 * sweep.points)
+    )
+    other.save(tmp_path / "cal.json")
+    feed = hardware_feed(config)
+    assert feed.calibration is not None
+    assert len(feed.warnings) == 1 and "re-run `vrclip-calibrate channels`" in feed.warnings[0]
+    data = json.loads((tmp_path / "cal.json").read_text())
+    data["sweep"] = {"start_hz": 3e9, "stop_hz": 1e9, "points": 201}
+    (tmp_path / "cal.json").write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=r"sweep = .*start_hz < stop_hz"):
+        hardware_feed(config)
