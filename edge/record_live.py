@@ -242,7 +242,7 @@ def record_feed(
                         break
                     if now >= next_disk_check:
                         next_disk_check = now + 1_000_000_000
-                        error = _disk_nearly_full(request.out)
+                        error = disk_nearly_full(request.out)
                         if error is not None:
                             stopped_early = True
                             break
@@ -283,7 +283,7 @@ def record_feed(
     return LiveRecordResult(frames, dropped, faults, elapsed, stopped_early, nothing_up, error)
 
 
-def _disk_nearly_full(out: Path) -> str | None:
+def disk_nearly_full(out: Path) -> str | None:
     """Why `out` must not grow any further (its disk has less than MIN_FREE_BYTES free), else None."""
     try:
         free = _free_bytes(out.parent)

@@ -5,13 +5,15 @@ with, so `vrclip-edge run --replay FILE` feeds the same engine the same inputs. 
 a thread of its own behind a bounded drop-oldest queue: the identity pipeline never waits on a disk,
 and frames the disk cannot keep up with are dropped and counted (`record_dropped` in the health
 status). Recording stops after its duration (a service may run for months; raw frames take ~8 GB an
-hour of radar alone) or on the first write failure (a full disk), which is reported and leaves the
-pipeline running.
+hour of radar alone), when its disk gets nearly full (less than `record_live.MIN_FREE_BYTES` free:
+HDF5 leaves a file that hit a full disk unreadable, and the service's gallery and event files may
+share that disk) or on the first write failure, which is reported and leaves the pipeline running.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,10 +22,12 @@ from vrclip.edge.events.health import Health
 from vrclip.edge.pipeline.app import Feed
 from vrclip.edge.pipeline.queues import DropOldestQueue
 from vrclip.edge.pipeline.sync import SyncedFrame
-from vrclip.edge.record_live import feed_writer
+from vrclip.edge.record_live import disk_nearly_full, feed_writer
 
 #: Synchronised frames waiting for the disk (a radar frame and up to two images: ~2 MB each at most).
 QUEUE_FRAMES = 32
+#: How often the writer thread checks the free space on the recording's disk (seconds).
+DISK_CHECK_S = 1.0
 
 
 class FrameRecorder:
@@ -71,14 +75,19 @@ class FrameRecorder:
             self.health.count("record_dropped", self.queue.dropped - before)
 
     def _run(self) -> None:
+        next_disk_check = 0.0
         try:
             while True:
                 synced = self.queue.get(timeout=0.5)
-                if synced is None:
-                    if self.queue.closed:
-                        break
-                    continue
-                self._write(synced)
+                if synced is None and self.queue.closed:
+                    break
+                if time.monotonic() >= next_disk_check:
+                    next_disk_check = time.monotonic() + DISK_CHECK_S
+                    full = disk_nearly_full(self.path)
+                    if full is not None:
+                        raise RecordingError(full)
+                if synced is not None:
+                    self._write(synced)
         except RecordingError as exc:
             self.health.count("record_errors")
             if self.warn is not None:
@@ -86,6 +95,7 @@ class FrameRecorder:
         finally:
             self._done.set()
             self.queue.close()
+            self.queue.drain()  # frames left after a failure: not held for the rest of the run
             try:
                 self.writer.close()
             except RecordingError as exc:

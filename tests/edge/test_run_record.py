@@ -119,3 +119,37 @@ def test_run_refuses_record_with_replay_and_an_existing_file(tmp_path: Path) -> 
     )
     assert isinstance(result.exception, UserError) and "--record with --replay" in str(result.exception)
     assert existing.read_bytes() == b"keep"
+
+
+def test_a_nearly_full_disk_stops_the_recording_before_it_fills(
+    feed: Feed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Like `vrclip-edge record`, the recording stops while MIN_FREE_BYTES are still free: a disk
+    that fills up leaves an unreadable HDF5 file, and the service's own files may share that disk."""
+    from vrclip.edge import record_live
+
+    frames = _synced(feed, 20)
+    health = Health(tuple(feed.sources))
+    warnings: list[str] = []
+    free = {"bytes": 2 * record_live.MIN_FREE_BYTES}
+    monkeypatch.setattr(record_live, "_free_bytes", lambda folder: free["bytes"])
+    recorder = FrameRecorder(
+        feed, tmp_path / "nearly-full.h5", 60.0, health, identities=PEOPLE, warn=warnings.append
+    )
+    for synced in frames[:5]:
+        recorder.offer(synced)
+    deadline = time.monotonic() + 5
+    while recorder.health.counters["recorded_radar"] < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    free["bytes"] = record_live.MIN_FREE_BYTES // 2
+    deadline = time.monotonic() + 5
+    while recorder.recording and time.monotonic() < deadline:  # checked every DISK_CHECK_S
+        time.sleep(0.05)
+    assert not recorder.recording, "the recording went on with the disk nearly full"
+    for synced in frames[5:]:
+        recorder.offer(synced)
+    written = recorder.close()
+    assert health.counters["record_errors"] == 1
+    assert any("free on its disk" in w and "pipeline goes on" in w for w in warnings)
+    with SessionReader(tmp_path / "nearly-full.h5") as reader:  # closed, readable, what came before
+        assert reader.counts == written and written["radar"] == 5
