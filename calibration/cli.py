@@ -1,4 +1,4 @@
-"""`vrclip-calibrate`: the on-site calibration wizard (radar channels; array geometry on show)."""
+"""`vrclip-calibrate`: the on-site calibration wizard (radar channels, camera crop check, array geometry)."""
 
 from __future__ import annotations
 
@@ -96,6 +96,31 @@ def channels(
         typer.echo(f"warning: channels {', '.join(map(str, suspect))} measured poorly; check them", err=True)
     kept = f" (the previous one is kept as {result.previous})" if result.previous else ""
     typer.echo(f"wrote {result.path}{kept}")
+
+
+@app.command("crops")
+def crops(
+    recording: Path = typer.Argument(..., help="A recording of one person walking (vrclip-edge record)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Contact sheet to write (.png or .jpg)."),
+    count: int = typer.Option(32, "--crops", help="How many crops, evenly spaced over the walk."),
+) -> None:
+    """Check the RGB camera's pose: tile the person crops the runtime would cut at the radar's track.
+    The person should stand centred, head to feet, in every crop; if not, fix camera.position_m or
+    camera.hfov_deg (or the array's placement) in the config."""
+    from vrclip.calibration.crops import crop_sheet, write_sheet
+
+    sheet = crop_sheet(recording, count)
+    write_sheet(sheet, out)
+    typer.echo(
+        f"wrote {out}: {sheet.crops} crops from {sheet.tracked} radar-tracked frames; "
+        f"{sheet.outside} fell outside the image (red frames)"
+    )
+    if sheet.outside:
+        typer.echo(
+            "warning: the radar tracked the person where the camera, as configured, does not look; "
+            "check camera.position_m and camera.hfov_deg",
+            err=True,
+        )
 
 
 def main() -> None:
