@@ -103,13 +103,20 @@ def crops(
     recording: Path = typer.Argument(..., help="A recording of one person walking (vrclip-edge record)."),
     out: Path = typer.Option(..., "--out", "-o", help="Contact sheet to write (.png or .jpg)."),
     count: int = typer.Option(32, "--crops", help="How many crops, evenly spaced over the walk."),
+    config: Path | None = typer.Option(
+        None,
+        "--config",
+        "-c",
+        help="Take the camera pose from this config instead of the recording's (try a corrected pose "
+        "on the same walk).",
+    ),
 ) -> None:
     """Check the RGB camera's pose: tile the person crops the runtime would cut at the radar's track.
     The person should stand centred, head to feet, in every crop; if not, fix camera.position_m or
     camera.hfov_deg (or the array's placement) in the config."""
     from vrclip.calibration.crops import crop_sheet, write_sheet
 
-    sheet = crop_sheet(recording, count)
+    sheet = crop_sheet(recording, count, camera_config=load_config(config) if config is not None else None)
     write_sheet(sheet, out)
     typer.echo(
         f"wrote {out}: {sheet.crops} crops from {sheet.tracked} radar-tracked frames; "

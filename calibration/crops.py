@@ -16,7 +16,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from vrclip.edge.config import parse_config
+from vrclip.edge.config import EdgeConfig, parse_config
 from vrclip.edge.crops import CropSpec, camera_from_config, crop_person
 from vrclip.edge.errors import UserError
 from vrclip.edge.label import radar_track
@@ -36,14 +36,28 @@ class CropSheet:
     tracked: int
 
 
-def crop_sheet(path: Path, count: int = 32, columns: int = 8, spec: CropSpec = CropSpec()) -> CropSheet:
-    """The contact sheet of `count` crops from the recording at `path` (see the module doc)."""
+def crop_sheet(
+    path: Path,
+    count: int = 32,
+    columns: int = 8,
+    spec: CropSpec = CropSpec(),
+    camera_config: EdgeConfig | None = None,
+) -> CropSheet:
+    """The contact sheet of `count` crops from the recording at `path` (see the module doc). The
+    camera model is the recording's own unless `camera_config` gives another (a corrected pose can
+    be tried on the same walk without recording it again)."""
     if not 1 <= count <= MAX_CROPS:
         raise UserError(f"--crops {count}: give 1 to {MAX_CROPS}")
     with SessionReader(path) as reader:
         if CAMERA not in reader.streams or reader.count(CAMERA) == 0:
             raise UserError(f"{path}: has no camera frames; record with the RGB camera connected")
-        camera = camera_from_config(parse_config(tomllib.loads(reader.config_toml), source=str(path)))
+        recorded = parse_config(tomllib.loads(reader.config_toml), source=str(path))
+        camera = camera_from_config(camera_config or recorded)
+        if (camera.width, camera.height) != (recorded.camera.width, recorded.camera.height):
+            raise UserError(
+                f"{path}: its camera frames are {recorded.camera.width}x{recorded.camera.height}, the config "
+                f"given says {camera.width}x{camera.height}; give a config for the camera that recorded it"
+            )
         positions, _ = radar_track(reader)
         tracked = np.flatnonzero(np.isfinite(positions).all(axis=1))
         if tracked.size == 0:

@@ -49,6 +49,11 @@ def test_a_camera_configured_elsewhere_shows_crops_outside_the_image(walk: Path,
     _with_camera_moved(walk, moved, 6.0)  # the config puts the camera far off to the side
     sheet = crop_sheet(moved, count=16)
     assert sheet.outside > 0
+    # The corrected pose, tried on the same walk without recording it again.
+    right = EdgeConfig.model_validate({"camera": {"width": 320, "height": 180}})
+    assert crop_sheet(moved, count=16, camera_config=right).outside == 0
+    with pytest.raises(UserError, match="give a config for the camera that recorded it"):
+        crop_sheet(moved, count=4, camera_config=EdgeConfig())
 
 
 def test_crops_command_writes_the_sheet_and_refuses_bad_input(walk: Path, tmp_path: Path) -> None:
