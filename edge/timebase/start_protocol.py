@@ -195,6 +195,8 @@ class StartServer:
         self._names: list[str] = []
         self._armed_names: list[str] = []
         self._served: list[_Conn] = []
+        #: Connections turned away because every slot was taken (each is told to retry).
+        self.refused_full = 0
         self._listener: socket.socket | None = None
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
@@ -398,6 +400,7 @@ class StartServer:
             assert self._sel is not None
             self._sel.register(sock, selectors.EVENT_READ, conn)
             if full:
+                self.refused_full += 1
                 # Refused, but through the lingering close, so the refusal line is not lost to a reset.
                 self._reply_and_close(conn, f"time server full ({self.max_clients} clients)", retry=True)
 

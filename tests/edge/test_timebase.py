@@ -226,7 +226,10 @@ def test_a_device_refused_by_a_full_server_gets_in_when_a_slot_frees() -> None:
             target=lambda: got.append(wait_for_start(HOST, srv.port, "second", timeout_s=8))
         )
         waiter.start()
-        time.sleep(0.3)  # the second device has been refused at least once by now
+        deadline = time.monotonic() + 5
+        while srv.refused_full == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert srv.refused_full >= 1, "the second device was turned away while the server was full"
         assert srv.clients == ["first"]
         first.close()
         deadline = time.monotonic() + 5
