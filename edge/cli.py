@@ -263,7 +263,8 @@ def label(
 
 @app.command("inspect")
 def inspect(file: Path = typer.Argument(..., help="A session recording (.h5).")) -> None:
-    """Summarise a recording: streams, frame counts, clocks, duration, identities and conditions."""
+    """Summarise a recording: streams, frame counts, clocks, duration, labelled frames, identities and
+    conditions."""
     from vrclip.edge.recording.reader import SessionReader
 
     with SessionReader(file) as reader:
@@ -277,6 +278,14 @@ def inspect(file: Path = typer.Argument(..., help="A session recording (.h5)."))
                 # Only the first and last time stamps: reading the frames would cost the whole file.
                 first, last = reader.times(stream, 0, 1)[0], reader.times(stream, n - 1, n)[0]
                 line += f", {(int(last) - int(first)) / 1e9:.2f} s"
+            if n:
+                # The label counts only (no samples): what `vrclip-export train` can use of the file.
+                count = reader.truth_block(stream, 0, n)["count"]
+                people = int((count > 0).sum())
+                if people:
+                    line += f", {people} with people labelled"
+                else:
+                    line += ", labelled, nobody in them" if (count >= 0).any() else ", no labels"
             typer.echo(line)
 
 

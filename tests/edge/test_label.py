@@ -139,6 +139,11 @@ def test_label_command(walk: Path, tmp_path: Path) -> None:
         timeout=120,
     )
     assert again.returncode == 2 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
+    # `inspect` tells a labelled copy from the raw one: what the trainer can use of each.
+    raw = subprocess.run([console_script("vrclip-edge"), "inspect", str(rig)], capture_output=True, text=True)
+    got = subprocess.run([console_script("vrclip-edge"), "inspect", str(out)], capture_output=True, text=True)
+    assert raw.stdout.count("no labels") == 3
+    assert "with people labelled" in got.stdout and "no labels" not in got.stdout
 
 
 def test_a_session_the_radar_saw_nobody_in_is_refused_and_writes_nothing(walk: Path, tmp_path: Path) -> None:
