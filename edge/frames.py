@@ -66,3 +66,15 @@ class DepthFrame:
     #: (K, 2) float32 floor positions in metres of the people the ZED detected.
     positions: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
     truth: GroundTruth | None = None
+
+
+def stream_of(frame: RadarFrame | CameraFrame | DepthFrame) -> str:
+    """ "radar", "camera" or "depth": the stream (and sensor) a frame belongs to, as recordings,
+    the synchroniser and the health counters name it."""
+    if isinstance(frame, RadarFrame):
+        return "radar"
+    if isinstance(frame, CameraFrame):
+        return "camera"
+    if isinstance(frame, DepthFrame):
+        return "depth"
+    raise TypeError(f"not a sensor frame: {type(frame).__name__}")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vrclip.edge.config import EdgeConfig, config_to_toml
-from vrclip.edge.frames import CLOCK_SIMULATED, CameraFrame, DepthFrame, RadarFrame
+from vrclip.edge.frames import CLOCK_SIMULATED
 from vrclip.edge.recording.writer import SessionWriter
 from vrclip.edge.sim.rig import STREAMS, SimulatedRig
 from vrclip.edge.sim.scene import SceneSpec
@@ -92,12 +92,7 @@ def record_simulated(
     )
     with writer:
         for done, frame in enumerate(rig.frames(request.seconds), start=1):
-            if isinstance(frame, RadarFrame):
-                writer.write_radar(frame)
-            elif isinstance(frame, CameraFrame):
-                writer.write_camera(frame)
-            elif isinstance(frame, DepthFrame):
-                writer.write_depth(frame)
+            writer.write(frame)
             if progress is not None:
                 progress(done, total)
         return dict(writer.counts)

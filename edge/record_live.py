@@ -22,7 +22,7 @@ from typing import Any
 from vrclip.edge.config import config_to_toml
 from vrclip.edge.errors import FrameRejected, RecordingError, UserError
 from vrclip.edge.events.health import Health, Modality, ModalityState
-from vrclip.edge.frames import CLOCK_REALTIME, CameraFrame, DepthFrame, RadarFrame
+from vrclip.edge.frames import CLOCK_REALTIME, stream_of
 from vrclip.edge.pipeline.app import Feed
 from vrclip.edge.pipeline.queues import DropOldestQueue
 from vrclip.edge.pipeline.sources import Captured, CaptureThread
@@ -143,15 +143,6 @@ def _writer_for(
     )
 
 
-def _write(writer: SessionWriter, frame: RadarFrame | CameraFrame | DepthFrame) -> None:
-    if isinstance(frame, RadarFrame):
-        writer.write_radar(frame)
-    elif isinstance(frame, CameraFrame):
-        writer.write_camera(frame)
-    else:
-        writer.write_depth(frame)
-
-
 #: Blocks until the session's start is known: (start instant on CLOCK_REALTIME in ns, session id).
 StartWaiter = Callable[[], tuple[int, str]]
 
@@ -218,9 +209,9 @@ def record_feed(
             """Write a frame stamped inside the window; a refused one is counted, its reason kept."""
             if not start_ns <= captured.frame.t_ns < end_ns:
                 return
-            modality = _modality(captured.frame)
+            modality = stream_of(captured.frame)
             try:
-                _write(writer, captured.frame)
+                writer.write(captured.frame)
             except FrameRejected as exc:
                 rejected[modality] += 1
                 faults[modality] = str(exc)
@@ -339,9 +330,3 @@ def _nothing_up(health: Health) -> bool:
 
 def _dropped(health: Health) -> dict[str, int]:
     return {name: int(s["dropped"]) for name, s in health.snapshot()["sources"].items()}
-
-
-def _modality(frame: RadarFrame | CameraFrame | DepthFrame) -> str:
-    if isinstance(frame, RadarFrame):
-        return "radar"
-    return "camera" if isinstance(frame, CameraFrame) else "depth"

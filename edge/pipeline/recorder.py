@@ -19,6 +19,7 @@ from pathlib import Path
 
 from vrclip.edge.errors import FrameRejected, RecordingError
 from vrclip.edge.events.health import Health
+from vrclip.edge.frames import stream_of
 from vrclip.edge.pipeline.app import Feed
 from vrclip.edge.pipeline.queues import DropOldestQueue
 from vrclip.edge.pipeline.sync import SyncedFrame
@@ -104,14 +105,12 @@ class FrameRecorder:
                     self.warn(f"recording to {self.path} could not be completed: {exc}")
 
     def _write(self, synced: SyncedFrame) -> None:
-        frames = [("radar", synced.radar, self.writer.write_radar)]
-        if synced.camera is not None:
-            frames.append(("camera", synced.camera, self.writer.write_camera))
-        if synced.depth is not None:
-            frames.append(("depth", synced.depth, self.writer.write_depth))
-        for stream, frame, write in frames:
+        for frame in (synced.radar, synced.camera, synced.depth):
+            if frame is None:
+                continue
+            stream = stream_of(frame)
             try:
-                write(frame)  # type: ignore[arg-type]
+                self.writer.write(frame)
             except FrameRejected as exc:
                 self.health.count("record_rejected")
                 if self.warn is not None and self.health.counters["record_rejected"] == 1:

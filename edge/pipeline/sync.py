@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from vrclip.edge.frames import CameraFrame, DepthFrame, RadarFrame
+from vrclip.edge.frames import CameraFrame, DepthFrame, RadarFrame, stream_of
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class Synchronizer:
         self.stats = SyncStats()
 
     def add(self, frame: CameraFrame | DepthFrame) -> None:
-        name = "camera" if isinstance(frame, CameraFrame) else "depth"
+        name = stream_of(frame)
         buffer = self._buffers[name]
         buffer.append(frame)
         while len(buffer) > self.max_buffer:

@@ -27,7 +27,7 @@ import h5py
 import numpy as np
 import vrclip.edge
 from vrclip.edge.errors import FrameRejected, RecordingError, UserError
-from vrclip.edge.frames import CLOCK_REALTIME, CameraFrame, DepthFrame, RadarFrame
+from vrclip.edge.frames import CLOCK_REALTIME, CameraFrame, DepthFrame, RadarFrame, stream_of
 from vrclip.edge.geometry import ArrayGeometry
 from vrclip.edge.recording import schema
 from vrclip.edge.recording.jpeg import encode_rgb
@@ -257,6 +257,11 @@ class SessionWriter:
         return f
 
     # ----------------------------------------------------------------------------------- writing
+    def write(self, frame: RadarFrame | CameraFrame | DepthFrame) -> None:
+        """Append a frame of any stream to that stream (`write_radar`, `write_camera`, `write_depth`)."""
+        writers = {"radar": self.write_radar, "camera": self.write_camera, "depth": self.write_depth}
+        writers[stream_of(frame)](frame)  # type: ignore[operator]
+
     def write_radar(self, frame: RadarFrame) -> None:
         """Append one radar snapshot: s21 must be complex with shape (channels, len(freqs_hz))."""
         if not isinstance(frame, RadarFrame):

@@ -372,7 +372,7 @@ def test_frames_a_slow_writer_had_not_reached_when_the_window_closed_are_still_w
         return make
 
     feed.sources = {name: counted(factory, name) for name, factory in feed.sources.items()}
-    write = record_live._write
+    write = SessionWriter.write
     stalled: list[bool] = []
 
     def slow_write(writer: SessionWriter, frame: Frame) -> None:
@@ -381,7 +381,7 @@ def test_frames_a_slow_writer_had_not_reached_when_the_window_closed_are_still_w
             time.sleep(record_live.DRAIN_S + 1.5)
         write(writer, frame)
 
-    monkeypatch.setattr(record_live, "_write", slow_write)
+    monkeypatch.setattr(SessionWriter, "write", slow_write)
     out = tmp_path / "behind.h5"
     result = record_feed(feed, LiveRecordRequest(out, 1.0, identities=PEOPLE))
     with SessionReader(out) as reader:
@@ -415,7 +415,7 @@ def test_a_disk_running_full_stops_the_session_and_keeps_a_readable_file(
 def test_a_write_the_disk_refuses_ends_the_session_and_keeps_the_file(
     config: EdgeConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    write = record_live._write
+    write = SessionWriter.write
     written: list[Frame] = []
 
     def failing_write(writer: SessionWriter, frame: Frame) -> None:
@@ -424,7 +424,7 @@ def test_a_write_the_disk_refuses_ends_the_session_and_keeps_the_file(
         write(writer, frame)
         written.append(frame)
 
-    monkeypatch.setattr(record_live, "_write", failing_write)
+    monkeypatch.setattr(SessionWriter, "write", failing_write)
     out = tmp_path / "refused.h5"
     result = record_feed(_feed(config), LiveRecordRequest(out, 30.0, identities=PEOPLE))
     assert result.stopped_early and result.error is not None and "No space left" in result.error
