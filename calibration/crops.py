@@ -10,13 +10,12 @@ an installer sees at a glance whether the person stands centred, head to feet, i
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
-from vrclip.edge.config import EdgeConfig, parse_config
+from vrclip.edge.config import EdgeConfig
 from vrclip.edge.crops import CropSpec, camera_from_config, crop_person
 from vrclip.edge.errors import UserError
 from vrclip.edge.label import radar_track
@@ -51,7 +50,7 @@ def crop_sheet(
     with SessionReader(path) as reader:
         if CAMERA not in reader.streams or reader.count(CAMERA) == 0:
             raise UserError(f"{path}: has no camera frames; record with the RGB camera connected")
-        recorded = parse_config(tomllib.loads(reader.config_toml), source=str(path))
+        recorded = reader.edge_config()
         camera = camera_from_config(camera_config or recorded)
         if (camera.width, camera.height) != (recorded.camera.width, recorded.camera.height):
             raise UserError(

@@ -20,16 +20,14 @@ import json
 import os
 import shutil
 import tempfile
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
-from vrclip.edge.config import parse_config
 from vrclip.edge.crops import camera_from_config, in_view
-from vrclip.edge.errors import ConfigError, RecordingError, UserError
+from vrclip.edge.errors import RecordingError, UserError
 from vrclip.edge.imaging.calibration import ChannelCalibration
 from vrclip.edge.imaging.pipeline import ImagingPipeline
 from vrclip.edge.pipeline.tracker import Tracker
@@ -59,10 +57,7 @@ def radar_track(
     reader: SessionReader, progress: Callable[[int, int], None] | None = None
 ) -> tuple[np.ndarray, int]:
     """((N, 2) position per radar frame, NaN where not exactly one confirmed track; crowded count)."""
-    try:
-        config = parse_config(tomllib.loads(reader.config_toml), source=f"{reader.path} config")
-    except (tomllib.TOMLDecodeError, ConfigError) as exc:
-        raise RecordingError(f"{reader.path}: its stored config is unreadable ({exc})") from None
+    config = reader.edge_config()
     calibration = (
         ChannelCalibration.from_dict(reader.calibration, source=f"{reader.path} calibration")
         if reader.calibration
@@ -184,7 +179,7 @@ def label_recording(
         other = {
             name: interpolate(t_radar, positions, reader.times(name)) for name in streams if name != RADAR
         }
-        camera = camera_from_config(parse_config(tomllib.loads(reader.config_toml), source=str(source)))
+        camera = camera_from_config(reader.edge_config())
         conditions = dict(reader.conditions)
     conditions["labels"] = "radar track of the one person walking (vrclip-edge label)"
     # Camera visibility on every stream, as the schema defines truth/visible (the radar's labels once

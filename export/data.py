@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tomllib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -28,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from vrclip.edge.config import parse_config
 from vrclip.edge.crops import CropSpec, camera_from_config, crop_person
 from vrclip.edge.errors import ConfigError, RecordingError, UserError
 from vrclip.edge.recording.reader import SessionReader
@@ -236,10 +234,7 @@ def preprocess_session(session: SessionInfo, spec: PrepSpec) -> list[dict[str, n
                 f"{where}: has no identity labels (no ground truth per frame); "
                 "VRCLIP needs labelled recordings"
             )
-        try:
-            config = parse_config(tomllib.loads(reader.config_toml), source=f"{where} config")
-        except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError, ConfigError) as e:
-            raise RecordingError(f"{where}: its stored config is unreadable ({e})") from e
+        config = reader.edge_config()
         geometry = reader.array_geometry
         try:
             extractor = RFWindowExtractor(

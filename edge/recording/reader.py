@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -22,7 +23,8 @@ from typing import Any
 
 import h5py
 import numpy as np
-from vrclip.edge.errors import RecordingError
+from vrclip.edge.config import EdgeConfig, parse_config
+from vrclip.edge.errors import ConfigError, RecordingError
 from vrclip.edge.frames import CameraFrame, DepthFrame, GroundTruth, RadarFrame
 from vrclip.edge.geometry import ArrayGeometry
 from vrclip.edge.recording import schema
@@ -492,6 +494,14 @@ class SessionReader:
             self._read(s, "truth/visible", i, what),
         )
         return unpack_truth(row, self.identities, what)
+
+    def edge_config(self) -> EdgeConfig:
+        """The edge config the session was recorded with (camera model, imaging, sweep), validated;
+        RecordingError naming the file when it is not a config this version reads."""
+        try:
+            return parse_config(tomllib.loads(self.config_toml), source=f"{self._where} config")
+        except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError, ConfigError) as e:
+            raise RecordingError(f"{self._where}: its stored config is unreadable ({e})") from e
 
     def close(self) -> None:
         """Close the file. Idempotent."""
