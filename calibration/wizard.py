@@ -37,8 +37,6 @@ from vrclip.edge.sim.radar import sweep_frequencies
 
 #: The simulated reflector's strength (a corner reflector of a few dBsm in the simulator's units).
 SIMULATED_REFLECTOR_AMPLITUDE = 3.0
-#: The simulated rig's front end: the seed `SimulatedRig` draws its channel errors with.
-SIMULATED_FRONT_END_SEED = 1234
 #: Consecutive failed reconnections, or consecutive frames the radar failed to measure, after which
 #: a measurement gives up instead of waiting (or retrying) forever.
 RECONNECT_ATTEMPTS = 3
@@ -89,7 +87,7 @@ def _simulated_radar(
     """The SCPI simulators serving the empty room or the room with the reflector, read through the
     real drivers."""
     from vrclip.edge.radar.sim_process import SimulatorProcess
-    from vrclip.edge.sim.radar import FrontEndErrors
+    from vrclip.edge.sim.radar import SIMULATED_FRONT_END_SEED, FrontEndErrors
     from vrclip.edge.sim.scene import SceneSpec
 
     target = ((*map(float, reflector), SIMULATED_REFLECTOR_AMPLITUDE),) if step == "reflector" else ()

@@ -22,6 +22,12 @@ def sweep_frequencies(sweep: SweepConfig) -> np.ndarray:
     return np.linspace(sweep.start_hz, sweep.stop_hz, sweep.points)
 
 
+#: The simulated rig's front end: every simulator of the rig (the in-process rig, the SCPI simulator
+#: process, the calibration wizard's --simulate) draws its channel errors with this seed, so a
+#: calibration measured on one fits the others.
+SIMULATED_FRONT_END_SEED = 1234
+
+
 @dataclass(frozen=True)
 class FrontEndErrors:
     """The imperfections of one physical front end; fixed for a rig, so calibration can measure them."""
@@ -36,7 +42,9 @@ class FrontEndErrors:
     noise_std: float
 
     @classmethod
-    def draw(cls, n_channels: int, seed: int = 1234, noise_std: float = 2e-4) -> FrontEndErrors:
+    def draw(
+        cls, n_channels: int, seed: int = SIMULATED_FRONT_END_SEED, noise_std: float = 2e-4
+    ) -> FrontEndErrors:
         rng = np.random.default_rng(seed)
         gain = rng.uniform(0.8, 1.25, n_channels) * np.exp(1j * rng.uniform(-np.pi, np.pi, n_channels))
         return cls(

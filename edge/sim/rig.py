@@ -18,7 +18,7 @@ from vrclip.edge.frames import CLOCK_SIMULATED, CameraFrame, DepthFrame, GroundT
 from vrclip.edge.geometry import ArrayGeometry, load_geometry
 from vrclip.edge.sim.camera import PinholeCamera, SceneRenderer
 from vrclip.edge.sim.depth import DepthSimulator
-from vrclip.edge.sim.radar import FrontEndErrors, RadarSimulator
+from vrclip.edge.sim.radar import SIMULATED_FRONT_END_SEED, FrontEndErrors, RadarSimulator
 from vrclip.edge.sim.scene import Scene, SceneSpec, SceneState
 
 Frame = RadarFrame | CameraFrame | DepthFrame
@@ -42,7 +42,7 @@ class SimulatedRig:
         *,
         start_ns: int | None = None,
         streams: tuple[str, ...] = STREAMS,
-        front_end_seed: int = 1234,
+        front_end_seed: int = SIMULATED_FRONT_END_SEED,
     ) -> None:
         unknown = set(streams) - set(STREAMS)
         if unknown:
