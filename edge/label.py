@@ -30,6 +30,7 @@ from vrclip.edge.crops import camera_from_config, in_view
 from vrclip.edge.errors import RecordingError, UserError
 from vrclip.edge.imaging.calibration import ChannelCalibration
 from vrclip.edge.imaging.pipeline import ImagingPipeline
+from vrclip.edge.manifest import default_file_mode
 from vrclip.edge.pipeline.tracker import Tracker
 from vrclip.edge.recording.reader import SessionReader
 from vrclip.edge.recording.schema import CAMERA, NO_ID, RADAR
@@ -199,9 +200,7 @@ def label_recording(
     try:
         # mkstemp creates the file 0600: the labelled copy is a recording like any other, readable as
         # the umask allows (by a trainer running as another user).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, default_file_mode())
         shutil.copyfile(source, tmp)
         labelled: dict[str, int] = {}
         with h5py.File(tmp, "r+") as f:

@@ -359,6 +359,15 @@ def write_manifest(path: str | Path, manifest: EngineManifest) -> Path:
     return path
 
 
+def default_file_mode() -> int:
+    """rw for all, minus the process umask: what open() would have created. Files made through
+    mkstemp (0600) get it before they are renamed into place, so that what the exporter or the
+    labeller writes is readable by the service user or a trainer running as someone else."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_temporary(path: Path, data: bytes | memoryview) -> Path:
     """`data` in a new fsynced file beside `path`, readable as the package's files are; returns its
     path. The caller renames it over `path` (or removes it): a reader never sees half a file."""
@@ -369,10 +378,7 @@ def write_temporary(path: Path, data: bytes | memoryview) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        # mkstemp creates 0600; an engine package must be readable by the service user.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, default_file_mode())  # mkstemp creates 0600
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -411,6 +417,7 @@ __all__ = [
     "TensorRTBuild",
     "TensorSpec",
     "atomic_write_bytes",
+    "default_file_mode",
     "load_manifest",
     "manifest_json",
     "manifest_path_for",

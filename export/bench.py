@@ -351,11 +351,8 @@ def run_bench(options: BenchOptions = BenchOptions(), log: Log = print) -> dict[
 def write_bench(path: str | Path, report: dict[str, Any]) -> Path:
     import json
 
-    from vrclip.export.onnx_export import default_file_mode
-
     path = Path(path)
     atomic_write_bytes(path, (json.dumps(report, indent=2) + "\n").encode())
-    os.chmod(path, default_file_mode())  # atomic_write_bytes' temporary file is 0600
     return path
 
 

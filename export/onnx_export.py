@@ -49,6 +49,7 @@ from vrclip.edge.manifest import (
     Preprocessing,
     RfPreprocessing,
     RgbPreprocessing,
+    default_file_mode,
     manifest_path_for,
     sha256_file,
     write_manifest,
@@ -332,25 +333,11 @@ def temporary_sibling(path: Path, suffix: str) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def default_file_mode() -> int:
-    """rw for all, minus the process umask: what open() would have created."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def publish(tmp: Path, target: Path) -> None:
     """Rename a finished temporary file into place with ordinary permissions (mkstemp makes 0600, but
     a package is read by the runtime's service user, not only by whoever exported it)."""
     os.chmod(tmp, default_file_mode())
     os.replace(tmp, target)
-
-
-def write_manifest_readable(path: Path, manifest: EngineManifest) -> Path:
-    """write_manifest (atomic), then the same ordinary permissions as the model beside it."""
-    write_manifest(path, manifest)
-    os.chmod(path, default_file_mode())
-    return path
 
 
 # ------------------------------------------------------------------------------------ the export
@@ -498,7 +485,7 @@ def export_model(
             accuracy=report,
         ).model_copy(update={"open_set": open_set})
         publish(tmp, out)
-    write_manifest_readable(manifest_path, manifest)
+    write_manifest(manifest_path, manifest)
     return ExportResult(out, manifest_path, manifest, diffs, time.perf_counter() - started)
 
 
@@ -575,5 +562,4 @@ __all__ = [
     "signature_of",
     "tensor_specs",
     "window_for",
-    "write_manifest_readable",
 ]

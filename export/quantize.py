@@ -57,13 +57,12 @@ from typing import Any, Literal
 
 import numpy as np
 from vrclip.edge.errors import RecordingError, UserError
-from vrclip.edge.manifest import EngineManifest, load_manifest, manifest_path_for, sha256_file
+from vrclip.edge.manifest import EngineManifest, load_manifest, manifest_path_for, sha256_file, write_manifest
 from vrclip.export.onnx_export import (
     ort_session,
     publish,
     signature_of,
     temporary_sibling,
-    write_manifest_readable,
 )
 
 Variant = Literal["int8", "cpu"]
@@ -1040,7 +1039,7 @@ def quantize_model(
         )
         out_manifest = EngineManifest.model_validate(out_manifest.model_dump())  # model_copy skips checks
         publish(tmp, dst)
-    manifest_path = write_manifest_readable(manifest_path_for(dst), out_manifest)
+    manifest_path = write_manifest(manifest_path_for(dst), out_manifest)
     return QuantizeResult(
         dst, manifest_path, out_manifest, figures, time.perf_counter() - started, sensitivity
     )
