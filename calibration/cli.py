@@ -1,4 +1,5 @@
-"""`vrclip-calibrate`: the on-site calibration wizard (radar channels, camera crop check, array geometry)."""
+"""`vrclip-calibrate`: the on-site calibration wizard (radar channels, camera pose and crop check, array
+geometry)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import typer
 from rich.console import Console
+from rich.progress import TaskID
+from vrclip.calibration.camera_pose import PoseFit
 from vrclip.edge.cli_support import make_app, progress_bar, run
-from vrclip.edge.config import load_config
+from vrclip.edge.config import EdgeConfig, load_config
 from vrclip.edge.errors import UserError
 from vrclip.edge.geometry import load_geometry
 
@@ -128,6 +131,92 @@ def crops(
             "check camera.position_m and camera.hfov_deg",
             err=True,
         )
+
+
+@app.command("camera")
+def camera(
+    recording: Path = typer.Argument(
+        ...,
+        help="A recording of one person walking the whole area the camera sees, in good light, with "
+        "nobody else in view (vrclip-edge record).",
+    ),
+    config: Path | None = typer.Option(
+        None,
+        "--config",
+        "-c",
+        help="The site config: the fit starts from its camera pose (default: the recording's own).",
+    ),
+    write: bool = typer.Option(
+        False,
+        "--write",
+        help="Write the measured pose into the --config file (its comments kept, the old file kept as "
+        "FILE.prev).",
+    ),
+) -> None:
+    """Measure the RGB camera's pose (position, pitch, yaw, field of view) from a walk: the radar's
+    track says where the person stood, the camera's frames where it saw them. Check the result with
+    `vrclip-calibrate crops RECORDING --config SITE.toml`."""
+    from vrclip.calibration.camera_pose import measure_camera_pose, with_pose, write_pose
+
+    if write and config is None:
+        raise UserError("--write needs --config SITE.toml: the config file to write the pose into")
+    start = load_config(config) if config is not None else None
+    with progress_bar() as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def tick(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done)
+
+        fit = measure_camera_pose(recording, start, progress=tick)
+    typer.echo(format_fit(fit, start))
+    undetermined = fit.undetermined()
+    if fit.poor_match():
+        typer.echo(
+            f"warning: the silhouettes do not follow the radar track (residual {fit.rms_px:.1f} px); "
+            "was someone else in view, or the light changing?",
+            err=True,
+        )
+    if undetermined:
+        typer.echo(
+            f"warning: the walk did not pin down {', '.join(undetermined)}; walk near and far, left and "
+            "right, across everything the camera sees, and record again",
+            err=True,
+        )
+    if write:
+        assert config is not None and start is not None
+        if undetermined or fit.poor_match():
+            raise UserError(f"{config}: not written, the measurement is not good enough (see the warnings)")
+        written, previous = write_pose(config, with_pose(start, fit))
+        kept = f" (the previous one is kept as {previous})" if previous else ""
+        typer.echo(f"wrote the camera pose into {written}{kept}")
+        typer.echo(f"check it: vrclip-calibrate crops {recording} --config {config} --out crops.png")
+
+
+def format_fit(fit: PoseFit, start: EdgeConfig | None) -> str:
+    """The measured pose, each value with its standard error and what the config said."""
+    pose = fit.pose
+    rows = [
+        ("camera.position_m[0]", pose.position_m[0], fit.sigma["x_m"], "m"),
+        ("camera.position_m[1]", pose.position_m[1], fit.sigma["y_m"], "m"),
+        ("camera.position_m[2]", pose.position_m[2], fit.sigma["z_m"], "m"),
+        ("camera.pitch_deg", pose.pitch_deg, fit.sigma["pitch_deg"], "deg"),
+        ("camera.yaw_deg", pose.yaw_deg, fit.sigma["yaw_deg"], "deg"),
+        ("camera.hfov_deg", pose.hfov_deg, fit.sigma["hfov_deg"], "deg"),
+    ]
+    before = None
+    if start is not None:
+        cam = start.camera
+        before = [*cam.position_m, cam.pitch_deg, cam.yaw_deg, cam.hfov_deg]
+    lines = [
+        f"fitted to {fit.frames_used} of {fit.frames_tracked} radar-tracked camera frames; "
+        f"residual {fit.rms_px:.1f} px; the walker's silhouette is {fit.height_m:.2f} m tall"
+    ]
+    for k, (key, value, sigma, unit) in enumerate(rows):
+        was = "" if before is None else f"   (config: {before[k]:.3f})"
+        lines.append(f"  {key:<22} {value:8.3f} ± {sigma:.3f} {unit}{was}")
+    return "\n".join(lines)
 
 
 def main() -> None:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,10 +26,10 @@ from vrclip.calibration.channels import (
     fit_channels,
     reflector_response,
 )
+from vrclip.calibration.files import replace_keeping_previous
 from vrclip.edge.config import EdgeConfig
 from vrclip.edge.errors import UserError
 from vrclip.edge.geometry import ArrayGeometry, load_geometry
-from vrclip.edge.manifest import atomic_write_bytes
 from vrclip.edge.radar.errors import RadarError
 from vrclip.edge.sim.radar import sweep_frequencies
 
@@ -109,36 +107,17 @@ def _simulated_radar(
         yield read
 
 
-def _previous_kept(path: Path) -> Path | None:
-    if not path.exists():
-        return None
-    kept = path.with_name(path.name + ".prev")
-    try:
-        shutil.copy2(path, kept)
-    except OSError as exc:
-        raise UserError(f"{path}: cannot keep the previous calibration as {kept} ({exc})") from None
-    return kept
-
-
 def write_calibration(path: Path, fit: ChannelFit, extra: dict[str, Any]) -> Path | None:
-    """Write the calibration file atomically; returns where the one it replaced was kept, if any.
-
-    A `path` that is a symbolic link is written through: the link stays and the file it points to is
-    replaced (the old one kept beside that file). Renaming over the link itself would turn it into a
-    plain file and leave the calibration it pointed to stale.
-    """
-    if path.is_symlink():
-        path = Path(os.path.realpath(path))
+    """Write the calibration file atomically (through a symbolic link); returns where the one it
+    replaced was kept, if any."""
     doc = {**fit.calibration.to_dict(), **extra}
     data = (json.dumps(doc, indent=1) + "\n").encode("utf-8")
-    previous = _previous_kept(path)
-    try:
-        atomic_write_bytes(path, data)
-    except OSError as exc:
-        raise UserError(
-            f"{path}: cannot write the calibration ({exc.strerror or exc}); choose a writable path "
-            "with --out or run as a user who may write there"
-        ) from None
+    _, previous = replace_keeping_previous(
+        path,
+        data,
+        "the calibration",
+        "choose a writable path with --out or run as a user who may write there",
+    )
     return previous
 
 

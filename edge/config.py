@@ -113,6 +113,10 @@ class CameraConfig(Section):
     #: Horizontal field of view, used by the simulator and before calibration exists.
     hfov_deg: Annotated[float, Field(gt=10.0, lt=170.0)] = 90.0
     position_m: tuple[float, float, float] = (0.0, 0.0, 1.6)
+    #: Downward tilt of the optical axis (`vrclip-calibrate camera` measures it with the rest).
+    pitch_deg: Annotated[float, Field(ge=-60.0, le=80.0)] = 8.0
+    #: Turn about z from +y, counter-clockwise seen from above (as `radar.array.yaw_deg`).
+    yaw_deg: Annotated[float, Field(ge=-180.0, le=180.0)] = 0.0
     jpeg_quality: Annotated[int, Field(ge=10, le=100)] = 90
 
 

@@ -47,7 +47,9 @@ class CropSpec:
 def camera_from_config(config: EdgeConfig) -> PinholeCamera:
     """The pinhole model of the configured RGB camera (what the simulator renders with)."""
     cam = config.camera
-    return PinholeCamera(cam.width, cam.height, cam.hfov_deg, tuple(cam.position_m))
+    return PinholeCamera(
+        cam.width, cam.height, cam.hfov_deg, tuple(cam.position_m), cam.pitch_deg, cam.yaw_deg
+    )
 
 
 def person_box(

@@ -134,8 +134,13 @@ class Rig:
     jpeg_quality: int
 
     def key(self) -> dict[str, Any]:
-        """What of the rig the rendered crops depend on (part of the crop cache's key)."""
-        return {"camera": asdict(self.camera), "room": self.room.model_dump(), "jpeg": self.jpeg_quality}
+        """What of the rig the rendered crops depend on (part of the crop cache's key). A camera
+        turned by no yaw leaves the key as it was before the camera had a yaw, so the caches and
+        checkpoints of those rigs stay valid."""
+        camera = asdict(self.camera)
+        if camera["yaw_deg"] == 0.0:
+            del camera["yaw_deg"]
+        return {"camera": camera, "room": self.room.model_dump(), "jpeg": self.jpeg_quality}
 
     def settings(self) -> dict[str, Any]:
         """`key()` as plain JSON values (lists, floats, strings): what a checkpoint records and compares."""

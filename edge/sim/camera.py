@@ -22,13 +22,15 @@ _P = {name: i for i, name in enumerate(BODY_PARTS)}
 
 @dataclass(frozen=True)
 class PinholeCamera:
-    """Camera at `position` looking along +y, pitched down by `pitch_deg`; x right, z up."""
+    """Camera at `position` looking along +y turned by `yaw_deg` about z (counter-clockwise seen from
+    above, as the array's `yaw_deg`), pitched down by `pitch_deg`; x right, z up."""
 
     width: int
     height: int
     hfov_deg: float
     position: tuple[float, float, float]
     pitch_deg: float = 8.0
+    yaw_deg: float = 0.0
 
     @property
     def focal_px(self) -> float:
@@ -36,9 +38,12 @@ class PinholeCamera:
 
     def _axes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         p = math.radians(self.pitch_deg)
-        right = np.array([1.0, 0.0, 0.0])
-        forward = np.array([0.0, math.cos(p), -math.sin(p)])
-        up = np.array([0.0, math.sin(p), math.cos(p)])
+        y = math.radians(self.yaw_deg)
+        level = np.array([-math.sin(y), math.cos(y), 0.0])  # the view direction, levelled
+        right = np.array([math.cos(y), math.sin(y), 0.0])
+        vertical = np.array([0.0, 0.0, 1.0])
+        forward = math.cos(p) * level - math.sin(p) * vertical
+        up = math.sin(p) * level + math.cos(p) * vertical
         return right, forward, up
 
     def project(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -16,7 +16,8 @@ import numpy as np
 from vrclip.edge.config import EdgeConfig
 from vrclip.edge.frames import CLOCK_SIMULATED, CameraFrame, DepthFrame, GroundTruth, RadarFrame
 from vrclip.edge.geometry import ArrayGeometry, load_geometry
-from vrclip.edge.sim.camera import PinholeCamera, SceneRenderer
+from vrclip.edge.crops import camera_from_config
+from vrclip.edge.sim.camera import SceneRenderer
 from vrclip.edge.sim.depth import DepthSimulator
 from vrclip.edge.sim.radar import SIMULATED_FRONT_END_SEED, FrontEndErrors, RadarSimulator
 from vrclip.edge.sim.scene import Scene, SceneSpec, SceneState
@@ -62,12 +63,7 @@ class SimulatedRig:
             config.radar.sweep,
             FrontEndErrors.draw(self.geometry.n_channels, front_end_seed),
         )
-        cam = config.camera
-        self.camera = SceneRenderer(
-            self.scene,
-            PinholeCamera(cam.width, cam.height, cam.hfov_deg, tuple(cam.position_m)),
-            seed=spec.seed,
-        )
+        self.camera = SceneRenderer(self.scene, camera_from_config(config), seed=spec.seed)
         self.depth = DepthSimulator(self.scene, config.zed, seed=spec.seed) if config.zed.enabled else None
 
     @property

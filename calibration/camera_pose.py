@@ -1,0 +1,410 @@
+"""Measure the RGB camera's pose on site: where the radar says the person is, where the camera sees them.
+
+The runtime cuts each person's crop by projecting the radar track's floor position into the camera
+with `camera.position_m`, `pitch_deg`, `yaw_deg` and `hfov_deg`. Measured with a tape and a phone
+level, those are a few centimetres and degrees off, and the model then sees the person off-centre or
+cut; `calibrate crops` shows that by eye but cannot say what the right numbers are. This module fits
+them to a recording of one person walking through the monitored area in good light.
+
+No person detector is needed: the camera stands still, so the per-pixel median over the walk is the
+empty room, and the person is the largest region that differs from it. In each camera frame the
+silhouette gives three image measurements (the column of its centroid, its lowest and its highest
+row), and the radar track, interpolated to the frame's time, says where on the floor the person
+stood. The pose, the walker's height and how far the nearer foot reaches towards the camera are
+fitted by robust least squares, so frames where the silhouette was wrong (someone else in view, a
+reflection) count little. The fit reports its residual and each parameter's standard error; a walk
+that stayed at one distance, or in one part of the room, leaves the pose undetermined and says so
+rather than guessing.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import tomlkit
+from scipy.optimize import least_squares
+from tomlkit.exceptions import TOMLKitError
+from vrclip.calibration.files import replace_keeping_previous
+from vrclip.edge.config import EdgeConfig, parse_config
+from vrclip.edge.errors import UserError
+from vrclip.edge.label import interpolate, radar_track
+from vrclip.edge.recording.reader import SessionReader
+from vrclip.edge.recording.schema import CAMERA, RADAR
+from vrclip.edge.sim.camera import PinholeCamera
+
+#: Fewer usable frames than this and the fit is not attempted.
+MIN_FRAMES = 20
+#: Camera frames fitted at most (evenly spread over the walk): more add time, not accuracy.
+MAX_FRAMES = 400
+#: Frames the empty-room background is the median of.
+BACKGROUND_FRAMES = 41
+#: A pixel belongs to the person if it differs from the background by this many noise sigmas ...
+NOISE_SIGMAS = 5.0
+#: ... and by at least this many 8-bit levels.
+MIN_CONTRAST = 20.0
+#: The person's region must cover at least this share of the image ...
+MIN_AREA_FRACTION = 0.0015
+#: ... and be at least this many times larger than the next region (else the frame is ambiguous).
+DOMINANCE = 2.0
+#: Standard errors above these leave a parameter undetermined (the walk did not pin it down). Across
+#: the view (x, z) and in angle, an error moves every crop's box: 5 cm or 1 degree is ~1/16 of a
+#: person's box width at 3 m. Along the view (y) and in field of view an error only scales the box
+#: (3 m against 3.15 m is 5 %), so those may be looser.
+MAX_SIGMA = {
+    "x_m": 0.05,
+    "y_m": 0.15,
+    "z_m": 0.05,
+    "pitch_deg": 1.0,
+    "yaw_deg": 1.0,
+    "hfov_deg": 2.0,
+}
+#: A residual RMS above this share of the image height means the silhouettes did not follow the track.
+MAX_RMS_FRACTION = 0.03
+#: Where the fit starts the nearer foot's reach towards the camera (m).
+FOOT_REACH_START_M = 0.2
+PARAMETERS = ("x_m", "y_m", "z_m", "pitch_deg", "yaw_deg", "hfov_deg", "foot_reach_m", "height_m")
+
+
+@dataclass(frozen=True)
+class CameraPose:
+    position_m: tuple[float, float, float]
+    pitch_deg: float
+    yaw_deg: float
+    hfov_deg: float
+
+    @classmethod
+    def of(cls, config: EdgeConfig) -> CameraPose:
+        cam = config.camera
+        return cls(tuple(float(v) for v in cam.position_m), cam.pitch_deg, cam.yaw_deg, cam.hfov_deg)  # type: ignore[arg-type]
+
+    def camera(self, width: int, height: int) -> PinholeCamera:
+        return PinholeCamera(width, height, self.hfov_deg, self.position_m, self.pitch_deg, self.yaw_deg)
+
+    def applied(self, config: EdgeConfig) -> EdgeConfig:
+        """`config` with this pose as its camera's."""
+        camera = config.camera.model_copy(
+            update={
+                "position_m": self.position_m,
+                "pitch_deg": self.pitch_deg,
+                "yaw_deg": self.yaw_deg,
+                "hfov_deg": self.hfov_deg,
+            }
+        )
+        return config.model_copy(update={"camera": camera})
+
+
+@dataclass(frozen=True)
+class Silhouette:
+    """What the camera saw of the person in one frame, in pixels. A side the region touches the image
+    border at is not the person's own edge and is left None; `u_centre` is None when either side does."""
+
+    u_centre: float | None
+    v_top: float | None
+    v_bottom: float | None
+
+
+@dataclass(frozen=True)
+class Observations:
+    frames: np.ndarray  # (N,) camera frame indices
+    positions: np.ndarray  # (N, 2) floor position from the radar track, metres
+    u_centre: np.ndarray  # (N,) NaN where not measured
+    v_top: np.ndarray
+    v_bottom: np.ndarray
+    width: int
+    height: int
+    #: Camera frames with a radar position (before silhouettes were looked for).
+    tracked: int
+
+
+@dataclass(frozen=True)
+class PoseFit:
+    pose: CameraPose
+    height_m: float
+    #: Standard error of each fitted parameter (PARAMETERS).
+    sigma: dict[str, float]
+    rms_px: float
+    frames_used: int
+    frames_tracked: int
+    image_height: int
+
+    def undetermined(self) -> list[str]:
+        """The pose parameters the walk did not pin down (standard error above its limit)."""
+        return [name for name, limit in MAX_SIGMA.items() if not self.sigma[name] <= limit]  # NaN fails
+
+    def poor_match(self) -> bool:
+        """True when the silhouettes do not follow the radar track under any pose."""
+        return not self.rms_px <= MAX_RMS_FRACTION * self.image_height
+
+
+# ---------------------------------------------------------------------------------- silhouettes
+def background(frames: list[np.ndarray]) -> np.ndarray:
+    """The empty room: the per-pixel median of frames spread over a walk (the person moves on, the
+    room does not)."""
+    return np.median(np.stack(frames), axis=0).astype(np.uint8)
+
+
+def contrast_threshold(difference: np.ndarray) -> float:
+    """The level above which a pixel's difference from the background is the person, not noise:
+    NOISE_SIGMAS times the noise (from the median absolute difference, which the background pixels
+    dominate), and never below MIN_CONTRAST."""
+    sigma = 1.4826 * float(np.median(difference))
+    return max(MIN_CONTRAST, NOISE_SIGMAS * sigma)
+
+
+def find_silhouette(rgb: np.ndarray, empty: np.ndarray) -> Silhouette | None:
+    """The person's silhouette in `rgb` against the empty room `empty`, or None when there is no
+    single dominant region (nobody in view, or two people, or a lighting change)."""
+    difference = np.abs(rgb.astype(np.int16) - empty.astype(np.int16)).max(axis=2).astype(np.float32)
+    mask = (difference > contrast_threshold(difference)).astype(np.uint8)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
+    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel)
+    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel, iterations=2)
+    count, _, stats, centroids = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if count < 2:
+        return None
+    stats, centroids = stats[1:], centroids[1:]
+    areas = stats[:, cv2.CC_STAT_AREA]
+    main = int(np.argmax(areas))
+    height, width = mask.shape
+    if areas[main] < MIN_AREA_FRACTION * width * height:
+        return None
+    members = _parts_of(main, stats, centroids)
+    rivals = ~members & (areas * DOMINANCE > areas[main])
+    if rivals.any():
+        return None
+    x0 = int(stats[members, cv2.CC_STAT_LEFT].min())
+    y0 = int(stats[members, cv2.CC_STAT_TOP].min())
+    x1 = int((stats[members, cv2.CC_STAT_LEFT] + stats[members, cv2.CC_STAT_WIDTH]).max())
+    y1 = int((stats[members, cv2.CC_STAT_TOP] + stats[members, cv2.CC_STAT_HEIGHT]).max())
+    u = float(np.average(centroids[members, 0], weights=areas[members]))
+    return Silhouette(
+        u_centre=None if x0 == 0 or x1 == width else u,
+        v_top=None if y0 == 0 else float(y0),
+        v_bottom=None if y1 == height else float(y1),
+    )
+
+
+def _parts_of(main: int, stats: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """(regions,) bool: the main region and those that belong to the same person. A head whose neck
+    or collar matches the wall behind comes out as a region of its own above the body, as can a
+    foot; a region counts as the person's if its centre lies within the main region's columns and
+    it is no further above or below it than half the main region's height."""
+    x, y, w, h = (float(v) for v in stats[main, :4])
+    tops = stats[:, cv2.CC_STAT_TOP].astype(float)
+    bottoms = tops + stats[:, cv2.CC_STAT_HEIGHT]
+    within_columns = (centroids[:, 0] >= x - 0.1 * w) & (centroids[:, 0] <= x + 1.1 * w)
+    gap = np.maximum(y - bottoms, tops - (y + h))
+    members = within_columns & (gap <= 0.5 * h)
+    members[main] = True
+    return members
+
+
+#: Reports (stage, done, total) while a recording is read: "radar track", then "silhouettes".
+Progress = Callable[[str, int, int], None]
+
+
+def observe(path: Path, progress: Progress | None = None) -> Observations:
+    """Silhouettes and radar positions from a recording of one person walking (see the module doc)."""
+    with SessionReader(path) as reader:
+        if CAMERA not in reader.streams or reader.count(CAMERA) == 0:
+            raise UserError(f"{path}: has no camera frames; record with the RGB camera connected")
+        if reader.count(RADAR) == 0:
+            raise UserError(f"{path}: has no radar frames; the radar's track is what the camera is fitted to")
+        config = reader.edge_config()
+        positions, _ = radar_track(
+            reader, None if progress is None else lambda done, total: progress("radar track", done, total)
+        )
+        camera_t = reader.times(CAMERA)
+        at_camera = interpolate(reader.times(RADAR), positions, camera_t)
+        tracked = np.flatnonzero(np.isfinite(at_camera).all(axis=1))
+        if tracked.size == 0:
+            raise UserError(
+                f"{path}: the radar tracked nobody alone in this recording; record one person walking "
+                "across the monitored area"
+            )
+        n = reader.count(CAMERA)
+        spread = np.unique(np.linspace(0, n - 1, min(BACKGROUND_FRAMES, n)).round().astype(int))
+        empty = background([reader.camera(int(i)).rgb for i in spread])
+        picks = tracked[
+            np.unique(np.linspace(0, tracked.size - 1, min(MAX_FRAMES, tracked.size)).round().astype(int))
+        ]
+        found = np.full((picks.size, 3), np.nan)
+        for k, i in enumerate(picks):
+            seen = find_silhouette(reader.camera(int(i)).rgb, empty)
+            if seen is not None:
+                found[k] = [np.nan if v is None else v for v in (seen.u_centre, seen.v_top, seen.v_bottom)]
+            if progress is not None:
+                progress("silhouettes", k + 1, picks.size)
+    return Observations(
+        picks,
+        at_camera[picks],
+        found[:, 0],
+        found[:, 1],
+        found[:, 2],
+        config.camera.width,
+        config.camera.height,
+        int(tracked.size),
+    )
+
+
+# ------------------------------------------------------------------------------------------ the fit
+def _pose_from(params: np.ndarray) -> CameraPose:
+    x, y, z, pitch, yaw, hfov = (float(v) for v in params[:6])
+    return CameraPose((x, y, z), pitch, yaw, hfov)
+
+
+def predict(
+    pose: CameraPose,
+    height_m: float,
+    foot_reach_m: float,
+    positions: np.ndarray,
+    width: int,
+    height: int,
+) -> np.ndarray:
+    """(N, 3) predicted (centre column, top row, bottom row) of a person `height_m` tall at each
+    floor position: the body's mid-height point, the head and the feet projected. The lowest point
+    of a walker's silhouette is the foot nearer the camera, not the point under the body's centre:
+    it lies `foot_reach_m` closer to the camera (half a stride and a shoe, fitted with the rest)."""
+    camera = pose.camera(width, height)
+    n = len(positions)
+    towards = np.asarray(pose.position_m[:2]) - positions
+    towards /= np.maximum(np.linalg.norm(towards, axis=1, keepdims=True), 1e-6)
+    feet = positions + foot_reach_m * towards
+    points = np.concatenate(
+        [
+            np.column_stack([positions, np.full(n, height_m / 2)]),
+            np.column_stack([positions, np.full(n, height_m)]),
+            np.column_stack([feet, np.zeros(n)]),
+        ]
+    )
+    pixels, _ = camera.project(points)
+    return np.column_stack([pixels[:n, 0], pixels[n : 2 * n, 1], pixels[2 * n :, 1]])
+
+
+def fit_pose(obs: Observations, start: CameraPose) -> PoseFit:
+    """Robust least-squares fit of the pose, the walker's height (head top) and the nearer foot's
+    reach, started from `start`, the pose the config states."""
+    measured = np.column_stack([obs.u_centre, obs.v_top, obs.v_bottom])
+    usable = np.isfinite(measured).any(axis=1)
+    if usable.sum() < MIN_FRAMES:
+        raise UserError(
+            f"the person was found in only {int(usable.sum())} of {obs.tracked} radar-tracked camera "
+            f"frames (at least {MIN_FRAMES} are needed); record the walk in good light with nobody else "
+            "in view, walking the whole area the camera sees"
+        )
+    positions = obs.positions[usable]
+    measured = measured[usable]
+    valid = np.isfinite(measured)
+
+    def unpack(params: np.ndarray) -> tuple[CameraPose, float, float]:
+        return _pose_from(params), float(params[6]), float(params[7])
+
+    def residuals(params: np.ndarray) -> np.ndarray:
+        pose, reach, h = unpack(params)
+        return (predict(pose, h, reach, positions, obs.width, obs.height) - measured)[valid]
+
+    x0 = [*start.position_m, start.pitch_deg, start.yaw_deg, start.hfov_deg, FOOT_REACH_START_M, 1.75]
+    lower = [-np.inf, -np.inf, 0.1, -60.0, -180.0, 10.5, 0.0, 1.0]
+    upper = [np.inf, np.inf, 10.0, 80.0, 180.0, 169.5, 0.6, 2.4]
+    scale = max(2.0, 0.004 * obs.height)  # pixels: residuals beyond this count linearly, not squared
+    result = least_squares(
+        residuals,
+        np.clip(x0, lower, upper),
+        bounds=(lower, upper),
+        loss="soft_l1",
+        f_scale=scale,
+        x_scale="jac",
+    )
+    final = result.fun
+    inliers = np.abs(final) <= 3 * scale
+    rms = float(np.sqrt(np.mean(final[inliers] ** 2))) if inliers.any() else float("inf")
+    sigma = _standard_errors(result.jac, final, inliers)
+    pose, _, h = unpack(result.x)
+    return PoseFit(
+        pose,
+        h,
+        dict(zip(PARAMETERS, sigma, strict=True)),
+        rms,
+        int(usable.sum()),
+        obs.tracked,
+        obs.height,
+    )
+
+
+def _standard_errors(jac: np.ndarray, residual: np.ndarray, inliers: np.ndarray) -> list[float]:
+    """Each parameter's standard error from the Gauss-Newton covariance over the inlier residuals;
+    NaN for a parameter the data does not determine (a singular normal matrix)."""
+    j = jac[inliers]
+    dof = max(int(inliers.sum()) - j.shape[1], 1)
+    variance = float(np.sum(residual[inliers] ** 2)) / dof
+    try:
+        cov = np.linalg.inv(j.T @ j) * variance
+    except np.linalg.LinAlgError:
+        return [math.nan] * j.shape[1]
+    diag = np.diag(cov)
+    return [math.sqrt(v) if v >= 0 else math.nan for v in diag]
+
+
+def measure_camera_pose(
+    path: Path,
+    start: EdgeConfig | None = None,
+    progress: Progress | None = None,
+) -> PoseFit:
+    """The camera pose fitted to the walk recorded at `path`, started from the pose of `start` (the
+    site's config) or, without it, from the recording's own config."""
+    if start is None:
+        with SessionReader(path) as reader:
+            start = reader.edge_config()
+    obs = observe(path, progress)
+    if (obs.width, obs.height) != (start.camera.width, start.camera.height):
+        raise UserError(
+            f"{path}: its camera frames are {obs.width}x{obs.height}, the config given says "
+            f"{start.camera.width}x{start.camera.height}; give a config for the camera that recorded it"
+        )
+    return fit_pose(obs, CameraPose.of(start))
+
+
+def with_pose(config: EdgeConfig, fit: PoseFit) -> EdgeConfig:
+    """`config` with the fitted pose, rounded to what the measurement supports (mm, 0.01 degree)."""
+    pose = fit.pose
+    rounded = replace(
+        pose,
+        position_m=tuple(round(v, 3) for v in pose.position_m),  # type: ignore[arg-type]
+        pitch_deg=round(pose.pitch_deg, 2),
+        yaw_deg=round(pose.yaw_deg, 2),
+        hfov_deg=round(pose.hfov_deg, 2),
+    )
+    return rounded.applied(config)
+
+
+def write_pose(path: Path, config: EdgeConfig) -> tuple[Path, Path | None]:
+    """Write `config`'s camera pose into the site config at `path`, changing nothing else in the
+    file (comments, order and the other keys stay as the installer wrote them); the old file is
+    kept as `<path>.prev`. Returns (the file written, the kept copy)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        document = tomlkit.parse(text)
+    except (OSError, UnicodeDecodeError, TOMLKitError) as exc:
+        raise UserError(f"{path}: cannot read the config to update it ({exc})") from None
+    if "camera" not in document:
+        document["camera"] = tomlkit.table()
+    table = document["camera"]
+    if not isinstance(table, dict):
+        raise UserError(f"{path}: 'camera' is not a table; fix the config by hand")
+    cam = config.camera
+    position = tomlkit.array()
+    position.extend(float(v) for v in cam.position_m)
+    table["position_m"] = position
+    for key in ("pitch_deg", "yaw_deg", "hfov_deg"):
+        table[key] = float(getattr(cam, key))
+    new_text = tomlkit.dumps(document)
+    parse_config(tomllib.loads(new_text), source=f"{path} (updated)")  # what is written must load
+    return replace_keeping_previous(
+        path, new_text.encode("utf-8"), "the config", "run as a user who may write there"
+    )

@@ -1,0 +1,39 @@
+"""Replacing a file the runtime reads (calibration, site config) without ever leaving it half written.
+
+Both calibration steps overwrite a file that a running service may read at any moment, and an
+installer who measured wrongly wants the old one back: so the new content is written atomically and
+the file it replaces is kept beside it as `<file>.prev`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from vrclip.edge.errors import UserError
+from vrclip.edge.manifest import atomic_write_bytes
+
+
+def replace_keeping_previous(path: Path, data: bytes, what: str, hint: str) -> tuple[Path, Path | None]:
+    """Write `data` to `path` atomically; returns (the file written, where the old one was kept).
+
+    A `path` that is a symbolic link is written through: the link stays and the file it points to
+    is replaced (the old one kept beside that file). Renaming over the link itself would turn it into
+    a plain file and leave the file it pointed to stale. `what` names the content in errors ("the
+    calibration"), `hint` says what to do when the path cannot be written.
+    """
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
+    previous = None
+    if path.exists():
+        previous = path.with_name(path.name + ".prev")
+        try:
+            shutil.copy2(path, previous)
+        except OSError as exc:
+            raise UserError(f"{path}: cannot keep the previous {what} as {previous} ({exc})") from None
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot write {what} ({exc.strerror or exc}); {hint}") from None
+    return path, previous
