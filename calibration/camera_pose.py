@@ -52,6 +52,8 @@ MIN_CONTRAST = 20.0
 MIN_AREA_FRACTION = 0.0015
 #: ... and be at least this many times larger than the next region (else the frame is ambiguous).
 DOMINANCE = 2.0
+#: Pixels: the least measurement noise a silhouette edge is credited with.
+MIN_PIXEL_NOISE = 1.0
 #: Standard errors above these leave a parameter undetermined (the walk did not pin it down). Across
 #: the view (x, z) and in angle, an error moves every crop's box: 5 cm or 1 degree is ~1/16 of a
 #: person's box width at 3 m. Along the view (y) and in field of view an error only scales the box
@@ -339,10 +341,12 @@ def fit_pose(obs: Observations, start: CameraPose) -> PoseFit:
 
 def _standard_errors(jac: np.ndarray, residual: np.ndarray, inliers: np.ndarray) -> list[float]:
     """Each parameter's standard error from the Gauss-Newton covariance over the inlier residuals;
-    NaN for a parameter the data does not determine (a singular normal matrix)."""
+    NaN for a parameter the data does not determine (a singular normal matrix). The residual variance
+    is taken as at least MIN_PIXEL_NOISE squared: a silhouette's edge is never known better than
+    that, and a fit that happens to pass through every point must not claim infinite precision."""
     j = jac[inliers]
     dof = max(int(inliers.sum()) - j.shape[1], 1)
-    variance = float(np.sum(residual[inliers] ** 2)) / dof
+    variance = max(float(np.sum(residual[inliers] ** 2)) / dof, MIN_PIXEL_NOISE**2)
     try:
         cov = np.linalg.inv(j.T @ j) * variance
     except np.linalg.LinAlgError:

@@ -1,0 +1,182 @@
+"""`vrclip-calibrate camera`: the RGB camera's pose measured from a walk, so crops land on the person."""
+
+from __future__ import annotations
+
+import subprocess
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from vrclip.calibration.camera_pose import (
+    CameraPose,
+    Observations,
+    find_silhouette,
+    fit_pose,
+    measure_camera_pose,
+    observe,
+    predict,
+    with_pose,
+    write_pose,
+)
+from vrclip.edge.config import EdgeConfig, load_config
+from vrclip.edge.crops import camera_from_config, person_box
+from vrclip.edge.errors import UserError
+from vrclip.edge.record import RecordRequest, record_simulated
+from vrclip.edge.recording.reader import SessionReader
+from vrclip.edge.sim.camera import PinholeCamera
+from vrclip.edge.sim.scene import SceneSpec
+
+from tests.scripts import console_script
+
+SIZE = {"width": 320, "height": 180}
+#: Where the simulated camera really hangs: not where the default config says (0, 0, 1.6), level-ish.
+TRUE_POSE = {"position_m": [0.35, -0.25, 2.1], "pitch_deg": 15.0, "yaw_deg": -7.0, "hfov_deg": 78.0}
+
+
+@pytest.fixture(scope="module")
+def walk(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cfg = EdgeConfig.model_validate({"camera": {**SIZE, **TRUE_POSE}})
+    path = tmp_path_factory.mktemp("walk") / "walk.h5"
+    record_simulated(cfg, RecordRequest(path, 12.0, SceneSpec(room=cfg.room, people=("alice",), seed=2)))
+    return path
+
+
+def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    x0, y0, x1, y1 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def _crop_agreement(path: Path, camera: PinholeCamera) -> float:
+    """Median IoU of the crop boxes cut at the radar track with `camera` against the ideal ones (the
+    true camera at the true position): what the runtime's crops gain from the measured pose."""
+    obs = observe(path)
+    with SessionReader(path) as reader:
+        truth = reader.truth_block("camera", 0, reader.count("camera"))["positions"][obs.frames, 0]
+        true_camera = camera_from_config(reader.edge_config())
+    scores = []
+    for at_radar, at_truth in zip(obs.positions, truth, strict=True):
+        ideal, cut = person_box(true_camera, at_truth), person_box(camera, at_radar)
+        scores.append(_iou(ideal, cut) if ideal and cut else 0.0)
+    return float(np.median(scores))
+
+
+def test_the_camera_turned_by_yaw_sees_what_the_array_convention_says() -> None:
+    """yaw_deg turns counter-clockwise seen from above, as radar.array.yaw_deg: at +90 the camera looks
+    along -x, and a point there projects where the unturned camera sees the same point along +y."""
+    straight = PinholeCamera(640, 360, 90.0, (0.0, 0.0, 1.6), 8.0, 0.0)
+    turned = PinholeCamera(640, 360, 90.0, (0.0, 0.0, 1.6), 8.0, 90.0)
+    ahead, _ = straight.project(np.array([[0.5, 3.0, 1.0]]))
+    left, _ = turned.project(np.array([[-3.0, 0.5, 1.0]]))
+    np.testing.assert_allclose(left, ahead, atol=1e-9)
+    cfg = EdgeConfig.model_validate({"camera": {"pitch_deg": 12.0, "yaw_deg": 30.0}})
+    camera = camera_from_config(cfg)
+    assert (camera.pitch_deg, camera.yaw_deg) == (12.0, 30.0), "the crops use the configured pose"
+    assert (EdgeConfig().camera.pitch_deg, EdgeConfig().camera.yaw_deg) == (8.0, 0.0)
+
+
+def test_the_silhouette_joins_a_head_the_collar_cut_off_and_drops_cut_edges() -> None:
+    empty = np.full((120, 160, 3), 128, np.uint8)
+    frame = empty.copy()
+    frame[50:110, 70:90] = (20, 200, 40)  # body
+    frame[36:47, 75:85] = (10, 10, 10)  # head, 3 px above it
+    seen = find_silhouette(frame, empty)
+    assert seen is not None and seen.v_top == 36 and seen.v_bottom == 110
+    assert seen.u_centre == pytest.approx(79.5, abs=0.5)
+    cut = empty.copy()
+    cut[0:110, 0:20] = (20, 200, 40)  # at the left edge and the top: neither its centre nor top is known
+    seen = find_silhouette(cut, empty)
+    assert seen is not None and seen.u_centre is None and seen.v_top is None and seen.v_bottom == 110
+    assert find_silhouette(empty, empty) is None, "nobody in view"
+    two = empty.copy()
+    two[40:110, 20:40] = (200, 30, 30)
+    two[40:110, 110:130] = (30, 30, 200)
+    assert find_silhouette(two, empty) is None, "two people: which one the radar tracks is unknown"
+
+
+def test_the_fit_finds_the_camera_from_a_walk_and_the_crops_land_on_the_person(walk: Path) -> None:
+    start = EdgeConfig.model_validate({"camera": SIZE})  # the default pose: 0.5 m and 14 degrees off
+    fit = measure_camera_pose(walk, start)
+    x, _, z = fit.pose.position_m
+    assert abs(x - 0.35) < 0.3 and abs(z - 2.1) < 0.3
+    assert abs(fit.pose.pitch_deg - 15.0) < 2.5 and abs(fit.pose.yaw_deg + 7.0) < 3.0
+    assert abs(fit.pose.hfov_deg - 78.0) < 6.0
+    assert fit.frames_used >= 0.9 * fit.frames_tracked and not fit.poor_match()
+    w, h = SIZE["width"], SIZE["height"]
+    before = _crop_agreement(walk, CameraPose.of(start).camera(w, h))
+    after = _crop_agreement(walk, fit.pose.camera(w, h))
+    best = _crop_agreement(
+        walk, CameraPose.of(EdgeConfig.model_validate({"camera": {**SIZE, **TRUE_POSE}})).camera(w, h)
+    )
+    assert before < 0.3, "the default pose cuts crops beside the person"
+    assert after > 0.75 and after > best - 0.1, "the measured pose crops nearly as well as the true one"
+
+
+def test_a_walk_that_stays_in_one_place_leaves_the_pose_undetermined() -> None:
+    pose = CameraPose((0.0, 0.0, 1.6), 8.0, 0.0, 90.0)
+    positions = np.tile([[0.3, 3.0]], (40, 1)) + np.random.default_rng(0).normal(0, 0.01, (40, 2))
+    seen = predict(pose, 1.75, 0.2, positions, 320, 180)
+    obs = Observations(np.arange(40), positions, seen[:, 0], seen[:, 1], seen[:, 2], 320, 180, 40)
+    fit = fit_pose(obs, CameraPose((0.1, 0.2, 1.5), 10.0, 2.0, 85.0))
+    assert fit.undetermined(), "one spot cannot tell distance from field of view"
+    few = Observations(np.arange(5), positions[:5], seen[:5, 0], seen[:5, 1], seen[:5, 2], 320, 180, 40)
+    with pytest.raises(UserError, match="found in only 5 of 40"):
+        fit_pose(few, pose)
+
+
+def test_a_walk_in_the_dark_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    cfg = EdgeConfig.model_validate({"camera": SIZE})
+    path = tmp_path / "night.h5"
+    spec = SceneSpec(room=cfg.room, people=("alice",), seed=2, lighting="night")
+    record_simulated(cfg, RecordRequest(path, 4.0, spec))
+    with pytest.raises(UserError, match="record the walk in good light"):
+        measure_camera_pose(path)
+
+
+def test_write_pose_keeps_comments_and_the_previous_file(tmp_path: Path) -> None:
+    real = tmp_path / "site-real.toml"
+    real.write_text(
+        "# the site\n[camera]\n# by tape\nwidth = 320\nheight = 180\n\n[radar]\nframe_rate_hz = 8.0\n"
+    )
+    link = tmp_path / "site.toml"
+    link.symlink_to(real)
+    pose = CameraPose((0.35, -0.25, 2.1), 15.0, -7.0, 78.0)
+    written, previous = write_pose(link, pose.applied(load_config(link)))
+    assert written == real and previous == real.with_name("site-real.toml.prev") and link.is_symlink()
+    text = real.read_text()
+    assert "# the site" in text and "# by tape" in text and "frame_rate_hz = 8.0" in text
+    cam = load_config(link).camera
+    assert tuple(cam.position_m) == (0.35, -0.25, 2.1) and (cam.pitch_deg, cam.yaw_deg, cam.hfov_deg) == (
+        15.0,
+        -7.0,
+        78.0,
+    )
+    assert "[camera]" not in previous.read_text().split("# by tape")[1], "the old file is kept as it was"
+    bad = tmp_path / "bad.toml"
+    bad.write_text("camera = 3\n")
+    with pytest.raises(UserError, match="'camera' is not a table"):
+        write_pose(bad, EdgeConfig())
+
+
+def test_camera_command_measures_writes_and_refuses_bad_input(walk: Path, tmp_path: Path) -> None:
+    site = tmp_path / "site.toml"
+    site.write_text("# site\n[camera]\nwidth = 320\nheight = 180\n")
+    exe = console_script("vrclip-calibrate")
+    done = subprocess.run(
+        [exe, "camera", str(walk), "--config", str(site), "--write"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "camera.pitch_deg" in done.stdout and f"wrote the camera pose into {site}" in done.stdout
+    written = tomllib.loads(site.read_text())["camera"]
+    assert abs(written["yaw_deg"] + 7.0) < 3.0 and site.with_name("site.toml.prev").exists()
+    fitted = with_pose(load_config(site), measure_camera_pose(walk, load_config(site)))
+    assert abs(fitted.camera.yaw_deg - written["yaw_deg"]) < 0.5, "a second fit from the result agrees"
+    refused = subprocess.run([exe, "camera", str(walk), "--write"], capture_output=True, text=True)
+    assert refused.returncode != 0 and "--write needs --config" in refused.stderr
+    other = tmp_path / "hd.toml"
+    other.write_text("[camera]\nwidth = 1280\nheight = 720\n")
+    refused = subprocess.run(
+        [exe, "camera", str(walk), "--config", str(other)], capture_output=True, text=True
+    )
+    assert refused.returncode != 0 and "give a config for the camera that recorded it" in refused.stderr
