@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from vrclip.edge.config import EdgeConfig
+from vrclip.edge.crops import camera_from_config
 from vrclip.edge.frames import CLOCK_SIMULATED, CameraFrame, DepthFrame, GroundTruth, RadarFrame
 from vrclip.edge.geometry import ArrayGeometry, load_geometry
-from vrclip.edge.crops import camera_from_config
 from vrclip.edge.sim.camera import SceneRenderer
 from vrclip.edge.sim.depth import DepthSimulator
 from vrclip.edge.sim.radar import SIMULATED_FRONT_END_SEED, FrontEndErrors, RadarSimulator
