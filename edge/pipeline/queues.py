@@ -25,16 +25,21 @@ class DropOldestQueue(Generic[T]):
         self.dropped = 0
         self._closed = False
 
-    def put(self, item: T) -> None:
+    def put(self, item: T) -> T | None:
+        """Queue `item`; returns the oldest item it pushed out (None if there was room, or the queue
+        is closed). A queue that several producers share must charge a drop to whose item was
+        dropped, not to whose put caused it."""
         with self._cond:
             if self._closed:
-                return
+                return None
+            evicted = None
             if len(self._items) >= self._maxsize:
-                self._items.popleft()
+                evicted = self._items.popleft()
                 self.dropped += 1
             self._items.append(item)
             self.put_count += 1
             self._cond.notify_all()
+            return evicted
 
     def put_wait(self, item: T, timeout: float) -> bool:
         """Offline use (replaying a file as fast as possible): wait for room instead of dropping.

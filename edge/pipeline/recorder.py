@@ -70,10 +70,8 @@ class FrameRecorder:
         if t_ns - self._first_ns >= self.seconds * 1e9:
             self.queue.close()  # the writer finishes what is queued, then the file
             return
-        before = self.queue.dropped
-        self.queue.put(synced)
-        if self.queue.dropped > before:
-            self.health.count("record_dropped", self.queue.dropped - before)
+        if self.queue.put(synced) is not None:
+            self.health.count("record_dropped")
 
     def _run(self) -> None:
         next_disk_check = 0.0

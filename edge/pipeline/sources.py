@@ -21,7 +21,7 @@ import numpy as np
 from vrclip.edge.config import EdgeConfig
 from vrclip.edge.errors import SensorError, UserError
 from vrclip.edge.events.health import Health, ModalityState
-from vrclip.edge.frames import CLOCK_REALTIME, CameraFrame, DepthFrame, RadarFrame
+from vrclip.edge.frames import CLOCK_REALTIME, CameraFrame, DepthFrame, RadarFrame, stream_of
 from vrclip.edge.pipeline.queues import DropOldestQueue
 from vrclip.edge.recording.reader import SessionReader
 from vrclip.edge.sim.rig import SimulatedRig
@@ -419,11 +419,12 @@ class CaptureThread:
                                 return
                         self.health.frame_in(self.modality)
                         continue
-                    before = self.queue.dropped
-                    self.queue.put(captured)
+                    evicted = self.queue.put(captured)
                     self.health.frame_in(self.modality)
-                    if self.queue.dropped > before:
-                        self.health.dropped(self.modality, self.queue.dropped - before)
+                    if evicted is not None:
+                        # `record` shares one queue among the sensors: the frame pushed out may
+                        # be another stream's.
+                        self.health.dropped(stream_of(evicted.frame), 1)
             except UserError as exc:
                 # A configuration mistake will not heal by retrying: report it and stop this source.
                 self.health.set_modality(self.modality, ModalityState.DOWN, exc)

@@ -36,10 +36,42 @@ def depth(t_ms: int) -> DepthFrame:
 
 def test_queue_drops_oldest_and_counts() -> None:
     q: DropOldestQueue[int] = DropOldestQueue(3)
-    for i in range(5):
-        q.put(i)
+    evicted = [q.put(i) for i in range(5)]
+    assert evicted == [None, None, None, 0, 1], "each put says which item it pushed out"
     assert q.dropped == 2 and q.put_count == 5
     assert [q.get(0), q.get(0), q.get(0), q.get(0)] == [2, 3, 4, None]
+
+
+class _Frames:
+    """A sensor that delivers `frames` and then ends."""
+
+    def __init__(self, frames: list[RadarFrame | CameraFrame]) -> None:
+        self.frames = list(frames)
+
+    def open(self) -> None:
+        pass
+
+    def read(self) -> RadarFrame | CameraFrame | None:
+        return self.frames.pop(0) if self.frames else None
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_drop_from_a_shared_queue_is_charged_to_the_stream_that_lost_the_frame() -> None:
+    """`record` feeds every sensor into one queue: when the camera's frames push the radar's out, the
+    radar lost them, and its count must say so (it once charged every drop to the camera)."""
+    from vrclip.edge.events.health import Health
+
+    health = Health()
+    shared: DropOldestQueue[sources.Captured] = DropOldestQueue(4)
+    first = sources.CaptureThread(lambda: _Frames([radar(t) for t in range(3)]), "radar", shared, health)
+    first.start().ended.wait(5)
+    second = sources.CaptureThread(lambda: _Frames([camera(t) for t in range(10)]), "camera", shared, health)
+    second.start().ended.wait(5)
+    dropped = {name: s["dropped"] for name, s in health.snapshot()["sources"].items()}
+    assert dropped == {"radar": 3, "camera": 6}
+    assert [type(c.frame) for c in shared.drain()] == [CameraFrame] * 4
 
 
 def test_queue_get_wakes_on_put_and_on_close() -> None:
