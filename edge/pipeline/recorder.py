@@ -27,6 +27,9 @@ from vrclip.edge.record_live import disk_nearly_full, feed_writer
 
 #: Synchronised frames waiting for the disk (a radar frame and up to two images: ~2 MB each at most).
 QUEUE_FRAMES = 32
+#: How long `close()` lets the writer finish what is queued (seconds), and then half that again for
+#: the write in progress: with the sinks' own close, well inside systemd's TimeoutStopSec of 30 s.
+CLOSE_TIMEOUT_S = 10.0
 #: How often the writer thread checks the free space on the recording's disk (seconds).
 DISK_CHECK_S = 1.0
 
@@ -102,6 +105,10 @@ class FrameRecorder:
                 if self.warn is not None:
                     self.warn(f"recording to {self.path} could not be completed: {exc}")
 
+    def _warn(self, message: str) -> None:
+        if self.warn is not None:
+            self.warn(message)
+
     def _write(self, synced: SyncedFrame) -> None:
         for frame in (synced.radar, synced.camera, synced.depth):
             if frame is None:
@@ -116,10 +123,27 @@ class FrameRecorder:
                 continue
             self.health.count(f"recorded_{stream}")
 
-    def close(self, timeout_s: float = 30.0) -> dict[str, int]:
-        """Finish the file (what is queued is written first); returns frames written per stream."""
+    def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> dict[str, int]:
+        """Finish the file: what is queued is written first, for up to `timeout_s`; returns frames
+        written per stream.
+
+        systemd gives the whole stop TimeoutStopSec (30 s) before SIGKILL, and the event sinks, which
+        deliver identities, still close after this. So on a disk that has stalled, the frames still
+        queued are dropped (counted in `record_dropped`) and the writer closes the file as soon as its
+        write in progress returns; if even that does not return in time, the run goes on stopping
+        and says the file may be left incomplete."""
         self.queue.close()
         self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            left = len(self.queue.drain())
+            self.health.count("record_dropped", left)
+            self._warn(
+                f"recording to {self.path}: the disk took no frame for {timeout_s:.0f} s at shutdown; "
+                f"the {left} frames still queued were dropped so the file can close"
+            )
+            self._thread.join(timeout_s / 2)
+            if self._thread.is_alive():
+                self._warn(f"recording to {self.path}: still writing; the file may be left incomplete")
         return {
             stream: int(self.health.counters[f"recorded_{stream}"]) for stream in ("radar", "camera", "depth")
         }

@@ -80,6 +80,35 @@ def test_a_slow_disk_drops_frames_instead_of_holding_up_the_pipeline(
     assert dropped >= 60 - 33 and written["radar"] + dropped == 60
 
 
+def test_a_disk_stalled_at_shutdown_does_not_hold_up_the_stop(
+    feed: Feed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """systemd kills a service that takes over 30 s to stop: close() gives up on the queued frames
+    after its timeout, and the file is still closed once the stalled write returns."""
+    frames = _synced(feed, 10)
+    health = Health(tuple(feed.sources))
+    warnings: list[str] = []
+    recorder = FrameRecorder(
+        feed, tmp_path / "stall.h5", 60.0, health, identities=PEOPLE, warn=warnings.append
+    )
+    real = recorder.writer.write_radar
+    gate = threading.Event()
+    monkeypatch.setattr(recorder.writer, "write_radar", lambda frame: (gate.wait(30), real(frame)))
+    for synced in frames:
+        recorder.offer(synced)
+    began = time.monotonic()
+    recorder.close(timeout_s=0.4)
+    assert time.monotonic() - began < 1.5, "close() is bounded"
+    assert health.counters["record_dropped"] >= 8
+    assert any("were dropped so the file can close" in w for w in warnings)
+    assert any("may be left incomplete" in w for w in warnings), "the write in progress is still stuck"
+    gate.set()
+    recorder._thread.join(10)
+    assert not recorder._thread.is_alive()
+    with SessionReader(tmp_path / "stall.h5") as reader:
+        assert reader.count("radar") <= 2, "the frames dropped at close were not written after all"
+
+
 def test_a_write_failure_stops_the_recording_with_a_warning_and_nothing_else(
     feed: Feed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
