@@ -115,8 +115,8 @@ def crops(
     ),
 ) -> None:
     """Check the RGB camera's pose: tile the person crops the runtime would cut at the radar's track.
-    The person should stand centred, head to feet, in every crop; if not, fix camera.position_m or
-    camera.hfov_deg (or the array's placement) in the config."""
+    The person should stand centred, head to feet, in every crop; if not, measure the pose with
+    `vrclip-calibrate camera` (or fix camera.position_m, pitch_deg, yaw_deg, hfov_deg by hand)."""
     from vrclip.calibration.crops import crop_sheet, write_sheet
 
     sheet = crop_sheet(recording, count, camera_config=load_config(config) if config is not None else None)
@@ -128,7 +128,7 @@ def crops(
     if sheet.outside:
         typer.echo(
             "warning: the radar tracked the person where the camera, as configured, does not look; "
-            "check camera.position_m and camera.hfov_deg",
+            "measure its pose with `vrclip-calibrate camera`",
             err=True,
         )
 
