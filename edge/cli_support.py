@@ -6,6 +6,7 @@ other exceptions keep their traceback because they are bugs to report.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 
@@ -107,6 +108,38 @@ def run(app: typer.Typer) -> None:
     click's status (2); `typer.Exit(code=N)` and a command's integer return value become the exit
     status, so scripts can rely on it.
     """
+    try:
+        _run(app)
+    except SystemExit as exc:
+        _leave_past_unclosed_recordings(exc.code)
+        raise
+    _leave_past_unclosed_recordings(0)
+
+
+def _leave_past_unclosed_recordings(code: int | str | None) -> None:
+    """End the process now, with its exit status, if a recording could not be closed.
+
+    HDF5 2.0 (h5py 3.16) keeps a file it could not close (a write the disk refused) and, in its own
+    exit handler, crashes closing it again: the command had already reported the failure and then
+    died with a segmentation fault (status 139), which systemd and scripts read as a crash. So the
+    process ends here, after flushing its output, without running the exit handlers. The command's
+    work (sinks, gallery, the file itself) is closed by then."""
+    writer = sys.modules.get("vrclip.edge.recording.writer")
+    if writer is None or not writer.unclosed_recordings():
+        return
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:
+        print(code, file=sys.stderr)
+        status = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+def _run(app: typer.Typer) -> None:
     usage_errors = _click_exception_types()
     try:
         result = app(standalone_mode=False)

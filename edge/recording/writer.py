@@ -39,6 +39,21 @@ from vrclip.edge.recording.schema import CAMERA, COMMITTED, DEPTH, RADAR, Datase
 _HDF5_WRITE_ERRORS = (OSError, RuntimeError)
 
 
+#: Recordings whose file HDF5 could not close (a write the disk refused), with the writer that holds
+#: their HDF5 handles. See `unclosed_recordings`.
+_UNCLOSED: list[tuple[Path, SessionWriter]] = []
+_UNCLOSED_LOCK = threading.Lock()
+
+
+def unclosed_recordings() -> tuple[Path, ...]:
+    """Recordings this process could not close. HDF5 2.0 (h5py 3.16) keeps such a file open and,
+    when the interpreter exits, crashes trying to close it again (segmentation fault, exit status
+    139, after the command had already reported the failure). The command-line entry point checks
+    this and ends the process without running HDF5's exit handler (`cli_support.run`)."""
+    with _UNCLOSED_LOCK:
+        return tuple(path for path, _ in _UNCLOSED)
+
+
 @dataclass
 class _Stream:
     name: str
@@ -200,6 +215,8 @@ class SessionWriter:
         self._closing = False
         self._last_flush = time.monotonic()
         self._error: BaseException | None = None
+        #: A write, flush or close the disk refused: HDF5 cannot close this file any more.
+        self._refused = False
         self._thread = threading.Thread(target=self._flush_loop, name=f"flush {self.path.name}", daemon=True)
         self._thread.start()
 
@@ -369,6 +386,7 @@ class SessionWriter:
                     ds.resize(n + 1, axis=0)
                     ds[n] = row[spec.name]
         except _HDF5_WRITE_ERRORS as e:
+            self._refused = True
             raise RecordingError(f"{what}: writing failed ({e}); check free disk space and the disk") from e
         if jpeg is not None:
             s.jpeg_bytes += jpeg.size
@@ -406,6 +424,7 @@ class SessionWriter:
             if changed:
                 self._file.flush()
         except _HDF5_WRITE_ERRORS as e:
+            self._refused = True
             raise RecordingError(
                 f"{self.path}: flushing failed ({e}); check free disk space and the disk"
             ) from e
@@ -456,11 +475,20 @@ class SessionWriter:
                 try:
                     self._file.close()
                 except _HDF5_WRITE_ERRORS as e:  # HDF5 writes its metadata on close: a full disk fails here
+                    self._refused = True
                     if failure is None and self._error is None:
                         failure = RecordingError(
                             f"{self.path}: closing the file failed ({e}); check free disk space and the disk"
                         )
                         failure.__cause__ = e
+                if self._refused:
+                    # HDF5 keeps such a file open however the close went, and freeing its handles
+                    # later crashed inside h5py 3.16 / HDF5 2.0 (a segmentation fault when the writer
+                    # was garbage-collected, or at exit), after printing tracebacks from h5py's
+                    # deallocator. So this writer, and with it those handles, is kept for the life
+                    # of the process, which the command line ends past HDF5's exit handler.
+                    with _UNCLOSED_LOCK:
+                        _UNCLOSED.append((self.path, self))
         if self._error is not None:
             raise RecordingError(f"{self.path}: a background flush failed: {self._error}") from self._error
         if failure is not None:

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -435,3 +436,50 @@ def test_a_full_disk_is_a_recording_error_when_writing_flushing_and_closing(
     assert set(lines) == {"write", "close"}, (proc.stdout, proc.stderr)
     for step, outcome in lines.items():
         assert outcome.startswith("RecordingError") and "check free disk space" in outcome, (step, outcome)
+
+
+def _file_size_limit(limit_bytes: int) -> Callable[[], None]:
+    """A child's pre-exec hook: writes past `limit_bytes` fail with EFBIG, as on a full disk."""
+
+    def apply() -> None:
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, resource.RLIM_INFINITY))
+
+    return apply
+
+
+def test_a_command_whose_disk_filled_exits_with_its_error_not_a_crash(tmp_path: Path) -> None:
+    """HDF5 2.0 crashed at interpreter exit (segmentation fault, status 139) on a file it could not
+    close, after the command had reported the full disk, and h5py printed tracebacks from its
+    deallocator. The command now ends with its own status (2) and its one error line."""
+    from tests.scripts import console_script
+
+    out = tmp_path / "filled.h5"
+    proc = subprocess.run(
+        [console_script("vrclip-edge"), "record", "--simulate", "--seconds", "5", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=_file_size_limit(2_000_000),
+    )
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert "check free disk space" in proc.stderr
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_a_writer_whose_disk_filled_can_be_dropped_without_crashing(tmp_path: Path) -> None:
+    """The service drops its `run --record` writer and goes on: freeing the HDF5 handles of a file
+    HDF5 could not close crashed the process (h5py 3.16 / HDF5 2.0), so the writer keeps them."""
+    child = _DISK_FULL_CHILD.replace(
+        "os._exit(0)",
+        "import gc\ndel writer, act\ngc.collect()\nprint('dropped ok', flush=True)\nos._exit(0)",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", child, str(tmp_path / "full.h5"), "1.0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "dropped ok" in proc.stdout, (proc.returncode, proc.stdout, proc.stderr[-2000:])
