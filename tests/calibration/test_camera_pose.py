@@ -180,3 +180,20 @@ def test_camera_command_measures_writes_and_refuses_bad_input(walk: Path, tmp_pa
         [exe, "camera", str(walk), "--config", str(other)], capture_output=True, text=True
     )
     assert refused.returncode != 0 and "give a config for the camera that recorded it" in refused.stderr
+
+
+def test_silhouettes_that_do_not_follow_the_track_are_a_poor_match() -> None:
+    """The residual was once the RMS of the inliers alone (within 3 robust scales, ~9 px at 720 rows)
+    and could never exceed its limit (3 % of 720 = 22 px): silhouettes of someone the radar did not
+    track passed as a good match."""
+    rng = np.random.default_rng(3)
+    w, h, n = 1280, 720, 200
+    positions = np.column_stack([rng.uniform(-2.0, 2.0, n), rng.uniform(2.0, 7.0, n)])
+    pose = CameraPose((0.2, -0.1, 2.0), 12.0, -4.0, 80.0)
+    start = CameraPose((0.0, 0.0, 1.6), 8.0, 0.0, 90.0)
+    seen = predict(pose, 1.75, 0.2, positions, w, h) + rng.normal(0.0, 1.0, (n, 3))
+    good = fit_pose(Observations(np.arange(n), positions, *seen.T, w, h, n), start)
+    assert not good.poor_match() and not good.undetermined()
+    garbage = np.column_stack([rng.uniform(0, w, n), rng.uniform(0, h / 2, n), rng.uniform(h / 2, h, n)])
+    bad = fit_pose(Observations(np.arange(n), positions, *garbage.T, w, h, n), start)
+    assert bad.poor_match(), f"residual {bad.rms_px:.1f} px"
