@@ -120,7 +120,8 @@ class Observations:
     v_bottom: np.ndarray
     width: int
     height: int
-    #: Camera frames with a radar position (before silhouettes were looked for).
+    #: Radar-tracked camera frames the person was looked for in: all of them, or MAX_FRAMES spread
+    #: over a longer walk (what `frames_used` is out of; counting the others would read as lost).
     tracked: int
 
 
@@ -252,7 +253,7 @@ def observe(path: Path, progress: Progress | None = None) -> Observations:
         found[:, 2],
         config.camera.width,
         config.camera.height,
-        int(tracked.size),
+        int(picks.size),
     )
 
 

@@ -197,3 +197,15 @@ def test_silhouettes_that_do_not_follow_the_track_are_a_poor_match() -> None:
     garbage = np.column_stack([rng.uniform(0, w, n), rng.uniform(0, h / 2, n), rng.uniform(h / 2, h, n)])
     bad = fit_pose(Observations(np.arange(n), positions, *garbage.T, w, h, n), start)
     assert bad.poor_match(), f"residual {bad.rms_px:.1f} px"
+
+
+def test_the_frames_used_are_counted_out_of_those_looked_at(
+    walk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A walk longer than MAX_FRAMES camera frames is sampled; 'fitted to 100 of 349 frames' read as
+    if most silhouettes had been lost when all 100 looked at were found."""
+    monkeypatch.setattr("vrclip.calibration.camera_pose.MAX_FRAMES", 100)
+    obs = observe(walk)
+    assert obs.frames.size == 100
+    fit = fit_pose(obs, CameraPose.of(EdgeConfig.model_validate({"camera": SIZE})))
+    assert fit.frames_used >= 0.9 * fit.frames_tracked
