@@ -209,3 +209,24 @@ def test_the_frames_used_are_counted_out_of_those_looked_at(
     assert obs.frames.size == 100
     fit = fit_pose(obs, CameraPose.of(EdgeConfig.model_validate({"camera": SIZE})))
     assert fit.frames_used >= 0.9 * fit.frames_tracked
+
+
+def test_the_background_is_the_median_without_copying_the_frames(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stacking 41 frames and taking their median at once held two copies of them beside the frames
+    (over 8 GB at the largest camera the config allows); a band of rows at a time holds a few MB
+    (here 1 MB bands of 28 MB of frames)."""
+    import tracemalloc
+
+    from vrclip.calibration.camera_pose import background
+
+    monkeypatch.setattr("vrclip.calibration.camera_pose.BACKGROUND_BAND_BYTES", 1 << 20)
+    rng = np.random.default_rng(4)
+    frames = [rng.integers(0, 256, (360, 640, 3), dtype=np.uint8) for _ in range(41)]
+    tracemalloc.start()
+    try:
+        empty = background(frames)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(empty, np.median(np.stack(frames), axis=0).astype(np.uint8))
+    assert peak < 0.3 * sum(f.nbytes for f in frames), f"{peak / 1e6:.0f} MB"
