@@ -237,6 +237,14 @@ def observe(path: Path, progress: Progress | None = None) -> Observations:
         camera_t = reader.times(CAMERA)
         at_camera = interpolate(reader.times(RADAR), positions, camera_t)
         tracked = np.flatnonzero(np.isfinite(at_camera).all(axis=1))
+        if tracked.size == 0 and np.isfinite(positions).all(axis=1).any():
+            # The radar did track the person: the camera's frames are what is missing there (a camera
+            # that stopped, or started late), and blaming the radar would send the installer wrong.
+            raise UserError(
+                f"{path}: no camera frame was taken while the radar tracked the person (the camera's "
+                f"{reader.count(CAMERA)} frames do not overlap the radar's track); check that the "
+                "camera delivers frames throughout, and record the walk again"
+            )
         if tracked.size == 0:
             raise UserError(
                 f"{path}: the radar tracked nobody alone in this recording; record one person walking "

@@ -230,3 +230,20 @@ def test_the_background_is_the_median_without_copying_the_frames(monkeypatch: py
         tracemalloc.stop()
     np.testing.assert_array_equal(empty, np.median(np.stack(frames), axis=0).astype(np.uint8))
     assert peak < 0.3 * sum(f.nbytes for f in frames), f"{peak / 1e6:.0f} MB"
+
+
+def test_a_camera_that_stopped_before_the_walk_is_named_not_the_radar(walk: Path, tmp_path: Path) -> None:
+    """A camera that delivered only its first frames left no camera frame inside the radar's track,
+    and the error said the radar had tracked nobody: the installer was sent to the wrong sensor."""
+    import shutil
+
+    import h5py
+
+    short = tmp_path / "camera-stopped.h5"
+    shutil.copy(walk, short)
+    with h5py.File(short, "r+") as f:
+        f["camera/committed"][0] = 5  # the camera's first 0.17 s; the radar confirms its track later
+    with pytest.raises(UserError) as caught:
+        observe(short)
+    assert "radar tracked nobody" not in str(caught.value)
+    assert "no camera frame was taken while the radar tracked the person" in str(caught.value)
