@@ -247,3 +247,18 @@ def test_a_camera_that_stopped_before_the_walk_is_named_not_the_radar(walk: Path
         observe(short)
     assert "radar tracked nobody" not in str(caught.value)
     assert "no camera frame was taken while the radar tracked the person" in str(caught.value)
+
+
+def test_a_config_for_another_camera_is_refused_before_the_walk_is_read(
+    walk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The size mismatch is known from the recording's config: it was only checked after the radar
+    track and every silhouette had been computed."""
+
+    def read_walk(*_: object) -> None:
+        raise AssertionError("the walk was read before the config was checked")
+
+    monkeypatch.setattr("vrclip.calibration.camera_pose.observe", read_walk)
+    hd = EdgeConfig.model_validate({"camera": {"width": 1280, "height": 720}})
+    with pytest.raises(UserError, match="its camera frames are 320x180, the config given says 1280x720"):
+        measure_camera_pose(walk, hd)
