@@ -29,6 +29,32 @@ def test_point_target_range_profile_peaks_at_true_range(geometry: ArrayGeometry,
     assert np.all(np.abs(measured - true) <= sweep.range_resolution_m)
 
 
+@pytest.mark.parametrize("even", [True, False])
+def test_point_response_is_the_direct_sum_on_even_and_uneven_sweeps(
+    geometry: ArrayGeometry, even: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The running-product evaluation (an even sweep) and the direct one (an uneven grid) both give
+    sum_s a_s exp(-j k (R_tx + R_rx)) / (R_tx R_rx), computed here element by element in float64,
+    also when the reflectors are summed in chunks."""
+    from vrclip.edge.sim import radar
+
+    monkeypatch.setattr(radar, "_MAX_TERMS", 3 * 201 * 7)  # chunks of 7 reflectors
+    rng = np.random.default_rng(5)
+    freqs = sweep_frequencies(SweepConfig())
+    if not even:
+        freqs = np.sort(freqs + rng.uniform(-2e6, 2e6, size=freqs.size))
+    points = rng.uniform([-2.0, 1.0, 0.0], [2.0, 6.0, 2.0], size=(120, 3))
+    amps = rng.uniform(0.2, 2.0, size=120)
+    channels = np.array([0, 17, 143])
+    got = point_response(geometry, freqs, points, amps, channels=channels)
+    k = 2 * np.pi * freqs / SPEED_OF_LIGHT
+    for row, c in enumerate(channels):
+        r_tx = np.linalg.norm(points - geometry.channel_tx[c], axis=1)
+        r_rx = np.linalg.norm(points - geometry.channel_rx[c], axis=1)
+        want = (amps / (r_tx * r_rx))[:, None] * np.exp(-1j * (r_tx + r_rx)[:, None] * k[None, :])
+        np.testing.assert_allclose(got[row], want.sum(axis=0), rtol=1e-9, atol=1e-12)
+
+
 def test_same_seed_same_world_different_seed_different_noise(geometry: ArrayGeometry) -> None:
     cfg = EdgeConfig()
     spec = SceneSpec(people=("a", "b"), occlusion="furniture", seed=7)
