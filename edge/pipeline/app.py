@@ -160,10 +160,8 @@ def simulated_feed(
 
 def replay_feed(path: Path, *, paced: bool = True, loop: bool = False) -> Feed:
     """A recording played back (at its own pace, or as fast as the pipeline goes)."""
-    import tomllib
-
     with SessionReader(path) as reader:
-        config = parse_config(tomllib.loads(reader.config_toml), source=f"{path} config")
+        config = reader.edge_config()
         geometry = reader.array_geometry
         freqs = np.asarray(reader.freqs_hz)
         calibration = (

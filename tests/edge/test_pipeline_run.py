@@ -308,6 +308,13 @@ def test_replay_runs_to_the_end_of_the_recording(engine: Path, config: EdgeConfi
     assert sum(synced.camera is not None for synced, _, _ in frames) == 16, (
         "and pair each with its camera frame"
     )
+    import h5py
+    from vrclip.edge.errors import RecordingError
+
+    with h5py.File(path, "r+") as f:
+        f.attrs["config_toml"] = "[camera\nwidth = 3"
+    with pytest.raises(RecordingError, match=r"s\.h5: its stored config is unreadable"):
+        replay_feed(path, paced=False)
 
 
 def test_enrolment_rejects_frames_with_two_people(engine: Path, config: EdgeConfig, tmp_path: Path) -> None:
