@@ -7,12 +7,14 @@ the file it replaces is kept beside it as `<file>.prev`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import stat
 from pathlib import Path
 
 from vrclip.edge.errors import UserError
-from vrclip.edge.manifest import atomic_write_bytes
+from vrclip.edge.manifest import write_temporary
 
 
 def replace_keeping_previous(path: Path, data: bytes, what: str, hint: str) -> tuple[Path, Path | None]:
@@ -22,18 +24,35 @@ def replace_keeping_previous(path: Path, data: bytes, what: str, hint: str) -> t
     is replaced (the old one kept beside that file). Renaming over the link itself would turn it into
     a plain file and leave the file it pointed to stale. `what` names the content in errors ("the
     calibration"), `hint` says what to do when the path cannot be written.
+
+    The new file gets the replaced one's permissions and, where this user may give them, its owner
+    and group: a site config made readable to the service's group only (0640 root:vrclip) and
+    rewritten under sudo with umask 077 came out 0600 root:root, and the service could no longer read
+    its config at its next start.
     """
     if path.is_symlink():
         path = Path(os.path.realpath(path))
     previous = None
+    old = None
     if path.exists():
+        old = path.stat()
         previous = path.with_name(path.name + ".prev")
         try:
             shutil.copy2(path, previous)
         except OSError as exc:
             raise UserError(f"{path}: cannot keep the previous {what} as {previous} ({exc})") from None
     try:
-        atomic_write_bytes(path, data)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = write_temporary(path, data)
+        try:
+            if old is not None:
+                with contextlib.suppress(PermissionError):  # another owner needs root: keep ours
+                    os.chown(tmp, old.st_uid, old.st_gid)
+                os.chmod(tmp, stat.S_IMODE(old.st_mode))
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     except OSError as exc:
         raise UserError(f"{path}: cannot write {what} ({exc.strerror or exc}); {hint}") from None
     return path, previous

@@ -262,3 +262,21 @@ def test_a_config_for_another_camera_is_refused_before_the_walk_is_read(
     hd = EdgeConfig.model_validate({"camera": {"width": 1280, "height": 720}})
     with pytest.raises(UserError, match="its camera frames are 320x180, the config given says 1280x720"):
         measure_camera_pose(walk, hd)
+
+
+def test_write_pose_keeps_the_files_permissions(tmp_path: Path) -> None:
+    """A config readable to the service's group only (0640), rewritten with umask 077 (a hardened
+    sudo), came out 0600: the service, running as another user, could not read it at its next start."""
+    import os
+    import stat
+
+    site = tmp_path / "site.toml"
+    site.write_text("[camera]\nwidth = 320\nheight = 180\n")
+    site.chmod(0o640)
+    umask = os.umask(0o077)
+    try:
+        write_pose(site, CameraPose((0.35, -0.25, 2.1), 15.0, -7.0, 78.0).applied(load_config(site)))
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(site.stat().st_mode) == 0o640
+    assert load_config(site).camera.yaw_deg == -7.0
