@@ -138,8 +138,8 @@ class FrameRecorder:
             left = len(self.queue.drain())
             self.health.count("record_dropped", left)
             self._warn(
-                f"recording to {self.path}: the disk took no frame for {timeout_s:.0f} s at shutdown; "
-                f"the {left} frames still queued were dropped so the file can close"
+                f"recording to {self.path}: the disk did not take the queued frames within {timeout_s:g} s "
+                f"of shutdown; the {left} still queued were dropped so the file can close"
             )
             self._thread.join(timeout_s / 2)
             if self._thread.is_alive():
