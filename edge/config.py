@@ -117,7 +117,28 @@ class CameraConfig(Section):
     pitch_deg: Annotated[float, Field(ge=-60.0, le=80.0)] = 8.0
     #: Turn about z from +y, counter-clockwise seen from above (as `radar.array.yaw_deg`).
     yaw_deg: Annotated[float, Field(ge=-180.0, le=180.0)] = 0.0
+    #: Principal point (cx, cy) in pixels, OpenCV's convention (pixel centres at whole numbers);
+    #: unset: the image centre. `vrclip-calibrate intrinsics` measures it with the distortion.
+    principal_px: tuple[float, float] | None = None
+    #: OpenCV's lens distortion (k1, k2, p1, p2, k3); zeros: a distortion-free lens.
+    distortion: tuple[float, float, float, float, float] = (0.0, 0.0, 0.0, 0.0, 0.0)
     jpeg_quality: Annotated[int, Field(ge=10, le=100)] = 90
+
+    @model_validator(mode="after")
+    def _intrinsics_in_range(self) -> CameraConfig:
+        if self.principal_px is not None:
+            cx, cy = self.principal_px
+            if not (0.0 <= cx <= self.width - 1 and 0.0 <= cy <= self.height - 1):
+                raise ValueError(
+                    f"principal_px = [{cx:g}, {cy:g}] lies outside the {self.width}x{self.height} image; "
+                    "give the point in pixels (pixel centres at whole numbers) or leave it unset"
+                )
+        if any(abs(c) > 10.0 for c in self.distortion):
+            raise ValueError(
+                f"distortion = {list(self.distortion)}: coefficients beyond +-10 are not a lens; "
+                "measure them with `vrclip-calibrate intrinsics`"
+            )
+        return self
 
 
 class ZedConfig(Section):

@@ -48,7 +48,14 @@ def camera_from_config(config: EdgeConfig) -> PinholeCamera:
     """The pinhole model of the configured RGB camera (what the simulator renders with)."""
     cam = config.camera
     return PinholeCamera(
-        cam.width, cam.height, cam.hfov_deg, tuple(cam.position_m), cam.pitch_deg, cam.yaw_deg
+        cam.width,
+        cam.height,
+        cam.hfov_deg,
+        tuple(cam.position_m),
+        cam.pitch_deg,
+        cam.yaw_deg,
+        tuple(cam.principal_px) if cam.principal_px is not None else None,
+        tuple(cam.distortion) if any(cam.distortion) else (),
     )
 
 

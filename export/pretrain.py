@@ -135,11 +135,12 @@ class Rig:
 
     def key(self) -> dict[str, Any]:
         """What of the rig the rendered crops depend on (part of the crop cache's key). A camera
-        turned by no yaw leaves the key as it was before the camera had a yaw, so the caches and
-        checkpoints of those rigs stay valid."""
+        with no yaw, principal-point offset or distortion leaves the key as it was before the camera
+        model had them, so the caches and checkpoints of those rigs stay valid."""
         camera = asdict(self.camera)
-        if camera["yaw_deg"] == 0.0:
-            del camera["yaw_deg"]
+        for key, unset in (("yaw_deg", 0.0), ("principal", None), ("distortion", ())):
+            if camera[key] == unset:
+                del camera[key]
         return {"camera": camera, "room": self.room.model_dump(), "jpeg": self.jpeg_quality}
 
     def settings(self) -> dict[str, Any]:

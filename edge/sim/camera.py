@@ -23,7 +23,14 @@ _P = {name: i for i, name in enumerate(BODY_PARTS)}
 @dataclass(frozen=True)
 class PinholeCamera:
     """Camera at `position` looking along +y turned by `yaw_deg` about z (counter-clockwise seen from
-    above, as the array's `yaw_deg`), pitched down by `pitch_deg`; x right, z up."""
+    above, as the array's `yaw_deg`), pitched down by `pitch_deg`; x right, z up.
+
+    Square pixels with the focal length `hfov_deg` gives. `principal` is the principal point in
+    OpenCV's pixel convention (pixel centres at whole numbers; None: the image centre) and
+    `distortion` OpenCV's (k1, k2, p1, p2, k3) lens distortion: what `vrclip-calibrate intrinsics`
+    measures. A real 90-degree camera bends straight lines by tens of pixels towards the image edges;
+    crops cut with a distortion-free model there miss the person. The undistorted camera keeps the
+    plain pinhole arithmetic."""
 
     width: int
     height: int
@@ -31,10 +38,31 @@ class PinholeCamera:
     position: tuple[float, float, float]
     pitch_deg: float = 8.0
     yaw_deg: float = 0.0
+    principal: tuple[float, float] | None = None
+    distortion: tuple[float, ...] = ()
 
     @property
     def focal_px(self) -> float:
         return (self.width / 2) / math.tan(math.radians(self.hfov_deg) / 2)
+
+    @property
+    def plain(self) -> bool:
+        """No principal-point offset and no distortion: the plain pinhole formulas apply."""
+        return self.principal is None and not any(self.distortion)
+
+    def matrix(self) -> np.ndarray:
+        """OpenCV's 3x3 camera matrix (pixel centres at whole numbers)."""
+        cx, cy = (
+            self.principal if self.principal is not None else (self.width / 2 - 0.5, self.height / 2 - 0.5)
+        )
+        f = self.focal_px
+        return np.array([[f, 0.0, cx], [0.0, f, cy], [0.0, 0.0, 1.0]])
+
+    def _coefficients(self) -> np.ndarray:
+        """(k1, k2, p1, p2, k3), zeros where not given."""
+        out = np.zeros(5)
+        out[: len(self.distortion)] = self.distortion[:5]
+        return out
 
     def _axes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         p = math.radians(self.pitch_deg)
@@ -47,21 +75,61 @@ class PinholeCamera:
         return right, forward, up
 
     def project(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(N,3) room points -> ((N,2) pixel coordinates, (N,) depth along the optical axis)."""
+        """(N,3) room points -> ((N,2) pixel coordinates, (N,) depth along the optical axis). Pixel
+        coordinates put pixel j's centre at j + 0.5."""
         right, forward, up = self._axes()
         d = np.asarray(points, dtype=np.float64) - np.asarray(self.position)
         depth = d @ forward
         safe = np.maximum(depth, 1e-3)
-        u = self.width / 2 + self.focal_px * (d @ right) / safe
-        v = self.height / 2 - self.focal_px * (d @ up) / safe
-        return np.stack([u, v], axis=1), depth
+        if self.plain:
+            u = self.width / 2 + self.focal_px * (d @ right) / safe
+            v = self.height / 2 - self.focal_px * (d @ up) / safe
+            return np.stack([u, v], axis=1), depth
+        # OpenCV's camera frame: x right, y down, z along the optical axis.
+        camera_frame = np.stack([d @ right, -(d @ up), safe], axis=1).reshape(-1, 1, 3)
+        if len(camera_frame) == 0:
+            return np.zeros((0, 2)), depth
+        pixels, _ = cv2.projectPoints(
+            camera_frame, np.zeros(3), np.zeros(3), self.matrix(), self._coefficients()
+        )
+        pixels = pixels.reshape(-1, 2) + 0.5
+        # Past the radius where the lens model stops growing, OpenCV's formula folds points from far
+        # outside the view back into the image. Such points are outside it: place them where the
+        # distortion-free camera would, which is beyond the image edge too.
+        radius = np.hypot(camera_frame[:, 0, 0], camera_frame[:, 0, 1]) / safe
+        folded = radius > self._monotonic_radius()
+        if folded.any():
+            f = self.focal_px
+            cx, cy = self.matrix()[:2, 2] + 0.5
+            pixels[folded, 0] = cx + f * camera_frame[folded, 0, 0] / safe[folded]
+            pixels[folded, 1] = cy + f * camera_frame[folded, 0, 1] / safe[folded]
+        return pixels, depth
+
+    def _monotonic_radius(self) -> float:
+        """The undistorted radius (tan of the angle off the axis) up to which the radial distortion
+        r (1 + k1 r^2 + k2 r^4 + k3 r^6) still grows with r."""
+        k1, k2, _, _, k3 = self._coefficients()
+        r = np.linspace(0.0, 4.0, 4001)
+        growth = 1 + 3 * k1 * r**2 + 5 * k2 * r**4 + 7 * k3 * r**6
+        stops = np.flatnonzero(growth <= 0)
+        return float(r[stops[0]]) if stops.size else float("inf")
 
     def rays(self) -> np.ndarray:
         """(H, W, 3) unit-depth ray directions (forward component 1) for every pixel."""
         right, forward, up = self._axes()
-        u = (np.arange(self.width) + 0.5 - self.width / 2) / self.focal_px
-        v = (self.height / 2 - np.arange(self.height) - 0.5) / self.focal_px
-        return forward + u[None, :, None] * right + v[:, None, None] * up
+        if self.plain:
+            u = (np.arange(self.width) + 0.5 - self.width / 2) / self.focal_px
+            v = (self.height / 2 - np.arange(self.height) - 0.5) / self.focal_px
+            return forward + u[None, :, None] * right + v[:, None, None] * up
+        cols, rows = np.meshgrid(
+            np.arange(self.width, dtype=np.float64), np.arange(self.height, dtype=np.float64)
+        )
+        pixels = np.stack([cols, rows], axis=-1).reshape(-1, 1, 2)
+        criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 40, 1e-9)
+        normalised = cv2.undistortPoints(pixels, self.matrix(), self._coefficients(), criteria=criteria)
+        x = normalised[:, 0, 0].reshape(self.height, self.width, 1)
+        y = normalised[:, 0, 1].reshape(self.height, self.width, 1)
+        return forward + x * right - y * up
 
 
 class SceneRenderer:

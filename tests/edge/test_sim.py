@@ -207,3 +207,27 @@ def test_a_named_identity_is_the_same_person_in_every_session() -> None:
     )
     other_world = Scene(SceneSpec(people=("id-007",), seed=1, world_seed=43)).identities[0]
     assert other_world.appearance != a.appearance
+
+
+def test_a_distorted_camera_projects_each_point_back_onto_the_pixel_whose_ray_it_lies_on() -> None:
+    """The renderer casts `rays()` and the crops use `project()`: with a lens's distortion and an
+    off-centre principal point the two must stay each other's inverse, or the simulated person and
+    the crop cut for them drift apart towards the image edges."""
+    camera = PinholeCamera(
+        320, 180, 90.0, (0.3, -0.1, 1.9), 12.0, -6.0, (165.0, 86.0), (-0.12, 0.02, 1e-3, -5e-4, 0.0)
+    )
+    rays = camera.rays()
+    rows, cols = np.meshgrid(np.arange(0, 180, 7), np.arange(0, 320, 9), indexing="ij")
+    points = np.asarray(camera.position) + 2.5 * rays[rows, cols].reshape(-1, 3)
+    pixels, depth = camera.project(points)
+    np.testing.assert_allclose(pixels, np.stack([cols.ravel() + 0.5, rows.ravel() + 0.5], axis=1), atol=1e-6)
+    assert np.all(depth > 0)
+    plain = PinholeCamera(320, 180, 90.0, (0.3, -0.1, 1.9), 12.0, -6.0)
+    corner = np.asarray(camera.position) + 2.5 * rays[2, 2]
+    assert np.linalg.norm(plain.project(corner[None])[0] - camera.project(corner[None])[0]) > 20, (
+        "at the corner the lens moves the image by tens of pixels"
+    )
+    # Far off the axis, where this lens model folds back, a point must not land inside the image.
+    folding = PinholeCamera(320, 180, 90.0, (0.0, 0.0, 1.6), 0.0, 0.0, None, (-0.3, 0.1, 0.0, 0.0, -0.02))
+    aside, _ = folding.project(np.array([[6.0, 2.0, 1.6]]))  # 72 degrees to the right
+    assert aside[0, 0] > 320, "a point far to the side lies beyond the right edge"
