@@ -20,18 +20,15 @@ rather than guessing.
 from __future__ import annotations
 
 import math
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
 import numpy as np
-import tomlkit
 from scipy.optimize import least_squares
-from tomlkit.exceptions import TOMLKitError
-from vrclip.calibration.files import replace_keeping_previous
-from vrclip.edge.config import EdgeConfig, parse_config
+from vrclip.calibration.files import write_camera_keys
+from vrclip.edge.config import EdgeConfig
 from vrclip.edge.errors import UserError
 from vrclip.edge.label import interpolate, radar_track
 from vrclip.edge.recording.reader import SessionReader
@@ -81,14 +78,39 @@ class CameraPose:
     pitch_deg: float
     yaw_deg: float
     hfov_deg: float
+    #: The lens, as `vrclip-calibrate intrinsics` measured it (not fitted here): OpenCV's principal
+    #: point and (k1, k2, p1, p2, k3).
+    principal_px: tuple[float, float] | None = None
+    distortion: tuple[float, ...] = ()
 
     @classmethod
     def of(cls, config: EdgeConfig) -> CameraPose:
         cam = config.camera
-        return cls(tuple(float(v) for v in cam.position_m), cam.pitch_deg, cam.yaw_deg, cam.hfov_deg)  # type: ignore[arg-type]
+        return cls(
+            tuple(float(v) for v in cam.position_m),  # type: ignore[arg-type]
+            cam.pitch_deg,
+            cam.yaw_deg,
+            cam.hfov_deg,
+            tuple(cam.principal_px) if cam.principal_px is not None else None,
+            tuple(cam.distortion) if any(cam.distortion) else (),
+        )
+
+    @property
+    def lens_measured(self) -> bool:
+        """A lens calibration is in the config: its focal length (hfov) is kept, not refitted."""
+        return self.principal_px is not None or any(self.distortion)
 
     def camera(self, width: int, height: int) -> PinholeCamera:
-        return PinholeCamera(width, height, self.hfov_deg, self.position_m, self.pitch_deg, self.yaw_deg)
+        return PinholeCamera(
+            width,
+            height,
+            self.hfov_deg,
+            self.position_m,
+            self.pitch_deg,
+            self.yaw_deg,
+            self.principal_px,
+            self.distortion,
+        )
 
     def applied(self, config: EdgeConfig) -> EdgeConfig:
         """`config` with this pose as its camera's."""
@@ -276,9 +298,12 @@ def observe(path: Path, progress: Progress | None = None) -> Observations:
 
 
 # ------------------------------------------------------------------------------------------ the fit
-def _pose_from(params: np.ndarray) -> CameraPose:
-    x, y, z, pitch, yaw, hfov = (float(v) for v in params[:6])
-    return CameraPose((x, y, z), pitch, yaw, hfov)
+def _pose_from(start: CameraPose, params: np.ndarray, hfov_deg: float | None) -> CameraPose:
+    """The pose the parameter vector says: x, y, z, pitch, yaw and (unless given) hfov, with the
+    lens of `start`."""
+    x, y, z, pitch, yaw = (float(v) for v in params[:5])
+    hfov = float(params[5]) if hfov_deg is None else hfov_deg
+    return replace(start, position_m=(x, y, z), pitch_deg=pitch, yaw_deg=yaw, hfov_deg=hfov)
 
 
 def predict(
@@ -324,8 +349,12 @@ def fit_pose(obs: Observations, start: CameraPose) -> PoseFit:
     measured = measured[usable]
     valid = np.isfinite(measured)
 
+    # A measured lens fixes the focal length: a checkerboard pins it far better than a walk.
+    fixed_hfov = start.hfov_deg if start.lens_measured else None
+    extra = 5 if fixed_hfov is not None else 6  # where reach and height sit in the vector
+
     def unpack(params: np.ndarray) -> tuple[CameraPose, float, float]:
-        return _pose_from(params), float(params[6]), float(params[7])
+        return _pose_from(start, params, fixed_hfov), float(params[extra]), float(params[extra + 1])
 
     def residuals(params: np.ndarray) -> np.ndarray:
         pose, reach, h = unpack(params)
@@ -334,6 +363,8 @@ def fit_pose(obs: Observations, start: CameraPose) -> PoseFit:
     x0 = [*start.position_m, start.pitch_deg, start.yaw_deg, start.hfov_deg, FOOT_REACH_START_M, 1.75]
     lower = [-np.inf, -np.inf, 0.1, -60.0, -180.0, 10.5, 0.0, 1.0]
     upper = [np.inf, np.inf, 10.0, 80.0, 180.0, 169.5, 0.6, 2.4]
+    if fixed_hfov is not None:
+        del x0[5], lower[5], upper[5]
     scale = max(2.0, 0.004 * obs.height)  # pixels: residuals beyond this count linearly, not squared
     result = least_squares(
         residuals,
@@ -350,6 +381,8 @@ def fit_pose(obs: Observations, start: CameraPose) -> PoseFit:
     # silhouettes follow nothing. The median ignores the few frames the fit rightly discounted.
     rms = 1.4826 * float(np.median(np.abs(final)))
     sigma = _standard_errors(result.jac, final, inliers)
+    if fixed_hfov is not None:
+        sigma.insert(5, 0.0)  # measured by the lens calibration, not by this fit
     pose, _, h = unpack(result.x)
     return PoseFit(
         pose,
@@ -414,26 +447,5 @@ def with_pose(config: EdgeConfig, fit: PoseFit) -> EdgeConfig:
 
 def write_pose(path: Path, config: EdgeConfig) -> tuple[Path, Path | None]:
     """Write `config`'s camera pose into the site config at `path`, changing nothing else in the
-    file (comments, order and the other keys stay as the installer wrote them); the old file is
-    kept as `<path>.prev`. Returns (the file written, the kept copy)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-        document = tomlkit.parse(text)
-    except (OSError, UnicodeDecodeError, TOMLKitError) as exc:
-        raise UserError(f"{path}: cannot read the config to update it ({exc})") from None
-    if "camera" not in document:
-        document["camera"] = tomlkit.table()
-    table = document["camera"]
-    if not isinstance(table, dict):
-        raise UserError(f"{path}: 'camera' is not a table; fix the config by hand")
-    cam = config.camera
-    position = tomlkit.array()
-    position.extend(float(v) for v in cam.position_m)
-    table["position_m"] = position
-    for key in ("pitch_deg", "yaw_deg", "hfov_deg"):
-        table[key] = float(getattr(cam, key))
-    new_text = tomlkit.dumps(document)
-    parse_config(tomllib.loads(new_text), source=f"{path} (updated)")  # what is written must load
-    return replace_keeping_previous(
-        path, new_text.encode("utf-8"), "the config", "run as a user who may write there"
-    )
+    file; the old file is kept as `<path>.prev`. Returns (the file written, the kept copy)."""
+    return write_camera_keys(path, config, ("position_m", "pitch_deg", "yaw_deg", "hfov_deg"))

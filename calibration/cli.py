@@ -194,6 +194,64 @@ def camera(
         typer.echo(f"check it: vrclip-calibrate crops {recording} --config {config} --out crops.png")
 
 
+@app.command("intrinsics")
+def intrinsics(
+    sources: list[Path] = typer.Argument(
+        ...,
+        help="Views of a flat printed checkerboard: image files, or recordings (vrclip-edge record) of "
+        "someone showing it around the room.",
+    ),
+    board: str = typer.Option(..., "--board", help="Inner corners across x down, e.g. 9x6."),
+    square_mm: float = typer.Option(..., "--square-mm", help="Side of one printed square (mm)."),
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="The site config (its camera size is checked against the views)."
+    ),
+    write: bool = typer.Option(
+        False,
+        "--write",
+        help="Write the lens (hfov_deg, principal_px, distortion) into the --config file (comments kept, "
+        "the old file kept as FILE.prev).",
+    ),
+) -> None:
+    """Measure the RGB camera's lens: focal length (hfov), principal point and distortion, from 10 or
+    more views of a checkerboard. Run it before `vrclip-calibrate camera`, which then keeps the focal
+    length it wrote."""
+    from vrclip.calibration.intrinsics import Board, calibrate_lens, write_lens
+
+    if write and config is None:
+        raise UserError("--write needs --config SITE.toml: the config file to write the lens into")
+    spec = Board.parse(board, square_mm)
+    start = load_config(config) if config is not None else None
+    with progress_bar() as bar:
+        task = bar.add_task("looking for the board", total=None)
+        fit = calibrate_lens(sources, spec, progress=lambda seen: bar.update(task, completed=seen))
+    if start is not None and fit.image_size != (start.camera.width, start.camera.height):
+        raise UserError(
+            f"the views are {fit.image_size[0]}x{fit.image_size[1]}, {config} says the camera is "
+            f"{start.camera.width}x{start.camera.height}; take the views with the site camera at its "
+            "configured resolution"
+        )
+    cx, cy = fit.principal_px
+    typer.echo(
+        f"board found in {fit.views_used} of {fit.views_seen} views; corners reproject {fit.rms_px:.2f} px "
+        f"off (RMS); they covered {fit.coverage:.0%} of the image"
+    )
+    typer.echo(f"  camera.hfov_deg       {fit.hfov_deg:8.3f}")
+    typer.echo(f"  camera.principal_px  [{cx:.2f}, {cy:.2f}]")
+    typer.echo(f"  camera.distortion    [{', '.join(f'{v:.6f}' for v in fit.distortion)}]")
+    problems = fit.problems()
+    for problem in problems:
+        typer.echo(f"warning: {problem}", err=True)
+    if write:
+        assert config is not None and start is not None
+        if problems:
+            raise UserError(f"{config}: not written, the measurement is not good enough (see the warnings)")
+        written, previous = write_lens(config, fit.applied(start))
+        kept = f" (the previous one is kept as {previous})" if previous else ""
+        typer.echo(f"wrote the lens into {written}{kept}")
+        typer.echo(f"next: vrclip-calibrate camera WALK.h5 --config {config} --write")
+
+
 def format_fit(fit: PoseFit, start: EdgeConfig | None) -> str:
     """The measured pose, each value with its standard error and what the config said."""
     pose = fit.pose

@@ -11,8 +11,12 @@ import contextlib
 import os
 import shutil
 import stat
+import tomllib
 from pathlib import Path
 
+import tomlkit
+from tomlkit.exceptions import TOMLKitError
+from vrclip.edge.config import EdgeConfig, parse_config
 from vrclip.edge.errors import UserError
 from vrclip.edge.manifest import write_temporary
 
@@ -56,3 +60,33 @@ def replace_keeping_previous(path: Path, data: bytes, what: str, hint: str) -> t
     except OSError as exc:
         raise UserError(f"{path}: cannot write {what} ({exc.strerror or exc}); {hint}") from None
     return path, previous
+
+
+def write_camera_keys(path: Path, config: EdgeConfig, keys: tuple[str, ...]) -> tuple[Path, Path | None]:
+    """Write `config.camera`'s `keys` into the site config at `path`, changing nothing else in the
+    file (comments, order and the other keys stay as the installer wrote them); the old file is kept
+    as `<path>.prev`. What is written must load as a config. Returns (the file written, the kept copy)."""
+    try:
+        document = tomlkit.parse(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, TOMLKitError) as exc:
+        raise UserError(f"{path}: cannot read the config to update it ({exc})") from None
+    if "camera" not in document:
+        document["camera"] = tomlkit.table()
+    table = document["camera"]
+    if not isinstance(table, dict):
+        raise UserError(f"{path}: 'camera' is not a table; fix the config by hand")
+    for key in keys:
+        value = getattr(config.camera, key)
+        if value is None:
+            table.pop(key, None)  # TOML has no null: unset is absent
+        elif isinstance(value, tuple):
+            array = tomlkit.array()
+            array.extend(float(v) for v in value)
+            table[key] = array
+        else:
+            table[key] = float(value)
+    new_text = tomlkit.dumps(document)
+    parse_config(tomllib.loads(new_text), source=f"{path} (updated)")
+    return replace_keeping_previous(
+        path, new_text.encode("utf-8"), "the config", "run as a user who may write there"
+    )

@@ -1,0 +1,182 @@
+"""`vrclip-calibrate intrinsics`: the camera's lens from checkerboard views, so crops fit at the edges."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from vrclip.calibration.camera_pose import CameraPose, Observations, fit_pose, predict
+from vrclip.calibration.intrinsics import Board, calibrate_lens
+from vrclip.edge.config import EdgeConfig, load_config
+from vrclip.edge.crops import camera_from_config
+from vrclip.edge.errors import UserError
+
+from tests.scripts import console_script
+
+WIDTH, HEIGHT = 640, 360
+#: The lens the views are rendered through: 84 degrees, off-centre, a webcam's barrel distortion.
+TRUE_HFOV = 84.0
+TRUE_PRINCIPAL = (330.0, 176.0)
+TRUE_DISTORTION = np.array([-0.12, 0.03, 0.001, -0.0007, 0.0])
+BOARD = Board(9, 6, 0.04)
+
+
+def _true_matrix() -> np.ndarray:
+    f = (WIDTH / 2) / math.tan(math.radians(TRUE_HFOV) / 2)
+    return np.array([[f, 0.0, TRUE_PRINCIPAL[0]], [0.0, f, TRUE_PRINCIPAL[1]], [0.0, 0.0, 1.0]])
+
+
+def _render(rvec: np.ndarray, tvec: np.ndarray, supersample: int = 3) -> np.ndarray:
+    """The board seen through the true lens: every black square's outline (edges subdivided, so the
+    distortion bends them) projected and filled, supersampled, on a white card."""
+    s = supersample
+    image = np.full((HEIGHT * s, WIDTH * s), 255, np.uint8)
+    for i in range(-1, BOARD.columns):
+        for j in range(-1, BOARD.rows):
+            if (i + j) % 2:
+                continue
+            square = (
+                np.array([[i, j, 0], [i + 1, j, 0], [i + 1, j + 1, 0], [i, j + 1, 0]], float) * BOARD.square_m
+            )
+            outline = [
+                a + (b - a) * t
+                for a, b in zip(square, np.roll(square, -1, 0), strict=True)
+                for t in np.linspace(0, 1, 8, False)
+            ]
+            pixels, _ = cv2.projectPoints(np.array(outline), rvec, tvec, _true_matrix(), TRUE_DISTORTION)
+            vertices = ((pixels.reshape(-1, 2) + 0.5) * s - 0.5) * 16  # 4 fractional bits
+            cv2.fillPoly(image, [np.round(vertices).astype(np.int32)], 0, shift=4)
+    return cv2.resize(image, (WIDTH, HEIGHT), interpolation=cv2.INTER_AREA)
+
+
+def _views(folder: Path, count: int, spread: float, seed: int = 0) -> list[Path]:
+    """`count` views with the board's centre anywhere in the middle `spread` of the image, tilted."""
+    rng = np.random.default_rng(seed)
+    f = _true_matrix()[0, 0]
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k in range(count):
+        z = rng.uniform(0.45, 0.8)
+        u = (0.5 + rng.uniform(-spread, spread) / 2) * WIDTH
+        v = (0.5 + rng.uniform(-spread, spread) / 2) * HEIGHT
+        centre = np.array([(u - TRUE_PRINCIPAL[0]) / f * z, (v - TRUE_PRINCIPAL[1]) / f * z, z])
+        rvec = np.array([rng.uniform(-0.5, 0.5), rng.uniform(-0.5, 0.5), rng.uniform(-0.3, 0.3)])
+        rotation, _ = cv2.Rodrigues(rvec)
+        middle = np.array([BOARD.columns * BOARD.square_m / 2, BOARD.rows * BOARD.square_m / 2, 0.0])
+        image = _render(rvec, centre - rotation @ middle).astype(float) * 0.8 + 20
+        image += rng.normal(0.0, 2.0, image.shape)
+        path = folder / f"view-{k:02d}.png"
+        cv2.imwrite(str(path), np.clip(image, 0, 255).astype(np.uint8))
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def views(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return _views(tmp_path_factory.mktemp("board"), 16, spread=0.8)
+
+
+def test_the_lens_is_measured_so_that_every_pixel_maps_as_through_the_real_one(views: list[Path]) -> None:
+    fit = calibrate_lens(views, BOARD)
+    assert fit.views_used >= 14 and fit.image_size == (WIDTH, HEIGHT)
+    assert fit.rms_px < 0.5 and fit.coverage >= 0.75 and not fit.problems()
+    assert abs(fit.hfov_deg - TRUE_HFOV) < 0.5
+    # What the crops rely on: a direction in the room lands on the same pixel as through the real lens.
+    cols, rows = np.meshgrid(np.linspace(20, WIDTH - 20, 17), np.linspace(20, HEIGHT - 20, 9))
+    pixels = np.stack([cols.ravel(), rows.ravel()], axis=1).reshape(-1, 1, 2)
+    directions = cv2.undistortPoints(pixels, _true_matrix(), TRUE_DISTORTION).reshape(-1, 2)
+    f = (WIDTH / 2) / math.tan(math.radians(fit.hfov_deg) / 2)
+    measured = np.array([[f, 0.0, fit.principal_px[0]], [0.0, f, fit.principal_px[1]], [0.0, 0.0, 1.0]])
+    points = np.column_stack([directions, np.ones(len(directions))])
+    again, _ = cv2.projectPoints(points, np.zeros(3), np.zeros(3), measured, np.array(fit.distortion))
+    error = np.linalg.norm(again.reshape(-1, 2) - pixels.reshape(-1, 2), axis=1)
+    assert error.max() < 1.5, f"worst pixel {error.max():.2f} px off"
+    distortion_free = np.linalg.norm(
+        cv2.projectPoints(points, np.zeros(3), np.zeros(3), _true_matrix(), np.zeros(5))[0].reshape(-1, 2)
+        - pixels.reshape(-1, 2),
+        axis=1,
+    )
+    assert distortion_free.max() > 15, "the lens matters: ignoring it misplaces the edges by pixels"
+
+
+def test_intrinsics_command_writes_the_lens_the_crops_then_use(views: list[Path], tmp_path: Path) -> None:
+    site = tmp_path / "site.toml"
+    site.write_text(f"# site\n[camera]\n# the webcam\nwidth = {WIDTH}\nheight = {HEIGHT}\n")
+    exe = console_script("vrclip-calibrate")
+    args = [exe, "intrinsics", *map(str, views), "--board", "9x6", "--square-mm", "40"]
+    done = subprocess.run([*args, "--config", str(site), "--write"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert f"wrote the lens into {site}" in done.stdout and "# the webcam" in site.read_text()
+    camera = camera_from_config(load_config(site))
+    assert not camera.plain and abs(camera.hfov_deg - TRUE_HFOV) < 0.5
+    assert camera.principal is not None and abs(camera.principal[0] - TRUE_PRINCIPAL[0]) < 2.0
+    other = tmp_path / "hd.toml"
+    other.write_text("[camera]\nwidth = 1280\nheight = 720\n")
+    refused = subprocess.run([*args, "--config", str(other)], capture_output=True, text=True)
+    assert refused.returncode == 2 and "the views are 640x360" in refused.stderr
+
+
+def test_views_only_in_the_middle_are_not_written(tmp_path: Path) -> None:
+    """Distortion grows towards the edges: a fit from boards held in the middle only extrapolates."""
+    middle = _views(tmp_path / "middle", 12, spread=0.1, seed=3)
+    site = tmp_path / "site.toml"
+    site.write_text(f"[camera]\nwidth = {WIDTH}\nheight = {HEIGHT}\n")
+    args = ["intrinsics", *map(str, middle), "--board", "9x6", "--square-mm", "40", "--config", str(site)]
+    done = subprocess.run(
+        [console_script("vrclip-calibrate"), *args, "--write"], capture_output=True, text=True
+    )
+    assert done.returncode == 2, done.stderr
+    assert "show the board near every edge and corner" in done.stderr and "not written" in done.stderr
+    assert not site.with_name("site.toml.prev").exists()
+
+
+def test_bad_views_and_boards_are_refused_with_what_to_do(views: list[Path], tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="found in 5 of 5 views"):
+        calibrate_lens(views[:5], BOARD)
+    with pytest.raises(UserError, match="found in 0 of 16 views"):
+        calibrate_lens(views, Board(8, 5, 0.04))
+    small = tmp_path / "small.png"
+    cv2.imwrite(str(small), np.zeros((100, 200), np.uint8))
+    with pytest.raises(UserError, match=r"small\.png: is 200x100 but .* is 640x360"):
+        calibrate_lens([*views[:3], small], BOARD)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    with pytest.raises(UserError, match=r"broken\.png: not an image"):
+        calibrate_lens([broken], BOARD)
+    with pytest.raises(UserError, match="give board views as images"):
+        calibrate_lens([tmp_path / "notes.txt"], BOARD)
+    # A recording is sampled for views: this one shows a room, and no board.
+    from vrclip.edge.record import RecordRequest, record_simulated
+    from vrclip.edge.sim.scene import SceneSpec
+
+    room = tmp_path / "room.h5"
+    cfg = EdgeConfig.model_validate({"camera": {"width": 320, "height": 180}})
+    record_simulated(cfg, RecordRequest(room, 1.0, SceneSpec(room=cfg.room, people=("a",), seed=1)))
+    with pytest.raises(UserError, match="found in 0 of 30 views"):
+        calibrate_lens([room], BOARD)
+    for corners in ("9by6", "6x6", "2x5"):
+        with pytest.raises(UserError, match="--board"):
+            Board.parse(corners, 40.0)
+    with pytest.raises(UserError, match="--square-mm"):
+        Board.parse("9x6", 0.1)
+
+
+def test_the_camera_pose_fit_keeps_a_measured_focal_length() -> None:
+    """After `intrinsics`, `camera` fits position and angles through the measured lens and leaves the
+    focal length alone: a checkerboard pins it far better than a walk."""
+    lens = ((330.0, 176.0), (-0.12, 0.03, 0.001, -0.0007, 0.0))
+    truth = CameraPose((0.3, -0.2, 2.0), 14.0, -5.0, 84.0, *lens)
+    positions = np.random.default_rng(1).uniform([-1.8, 1.8], [1.8, 5.5], size=(80, 2))
+    seen = predict(truth, 1.75, 0.2, positions, WIDTH, HEIGHT)
+    obs = Observations(np.arange(80), positions, seen[:, 0], seen[:, 1], seen[:, 2], WIDTH, HEIGHT, 80)
+    fit = fit_pose(obs, CameraPose((0.0, 0.0, 1.6), 8.0, 0.0, 84.0, *lens))
+    assert fit.pose.hfov_deg == 84.0 and fit.sigma["hfov_deg"] == 0.0
+    assert fit.pose.distortion == lens[1], "the lens travels with the pose"
+    np.testing.assert_allclose(fit.pose.position_m, truth.position_m, atol=0.01)
+    assert abs(fit.pose.pitch_deg - 14.0) < 0.1 and abs(fit.pose.yaw_deg + 5.0) < 0.1
+    cfg = EdgeConfig.model_validate({"camera": {"width": WIDTH, "height": HEIGHT}})
+    assert CameraPose.of(cfg).lens_measured is False, "without a lens calibration the walk fits hfov"
