@@ -109,10 +109,11 @@ class PinholeCamera:
         """The undistorted radius (tan of the angle off the axis) up to which the radial distortion
         r (1 + k1 r^2 + k2 r^4 + k3 r^6) still grows with r."""
         k1, k2, _, _, k3 = self._coefficients()
-        r = np.linspace(0.0, 4.0, 4001)
-        growth = 1 + 3 * k1 * r**2 + 5 * k2 * r**4 + 7 * k3 * r**6
-        stops = np.flatnonzero(growth <= 0)
-        return float(r[stops[0]]) if stops.size else float("inf")
+        # The growth 1 + 3 k1 s + 5 k2 s^2 + 7 k3 s^3 (s = r^2) first reaches zero at its smallest
+        # positive root, however far out that lies (a slight barrel folds only at 80-odd degrees).
+        roots = np.roots([7 * k3, 5 * k2, 3 * k1, 1.0])
+        s = roots.real[(np.abs(roots.imag) <= 1e-9 * np.abs(roots)) & (roots.real > 0)]
+        return math.sqrt(float(s.min())) if s.size else float("inf")
 
     def rays(self) -> np.ndarray:
         """(H, W, 3) unit-depth ray directions (forward component 1) for every pixel."""

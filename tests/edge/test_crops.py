@@ -24,3 +24,18 @@ def test_a_person_the_camera_cannot_frame_gives_no_live_crop() -> None:
     assert box is not None and box[0] < camera.width < box[2]
     crop, ok = crop_person(image, camera, np.array([x, 3.0]))
     assert ok and (crop == 120).any() and not crop.all()
+
+
+def test_a_person_beside_a_slightly_barrelled_camera_gives_no_live_crop() -> None:
+    """A slight barrel (k1 = -0.02) folds back only 80-odd degrees off the axis: a person standing
+    beside the camera must not be projected into the middle of the image and cropped as live."""
+    config = EdgeConfig.model_validate(
+        {"camera": {"position_m": [0.0, 0.0, 1.6], "pitch_deg": 0.0, "distortion": [-0.02, 0, 0, 0, 0]}}
+    )
+    camera = camera_from_config(config)
+    pixels, depth = camera.project(np.array([[2.8, 0.4, 1.6]]))  # 82 degrees to the right
+    assert depth[0] > 0 and pixels[0, 0] > camera.width, "beyond the right edge, not folded into view"
+    image = np.full((camera.height, camera.width, 3), 120, np.uint8)
+    for where in ([4.0, 1.0], [6.0, 1.0], [-5.0, 1.0]):
+        crop, ok = crop_person(image, camera, np.array(where))
+        assert not ok and not crop.any(), f"a person at {where} is beside the camera, not in its view"
