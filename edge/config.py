@@ -103,6 +103,11 @@ class RadarConfig(Section):
     frame_rate_hz: Annotated[float, Field(gt=0.0, le=1000.0)] = 10.0
 
 
+#: Farthest a configured principal point may lie from the image centre, as a share of the image's
+#: width (cx) and height (cy).
+PRINCIPAL_OFF_CENTRE_MAX = 0.15
+
+
 class CameraConfig(Section):
     """The RGB camera (OpenCV). `device` is an index, a path or a stream URL."""
 
@@ -128,14 +133,22 @@ class CameraConfig(Section):
     def _intrinsics_in_range(self) -> CameraConfig:
         if self.principal_px is not None:
             cx, cy = self.principal_px
-            if not (0.0 <= cx <= self.width - 1 and 0.0 <= cy <= self.height - 1):
+            # A lens's principal point lies within a few percent of the image centre. One measured at
+            # another resolution (camera.width/height changed since) lands a sixth of the image or
+            # more away from it, and would shift every crop by that much.
+            off_x = abs(cx - (self.width - 1) / 2) / self.width
+            off_y = abs(cy - (self.height - 1) / 2) / self.height
+            if max(off_x, off_y) > PRINCIPAL_OFF_CENTRE_MAX:
                 raise ValueError(
-                    f"principal_px = [{cx:g}, {cy:g}] lies outside the {self.width}x{self.height} image; "
-                    "give the point in pixels (pixel centres at whole numbers) or leave it unset"
+                    f"camera.principal_px = [{cx:g}, {cy:g}] is {max(off_x, off_y):.0%} of the "
+                    f"{self.width}x{self.height} image from its centre (at most "
+                    f"{PRINCIPAL_OFF_CENTRE_MAX:.0%}): was it measured with camera.width x camera.height "
+                    "set otherwise? Measure the lens again at this size with `vrclip-calibrate "
+                    "intrinsics`, or leave principal_px unset"
                 )
         if any(abs(c) > 10.0 for c in self.distortion):
             raise ValueError(
-                f"distortion = {list(self.distortion)}: coefficients beyond +-10 are not a lens; "
+                f"camera.distortion = {list(self.distortion)}: coefficients beyond +-10 are not a lens; "
                 "measure them with `vrclip-calibrate intrinsics`"
             )
         return self

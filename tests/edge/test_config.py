@@ -98,3 +98,22 @@ def test_time_server_keys_are_those_the_timebase_commands_use() -> None:
     sync = EdgeConfig().sync
     assert sync.time_server.port == DEFAULT_PORT and sync.clock == "CLOCK_REALTIME"
     assert tomllib.loads(EXAMPLE.read_text())["sync"]["time_server"]["port"] == DEFAULT_PORT
+
+
+def test_a_principal_point_measured_at_another_camera_size_is_refused(tmp_path: Path) -> None:
+    """`vrclip-calibrate intrinsics` wrote the lens of a 1280x720 camera; the installer then set the
+    camera to 1920x1080. Kept, the point would shift every crop by a sixth of the image."""
+    measured = "principal_px = [643.2, 355.8]\ndistortion = [-0.12, 0.03, 0.0, 0.0, 0.0]\n"
+    site = tmp_path / "site.toml"
+    site.write_text(f"[camera]\nwidth = 1280\nheight = 720\n{measured}")
+    assert load_config(site).camera.principal_px == (643.2, 355.8)
+    for width, height in ((1920, 1080), (640, 360)):
+        site.write_text(f"[camera]\nwidth = {width}\nheight = {height}\n{measured}")
+        with pytest.raises(ConfigError) as info:
+            load_config(site)
+        message = str(info.value)
+        assert str(site) in message and "camera.principal_px = [643.2, 355.8]" in message
+        assert "vrclip-calibrate intrinsics" in message and "camera.width" in message
+    site.write_text("[camera]\ndistortion = [-0.1, 40.0, 0.0, 0.0, 0.0]\n")
+    with pytest.raises(ConfigError, match=r"camera\.distortion = .*vrclip-calibrate intrinsics"):
+        load_config(site)
