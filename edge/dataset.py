@@ -78,8 +78,17 @@ def plan_sessions(request: DatasetRequest) -> list[SessionPlan]:
 
 
 def dataset_config(request: DatasetRequest, base: EdgeConfig) -> EdgeConfig:
-    """The base config with the dataset's camera size and one common rate for radar and camera."""
+    """The base config with the dataset's camera size and one common rate for radar and camera. A
+    measured principal point moves with the size: its offset from the image centre scales with the
+    focal length in pixels (hfov_deg stays), in OpenCV's convention (centre (W - 1) / 2)."""
     data = base.model_dump(mode="json")
+    cam = base.camera
+    if cam.principal_px is not None:
+        scale = request.camera_width / cam.width
+        data["camera"]["principal_px"] = [
+            (request.camera_width - 1) / 2 + (cam.principal_px[0] - (cam.width - 1) / 2) * scale,
+            (request.camera_height - 1) / 2 + (cam.principal_px[1] - (cam.height - 1) / 2) * scale,
+        ]
     data["camera"].update(width=request.camera_width, height=request.camera_height, fps=request.rate_hz)
     data["radar"]["frame_rate_hz"] = request.rate_hz
     data["zed"]["fps"] = request.rate_hz / 2
