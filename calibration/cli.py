@@ -3,6 +3,7 @@ geometry)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -216,21 +217,27 @@ def intrinsics(
     """Measure the RGB camera's lens: focal length (hfov), principal point and distortion, from 10 or
     more views of a checkerboard. Run it before `vrclip-calibrate camera`, which then keeps the focal
     length it wrote."""
-    from vrclip.calibration.intrinsics import Board, calibrate_lens, write_lens
+    from vrclip.calibration.intrinsics import Board, calibrate_lens, views, write_lens
 
     if write and config is None:
         raise UserError("--write needs --config SITE.toml: the config file to write the lens into")
     spec = Board.parse(board, square_mm)
     start = load_config(config) if config is not None else None
+    if start is not None and sources:
+        # Checked on the first view, before the board is looked for in every one (about 0.2 s a
+        # frame where it is not found, up to 120 frames a recording): calibrate_lens holds the rest
+        # of the views to that first one's size.
+        with contextlib.closing(views(sources[:1])) as first:
+            _, grey = next(first)
+        if (grey.shape[1], grey.shape[0]) != (start.camera.width, start.camera.height):
+            raise UserError(
+                f"the views are {grey.shape[1]}x{grey.shape[0]}, {config} says the camera is "
+                f"{start.camera.width}x{start.camera.height}; take the views with the site camera at "
+                "its configured resolution"
+            )
     with progress_bar() as bar:
         task = bar.add_task("looking for the board", total=None)
         fit = calibrate_lens(sources, spec, progress=lambda seen: bar.update(task, completed=seen))
-    if start is not None and fit.image_size != (start.camera.width, start.camera.height):
-        raise UserError(
-            f"the views are {fit.image_size[0]}x{fit.image_size[1]}, {config} says the camera is "
-            f"{start.camera.width}x{start.camera.height}; take the views with the site camera at its "
-            "configured resolution"
-        )
     cx, cy = fit.principal_px
     typer.echo(
         f"board found in {fit.views_used} of {fit.views_seen} views; corners reproject {fit.rms_px:.2f} px "

@@ -180,3 +180,22 @@ def test_the_camera_pose_fit_keeps_a_measured_focal_length() -> None:
     assert abs(fit.pose.pitch_deg - 14.0) < 0.1 and abs(fit.pose.yaw_deg + 5.0) < 0.1
     cfg = EdgeConfig.model_validate({"camera": {"width": WIDTH, "height": HEIGHT}})
     assert CameraPose.of(cfg).lens_measured is False, "without a lens calibration the walk fits hfov"
+
+
+def test_views_of_another_size_than_the_config_are_refused_before_the_board_is_searched(
+    views: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Looking for the board takes about 0.2 s a frame where it is not there, up to 120 frames a
+    recording: a config for another camera size is refused on the first view, not after all that."""
+    from typer.testing import CliRunner
+    from vrclip.calibration import cli, intrinsics
+
+    searched: list[int] = []
+    monkeypatch.setattr(intrinsics, "find_corners", lambda *_: searched.append(1))
+    other = tmp_path / "hd.toml"
+    other.write_text("[camera]\nwidth = 1280\nheight = 720\n")
+    args = ["intrinsics", *map(str, views), "--board", "9x6", "--square-mm", "40", "--config", str(other)]
+    result = CliRunner().invoke(cli.app, args)
+    assert isinstance(result.exception, UserError), result.output
+    assert "the views are 640x360" in str(result.exception) and str(other) in str(result.exception)
+    assert searched == [], "refused before any view was searched for the board"
