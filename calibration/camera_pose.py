@@ -440,7 +440,8 @@ def with_pose(config: EdgeConfig, fit: PoseFit) -> EdgeConfig:
         position_m=tuple(round(v, 3) for v in pose.position_m),  # type: ignore[arg-type]
         pitch_deg=round(pose.pitch_deg, 2),
         yaw_deg=round(pose.yaw_deg, 2),
-        hfov_deg=round(pose.hfov_deg, 2),
+        # A lens calibration's focal length was kept by the fit: written back as it was measured.
+        hfov_deg=pose.hfov_deg if pose.lens_measured else round(pose.hfov_deg, 2),
     )
     return rounded.applied(config)
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 import annotated_types
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from vrclip.edge.errors import ConfigError
 from vrclip.edge.timebase.start_protocol import DEFAULT_PORT as DEFAULT_TIME_SERVER_PORT
 
@@ -127,6 +127,15 @@ class CameraConfig(Section):
     principal_px: tuple[float, float] | None = None
     #: OpenCV's lens distortion (k1, k2, p1, p2, k3); zeros: a distortion-free lens.
     distortion: tuple[float, float, float, float, float] = (0.0, 0.0, 0.0, 0.0, 0.0)
+
+    @field_validator("distortion", mode="before")
+    @classmethod
+    def _four_coefficients_mean_no_k3(cls, value: Any) -> Any:
+        """OpenCV tools often print four coefficients (k1, k2, p1, p2): k3 is then 0."""
+        if isinstance(value, list | tuple) and len(value) == 4:
+            return (*value, 0.0)
+        return value
+
     jpeg_quality: Annotated[int, Field(ge=10, le=100)] = 90
 
     @model_validator(mode="after")

@@ -178,6 +178,13 @@ def test_the_camera_pose_fit_keeps_a_measured_focal_length() -> None:
     assert fit.pose.distortion == lens[1], "the lens travels with the pose"
     np.testing.assert_allclose(fit.pose.position_m, truth.position_m, atol=0.01)
     assert abs(fit.pose.pitch_deg - 14.0) < 0.1 and abs(fit.pose.yaw_deg + 5.0) < 0.1
+    from vrclip.calibration.camera_pose import with_pose
+
+    measured = EdgeConfig.model_validate(
+        {"camera": {"width": WIDTH, "height": HEIGHT, "hfov_deg": 84.123, "distortion": list(lens[1])}}
+    )
+    fit = fit_pose(obs, CameraPose.of(measured))
+    assert with_pose(measured, fit).camera.hfov_deg == 84.123, "written back as measured, not re-rounded"
     cfg = EdgeConfig.model_validate({"camera": {"width": WIDTH, "height": HEIGHT}})
     assert CameraPose.of(cfg).lens_measured is False, "without a lens calibration the walk fits hfov"
 

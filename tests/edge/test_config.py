@@ -117,3 +117,10 @@ def test_a_principal_point_measured_at_another_camera_size_is_refused(tmp_path: 
     site.write_text("[camera]\ndistortion = [-0.1, 40.0, 0.0, 0.0, 0.0]\n")
     with pytest.raises(ConfigError, match=r"camera\.distortion = .*vrclip-calibrate intrinsics"):
         load_config(site)
+
+
+def test_four_distortion_coefficients_are_k1_k2_p1_p2(tmp_path: Path) -> None:
+    """OpenCV tools often print four coefficients; k3 is then zero, not a validation error."""
+    site = tmp_path / "site.toml"
+    site.write_text("[camera]\ndistortion = [-0.1, 0.02, 0.001, -0.002]\n")
+    assert load_config(site).camera.distortion == (-0.1, 0.02, 0.001, -0.002, 0.0)
