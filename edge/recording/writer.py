@@ -267,10 +267,27 @@ class SessionWriter:
                 dep.attrs["unit"] = "m"
             # From here on the file only grows by appends, and is consistent on disk after every flush.
             f.swmr_mode = True
-        except BaseException:
-            f.close()
-            p.unlink(missing_ok=True)
-            raise
+        except BaseException as exc:
+            refused = isinstance(exc, _HDF5_WRITE_ERRORS)
+            try:
+                if not refused:
+                    f.close()
+            except _HDF5_WRITE_ERRORS:
+                refused = True
+            finally:
+                p.unlink(missing_ok=True)
+            if refused:
+                # The disk refused a write while the layout was made: HDF5 cannot close this file,
+                # and freeing its handles crashes (see `unclosed_recordings`), so they are kept as
+                # close() keeps them.
+                self._file = f
+                with _UNCLOSED_LOCK:
+                    _UNCLOSED.append((p, self))
+            if not isinstance(exc, _HDF5_WRITE_ERRORS):
+                raise
+            raise RecordingError(
+                f"{p}: cannot create the recording ({exc}); check free disk space and the disk"
+            ) from exc
         return f
 
     # ----------------------------------------------------------------------------------- writing

@@ -469,6 +469,27 @@ def test_a_command_whose_disk_filled_exits_with_its_error_not_a_crash(tmp_path: 
     assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr[-2000:]
 
 
+def test_a_disk_that_fills_while_the_recording_is_created_is_one_error_line(tmp_path: Path) -> None:
+    """A disk with room for the file's first bytes but not its layout (groups, datasets, the SWMR
+    switch): creation raised h5py's own RuntimeError or OSError with a traceback, left the partial
+    file behind and the process died in a segmentation fault (139). Now the RecordingError that says
+    to check the disk, exit status 2, and no file."""
+    from tests.scripts import console_script
+
+    out = tmp_path / "filled.h5"
+    proc = subprocess.run(
+        [console_script("vrclip-edge"), "record", "--simulate", "--seconds", "1", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=_file_size_limit(8_000),
+    )
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert "cannot create the recording" in proc.stderr and "check free disk space" in proc.stderr
+    assert "_create" not in proc.stderr, proc.stderr[-2000:]  # no traceback through the writer
+    assert not out.exists()
+
+
 def test_a_writer_whose_disk_filled_can_be_dropped_without_crashing(tmp_path: Path) -> None:
     """The service drops its `run --record` writer and goes on: freeing the HDF5 handles of a file
     HDF5 could not close crashed the process (h5py 3.16 / HDF5 2.0), so the writer keeps them."""
