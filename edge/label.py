@@ -212,8 +212,9 @@ def label_recording(
         with SessionReader(tmp):
             pass  # the copy opens as a recording, or nothing replaces `out`
         os.replace(tmp, out)
-    except OSError as exc:
-        raise UserError(f"{out}: cannot write the labelled copy ({exc.strerror or exc})") from None
+    except (OSError, RuntimeError) as exc:  # h5py raises RuntimeError for a flush the disk refused
+        reason = getattr(exc, "strerror", None) or exc
+        raise UserError(f"{out}: cannot write the labelled copy ({reason})") from None
     finally:
         tmp.unlink(missing_ok=True)
     return LabelResult(

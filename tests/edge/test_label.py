@@ -195,3 +195,31 @@ def test_every_stream_says_visible_where_the_camera_would_see_the_person(walk: P
             np.testing.assert_array_equal(truth["visible"][known, 0], want, err_msg=stream)
             seen[stream] = truth["visible"][known, 0].mean()
     assert seen["depth"] > 0.5, "the person walked in view most of the time"
+
+
+def test_a_disk_that_fills_while_labelling_is_one_error_line(walk: Path, tmp_path: Path) -> None:
+    """Room for the copy but not for the new labels: h5py's RuntimeError from the close (a flush the
+    disk refused) escaped as a traceback, as only OSError was turned into the error line."""
+    import resource
+    import signal
+
+    rig = tmp_path / "rig.h5"
+    _strip_labels(walk, rig, ["alice"])
+    out = tmp_path / "labelled.h5"
+    limit = rig.stat().st_size + 64  # the copy fits, the labels' metadata does not
+
+    def file_size_limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    done = subprocess.run(
+        [console_script("vrclip-edge"), "label", str(rig), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=file_size_limit,
+    )
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    assert f"{out.name}: cannot write the labelled copy" in done.stderr
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rig.h5"]
