@@ -113,7 +113,17 @@ def run(app: typer.Typer) -> None:
     except SystemExit as exc:
         _leave_past_unclosed_recordings(exc.code)
         raise
+    except BaseException as exc:
+        if _unclosed_recordings():  # a bug: its traceback and status 1, as the interpreter would
+            sys.excepthook(type(exc), exc, exc.__traceback__)
+            _leave_past_unclosed_recordings(1)
+        raise
     _leave_past_unclosed_recordings(0)
+
+
+def _unclosed_recordings() -> bool:
+    writer = sys.modules.get("vrclip.edge.recording.writer")
+    return writer is not None and bool(writer.unclosed_recordings())
 
 
 def _leave_past_unclosed_recordings(code: int | str | None) -> None:
@@ -124,8 +134,7 @@ def _leave_past_unclosed_recordings(code: int | str | None) -> None:
     died with a segmentation fault (status 139), which systemd and scripts read as a crash. So the
     process ends here, after flushing its output, without running the exit handlers. The command's
     work (sinks, gallery, the file itself) is closed by then."""
-    writer = sys.modules.get("vrclip.edge.recording.writer")
-    if writer is None or not writer.unclosed_recordings():
+    if not _unclosed_recordings():
         return
     if code is None:
         status = 0

@@ -504,3 +504,31 @@ def test_a_writer_whose_disk_filled_can_be_dropped_without_crashing(tmp_path: Pa
         timeout=120,
     )
     assert "dropped ok" in proc.stdout, (proc.returncode, proc.stdout, proc.stderr[-2000:])
+
+
+def test_a_bug_after_a_recording_failed_ends_with_its_traceback_not_a_crash(tmp_path: Path) -> None:
+    """Only SystemExit went past HDF5's exit handler: an exception that is a bug (the service goes on
+    after its `run --record` writer failed) printed its traceback and then the process died in a
+    segmentation fault (139) instead of exiting with 1."""
+    entry = (
+        "from vrclip.edge.cli_support import make_app, run\n"
+        "app = make_app('t', 't')\n"
+        "@app.command()\n"
+        "def bug() -> None:\n"
+        "    raise RuntimeError('a bug after the disk filled')\n"
+        "@app.command()\n"
+        "def other() -> None:\n"
+        "    pass\n"
+        "sys.argv = ['t', 'bug']\n"
+        "run(app)"
+    )
+    child = _DISK_FULL_CHILD.replace("os._exit(0)", entry)
+    proc = subprocess.run(
+        [sys.executable, "-c", child, str(tmp_path / "full.h5"), "1.0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.stdout.startswith("write RecordingError"), (proc.stdout, proc.stderr[-2000:])
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
+    assert "a bug after the disk filled" in proc.stderr
