@@ -69,7 +69,7 @@ def point_response(
 ) -> np.ndarray:
     """Sum over point reflectors of a * exp(-j2 pi f (R_tx + R_rx)/c) / (R_tx R_rx).
 
-    points (S,3), amplitudes (S,). Returns (channels, points) complex128.
+    points (S,3), amplitudes (S,). Returns (channels, frequencies) complex128.
     """
     ch = np.arange(geometry.n_channels) if channels is None else np.asarray(channels)
     tx = geometry.channel_tx[ch][:, None, :]
