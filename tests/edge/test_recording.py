@@ -450,20 +450,25 @@ def _file_size_limit(limit_bytes: int) -> Callable[[], None]:
     return apply
 
 
+def _record_on_a_small_disk(out: Path, seconds: float, limit_bytes: int) -> subprocess.CompletedProcess[str]:
+    """`vrclip-edge record --simulate` in a child whose writes past `limit_bytes` are refused."""
+    from tests.scripts import console_script
+
+    return subprocess.run(
+        [console_script("vrclip-edge"), "record", "--simulate", "--seconds", str(seconds), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=_file_size_limit(limit_bytes),
+    )
+
+
 def test_a_command_whose_disk_filled_exits_with_its_error_not_a_crash(tmp_path: Path) -> None:
     """HDF5 2.0 crashed at interpreter exit (segmentation fault, status 139) on a file it could not
     close, after the command had reported the full disk, and h5py printed tracebacks from its
     deallocator. The command now ends with its own status (2) and its one error line."""
-    from tests.scripts import console_script
-
     out = tmp_path / "filled.h5"
-    proc = subprocess.run(
-        [console_script("vrclip-edge"), "record", "--simulate", "--seconds", "5", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        preexec_fn=_file_size_limit(2_000_000),
-    )
+    proc = _record_on_a_small_disk(out, 5.0, 2_000_000)
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
     assert "check free disk space" in proc.stderr
     assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr[-2000:]
@@ -474,16 +479,8 @@ def test_a_disk_that_fills_while_the_recording_is_created_is_one_error_line(tmp_
     switch): creation raised h5py's own RuntimeError or OSError with a traceback, left the partial
     file behind and the process died in a segmentation fault (139). Now the RecordingError that says
     to check the disk, exit status 2, and no file."""
-    from tests.scripts import console_script
-
     out = tmp_path / "filled.h5"
-    proc = subprocess.run(
-        [console_script("vrclip-edge"), "record", "--simulate", "--seconds", "1", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        preexec_fn=_file_size_limit(8_000),
-    )
+    proc = _record_on_a_small_disk(out, 1.0, 8_000)
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
     assert "cannot create the recording" in proc.stderr and "check free disk space" in proc.stderr
     assert "_create" not in proc.stderr, proc.stderr[-2000:]  # no traceback through the writer
