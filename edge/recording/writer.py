@@ -234,8 +234,14 @@ class SessionWriter:
             p.unlink()
         try:
             f = h5py.File(p, "x", libver="latest")
-        except OSError as e:
+        except FileExistsError as e:  # another process created it since the check above
             raise RecordingError(f"{p}: cannot create the recording ({e})") from e
+        except OSError as e:
+            # The path was free a moment ago: what is there now is this attempt's empty start.
+            p.unlink(missing_ok=True)
+            raise RecordingError(
+                f"{p}: cannot create the recording ({e}); check free disk space and the disk"
+            ) from e
         try:
             f.attrs.update(attrs)
             for s in self._streams.values():

@@ -479,6 +479,12 @@ def test_a_disk_that_fills_while_the_recording_is_created_is_one_error_line(tmp_
     switch): creation raised h5py's own RuntimeError or OSError with a traceback, left the partial
     file behind and the process died in a segmentation fault (139). Now the RecordingError that says
     to check the disk, exit status 2, and no file."""
+    for limit in (0, 8_000):  # no room for the file's first bytes, or not for its layout
+        out = tmp_path / f"filled-{limit}.h5"
+        proc = _record_on_a_small_disk(out, 1.0, limit)
+        assert proc.returncode == 2, (limit, proc.returncode, proc.stderr[-2000:])
+        assert "cannot create the recording" in proc.stderr and "check free disk space" in proc.stderr
+        assert not out.exists(), f"limit {limit}: the partial file is removed"
     out = tmp_path / "filled.h5"
     proc = _record_on_a_small_disk(out, 1.0, 8_000)
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
