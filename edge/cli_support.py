@@ -169,4 +169,6 @@ def _run(app: typer.Typer) -> None:
     # In non-standalone mode typer returns the code of a `typer.Exit(code=N)` (and of `--help`, 0)
     # instead of raising it; a nonzero one must reach the shell.
     if isinstance(result, int) and not isinstance(result, bool) and result != 0:
+        if result == 130:  # typer turns Ctrl-C into this return value, silently
+            stderr.print("interrupted")
         sys.exit(result)

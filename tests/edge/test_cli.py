@@ -184,3 +184,29 @@ def test_dataset_identities_are_one_person_across_sessions(tmp_path: Path) -> No
     plans = plan_sessions(DatasetRequest(tmp_path, identities=2, sessions=3, seed=5))
     assert {p.world_seed for p in plans} == {5}
     assert len({p.seed for p in plans}) == len(plans)
+
+
+def test_ctrl_c_keeps_the_recording_and_says_it_was_interrupted(tmp_path: Path, small_config: Path) -> None:
+    """typer turns Ctrl-C into exit status 130 without a word; the user must see why it stopped,
+    and the frames recorded so far stay in a readable file."""
+    import signal
+    import time
+
+    out = tmp_path / "cut.h5"
+    proc = subprocess.Popen(
+        [console_script("vrclip-edge"), "record", "--simulate", "--seconds", "600", "--out", str(out),
+         "--config", str(small_config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a shell's & ignores it
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not out.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err, (proc.returncode, err[-1000:])
+    with SessionReader(out) as reader:
+        assert reader.count("radar") > 0
