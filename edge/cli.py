@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from vrclip.edge.pipeline.bench import bench_pipeline
 from vrclip.edge.pipeline.cli import register as register_pipeline_commands
 from vrclip.edge.radar.sim_cli import sim_app
 from vrclip.edge.service.install import install_service_command
+from vrclip.edge.service.shutdown import ShutdownFlag
 from vrclip.edge.timebase.cli import timebase_app
 
 app = make_app("vrclip-edge", "VRCLIP edge runtime: sensors, simulators, recordings, imaging and identities.")
@@ -118,15 +120,22 @@ def record(
         world_seed=world_seed,
     )
     started = time.perf_counter()
-    with progress_bar() as bar:
+    # Ctrl-C sets a flag the frame loop reads: a KeyboardInterrupt raised wherever the main thread
+    # happens to be was swallowed when it landed in one of h5py's garbage-collection callbacks
+    # ("Exception ignored in ..."), and the recording went on.
+    with ShutdownFlag(signals=(signal.SIGINT,)) as interrupt, progress_bar() as bar:
         task = bar.add_task(f"recording {out.name}", total=None)
 
         def tick(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        counts = record_simulated(cfg, RecordRequest(out, seconds, spec, overwrite=overwrite), tick)
+        request = RecordRequest(out, seconds, spec, overwrite=overwrite)
+        counts = record_simulated(cfg, request, tick, stop=interrupt.is_set)
     elapsed = time.perf_counter() - started
     summary = ", ".join(f"{n} {stream}" for stream, n in counts.items())
+    if interrupt.is_set():
+        typer.echo(f"stopped early: {out} keeps {summary} frames", err=True)
+        raise typer.Exit(130)
     typer.echo(f"wrote {out}: {summary} frames in {elapsed:.1f} s")
 
 
@@ -152,12 +161,15 @@ def _record_rig(
     if waiter is not None:
         typer.echo(f"opening the sensors, then waiting for the start from {server.host}:{server.port}")
     try:
-        with progress_bar() as bar:
+        # Ctrl-C sets a flag the session reads (see `record --simulate`): it ends the session early
+        # and keeps the file.
+        with ShutdownFlag(signals=(signal.SIGINT,)) as interrupt, progress_bar() as bar:
             task = bar.add_task(f"recording {out.name}", total=seconds)
             result = record_feed(
                 feed,
                 LiveRecordRequest(out, seconds, identities=identities, overwrite=overwrite),
                 lambda done, total: bar.update(task, completed=done),
+                stop=interrupt,
                 wait_start=waiter,
             )
     finally:
@@ -173,7 +185,7 @@ def _record_rig(
         if result.error is not None:
             raise UserError(f"{result.error}; nothing was recorded, so no file was kept")
         if result.stopped_early and not result.nothing_up:
-            typer.echo("interrupted before the session recorded a frame, so no file was kept", err=True)
+            typer.echo("nothing was recorded before the interruption, so no file was kept", err=True)
             raise typer.Exit(130)
         given_up = f" within {NOTHING_UP_S:g} s of the start" if result.nothing_up else ""
         raise UserError(

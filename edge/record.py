@@ -62,9 +62,13 @@ def simulated_calibration(rig: SimulatedRig) -> dict:
 
 
 def record_simulated(
-    config: EdgeConfig, request: RecordRequest, progress: Callable[[int, int], None] | None = None
+    config: EdgeConfig,
+    request: RecordRequest,
+    progress: Callable[[int, int], None] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> dict[str, int]:
-    """Run the simulated rig for `request.seconds` and write every frame; returns frames per stream."""
+    """Run the simulated rig for `request.seconds` and write every frame; returns frames per stream.
+    `stop()` turning true (Ctrl-C, through the CLI's signal flag) ends it early with the file closed."""
     rig = SimulatedRig(config, request.spec, start_ns=request.start_ns, streams=request.streams)
     total = rig.frame_count(request.seconds)
     cam = config.camera
@@ -95,4 +99,6 @@ def record_simulated(
             writer.write(frame)
             if progress is not None:
                 progress(done, total)
+            if stop is not None and stop():
+                break
         return dict(writer.counts)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from vrclip.edge.config import config_to_toml
 from vrclip.edge.errors import FrameRejected, RecordingError, UserError
@@ -162,11 +162,17 @@ def time_server_start(host: str, port: int, name: str, timeout_s: float) -> Star
     return wait
 
 
+class StopSignal(Protocol):
+    """What ends a session early: a threading.Event, or the CLI's Ctrl-C flag (`ShutdownFlag`)."""
+
+    def is_set(self) -> bool: ...
+
+
 def record_feed(
     feed: Feed,
     request: LiveRecordRequest,
     progress: Callable[[float, float], None] | None = None,
-    stop: threading.Event | None = None,
+    stop: StopSignal | None = None,
     wait_start: StartWaiter | None = None,
 ) -> LiveRecordResult:
     """Record `request.seconds` of every stream `feed` offers into `request.out`.
@@ -182,7 +188,7 @@ def record_feed(
     if not request.seconds > 0:
         raise UserError(f"session length must be > 0 seconds, got {request.seconds!r}")
     _check_not_over(request.start_ns, request.seconds)
-    stop = stop or threading.Event()
+    stop = stop if stop is not None else threading.Event()
     health = Health(tuple(feed.sources))
     queue: DropOldestQueue[Captured] = DropOldestQueue(QUEUE_FRAMES)
     frames = dict.fromkeys(feed.sources, 0)
@@ -196,7 +202,7 @@ def record_feed(
     try:
         _await_sensors(threads, health, stop)
         if wait_start is not None and not stop.is_set():
-            start_ns, session_id = wait_start()
+            start_ns, session_id = _wait_unless_stopped(wait_start, stop)
             _check_not_over(start_ns, request.seconds)
         else:
             start_ns = request.start_ns if request.start_ns is not None else now_ns(CLOCK_REALTIME)
@@ -303,7 +309,30 @@ def _check_not_over(start_ns: int | None, seconds: float) -> None:
         raise UserError("the session's start and end have both passed already; ask for a later start")
 
 
-def _await_sensors(threads: list[CaptureThread], health: Health, stop: threading.Event) -> None:
+def _wait_unless_stopped(wait_start: StartWaiter, stop: StopSignal) -> tuple[int, str]:
+    """`wait_start()`, which blocks on the time server for up to its timeout, given up when `stop` is
+    set (Ctrl-C): that raises KeyboardInterrupt, as Ctrl-C did before the CLI read it as a flag, and
+    nothing has been recorded yet. The waiting thread is a daemon left to its own timeout."""
+    outcome: dict[str, Any] = {}
+
+    def wait() -> None:
+        try:
+            outcome["start"] = wait_start()
+        except BaseException as exc:  # handed to the caller below
+            outcome["error"] = exc
+
+    waiter = threading.Thread(target=wait, name="wait-start", daemon=True)
+    waiter.start()
+    while waiter.is_alive():
+        if stop.is_set():
+            raise KeyboardInterrupt
+        waiter.join(0.1)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["start"]
+
+
+def _await_sensors(threads: list[CaptureThread], health: Health, stop: StopSignal) -> None:
     """Wait until every sensor is open, has failed once or has ended (at most OPEN_WAIT_S)."""
     deadline = time.monotonic() + OPEN_WAIT_S
     while not stop.is_set() and time.monotonic() < deadline:

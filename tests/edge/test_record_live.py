@@ -346,6 +346,25 @@ def test_the_sensors_are_open_before_the_session_starts(
         assert reader.created_ns >= _SlowCamera.opened_ns[0] - 100_000_000
 
 
+def test_ctrl_c_while_waiting_for_the_time_server_ends_the_wait(config: EdgeConfig, tmp_path: Path) -> None:
+    """The CLI reads Ctrl-C as a flag; a wait for the time server's start (up to its timeout) must
+    still end at once, before anything is recorded, as the KeyboardInterrupt it was."""
+    stop = threading.Event()
+
+    def wait_start() -> tuple[int, str]:
+        time.sleep(30.0)  # a server that never arms
+        return now_ns(CLOCK_REALTIME), "never"
+
+    threading.Timer(0.5, stop.set).start()
+    began = time.monotonic()
+    out = tmp_path / "waiting.h5"
+    with pytest.raises(KeyboardInterrupt):
+        record_feed(
+            _feed(config), LiveRecordRequest(out, 1.0, identities=PEOPLE), stop=stop, wait_start=wait_start
+        )
+    assert time.monotonic() - began < 5.0 and not out.exists()
+
+
 def test_frames_a_slow_writer_had_not_reached_when_the_window_closed_are_still_written(
     config: EdgeConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -473,5 +492,5 @@ def test_record_command_interrupted_before_any_frame_says_so(
     out = tmp_path / "early.h5"
     result = runner.invoke(app, ["record", "--out", str(out), "-c", str(_cli_config(tmp_path))])
     assert result.exit_code == 130, result.output
-    assert "interrupted before the session recorded a frame" in result.output
+    assert "nothing was recorded before the interruption" in result.output
     assert "cables" not in result.output and not out.exists()
