@@ -13,6 +13,7 @@ All public methods take one lock, so sources on several threads may share one wr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -237,8 +238,10 @@ class SessionWriter:
         except FileExistsError as e:  # another process created it since the check above
             raise RecordingError(f"{p}: cannot create the recording ({e})") from e
         except OSError as e:
-            # The path was free a moment ago: what is there now is this attempt's empty start.
-            p.unlink(missing_ok=True)
+            # The path was free a moment ago: what is there now is this attempt's empty start. On a
+            # read-only disk the removal fails too (EROFS even for no file); the error below says why.
+            with contextlib.suppress(OSError):
+                p.unlink(missing_ok=True)
             raise RecordingError(
                 f"{p}: cannot create the recording ({e}); check free disk space and the disk"
             ) from e

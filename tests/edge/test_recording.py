@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import os
@@ -491,6 +492,28 @@ def test_a_disk_that_fills_while_the_recording_is_created_is_one_error_line(tmp_
     assert "cannot create the recording" in proc.stderr and "check free disk space" in proc.stderr
     assert "_create" not in proc.stderr, proc.stderr[-2000:]  # no traceback through the writer
     assert not out.exists()
+
+
+def test_a_read_only_disk_is_one_error_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a read-only disk both the creation and the removal of what it left fail (EROFS, even for no
+    file): the removal's OSError replaced the RecordingError, and the user got a traceback."""
+    path = tmp_path / "ro.h5"
+
+    def read_only(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(h5py, "File", read_only)
+    monkeypatch.setattr(Path, "unlink", read_only)
+    with pytest.raises(RecordingError, match=r"cannot create the recording.*Read-only file system"):
+        SessionWriter(
+            path,
+            config_toml="",
+            geometry=child.GEOMETRY,
+            freqs_hz=child.freqs_hz(),
+            radar_channels=child.CHANNELS,
+            conditions={},
+            identities=[],
+        )
 
 
 def test_a_writer_whose_disk_filled_can_be_dropped_without_crashing(tmp_path: Path) -> None:
