@@ -201,7 +201,9 @@ def record_feed(
     error: str | None = None
     try:
         _await_sensors(threads, health, stop)
-        if wait_start is not None and not stop.is_set():
+        if stop.is_set():  # before the start: no session, and a file --overwrite would replace is kept
+            raise KeyboardInterrupt
+        if wait_start is not None:
             start_ns, session_id = _wait_unless_stopped(wait_start, stop)
             _check_not_over(start_ns, request.seconds)
         else:

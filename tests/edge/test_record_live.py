@@ -365,6 +365,31 @@ def test_ctrl_c_while_waiting_for_the_time_server_ends_the_wait(config: EdgeConf
     assert time.monotonic() - began < 5.0 and not out.exists()
 
 
+def test_ctrl_c_while_the_sensors_open_starts_no_session(config: EdgeConfig, tmp_path: Path) -> None:
+    """A stop while the sensors were still opening started the session anyway, without asking the time
+    server: the writer replaced the file an --overwrite named, and the CLI then deleted it as empty."""
+    feed = _feed(config)
+    feed.sources["camera"] = _SlowCamera  # opens in 1.5 s
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()
+    asked: list[int] = []
+
+    def wait_start() -> tuple[int, str]:
+        asked.append(now_ns(CLOCK_REALTIME))
+        return asked[-1], "s-never"
+
+    out = tmp_path / "old.h5"
+    out.write_bytes(b"the previous session")
+    with pytest.raises(KeyboardInterrupt):
+        record_feed(
+            feed,
+            LiveRecordRequest(out, 1.0, identities=PEOPLE, overwrite=True),
+            stop=stop,
+            wait_start=wait_start,
+        )
+    assert not asked and out.read_bytes() == b"the previous session"
+
+
 def test_frames_a_slow_writer_had_not_reached_when_the_window_closed_are_still_written(
     config: EdgeConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
