@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -123,7 +125,7 @@ def record(
     # Ctrl-C sets a flag the frame loop reads: a KeyboardInterrupt raised wherever the main thread
     # happens to be was swallowed when it landed in one of h5py's garbage-collection callbacks
     # ("Exception ignored in ..."), and the recording went on.
-    with ShutdownFlag(signals=(signal.SIGINT,)) as interrupt, progress_bar() as bar:
+    with _ctrl_c_flag() as interrupt, progress_bar() as bar:
         task = bar.add_task(f"recording {out.name}", total=None)
 
         def tick(done: int, total: int) -> None:
@@ -137,6 +139,14 @@ def record(
         typer.echo(f"stopped early: {out} keeps {summary} frames", err=True)
         raise typer.Exit(130)
     typer.echo(f"wrote {out}: {summary} frames in {elapsed:.1f} s")
+
+
+def _ctrl_c_flag() -> contextlib.AbstractContextManager[ShutdownFlag | threading.Event]:
+    """Ctrl-C as a flag the session reads; off the main thread (the command called from a thread),
+    where no signal handler can be installed, a flag nothing sets, as Ctrl-C reaches only the main one."""
+    if threading.current_thread() is threading.main_thread():
+        return ShutdownFlag(signals=(signal.SIGINT,))
+    return contextlib.nullcontext(threading.Event())
 
 
 def _record_rig(
@@ -163,7 +173,7 @@ def _record_rig(
     try:
         # Ctrl-C sets a flag the session reads (see `record --simulate`): it ends the session early
         # and keeps the file.
-        with ShutdownFlag(signals=(signal.SIGINT,)) as interrupt, progress_bar() as bar:
+        with _ctrl_c_flag() as interrupt, progress_bar() as bar:
             task = bar.add_task(f"recording {out.name}", total=seconds)
             result = record_feed(
                 feed,

@@ -211,3 +211,22 @@ def test_ctrl_c_keeps_the_recording_and_says_it_was_interrupted(tmp_path: Path, 
     assert f"stopped early: {out} keeps" in err
     with SessionReader(out) as reader:
         assert reader.count("radar") > 0
+
+
+def test_record_runs_outside_the_main_thread(tmp_path: Path, small_config: Path) -> None:
+    """Ctrl-C's signal handler can only be installed in the main thread: called from another one,
+    `record` failed with a RuntimeError before recording anything."""
+    import threading
+
+    from typer.testing import CliRunner
+    from vrclip.edge.cli import app
+
+    out = tmp_path / "thread.h5"
+    results = []
+    args = ["record", "--simulate", "--seconds", "0.2", "--out", str(out), "--config", str(small_config)]
+    worker = threading.Thread(target=lambda: results.append(CliRunner().invoke(app, args)))
+    worker.start()
+    worker.join(60)
+    assert results and results[0].exit_code == 0, results and (results[0].output, results[0].exception)
+    with SessionReader(out) as reader:
+        assert reader.count("radar") > 0
