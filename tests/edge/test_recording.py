@@ -505,15 +505,7 @@ def test_a_read_only_disk_is_one_error_line(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setattr(h5py, "File", read_only)
     monkeypatch.setattr(Path, "unlink", read_only)
     with pytest.raises(RecordingError, match=r"cannot create the recording.*Read-only file system"):
-        SessionWriter(
-            path,
-            config_toml="",
-            geometry=child.GEOMETRY,
-            freqs_hz=child.freqs_hz(),
-            radar_channels=child.CHANNELS,
-            conditions={},
-            identities=[],
-        )
+        child.open_writer(path)
 
 
 def test_a_writer_whose_disk_filled_can_be_dropped_without_crashing(tmp_path: Path) -> None:
