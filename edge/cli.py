@@ -215,6 +215,8 @@ def _record_rig(
             err=True,
         )
         raise typer.Exit(1)
+    if interrupt.is_set():  # Ctrl-C: the file is kept, and the status says the session was cut
+        raise typer.Exit(130)
 
 
 @dataset_app.command("make")

@@ -519,3 +519,21 @@ def test_record_command_interrupted_before_any_frame_says_so(
     assert result.exit_code == 130, result.output
     assert "nothing was recorded before the interruption" in result.output
     assert "cables" not in result.output and not out.exists()
+
+
+def test_record_command_stopped_by_ctrl_c_keeps_the_file_and_exits_130(
+    rig: dict[str, Feed], tmp_path: Path
+) -> None:
+    """A real SIGINT mid-session: the rig's streams are summarised, the file is kept, and the exit
+    status (130) tells a script the session was cut short, as for `record --simulate`."""
+    import os
+    import signal
+
+    threading.Timer(1.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+    out = tmp_path / "cut.h5"
+    args = ["record", "--out", str(out), "--seconds", "30", "-i", "alice", "-i", "bob"]
+    result = runner.invoke(app, [*args, "-c", str(_cli_config(tmp_path))])
+    assert result.exit_code == 130, result.output
+    assert "radar:" in result.output and f"wrote {out}: stopped early after" in result.output
+    with SessionReader(out) as reader:
+        assert reader.count("radar") > 0
