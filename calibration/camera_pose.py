@@ -29,6 +29,7 @@ import numpy as np
 from scipy.optimize import least_squares
 from vrclip.calibration.files import write_camera_keys
 from vrclip.edge.config import EdgeConfig
+from vrclip.edge.crops import camera_from_config
 from vrclip.edge.errors import UserError
 from vrclip.edge.label import interpolate, radar_track
 from vrclip.edge.recording.reader import SessionReader
@@ -85,15 +86,9 @@ class CameraPose:
 
     @classmethod
     def of(cls, config: EdgeConfig) -> CameraPose:
-        cam = config.camera
-        return cls(
-            tuple(float(v) for v in cam.position_m),  # type: ignore[arg-type]
-            cam.pitch_deg,
-            cam.yaw_deg,
-            cam.hfov_deg,
-            tuple(cam.principal_px) if cam.principal_px is not None else None,
-            tuple(cam.distortion) if any(cam.distortion) else (),
-        )
+        """The configured camera's pose and lens, as the runtime's camera model reads them."""
+        cam = camera_from_config(config)
+        return cls(cam.position, cam.pitch_deg, cam.yaw_deg, cam.hfov_deg, cam.principal, cam.distortion)
 
     @property
     def lens_measured(self) -> bool:
