@@ -3,7 +3,6 @@ geometry)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -159,8 +158,7 @@ def camera(
     `vrclip-calibrate crops RECORDING --config SITE.toml`."""
     from vrclip.calibration.camera_pose import measure_camera_pose, with_pose, write_pose
 
-    if write and config is None:
-        raise UserError("--write needs --config SITE.toml: the config file to write the pose into")
+    _need_config_to_write(write, config, "the pose")
     start = load_config(config) if config is not None else None
     with progress_bar() as bar:
         tasks: dict[str, TaskID] = {}
@@ -187,11 +185,12 @@ def camera(
         )
     if write:
         assert config is not None and start is not None
-        if undetermined or fit.poor_match():
-            raise UserError(f"{config}: not written, the measurement is not good enough (see the warnings)")
-        written, previous = write_pose(config, with_pose(start, fit))
-        kept = f" (the previous one is kept as {previous})" if previous else ""
-        typer.echo(f"wrote the camera pose into {written}{kept}")
+        _write_measurement(
+            config,
+            bool(undetermined or fit.poor_match()),
+            "the camera pose",
+            lambda: write_pose(config, with_pose(start, fit)),
+        )
         typer.echo(f"check it: vrclip-calibrate crops {recording} --config {config} --out crops.png")
 
 
@@ -217,27 +216,17 @@ def intrinsics(
     """Measure the RGB camera's lens: focal length (hfov), principal point and distortion, from 10 or
     more views of a checkerboard. Run it before `vrclip-calibrate camera`, which then keeps the focal
     length it wrote."""
-    from vrclip.calibration.intrinsics import Board, calibrate_lens, views, write_lens
+    from vrclip.calibration.intrinsics import Board, calibrate_lens, write_lens
 
-    if write and config is None:
-        raise UserError("--write needs --config SITE.toml: the config file to write the lens into")
+    _need_config_to_write(write, config, "the lens")
     spec = Board.parse(board, square_mm)
     start = load_config(config) if config is not None else None
-    if start is not None and sources:
-        # Checked on the first view, before the board is looked for in every one (about 0.2 s a
-        # frame where it is not found, up to 120 frames a recording): calibrate_lens holds the rest
-        # of the views to that first one's size.
-        with contextlib.closing(views(sources[:1])) as first:
-            _, grey = next(first)
-        if (grey.shape[1], grey.shape[0]) != (start.camera.width, start.camera.height):
-            raise UserError(
-                f"the views are {grey.shape[1]}x{grey.shape[0]}, {config} says the camera is "
-                f"{start.camera.width}x{start.camera.height}; take the views with the site camera at "
-                "its configured resolution"
-            )
     with progress_bar() as bar:
         task = bar.add_task("looking for the board", total=None)
-        fit = calibrate_lens(sources, spec, progress=lambda seen: bar.update(task, completed=seen))
+        configured = (start.camera.width, start.camera.height, str(config)) if start is not None else None
+        fit = calibrate_lens(
+            sources, spec, progress=lambda seen: bar.update(task, completed=seen), camera=configured
+        )
     cx, cy = fit.principal_px
     typer.echo(
         f"board found in {fit.views_used} of {fit.views_seen} views; corners reproject {fit.rms_px:.2f} px "
@@ -251,12 +240,25 @@ def intrinsics(
         typer.echo(f"warning: {problem}", err=True)
     if write:
         assert config is not None and start is not None
-        if problems:
-            raise UserError(f"{config}: not written, the measurement is not good enough (see the warnings)")
-        written, previous = write_lens(config, fit.applied(start))
-        kept = f" (the previous one is kept as {previous})" if previous else ""
-        typer.echo(f"wrote the lens into {written}{kept}")
+        _write_measurement(config, bool(problems), "the lens", lambda: write_lens(config, fit.applied(start)))
         typer.echo(f"next: vrclip-calibrate camera WALK.h5 --config {config} --write")
+
+
+def _need_config_to_write(write: bool, config: Path | None, what: str) -> None:
+    if write and config is None:
+        raise UserError(f"--write needs --config SITE.toml: the config file to write {what} into")
+
+
+def _write_measurement(
+    config: Path, refused: bool, what: str, write: Callable[[], tuple[Path, Path | None]]
+) -> None:
+    """`--write` of `camera` and `intrinsics`: refuse a measurement the warnings above found wanting,
+    else write it and say where (and where the replaced config was kept)."""
+    if refused:
+        raise UserError(f"{config}: not written, the measurement is not good enough (see the warnings)")
+    written, previous = write()
+    kept = f" (the previous one is kept as {previous})" if previous else ""
+    typer.echo(f"wrote {what} into {written}{kept}")
 
 
 def format_fit(fit: PoseFit, start: EdgeConfig | None) -> str:
