@@ -8,6 +8,7 @@ occluders that hide people from view. The same renderer at a lower resolution is
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -89,25 +90,26 @@ class PinholeCamera:
         camera_frame = np.stack([d @ right, -(d @ up), safe], axis=1).reshape(-1, 1, 3)
         if len(camera_frame) == 0:
             return np.zeros((0, 2)), depth
-        pixels, _ = cv2.projectPoints(
-            camera_frame, np.zeros(3), np.zeros(3), self.matrix(), self._coefficients()
-        )
+        matrix = self.matrix()
+        pixels, _ = cv2.projectPoints(camera_frame, np.zeros(3), np.zeros(3), matrix, self._coefficients())
         pixels = pixels.reshape(-1, 2) + 0.5
         # Past the radius where the lens model stops growing, OpenCV's formula folds points from far
         # outside the view back into the image. Such points are outside it: place them where the
         # distortion-free camera would, which is beyond the image edge too.
         radius = np.hypot(camera_frame[:, 0, 0], camera_frame[:, 0, 1]) / safe
-        folded = radius > self._monotonic_radius()
+        folded = radius > self._monotonic_radius
         if folded.any():
             f = self.focal_px
-            cx, cy = self.matrix()[:2, 2] + 0.5
+            cx, cy = matrix[:2, 2] + 0.5
             pixels[folded, 0] = cx + f * camera_frame[folded, 0, 0] / safe[folded]
             pixels[folded, 1] = cy + f * camera_frame[folded, 0, 1] / safe[folded]
         return pixels, depth
 
+    @functools.cached_property
     def _monotonic_radius(self) -> float:
         """The undistorted radius (tan of the angle off the axis) up to which the radial distortion
-        r (1 + k1 r^2 + k2 r^4 + k3 r^6) still grows with r."""
+        r (1 + k1 r^2 + k2 r^4 + k3 r^6) still grows with r. Found once per camera: the runtime
+        projects every track's box through the same camera on every frame."""
         k1, k2, _, _, k3 = self._coefficients()
         # The growth 1 + 3 k1 s + 5 k2 s^2 + 7 k3 s^3 (s = r^2) first reaches zero at its smallest
         # positive root, however far out that lies (a slight barrel folds only at 80-odd degrees).
