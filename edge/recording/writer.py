@@ -46,6 +46,16 @@ _UNCLOSED: list[tuple[Path, SessionWriter]] = []
 _UNCLOSED_LOCK = threading.Lock()
 
 
+def _keep_unclosed(path: Path, writer: SessionWriter) -> None:
+    """Keep `writer`, and with it its HDF5 handles, for the life of the process (see below)."""
+    with _UNCLOSED_LOCK:
+        _UNCLOSED.append((path, writer))
+
+
+def _creation_refused(path: Path, exc: BaseException) -> RecordingError:
+    return RecordingError(f"{path}: cannot create the recording ({exc}); check free disk space and the disk")
+
+
 def unclosed_recordings() -> tuple[Path, ...]:
     """Recordings this process could not close. HDF5 2.0 (h5py 3.16) keeps such a file open and,
     when the interpreter exits, crashes trying to close it again (segmentation fault, exit status
@@ -242,9 +252,7 @@ class SessionWriter:
             # read-only disk the removal fails too (EROFS even for no file); the error below says why.
             with contextlib.suppress(OSError):
                 p.unlink(missing_ok=True)
-            raise RecordingError(
-                f"{p}: cannot create the recording ({e}); check free disk space and the disk"
-            ) from e
+            raise _creation_refused(p, e) from e
         try:
             f.attrs.update(attrs)
             for s in self._streams.values():
@@ -290,13 +298,10 @@ class SessionWriter:
                 # and freeing its handles crashes (see `unclosed_recordings`), so they are kept as
                 # close() keeps them.
                 self._file = f
-                with _UNCLOSED_LOCK:
-                    _UNCLOSED.append((p, self))
+                _keep_unclosed(p, self)
             if not isinstance(exc, _HDF5_WRITE_ERRORS):
                 raise
-            raise RecordingError(
-                f"{p}: cannot create the recording ({exc}); check free disk space and the disk"
-            ) from exc
+            raise _creation_refused(p, exc) from exc
         return f
 
     # ----------------------------------------------------------------------------------- writing
@@ -513,8 +518,7 @@ class SessionWriter:
                     # was garbage-collected, or at exit), after printing tracebacks from h5py's
                     # deallocator. So this writer, and with it those handles, is kept for the life
                     # of the process, which the command line ends past HDF5's exit handler.
-                    with _UNCLOSED_LOCK:
-                        _UNCLOSED.append((self.path, self))
+                    _keep_unclosed(self.path, self)
         if self._error is not None:
             raise RecordingError(f"{self.path}: a background flush failed: {self._error}") from self._error
         if failure is not None:
