@@ -82,10 +82,11 @@ def test_live_rig_through_the_real_drivers_is_recorded_inside_its_window(
     assert seen and max(seen) == pytest.approx(2.0)
 
 
-class _WrongSizeCamera:
-    """A camera delivering 640x480 where the config says 320x180 (a driver that ignored the setting)."""
+class _BlankCamera:
+    """A camera delivering black frames of SHAPE at 20 frames/s, stamped on the rig's clock."""
 
     modality = "camera"
+    SHAPE = (180, 320, 3)  # what the test config says
 
     def __init__(self) -> None:
         self.seq = 0
@@ -96,11 +97,17 @@ class _WrongSizeCamera:
     def read(self) -> CameraFrame:
         time.sleep(0.05)
         self.seq += 1
-        rgb = np.zeros((480, 640, 3), np.uint8)
+        rgb = np.zeros(self.SHAPE, np.uint8)
         return CameraFrame(seq=self.seq, t_ns=now_ns(CLOCK_REALTIME), clock=CLOCK_REALTIME, rgb=rgb)
 
     def close(self) -> None:
         pass
+
+
+class _WrongSizeCamera(_BlankCamera):
+    """A camera delivering 640x480 where the config says 320x180 (a driver that ignored the setting)."""
+
+    SHAPE = (480, 640, 3)
 
 
 class _DeadDepth:
@@ -293,27 +300,14 @@ def test_record_without_a_rig_gives_up_soon_names_every_fault_and_keeps_no_file(
     assert not out.exists()
 
 
-class _SlowCamera:
+class _SlowCamera(_BlankCamera):
     """A camera that takes 1.5 s to open (as a USB camera or a ZED does), then delivers 20 frames/s."""
 
-    modality = "camera"
     opened_ns: ClassVar[list[int]] = []
-
-    def __init__(self) -> None:
-        self.seq = 0
 
     def open(self) -> None:
         time.sleep(1.5)
         _SlowCamera.opened_ns.append(now_ns(CLOCK_REALTIME))
-
-    def read(self) -> CameraFrame:
-        time.sleep(0.05)
-        self.seq += 1
-        rgb = np.zeros((180, 320, 3), np.uint8)
-        return CameraFrame(seq=self.seq, t_ns=now_ns(CLOCK_REALTIME), clock=CLOCK_REALTIME, rgb=rgb)
-
-    def close(self) -> None:
-        pass
 
 
 @pytest.mark.parametrize("time_server", [False, True])
