@@ -28,5 +28,61 @@ def channels(config: Path | None = typer.Option(None, "--config", "-c", help="Co
         typer.echo(f"{c}\t{tx}\t{rx}\t{geometry.channel_name(c)}")
 
 
+@app.command("selftest")
+def selftest(
+    config: Path | None = typer.Option(None, "--config", "-c", help="Config TOML."),
+    engine: str | None = typer.Option(
+        None, "--engine", help="Engine package to check (default: the config's engine.path)."
+    ),
+    simulate: bool = typer.Option(
+        False, "--simulate", help="Test the simulated rig (SCPI simulators, simulated cameras; no hardware)."
+    ),
+    frames: int = typer.Option(4, "--frames", min=1, max=100, help="Radar frames to measure."),
+    camera_seconds: float = typer.Option(
+        2.0, "--camera-seconds", min=0.2, max=60.0, help="How long to read the camera and the ZED."
+    ),
+    timeout: float = typer.Option(
+        60.0, "--timeout", min=1.0, max=3600.0, help="Seconds after which a check that hangs fails."
+    ),
+    skip: str = typer.Option("", "--skip", help="Checks to leave out, comma-separated (e.g. engine,depth)."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the results here as JSON."),
+) -> None:
+    """Check every part of the rig through the runtime's drivers: switch controller, VNA, whole radar
+    frames (and which channels are dead), calibration file, camera, ZED and engine. Exits 1 if a
+    check fails. Run it after cabling, before `vrclip-calibrate`, and after any hardware change."""
+    from vrclip.firmware_tools.selftest import (
+        SelfTestOptions,
+        format_results,
+        hardware_rig,
+        run_selftest,
+        simulated_rig,
+        write_report,
+    )
+
+    cfg = load_config(config)
+    options = SelfTestOptions(
+        frames=frames,
+        camera_seconds=camera_seconds,
+        timeout_s=timeout,
+        skip=tuple(s.strip() for s in skip.split(",") if s.strip()),
+    )
+
+    def announce(name: str) -> None:
+        typer.echo(f"checking {name} ...", err=True)
+
+    if simulate:
+        with simulated_rig(cfg, engine or cfg.engine.path) as rig:
+            results = run_selftest(rig, options, announce)
+    else:
+        results = run_selftest(hardware_rig(cfg, engine), options, announce)
+    typer.echo(format_results(results))
+    if json_out is not None:
+        typer.echo(f"wrote {write_report(json_out, results)}", err=True)
+    failed = [r.name for r in results if r.status == "fail"]
+    if failed:
+        typer.echo(f"FAILED: {', '.join(failed)}", err=True)
+        raise typer.Exit(1)
+
+
 def main() -> None:
     run(app)

@@ -1,0 +1,506 @@
+"""The rig's self-test: is every part there and working, before calibration and after any change.
+
+An installer who has just cabled a rig wants one command that says what is wrong and where, before
+spending an hour on calibration. Each check talks to one part through the runtime's own drivers (so
+what passes here is what `vrclip-edge run` will meet), is bounded in time, and turns any failure
+into a result that names the part and what to do; one failing part never stops the checks of the
+others. Only the radar's frames need the switch and the VNA to have answered first.
+
+The checks:
+- switch: the controller answers, speaks our protocol version, has the ports the geometry needs and
+  passes its own self-test (`TEST?`);
+- vna: the instrument identifies as the configured dialect and accepts the sweep (read back), and
+  the sweep allows `radar.frame_rate_hz`;
+- radar: whole frames through both (switching sequence included), the rate they come at, and every
+  channel's health (`channel_health`): a dead path is named by channel, Tx/Rx antennas and, when
+  all channels of a port fail, by port;
+- calibration: `paths.calibration_file` is there, valid, and measured with this sweep;
+- camera / depth: frames come, at the configured size and rate, not black, not frozen;
+- engine: the engine package opens, fits this rig (channels, window), and runs one sample.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from vrclip.edge.config import EdgeConfig, PathsConfig
+from vrclip.edge.errors import SensorError, UserError
+from vrclip.edge.geometry import ArrayGeometry, load_geometry
+from vrclip.edge.pipeline.sources import FrameSource
+from vrclip.firmware_tools.channel_health import channel_health, duplicated_channels, port_pattern
+
+Status = Literal["pass", "warn", "fail", "skip"]
+CHECKS = ("switch", "vna", "radar", "calibration", "camera", "depth", "engine")
+#: A measured frame rate below this share of the configured one is worth a warning.
+RATE_TOLERANCE = 0.8
+#: Mean pixel value (0..255) below which the camera sees nothing: a lens cap, no light.
+DARK_MEAN = 8.0
+#: Share of valid depth pixels below which the ZED is blind (lens covered, too close to a wall).
+MIN_VALID_DEPTH = 0.2
+#: Longest any one check may take before it is reported as hanging (seconds).
+DEFAULT_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    status: Status
+    detail: str
+    seconds: float = 0.0
+    #: What the check measured, for the JSON report.
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class CheckFailed(Exception):
+    """A check's verdict of failure, with its figures."""
+
+    def __init__(self, detail: str, figures: dict[str, Any] | None = None) -> None:
+        super().__init__(detail)
+        self.figures = figures or {}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: Status
+    detail: str
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Rig:
+    """What the self-test talks to: the config (its radar endpoints), and camera and depth sources."""
+
+    config: EdgeConfig
+    camera: Callable[[], FrameSource]
+    depth: Callable[[], FrameSource] | None
+    engine: str
+    #: True for the simulated rig, whose calibration is the simulator's own.
+    simulated: bool = False
+
+    @property
+    def geometry(self) -> ArrayGeometry:
+        return load_geometry(self.config.radar.array)
+
+
+def run_bounded(name: str, check: Callable[[], Verdict], timeout_s: float) -> CheckResult:
+    """Run one check in a thread of its own, so a driver call that hangs (an OpenCV read of an
+    unplugged camera) costs `timeout_s`, not the whole self-test."""
+    outcome: list[Verdict | BaseException] = []
+
+    def work() -> None:
+        try:
+            outcome.append(check())
+        except BaseException as exc:  # every failure becomes this check's result
+            outcome.append(exc)
+
+    started = time.monotonic()
+    worker = threading.Thread(target=work, name=f"selftest-{name}", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    seconds = round(time.monotonic() - started, 3)
+    if not outcome:
+        return CheckResult(name, "fail", f"no answer within {timeout_s:g} s: the {name} hangs", seconds)
+    got = outcome[0]
+    if isinstance(got, Verdict):
+        return CheckResult(name, got.status, got.detail, seconds, got.figures)
+    if isinstance(got, CheckFailed):
+        return CheckResult(name, "fail", str(got), seconds, got.figures)
+    if isinstance(got, UserError | SensorError):
+        return CheckResult(name, "fail", str(got), seconds)
+    if isinstance(got, KeyboardInterrupt):
+        raise got
+    return CheckResult(name, "fail", f"unexpected error: {type(got).__name__}: {got}", seconds)
+
+
+# --------------------------------------------------------------------------------------- the radar
+def check_switch(rig: Rig) -> Verdict:
+    from vrclip.edge.radar.switch import SwitchClient
+
+    switch = SwitchClient.from_config(rig.config.radar.switch)
+    pairs = np.asarray(rig.geometry.pairs).reshape(-1, 2)
+    need_tx, need_rx = int(pairs[:, 0].max()) + 1, int(pairs[:, 1].max()) + 1
+    try:
+        switch.connect()
+        n_tx, n_rx = switch.size()
+        figures = {"version": switch.version, "ports": [n_tx, n_rx], "port": switch.port}
+        if need_tx > n_tx or need_rx > n_rx:
+            raise CheckFailed(
+                f"controller at {switch.port} has {n_tx} Tx x {n_rx} Rx ports but the array geometry "
+                f"needs {need_tx} x {need_rx}; check radar.array.geometry_file and the controller",
+                figures,
+            )
+        switch.self_test()
+    finally:
+        switch.close()
+    return Verdict(
+        "pass",
+        f"controller at {switch.port}: protocol {switch.version}, {n_tx} Tx x {n_rx} Rx ports, "
+        "its self-test passed",
+        figures,
+    )
+
+
+def check_vna(rig: Rig) -> Verdict:
+    from vrclip.edge.radar.budget import frame_rate_warning
+    from vrclip.edge.radar.vna import VnaDriver
+
+    radar = rig.config.radar
+    vna = VnaDriver.from_config(radar)
+    try:
+        vna.connect()  # identifies the model, sets the sweep up and reads it back
+        idn = vna.idn
+    finally:
+        vna.close()
+    sweep = radar.sweep
+    figures = {"idn": idn, "dialect": radar.vna.dialect, "resource": radar.vna.resource}
+    detail = (
+        f"{idn} at {radar.vna.resource}: accepts {sweep.start_hz / 1e9:g}-{sweep.stop_hz / 1e9:g} GHz, "
+        f"{sweep.points} points, IF bandwidth {sweep.if_bandwidth_hz:g} Hz"
+    )
+    warning = frame_rate_warning(rig.config, rig.geometry.n_channels)
+    if warning is not None:
+        return Verdict("warn", f"{detail}; but {warning}", figures)
+    return Verdict("pass", detail, figures)
+
+
+def check_radar(rig: Rig, frames: int) -> Verdict:
+    """Whole frames through the real drivers, their rate, and the health of every channel."""
+    from vrclip.edge.radar.errors import RadarError
+    from vrclip.edge.radar.source import RadarSource
+
+    geometry = rig.geometry
+    source = RadarSource.from_config(
+        rig.config, geometry=geometry, max_reconnect_attempts=1, max_dropped_frames=2
+    )
+    try:
+        source.open()
+        sweeps, started = [], time.monotonic()
+        for _ in range(frames):
+            frame = source.read_frame()
+            if frame is None:
+                raise CheckFailed("the radar closed while frames were read")
+            sweeps.append(frame.s21)
+        elapsed = time.monotonic() - started
+    except RadarError as exc:
+        raise CheckFailed(f"frames failed: {exc}") from None
+    finally:
+        source.close()
+    stack = np.stack(sweeps)
+    rate = frames / elapsed if elapsed > 0 else float("inf")
+    health = channel_health(stack)
+    dead, suspect = health.dead(), health.suspect()
+    copies = duplicated_channels(stack[-1])
+    figures: dict[str, Any] = {
+        "frames": frames,
+        "frames_per_s": round(rate, 2),
+        "level_db": np.round(health.level_db, 2).tolist(),
+        "structure": np.round(health.structure, 4).tolist(),
+        "dead": dead,
+        "suspect": suspect,
+        "duplicated": copies,
+    }
+    if len(copies) > geometry.n_channels // 2:
+        raise CheckFailed(
+            f"{len(copies)} of {geometry.n_channels} channels measure the same path as another channel: "
+            "the switch matrix does not switch between sweeps (check the controller's RF outputs and "
+            'radar.switch.step; with step = "trigger", the cable from the VNA\'s trigger output)',
+            figures,
+        )
+    if dead:
+        ports = port_pattern(dead, geometry)
+        where = (
+            f"; every channel of {', '.join(ports)} is dead: check that port's cable and switch path"
+            if ports
+            else ""
+        )
+        raise CheckFailed(
+            f"{len(dead)} of {geometry.n_channels} channels measure no signal "
+            f"({_channel_list(dead, health, geometry)}){where}; "
+            "check the named antennas' cables and connectors",
+            figures,
+        )
+    lines = [
+        f"{frames} frames at {rate:.1f} frames/s, all {geometry.n_channels} channels live "
+        f"(weakest {health.level_db.min():+.1f} dB from the median channel)"
+    ]
+    status: Status = "pass"
+    if suspect:
+        status = "warn"
+        lines.append(f"weak or noisy: {_channel_list(suspect, health, geometry)}; check their connectors")
+    wanted = rig.config.radar.frame_rate_hz
+    if rate < RATE_TOLERANCE * wanted:
+        status = "warn"
+        lines.append(
+            f"radar.frame_rate_hz is {wanted:g} but the rig delivers {rate:.1f}: raise "
+            "radar.sweep.if_bandwidth_hz, use fewer points, or lower frame_rate_hz (and train at that rate)"
+        )
+    return Verdict(status, "; ".join(lines), figures)
+
+
+def _channel_list(channels: list[int], health: Any, geometry: ArrayGeometry, most: int = 8) -> str:
+    named = [f"{c} {geometry.channel_name(c)} {health.level_db[c]:+.0f} dB" for c in channels[:most]]
+    more = f" and {len(channels) - most} more" if len(channels) > most else ""
+    return ", ".join(named) + more
+
+
+def check_calibration(rig: Rig) -> Verdict:
+    from vrclip.edge.pipeline.app import load_rig_calibration
+
+    if rig.simulated:
+        return Verdict("pass", "the simulated rig carries its own calibration")
+    config = rig.config
+    path = config.paths.calibration_file
+    default = PathsConfig.model_fields["calibration_file"].default
+    calibration, warning = load_rig_calibration(
+        path, rig.geometry.n_channels, may_be_absent=path == default, sweep=config.radar.sweep
+    )
+    if calibration is None or warning is not None:
+        return Verdict("warn", warning or f"{path}: no calibration", {"path": path})
+    return Verdict(
+        "pass", f"{path}: {calibration.n_channels} channels, measured with this sweep", {"path": path}
+    )
+
+
+# ---------------------------------------------------------------------------------------- cameras
+def _read_for(source: FrameSource, seconds: float, most: int) -> list[Any]:
+    """Frames from an opened source for `seconds` (at most `most`)."""
+    frames, deadline = [], time.monotonic() + seconds
+    while len(frames) < most and time.monotonic() < deadline:
+        frame = source.read()
+        if frame is None:
+            break
+        frames.append(frame)
+    return frames
+
+
+def _measured_rate(frames: list[Any]) -> float | None:
+    if len(frames) < 2:
+        return None
+    span = (frames[-1].t_ns - frames[0].t_ns) / 1e9
+    return (len(frames) - 1) / span if span > 0 else None
+
+
+def check_camera(rig: Rig, seconds: float) -> Verdict:
+    want = rig.config.camera
+    source = rig.camera()
+    try:
+        source.open()
+        frames = _read_for(source, seconds, most=int(want.fps * seconds) + 2)
+    finally:
+        source.close()
+    if len(frames) < 2:
+        raise CheckFailed(
+            f"camera {want.device!r}: {len(frames)} frame(s) in {seconds:g} s; is it connected?"
+        )
+    rate = _measured_rate(frames)
+    means = [float(np.mean(f.rgb)) for f in frames]
+    frozen = all(np.array_equal(frames[0].rgb, f.rgb) for f in frames[1:])
+    height, width = frames[0].rgb.shape[:2]
+    figures = {"frames": len(frames), "frames_per_s": rate, "size": [width, height], "mean_level": means[-1]}
+    detail = f"{width}x{height} at {rate:.1f} frames/s, mean level {means[-1]:.0f}/255"
+    problems = []
+    if rate is not None and rate < RATE_TOLERANCE * want.fps:
+        problems.append(f"camera.fps is {want.fps:g} but it delivers {rate:.1f}")
+    if max(means) < DARK_MEAN:
+        problems.append("the image is black: a lens cap, or no light in the room")
+    if frozen:
+        problems.append("every frame is the same image: the camera is not streaming live")
+    if problems:
+        return Verdict("warn", f"{detail}; " + "; ".join(problems), figures)
+    return Verdict("pass", detail, figures)
+
+
+def check_depth(rig: Rig, seconds: float) -> Verdict:
+    if rig.depth is None:
+        return Verdict("skip", "zed.enabled = false")
+    want = rig.config.zed
+    source = rig.depth()
+    try:
+        source.open()
+        frames = _read_for(source, seconds, most=int(want.fps * seconds) + 2)
+    finally:
+        source.close()
+    if not frames:
+        raise CheckFailed(f"ZED: no depth frame in {seconds:g} s; is it connected?")
+    valid = float(np.mean([np.isfinite(f.depth).mean() for f in frames]))
+    people = max(len(f.positions) for f in frames)
+    rate = _measured_rate(frames)
+    figures = {"frames": len(frames), "frames_per_s": rate, "valid_depth": round(valid, 3), "people": people}
+    rate_text = f" at {rate:.1f} frames/s" if rate is not None else ""
+    detail = f"{len(frames)} depth frames{rate_text}, {valid:.0%} of pixels with depth, {people} people seen"
+    if valid < MIN_VALID_DEPTH:
+        return Verdict(
+            "warn", f"{detail}; the ZED sees little depth: is its lens covered or facing a wall?", figures
+        )
+    if rate is not None and rate < RATE_TOLERANCE * want.fps:
+        return Verdict("warn", f"{detail}; zed.fps is {want.fps:g}", figures)
+    return Verdict("pass", detail, figures)
+
+
+# ----------------------------------------------------------------------------------------- engine
+def check_engine(rig: Rig) -> Verdict:
+    from vrclip.edge.crops import camera_from_config
+    from vrclip.edge.pipeline.app import open_backend, require_engine_exists
+    from vrclip.edge.pipeline.identify import Identifier
+    from vrclip.edge.sim.radar import sweep_frequencies
+
+    config = rig.config
+    require_engine_exists(config, rig.engine)
+    backend = open_backend(config, rig.engine)
+    try:
+        # What `run` builds around the engine: refuses an engine made for another array or window.
+        Identifier(
+            config,
+            rig.geometry,
+            sweep_frequencies(config.radar.sweep),
+            backend,
+            camera=camera_from_config(config),
+        )
+        feeds = {spec.name: np.zeros(spec.concrete(1), spec.numpy_dtype) for spec in backend.inputs}
+        started = time.perf_counter()
+        backend.infer(feeds)
+        latency_ms = (time.perf_counter() - started) * 1e3
+        described = backend.describe()
+    finally:
+        backend.close()
+    figures = {**described, "latency_ms": round(latency_ms, 2)}
+    return Verdict(
+        "pass",
+        f"{described.get('model')} on {described.get('backend')} ({backend.source}): fits this rig, "
+        f"one sample in {latency_ms:.0f} ms",
+        figures,
+    )
+
+
+# ----------------------------------------------------------------------------------------- driver
+@dataclass(frozen=True)
+class SelfTestOptions:
+    frames: int = 4
+    camera_seconds: float = 2.0
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    skip: tuple[str, ...] = ()
+
+
+def run_selftest(
+    rig: Rig, options: SelfTestOptions, announce: Callable[[str], None] | None = None
+) -> list[CheckResult]:
+    """Every check in order; `announce(name)` before each (for a progress line)."""
+    unknown = set(options.skip) - set(CHECKS)
+    if unknown:
+        raise UserError(
+            f"--skip {','.join(sorted(unknown))}: not a check; the checks are {', '.join(CHECKS)}"
+        )
+    plan: dict[str, Callable[[], Verdict]] = {
+        "switch": lambda: check_switch(rig),
+        "vna": lambda: check_vna(rig),
+        "radar": lambda: check_radar(rig, options.frames),
+        "calibration": lambda: check_calibration(rig),
+        "camera": lambda: check_camera(rig, options.camera_seconds),
+        "depth": lambda: check_depth(rig, options.camera_seconds),
+        "engine": lambda: check_engine(rig),
+    }
+    results: dict[str, CheckResult] = {}
+    for name in CHECKS:
+        if name in options.skip:
+            results[name] = CheckResult(name, "skip", "skipped (--skip)")
+            continue
+        if name == "radar" and any(results[n].status in ("fail", "skip") for n in ("switch", "vna")):
+            down = [n for n in ("switch", "vna") if results[n].status in ("fail", "skip")]
+            results[name] = CheckResult(name, "skip", f"needs the {' and the '.join(down)} first")
+            continue
+        if announce is not None:
+            announce(name)
+        results[name] = run_bounded(name, plan[name], options.timeout_s)
+    return [results[n] for n in CHECKS]
+
+
+@contextlib.contextmanager
+def simulated_rig(
+    config: EdgeConfig, engine: str, *, errors: Any = None, people: int = 2, sweep_time_ms: float = 0.2
+) -> Iterator[Rig]:
+    """The simulated rig: the SCPI VNA and switch simulators on loopback (talked to by the real
+    drivers), and the simulated camera and ZED, all seeing the same people walk. `errors`
+    (FrontEndErrors) replaces the simulated front end's, e.g. with a dead path."""
+    from vrclip.edge.pipeline.sources import SimulatedSource
+    from vrclip.edge.radar.sim_process import SimulatorProcess
+    from vrclip.edge.sim.rig import SimulatedRig
+    from vrclip.edge.sim.scene import SceneSpec
+
+    names = tuple(f"person-{i + 1:02d}" for i in range(people))
+    spec = SceneSpec(room=config.room, people=names, seed=1)
+    epoch_ns = time.time_ns()
+    streams = ("radar", "camera", "depth") if config.zed.enabled else ("radar", "camera")
+    sim_rig = SimulatedRig(config, spec, start_ns=epoch_ns, streams=streams)
+    with SimulatorProcess(
+        spec,
+        config.radar.sweep,
+        dialect=config.radar.vna.dialect,
+        sweep_time_s=sweep_time_ms / 1e3,
+        errors=errors if errors is not None else sim_rig.radar.errors,
+        array=config.radar.array,
+        epoch_ns=epoch_ns,
+    ) as simulator:
+        depth = (
+            (lambda: SimulatedSource(sim_rig, "depth", config.zed.fps, epoch_ns))
+            if config.zed.enabled
+            else None
+        )
+        yield Rig(
+            simulator.edge_config(config),
+            camera=lambda: SimulatedSource(sim_rig, "camera", config.camera.fps, epoch_ns),
+            depth=depth,
+            engine=engine,
+            simulated=True,
+        )
+
+
+def hardware_rig(config: EdgeConfig, engine: str | None) -> Rig:
+    from vrclip.edge.pipeline.sources import OpenCvCameraSource, ZedDepthSource
+
+    return Rig(
+        config,
+        camera=lambda: OpenCvCameraSource(config),
+        depth=(lambda: ZedDepthSource(config)) if config.zed.enabled else None,
+        engine=engine or config.engine.path,
+    )
+
+
+def write_report(path: Path, results: list[CheckResult]) -> Path:
+    """The results as JSON, written atomically (a crash leaves the old report or none)."""
+    from vrclip.edge.manifest import atomic_write_bytes
+
+    doc = {
+        "passed": not any(r.status == "fail" for r in results),
+        "checks": [r.to_dict() for r in results],
+    }
+    atomic_write_bytes(Path(path), (json.dumps(doc, indent=1) + "\n").encode("utf-8"))
+    return Path(path)
+
+
+def format_results(results: list[CheckResult]) -> str:
+    width = max(len(r.name) for r in results)
+    return "\n".join(f"{r.name:<{width}}  {r.status.upper():<4}  {r.detail}" for r in results)
+
+
+__all__ = [
+    "CHECKS",
+    "CheckResult",
+    "Rig",
+    "SelfTestOptions",
+    "format_results",
+    "hardware_rig",
+    "run_selftest",
+    "simulated_rig",
+    "write_report",
+]
