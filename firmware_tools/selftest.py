@@ -218,18 +218,7 @@ def check_radar(rig: Rig, frames: int) -> Verdict:
             figures,
         )
     if dead:
-        ports = port_pattern(dead, geometry)
-        where = (
-            f"; every channel of {', '.join(ports)} is dead: check that port's cable and switch path"
-            if ports
-            else ""
-        )
-        raise CheckFailed(
-            f"{len(dead)} of {geometry.n_channels} channels measure no signal "
-            f"({_channel_list(dead, health, geometry)}){where}; "
-            "check the named antennas' cables and connectors",
-            figures,
-        )
+        raise CheckFailed(_dead_report(dead, health, geometry), figures)
     lines = [
         f"{frames} frames at {rate:.1f} frames/s, all {geometry.n_channels} channels live "
         f"(weakest {health.level_db.min():+.1f} dB from the median channel)"
@@ -248,8 +237,28 @@ def check_radar(rig: Rig, frames: int) -> Verdict:
     return Verdict(status, "; ".join(lines), figures)
 
 
+def _dead_report(dead: list[int], health: Any, geometry: ArrayGeometry) -> str:
+    """Which paths are dead, by port where a whole port is (its cable or switch path), by channel
+    (its antennas) for the rest."""
+    ports = port_pattern(dead, geometry)
+    pairs = np.asarray(geometry.pairs).reshape(-1, 2)
+    covered: set[int] = set()
+    for port in ports:
+        side, index = port.split()[0], int(port.split()[2])
+        covered |= {int(c) for c in np.flatnonzero(pairs[:, 0 if side == "Tx" else 1] == index)}
+    parts = []
+    if ports:
+        parts.append(f"every channel of {', '.join(ports)}: check that port's cable and switch path")
+    rest = [c for c in dead if c not in covered]
+    if rest:
+        parts.append(f"{_channel_list(rest, health, geometry)}: check those antennas' cables and connectors")
+    return f"{len(dead)} of {geometry.n_channels} channels measure no signal: " + "; ".join(parts)
+
+
 def _channel_list(channels: list[int], health: Any, geometry: ArrayGeometry, most: int = 8) -> str:
-    named = [f"{c} {geometry.channel_name(c)} {health.level_db[c]:+.0f} dB" for c in channels[:most]]
+    named = [
+        f"channel {c} ({geometry.channel_name(c)}, {health.level_db[c]:+.0f} dB)" for c in channels[:most]
+    ]
     more = f" and {len(channels) - most} more" if len(channels) > most else ""
     return ", ".join(named) + more
 
@@ -390,6 +399,11 @@ class SelfTestOptions:
     camera_seconds: float = 2.0
     timeout_s: float = DEFAULT_TIMEOUT_S
     skip: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.skip) - set(CHECKS))
+        if unknown:
+            raise UserError(f"--skip {','.join(unknown)}: not a check; the checks are {', '.join(CHECKS)}")
 
 
 def run_selftest(

@@ -16,6 +16,7 @@ NEED_CONFIG = {
     ("vrclip-edge", "enroll"),
     ("vrclip-edge", "record"),
     ("vrclip-edge", "run"),
+    ("vrclip-firmware", "selftest"),
 }
 
 
@@ -23,11 +24,13 @@ def _apps() -> dict[str, Any]:
     from vrclip.calibration.cli import app as calibrate
     from vrclip.edge.cli import app as edge
     from vrclip.export.cli import app as export
+    from vrclip.firmware_tools.cli import app as firmware
 
     return {
         "vrclip-edge": typer.main.get_command(edge),
         "vrclip-calibrate": typer.main.get_command(calibrate),
         "vrclip-export": typer.main.get_command(export),
+        "vrclip-firmware": typer.main.get_command(firmware),
     }
 
 

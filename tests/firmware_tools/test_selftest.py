@@ -1,0 +1,204 @@
+"""`vrclip-firmware selftest`: every part of the rig checked through the runtime's drivers, each
+fault named with its part, and no fault (a dead path, a missing sensor, one that hangs) stopping
+the checks of the others."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from typer.testing import CliRunner
+from vrclip.edge.config import EdgeConfig
+from vrclip.edge.frames import CLOCK_REALTIME, CameraFrame
+from vrclip.edge.geometry import ArrayGeometry
+from vrclip.edge.sim.radar import SIMULATED_FRONT_END_SEED, FrontEndErrors
+from vrclip.firmware_tools.cli import app
+from vrclip.firmware_tools.selftest import (
+    CHECKS,
+    Rig,
+    SelfTestOptions,
+    check_camera,
+    hardware_rig,
+    run_selftest,
+    simulated_rig,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from fakes.models import TinySpec, tiny_package
+
+from tests.scripts import console_script
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO_ENGINE = str(REPO / "models" / "vrclip-tiny.onnx")
+#: Small camera frames and a short read keep the simulated checks quick on two cores.
+FAST = {"camera": {"width": 320, "height": 180, "fps": 10}, "zed": {"fps": 5}}
+QUICK = SelfTestOptions(frames=3, camera_seconds=0.6, timeout_s=30)
+
+
+def by_name(results: list) -> dict:  # type: ignore[type-arg]
+    return {r.name: r for r in results}
+
+
+def test_the_simulated_rig_passes_and_the_report_says_what_was_measured(tmp_path: Path) -> None:
+    out = tmp_path / "selftest.json"
+    result = CliRunner().invoke(
+        app,
+        ["selftest", "--simulate", "--engine", DEMO_ENGINE, "--frames", "3", "--camera-seconds", "1",
+         "--json", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["passed"] is True
+    checks = {c["name"]: c for c in report["checks"]}
+    assert list(checks) == list(CHECKS)
+    for name in ("switch", "radar", "calibration", "camera", "depth", "engine"):
+        assert checks[name]["status"] == "pass", checks[name]
+    # The built-in sweep is slower than 10 frames/s on a real VNA: said, not failed.
+    assert checks["vna"]["status"] == "warn" and "frame_rate_hz" in checks["vna"]["detail"]
+    radar = checks["radar"]["figures"]
+    assert radar["dead"] == [] and len(radar["level_db"]) == 144
+    assert min(radar["structure"]) > 0.6
+    assert checks["switch"]["figures"]["ports"] == [12, 12]
+    assert checks["camera"]["figures"]["size"] == [1280, 720]
+    assert "fits this rig" in checks["engine"]["detail"]
+
+
+def test_a_dead_tx_cable_and_a_dead_antenna_are_named(geometry: ArrayGeometry) -> None:
+    errors = FrontEndErrors.draw(geometry.n_channels, SIMULATED_FRONT_END_SEED)
+    tx3 = [c for c in range(geometry.n_channels) if geometry.pairs[c][0] == 3]
+    dead = [*tx3, 50]
+    errors.gain[dead] = 0.0  # the path is open: no coupling, no echo, only the VNA's noise
+    errors.coupling[dead] = 0.0
+    config = EdgeConfig.model_validate(FAST)
+    with simulated_rig(config, DEMO_ENGINE, errors=errors) as rig:
+        results = by_name(run_selftest(rig, SelfTestOptions(**{**QUICK.__dict__, "skip": ("engine",)})))
+    radar = results["radar"]
+    assert radar.status == "fail"
+    assert radar.figures["dead"] == sorted(dead)
+    assert f"{len(dead)} of 144 channels measure no signal" in radar.detail
+    assert "Tx port 3 (T4)" in radar.detail
+    assert geometry.channel_name(50) in radar.detail
+    # The rest of the rig was still checked.
+    assert results["camera"].status == "pass" and results["depth"].status == "pass"
+    assert results["engine"].status == "skip"
+
+
+def refused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_rig_with_nothing_connected_fails_each_part_quickly(tmp_path: Path) -> None:
+    port = refused_port()
+    toml = tmp_path / "edge.toml"
+    toml.write_text(
+        f'[radar.vna]\nresource = "TCPIP0::127.0.0.1::{port}::SOCKET"\ntimeout_ms = 500\n'
+        f'[radar.switch]\nport = "tcp://127.0.0.1:{port}"\ntimeout_ms = 500\n'
+        f'[camera]\ndevice = "{tmp_path / "no-camera.mp4"}"\n'
+        f'[engine]\npath = "{tmp_path / "missing.onnx"}"\n'
+        f'[paths]\ncalibration_file = "{tmp_path / "calibration.json"}"\n'
+    )
+    started = time.monotonic()
+    result = CliRunner().invoke(app, ["selftest", "--config", str(toml), "--json", str(tmp_path / "r.json")])
+    assert time.monotonic() - started < 30
+    assert result.exit_code == 1
+    checks = {c["name"]: c for c in json.loads((tmp_path / "r.json").read_text())["checks"]}
+    assert checks["switch"]["status"] == "fail" and f"tcp://127.0.0.1:{port}" in checks["switch"]["detail"]
+    assert checks["vna"]["status"] == "fail"
+    assert checks["radar"] == {
+        **checks["radar"],
+        "status": "skip",
+        "detail": "needs the switch and the vna first",
+    }
+    # A calibration file the config names must be there.
+    assert checks["calibration"]["status"] == "fail" and "calibration.json" in checks["calibration"]["detail"]
+    assert checks["camera"]["status"] == "fail" and "no-camera.mp4" in checks["camera"]["detail"]
+    assert checks["depth"]["status"] == "fail" and "pyzed" in checks["depth"]["detail"]
+    assert checks["engine"]["status"] == "fail" and "missing.onnx" in checks["engine"]["detail"]
+
+
+class _Camera:
+    """A camera source that delivers `frames` (callables of the frame number), or hangs."""
+
+    modality = "camera"
+
+    def __init__(self, make, hang: threading.Event | None = None) -> None:  # type: ignore[no-untyped-def]
+        self.make, self.hang, self.seq = make, hang, 0
+
+    def open(self) -> None:
+        pass
+
+    def read(self) -> CameraFrame:
+        if self.hang is not None:
+            self.hang.wait()
+        time.sleep(0.05)
+        self.seq += 1
+        return CameraFrame(self.seq, time.time_ns(), CLOCK_REALTIME, self.make(self.seq))
+
+    def close(self) -> None:
+        pass
+
+
+def camera_rig(source: _Camera, fps: float = 10.0) -> Rig:
+    config = EdgeConfig.model_validate({"camera": {"fps": fps}})
+    return Rig(config, camera=lambda: source, depth=None, engine="unused")
+
+
+def test_a_camera_that_hangs_fails_its_check_and_the_others_go_on() -> None:
+    release = threading.Event()
+    rig = camera_rig(_Camera(lambda n: np.zeros((720, 1280, 3), np.uint8), hang=release))
+    try:
+        started = time.monotonic()
+        results = by_name(
+            run_selftest(rig, SelfTestOptions(timeout_s=1.0, skip=("switch", "vna", "calibration", "engine")))
+        )
+        assert time.monotonic() - started < 5
+    finally:
+        release.set()
+    assert results["camera"].status == "fail"
+    assert results["camera"].detail == "no answer within 1 s: the camera hangs"
+    assert results["depth"].status == "skip"  # zed disabled in this rig, and checked after the camera
+
+
+def test_a_black_frozen_slow_camera_is_warned_about() -> None:
+    black = np.zeros((720, 1280, 3), np.uint8)
+    # The fake delivers a frame every 50 ms: 20 frames/s where the config asks for 40.
+    verdict = check_camera(camera_rig(_Camera(lambda n: black), fps=40.0), seconds=0.5)
+    assert verdict.status == "warn"
+    assert "the image is black" in verdict.detail
+    assert "every frame is the same image" in verdict.detail
+    assert "camera.fps is 40 but it delivers" in verdict.detail
+    rng = np.random.default_rng(0)
+    lively = check_camera(
+        camera_rig(_Camera(lambda n: rng.integers(0, 255, (720, 1280, 3), dtype=np.uint8))), seconds=0.5
+    )
+    assert lively.status == "pass", lively.detail
+
+
+def test_an_engine_for_another_array_is_refused(tmp_path: Path) -> None:
+    engine = tiny_package(tmp_path, spec=TinySpec(height=32, width=16, frames=3, channels=5, range_bins=8))
+    rig = hardware_rig(EdgeConfig(), str(engine))
+    results = by_name(run_selftest(rig, SelfTestOptions(skip=tuple(c for c in CHECKS if c != "engine"))))
+    assert results["engine"].status == "fail"
+    assert "channels" in results["engine"].detail
+
+
+def test_an_unknown_check_name_is_refused_before_anything_starts() -> None:
+    started = time.monotonic()
+    done = subprocess.run(
+        [str(console_script("vrclip-firmware")), "selftest", "--simulate", "--skip", "camera,lidar"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "error: --skip lidar: not a check; the checks are switch, vna, radar" in done.stderr
+    assert "checking" not in done.stderr
+    assert time.monotonic() - started < 20
