@@ -239,7 +239,14 @@ def check_radar(rig: Rig, frames: int) -> Verdict:
 
 def _dead_report(dead: list[int], health: Any, geometry: ArrayGeometry) -> str:
     """Which paths are dead, by port where a whole port is (its cable or switch path), by channel
-    (its antennas) for the rest."""
+    (its antennas) for the rest. When every channel is dead, the path they all share is at fault,
+    not each of the 24 ports: one cable unplugged there kills them all."""
+    if len(dead) == geometry.n_channels:
+        return (
+            f"all {geometry.n_channels} channels measure no signal: check the cables between the VNA and "
+            "the switch matrix (its common Tx and Rx ports, the power divider) and that the VNA's source "
+            "is on"
+        )
     ports = port_pattern(dead, geometry)
     pairs = np.asarray(geometry.pairs).reshape(-1, 2)
     covered: set[int] = set()

@@ -21,6 +21,7 @@ from vrclip.edge.sim.radar import SIMULATED_FRONT_END_SEED, FrontEndErrors
 from vrclip.firmware_tools.cli import app
 from vrclip.firmware_tools.selftest import (
     CHECKS,
+    CheckResult,
     Rig,
     SelfTestOptions,
     check_camera,
@@ -202,3 +203,24 @@ def test_an_unknown_check_name_is_refused_before_anything_starts() -> None:
     assert "error: --skip lidar: not a check; the checks are switch, vna, radar" in done.stderr
     assert "checking" not in done.stderr
     assert time.monotonic() - started < 20
+
+
+def check_radar_result(rig: Rig) -> CheckResult:
+    only_radar = tuple(c for c in CHECKS if c not in ("switch", "vna", "radar"))
+    return by_name(run_selftest(rig, SelfTestOptions(**{**QUICK.__dict__, "skip": only_radar})))["radar"]
+
+
+def test_every_channel_dead_points_at_the_shared_path_not_at_every_port(geometry: ArrayGeometry) -> None:
+    """The cable from the VNA to the switch matrix unplugged: every path is open. That is one cable
+    (or the VNA's source), not 24 port cables."""
+    errors = FrontEndErrors.draw(geometry.n_channels, SIMULATED_FRONT_END_SEED)
+    errors.gain[:] = 0.0
+    errors.coupling[:] = 0.0
+    config = EdgeConfig.model_validate(FAST)
+    with simulated_rig(config, DEMO_ENGINE, errors=errors) as rig:
+        radar = check_radar_result(rig)
+    assert radar.status == "fail"
+    assert len(radar.figures["dead"]) == 144
+    assert radar.detail.startswith("all 144 channels measure no signal")
+    assert "port 11" not in radar.detail
+    assert "between the VNA and the switch matrix" in radar.detail
