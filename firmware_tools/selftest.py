@@ -219,6 +219,8 @@ def check_radar(rig: Rig, frames: int) -> Verdict:
         )
     if dead:
         raise CheckFailed(_dead_report(dead, health, geometry), figures)
+    if copies:
+        raise CheckFailed(_copies_report(copies, health, geometry), figures)
     lines = [
         f"{frames} frames at {rate:.1f} frames/s, all {geometry.n_channels} channels live "
         f"(weakest {health.level_db.min():+.1f} dB from the median channel)"
@@ -247,19 +249,39 @@ def _dead_report(dead: list[int], health: Any, geometry: ArrayGeometry) -> str:
             "the switch matrix (its common Tx and Rx ports, the power divider) and that the VNA's source "
             "is on"
         )
-    ports = port_pattern(dead, geometry)
+    ports, rest = _by_port(dead, geometry)
+    parts = []
+    if ports:
+        parts.append(f"every channel of {', '.join(ports)}: check that port's cable and switch path")
+    if rest:
+        parts.append(f"{_channel_list(rest, health, geometry)}: check those antennas' cables and connectors")
+    return f"{len(dead)} of {geometry.n_channels} channels measure no signal: " + "; ".join(parts)
+
+
+def _copies_report(copies: list[int], health: Any, geometry: ArrayGeometry) -> str:
+    """Channels whose sweeps copy another channel's: live paths, so not dead, but the switch matrix
+    selected another channel's ports for them (a relay stuck on its neighbour, a miswired control
+    line), and imaging would place their echoes with the wrong antennas' geometry."""
+    ports, rest = _by_port(copies, geometry)
+    named = [f"every channel of {', '.join(ports)}"] if ports else []
+    if rest:
+        named.append(_channel_list(rest, health, geometry))
+    return (
+        f"{len(copies)} of {geometry.n_channels} channels measure the same path as another channel: "
+        f"{'; '.join(named)}: the switch matrix does not select their ports (check its relays and the "
+        "controller's wiring to them)"
+    )
+
+
+def _by_port(channels: list[int], geometry: ArrayGeometry) -> tuple[list[str], list[int]]:
+    """The ports all of whose channels are among `channels`, and the channels no such port covers."""
+    ports = port_pattern(channels, geometry)
     pairs = np.asarray(geometry.pairs).reshape(-1, 2)
     covered: set[int] = set()
     for port in ports:
         side, index = port.split()[0], int(port.split()[2])
         covered |= {int(c) for c in np.flatnonzero(pairs[:, 0 if side == "Tx" else 1] == index)}
-    parts = []
-    if ports:
-        parts.append(f"every channel of {', '.join(ports)}: check that port's cable and switch path")
-    rest = [c for c in dead if c not in covered]
-    if rest:
-        parts.append(f"{_channel_list(rest, health, geometry)}: check those antennas' cables and connectors")
-    return f"{len(dead)} of {geometry.n_channels} channels measure no signal: " + "; ".join(parts)
+    return ports, [c for c in channels if c not in covered]
 
 
 def _channel_list(channels: list[int], health: Any, geometry: ArrayGeometry, most: int = 8) -> str:

@@ -224,3 +224,34 @@ def test_every_channel_dead_points_at_the_shared_path_not_at_every_port(geometry
     assert radar.detail.startswith("all 144 channels measure no signal")
     assert "port 11" not in radar.detail
     assert "between the VNA and the switch matrix" in radar.detail
+
+
+def test_a_port_the_switch_does_not_select_is_named(geometry: ArrayGeometry, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A relay stuck on its neighbour: every channel of Tx port 3 measures Tx port 2's path again
+    (its own sweep, its own noise). Live paths, so no channel is dead, but a tenth of the array
+    images the wrong geometry."""
+    from vrclip.edge.radar.source import RadarSource
+
+    pairs = np.asarray(geometry.pairs).reshape(-1, 2)
+    tx3 = [c for c in range(geometry.n_channels) if pairs[c, 0] == 3]
+    tx2 = [int(np.flatnonzero((pairs[:, 0] == 2) & (pairs[:, 1] == pairs[c, 1]))[0]) for c in tx3]
+    read_frame = RadarSource.read_frame
+    rng = np.random.default_rng(0)
+
+    def stuck(self):  # type: ignore[no-untyped-def]
+        frame = read_frame(self)
+        noise = 2e-4 * (
+            rng.standard_normal((len(tx3), frame.s21.shape[1]))
+            + 1j * rng.standard_normal((len(tx3), frame.s21.shape[1]))
+        )
+        frame.s21[tx3] = frame.s21[tx2] + noise
+        return frame
+
+    monkeypatch.setattr(RadarSource, "read_frame", stuck)
+    with simulated_rig(EdgeConfig.model_validate(FAST), DEMO_ENGINE) as rig:
+        radar = check_radar_result(rig)
+    assert radar.status == "fail", radar.detail
+    assert radar.figures["dead"] == []
+    assert set(radar.figures["duplicated"]) in (set(tx3), set(tx2))  # whichever is swept later
+    assert "measure the same path as another channel" in radar.detail
+    assert "Tx port" in radar.detail
