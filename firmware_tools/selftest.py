@@ -209,6 +209,7 @@ def check_radar(rig: Rig, frames: int) -> Verdict:
         "dead": dead,
         "suspect": suspect,
         "duplicated": copies,
+        "dropped": source.stats.drops,
     }
     if len(copies) > geometry.n_channels // 2:
         raise CheckFailed(
@@ -229,6 +230,14 @@ def check_radar(rig: Rig, frames: int) -> Verdict:
     if suspect:
         status = "warn"
         lines.append(f"weak or noisy: {_channel_list(suspect, health, geometry)}; check their connectors")
+    if source.stats.drops:
+        # The source drops a failed frame and reconnects; the run does the same, so a fault that
+        # recurs (a loose trigger cable, a flaky link) shows only in its log. Said here instead.
+        status, drops = "warn", source.stats.drops
+        lines.append(
+            f"{drops} frame{'s' if drops > 1 else ''} dropped while {frames} came through "
+            f"(last: {source.stats.last_error}): check the cables and the instruments' links"
+        )
     wanted = rig.config.radar.frame_rate_hz
     if rate < RATE_TOLERANCE * wanted:
         status = "warn"

@@ -255,3 +255,25 @@ def test_a_port_the_switch_does_not_select_is_named(geometry: ArrayGeometry, mon
     assert set(radar.figures["duplicated"]) in (set(tx3), set(tx2))  # whichever is swept later
     assert "measure the same path as another channel" in radar.detail
     assert "Tx port" in radar.detail
+
+
+def test_frames_dropped_during_the_radar_check_are_reported(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A loose trigger cable that costs every other frame: the run logs it, the self-test must say it."""
+    from vrclip.edge.radar.errors import SwitchProtocolError
+    from vrclip.edge.radar.source import RadarSource
+
+    acquire = RadarSource._acquire
+    calls = [0]
+
+    def flaky(self):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        if calls[0] % 2 == 0:
+            raise SwitchProtocolError("switch x", "POS?", "controller missed trigger pulses")
+        return acquire(self)
+
+    monkeypatch.setattr(RadarSource, "_acquire", flaky)
+    with simulated_rig(EdgeConfig.model_validate(FAST), DEMO_ENGINE) as rig:
+        radar = check_radar_result(rig)
+    assert radar.figures["dropped"] == 2
+    assert radar.status == "warn", radar.detail
+    assert "2 frames dropped" in radar.detail and "missed trigger pulses" in radar.detail
