@@ -320,40 +320,58 @@ def check_calibration(rig: Rig) -> Verdict:
 
 
 # ---------------------------------------------------------------------------------------- cameras
-def _read_for(source: FrameSource, seconds: float, most: int) -> list[Any]:
-    """Frames from an opened source for `seconds` (at most `most`)."""
-    frames, deadline = [], time.monotonic() + seconds
-    while len(frames) < most and time.monotonic() < deadline:
+def _read_for(source: FrameSource, seconds: float, most: int, summarise: Callable[[Any], Any]) -> list[Any]:
+    """`summarise(frame)` of each frame from an opened source for `seconds` (at most `most`). Only
+    the summaries are kept: a minute of 1280x720 frames at 30 frames/s is 5 GB."""
+    summaries, deadline = [], time.monotonic() + seconds
+    while len(summaries) < most and time.monotonic() < deadline:
         frame = source.read()
         if frame is None:
             break
-        frames.append(frame)
-    return frames
+        summaries.append(summarise(frame))
+    return summaries
 
 
-def _measured_rate(frames: list[Any]) -> float | None:
-    if len(frames) < 2:
+def _measured_rate(t_ns: list[int]) -> float | None:
+    if len(t_ns) < 2:
         return None
-    span = (frames[-1].t_ns - frames[0].t_ns) / 1e9
-    return (len(frames) - 1) / span if span > 0 else None
+    span = (t_ns[-1] - t_ns[0]) / 1e9
+    return (len(t_ns) - 1) / span if span > 0 else None
+
+
+class _CameraSummary:
+    """Per camera frame: its time, size and mean level, and whether the image differs from the
+    first one (only the first image is kept to compare)."""
+
+    def __init__(self) -> None:
+        self.first: np.ndarray | None = None
+        self.changed = False
+
+    def __call__(self, frame: Any) -> tuple[int, tuple[int, ...], float]:
+        if self.first is None:
+            self.first = frame.rgb
+        elif not self.changed:
+            self.changed = not np.array_equal(self.first, frame.rgb)
+        return frame.t_ns, frame.rgb.shape[:2], float(np.mean(frame.rgb))
 
 
 def check_camera(rig: Rig, seconds: float) -> Verdict:
     want = rig.config.camera
     source = rig.camera()
+    summary = _CameraSummary()
     try:
         source.open()
-        frames = _read_for(source, seconds, most=int(want.fps * seconds) + 2)
+        frames = _read_for(source, seconds, most=int(want.fps * seconds) + 2, summarise=summary)
     finally:
         source.close()
     if len(frames) < 2:
         raise CheckFailed(
             f"camera {want.device!r}: {len(frames)} frame(s) in {seconds:g} s; is it connected?"
         )
-    rate = _measured_rate(frames)
-    means = [float(np.mean(f.rgb)) for f in frames]
-    frozen = all(np.array_equal(frames[0].rgb, f.rgb) for f in frames[1:])
-    height, width = frames[0].rgb.shape[:2]
+    rate = _measured_rate([t_ns for t_ns, _, _ in frames])
+    means = [mean for _, _, mean in frames]
+    frozen = not summary.changed
+    height, width = frames[0][1]
     figures = {"frames": len(frames), "frames_per_s": rate, "size": [width, height], "mean_level": means[-1]}
     detail = f"{width}x{height} at {rate:.1f} frames/s, mean level {means[-1]:.0f}/255"
     problems = []
@@ -375,14 +393,19 @@ def check_depth(rig: Rig, seconds: float) -> Verdict:
     source = rig.depth()
     try:
         source.open()
-        frames = _read_for(source, seconds, most=int(want.fps * seconds) + 2)
+        frames = _read_for(
+            source,
+            seconds,
+            most=int(want.fps * seconds) + 2,
+            summarise=lambda f: (f.t_ns, float(np.isfinite(f.depth).mean()), len(f.positions)),
+        )
     finally:
         source.close()
     if not frames:
         raise CheckFailed(f"ZED: no depth frame in {seconds:g} s; is it connected?")
-    valid = float(np.mean([np.isfinite(f.depth).mean() for f in frames]))
-    people = max(len(f.positions) for f in frames)
-    rate = _measured_rate(frames)
+    valid = float(np.mean([share for _, share, _ in frames]))
+    people = max(n for _, _, n in frames)
+    rate = _measured_rate([t_ns for t_ns, _, _ in frames])
     figures = {"frames": len(frames), "frames_per_s": rate, "valid_depth": round(valid, 3), "people": people}
     rate_text = f" at {rate:.1f} frames/s" if rate is not None else ""
     detail = f"{len(frames)} depth frames{rate_text}, {valid:.0%} of pixels with depth, {people} people seen"

@@ -10,12 +10,13 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
 from typer.testing import CliRunner
 from vrclip.edge.config import EdgeConfig
-from vrclip.edge.frames import CLOCK_REALTIME, CameraFrame
+from vrclip.edge.frames import CLOCK_REALTIME, CameraFrame, DepthFrame
 from vrclip.edge.geometry import ArrayGeometry
 from vrclip.edge.sim.radar import SIMULATED_FRONT_END_SEED, FrontEndErrors
 from vrclip.firmware_tools.cli import app
@@ -25,6 +26,7 @@ from vrclip.firmware_tools.selftest import (
     Rig,
     SelfTestOptions,
     check_camera,
+    check_depth,
     hardware_rig,
     run_selftest,
     simulated_rig,
@@ -277,3 +279,43 @@ def test_frames_dropped_during_the_radar_check_are_reported(monkeypatch) -> None
     assert radar.figures["dropped"] == 2
     assert radar.status == "warn", radar.detail
     assert "2 frames dropped" in radar.detail and "missed trigger pulses" in radar.detail
+
+
+class _Counted:
+    """A camera or ZED that delivers frames as fast as asked, stamped at `fps`, and counts how many
+    of the images it handed out are still held by the check at each read."""
+
+    def __init__(self, modality: str, fps: float) -> None:
+        self.modality, self.fps, self.seq = modality, fps, 0
+        self.handed: list[weakref.ref] = []  # type: ignore[type-arg]
+        self.most_held = 0
+
+    def open(self) -> None:
+        pass
+
+    def read(self) -> CameraFrame | DepthFrame:
+        self.most_held = max(self.most_held, sum(ref() is not None for ref in self.handed))
+        self.seq += 1
+        t_ns = int(self.seq * 1e9 / self.fps)
+        if self.modality == "camera":
+            rgb = np.full((72, 128, 3), self.seq % 200 + 20, np.uint8)
+            self.handed.append(weakref.ref(rgb))
+            return CameraFrame(self.seq, t_ns, CLOCK_REALTIME, rgb)
+        depth = np.full((18, 32), 2.0, np.float32)
+        self.handed.append(weakref.ref(depth))
+        return DepthFrame(self.seq, t_ns, CLOCK_REALTIME, depth)
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_camera_and_depth_checks_do_not_keep_every_frame() -> None:
+    """`--camera-seconds 60` at 30 frames/s is 1800 frames: 5 GB of 1280x720 images if all were
+    kept until the end, more than a Jetson has. Each frame is summed up as it comes."""
+    camera, depth = _Counted("camera", 30.0), _Counted("depth", 30.0)
+    config = EdgeConfig.model_validate({"camera": {"fps": 30}, "zed": {"enabled": True, "fps": 30}})
+    rig = Rig(config, camera=lambda: camera, depth=lambda: depth, engine="unused")
+    assert check_camera(rig, seconds=2.0).status == "pass"
+    assert check_depth(rig, seconds=2.0).status == "pass"
+    assert camera.seq == depth.seq == 62
+    assert camera.most_held <= 2 and depth.most_held <= 2, (camera.most_held, depth.most_held)
