@@ -373,9 +373,13 @@ def check_camera(rig: Rig, seconds: float) -> Verdict:
     frozen = not summary.changed
     height, width = frames[0][1]
     figures = {"frames": len(frames), "frames_per_s": rate, "size": [width, height], "mean_level": means[-1]}
-    detail = f"{width}x{height} at {rate:.1f} frames/s, mean level {means[-1]:.0f}/255"
+    rate_text = f"{rate:.1f} frames/s" if rate is not None else "an unknown rate"
+    detail = f"{width}x{height} at {rate_text}, mean level {means[-1]:.0f}/255"
     problems = []
-    if rate is not None and rate < RATE_TOLERANCE * want.fps:
+    if rate is None:
+        # The synchroniser pairs frames by these times: frames that all carry one cannot be paired.
+        problems.append("no frame rate can be measured: the frames' times do not advance")
+    elif rate < RATE_TOLERANCE * want.fps:
         problems.append(f"camera.fps is {want.fps:g} but it delivers {rate:.1f}")
     if max(means) < DARK_MEAN:
         problems.append("the image is black: a lens cap, or no light in the room")

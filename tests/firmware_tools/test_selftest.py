@@ -319,3 +319,17 @@ def test_the_camera_and_depth_checks_do_not_keep_every_frame() -> None:
     assert check_depth(rig, seconds=2.0).status == "pass"
     assert camera.seq == depth.seq == 62
     assert camera.most_held <= 2 and depth.most_held <= 2, (camera.most_held, depth.most_held)
+
+
+def test_a_camera_whose_frames_carry_one_timestamp_is_reported_not_a_crash() -> None:
+    """No frame rate can be measured when every frame carries the same time (a driver that stamps
+    the stream's start, the wall clock stepped back): the check says so instead of failing with a
+    TypeError formatting None."""
+    rng = np.random.default_rng(0)
+    source = _Camera(lambda n: rng.integers(0, 255, (72, 128, 3), dtype=np.uint8))
+    read = source.read
+    source.read = lambda: CameraFrame(**{**read().__dict__, "t_ns": 1_000})  # type: ignore[method-assign]
+    verdict = check_camera(camera_rig(source), seconds=0.3)
+    assert verdict.status == "warn", verdict.detail
+    assert "no frame rate" in verdict.detail
+    assert verdict.figures["frames_per_s"] is None
