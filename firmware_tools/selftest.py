@@ -556,14 +556,18 @@ def hardware_rig(config: EdgeConfig, engine: str | None) -> Rig:
 
 
 def write_report(path: Path, results: list[CheckResult]) -> Path:
-    """The results as JSON, written atomically (a crash leaves the old report or none)."""
+    """The results as JSON, written atomically (a crash leaves the old report or none). A path that
+    cannot be written is the user's to fix: a UserError naming it, not a traceback."""
     from vrclip.edge.manifest import atomic_write_bytes
 
     doc = {
         "passed": not any(r.status == "fail" for r in results),
         "checks": [r.to_dict() for r in results],
     }
-    atomic_write_bytes(Path(path), (json.dumps(doc, indent=1) + "\n").encode("utf-8"))
+    try:
+        atomic_write_bytes(Path(path), (json.dumps(doc, indent=1) + "\n").encode("utf-8"))
+    except OSError as exc:
+        raise UserError(f"cannot write the self-test report to {path}: {exc.strerror or exc}") from None
     return Path(path)
 
 

@@ -333,3 +333,18 @@ def test_a_camera_whose_frames_carry_one_timestamp_is_reported_not_a_crash() -> 
     assert verdict.status == "warn", verdict.detail
     assert "no frame rate" in verdict.detail
     assert verdict.figures["frames_per_s"] is None
+
+
+def test_a_report_that_cannot_be_written_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    (tmp_path / "not-a-folder").write_text("")
+    out = tmp_path / "not-a-folder" / "selftest.json"
+    done = subprocess.run(
+        [str(console_script("vrclip-firmware")), "selftest", "--skip", ",".join(CHECKS), "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"error: cannot write the self-test report to {out}" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert "calibration  SKIP" in done.stdout  # the results were printed before
