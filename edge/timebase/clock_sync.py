@@ -64,10 +64,12 @@ class ClockSync:
 
     def describe(self) -> str:
         state = "synchronised" if self.synchronised else "NOT synchronised"
-        return (
-            f"system clock {state} (estimated error {self.est_error_s * 1e3:.3g} ms, "
-            f"bound {self.max_error_s * 1e3:.3g} ms)"
-        )
+        error, bound = _duration(self.est_error_s), _duration(self.max_error_s)
+        return f"system clock {state} (estimated error {error}, bound {bound})"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.3g} s" if seconds >= 1.0 else f"{seconds * 1e3:.3g} ms"
 
 
 def _libc_adjtimex() -> Callable[[ctypes._Pointer[Timex]], int] | None:  # type: ignore[name-defined]

@@ -14,11 +14,14 @@ import weakref
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 from vrclip.edge.config import EdgeConfig
 from vrclip.edge.frames import CLOCK_REALTIME, CameraFrame, DepthFrame
 from vrclip.edge.geometry import ArrayGeometry
 from vrclip.edge.sim.radar import SIMULATED_FRONT_END_SEED, FrontEndErrors
+from vrclip.edge.timebase import clock_sync
+from vrclip.edge.timebase.clock_sync import ClockSync
 from vrclip.firmware_tools.cli import app
 from vrclip.firmware_tools.selftest import (
     CHECKS,
@@ -26,6 +29,7 @@ from vrclip.firmware_tools.selftest import (
     Rig,
     SelfTestOptions,
     check_camera,
+    check_clock,
     check_depth,
     hardware_rig,
     run_selftest,
@@ -64,6 +68,7 @@ def test_the_simulated_rig_passes_and_the_report_says_what_was_measured(tmp_path
         assert checks[name]["status"] == "pass", checks[name]
     # The built-in sweep is slower than 10 frames/s on a real VNA: said, not failed.
     assert checks["vna"]["status"] == "warn" and "frame_rate_hz" in checks["vna"]["detail"]
+    assert checks["clock"]["status"] in ("pass", "warn", "skip")  # this box's own clock
     radar = checks["radar"]["figures"]
     assert radar["dead"] == [] and len(radar["level_db"]) == 144
     assert min(radar["structure"]) > 0.6
@@ -348,3 +353,21 @@ def test_a_report_that_cannot_be_written_is_one_line_naming_the_file(tmp_path: P
     assert f"error: cannot write the self-test report to {out}" in done.stderr
     assert "Traceback" not in done.stderr
     assert "calibration  SKIP" in done.stdout  # the results were printed before
+
+
+@pytest.mark.parametrize(
+    ("sync", "status", "said"),
+    [
+        (ClockSync(False, 16.0, 16.0), "warn", "NOT synchronised"),
+        (ClockSync(True, 0.05, 0.0004), "pass", "synchronised (estimated error 0.4 ms"),
+        (ClockSync(True, 0.5, 0.040), "warn", "more than half of sync.slop_ms (60 ms)"),
+        (None, "skip", "does not say"),
+    ],
+)
+def test_the_clock_check_reads_the_kernels_sync_state(
+    monkeypatch: pytest.MonkeyPatch, sync: ClockSync | None, status: str, said: str
+) -> None:
+    monkeypatch.setattr(clock_sync, "read_clock_sync", lambda: sync)
+    verdict = check_clock(camera_rig(_Camera(lambda n: None)))
+    assert verdict.status == status
+    assert said in verdict.detail
