@@ -28,6 +28,7 @@ install-dev: $(VENV)/.dev-installed
 demo: $(VENV)/.runtime-installed
 	mkdir -p $(DEMO_DIR)
 	$(BIN)/vrclip-edge config check systemd/edge.example.toml
+	$(BIN)/vrclip-firmware selftest --simulate --engine models/vrclip-tiny.onnx
 	$(BIN)/vrclip-edge run --simulate --engine models/vrclip-tiny.onnx --people 2 --unknown 1 \
 		--duration 30 --workdir $(DEMO_DIR)/sim
 	$(BIN)/vrclip-edge record --simulate --seconds 3 --people 2 --lighting dusk --occlusion furniture \

@@ -198,6 +198,8 @@ def plan_install(prefix: Path, executable: PurePosixPath) -> InstallPlan:
         "systemd-sysusers /etc/sysusers.d/vrclip.conf",
         f"chgrp -R {SERVICE_USER} {config.parent}",
         f"vrclip-edge config check {config}",
+        # Before the service holds the sensors: every part of the rig answers, no radar path is dead.
+        f"vrclip-firmware selftest --config {config}",
         "systemctl daemon-reload",
         f"systemctl enable --now {UNIT_NAME}",
         f"systemctl status {UNIT_NAME}",

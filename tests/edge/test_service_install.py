@@ -100,6 +100,7 @@ def test_install_into_a_prefix(tmp_path: Path) -> None:
     assert "u vrclip" in (tmp_path / "etc/sysusers.d/vrclip.conf").read_text()
     for command in (
         "systemd-sysusers",
+        "vrclip-firmware selftest --config /etc/vrclip/edge.toml",
         "systemctl daemon-reload",
         "systemctl enable --now vrclip-edge.service",
     ):
