@@ -296,10 +296,27 @@ class SinksConfig(Section):
     http: HttpSinkConfig = HttpSinkConfig()
 
 
+#: Longest path a Unix socket can be bound at (sun_path is 108 bytes, NUL included).
+MAX_SOCKET_PATH_BYTES = 107
+
+
 class PathsConfig(Section):
     data_dir: str = "/var/lib/vrclip"
     recordings_dir: str = "/var/lib/vrclip/recordings"
     calibration_file: str = "/etc/vrclip/calibration.json"
+    #: Where `vrclip-edge run` listens for local commands (`vrclip-edge enroll --service`); empty: no
+    #: control socket. The service's RuntimeDirectory (/run/vrclip) holds it.
+    control_socket: str = "/run/vrclip/control.sock"
+
+    @field_validator("control_socket")
+    @classmethod
+    def _socket_path_fits(cls, value: str) -> str:
+        if len(value.encode("utf-8")) > MAX_SOCKET_PATH_BYTES:
+            raise ValueError(
+                f"paths.control_socket {value[:40]!r}... is {len(value.encode('utf-8'))} bytes; a Unix "
+                f'socket path holds at most {MAX_SOCKET_PATH_BYTES}: choose a shorter path, or "" for none'
+            )
+        return value
 
 
 class EdgeConfig(Section):

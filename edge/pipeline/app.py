@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from vrclip.edge.config import EdgeConfig, PathsConfig, SweepConfig, parse_config
+from vrclip.edge.config import MAX_SOCKET_PATH_BYTES, EdgeConfig, PathsConfig, SweepConfig, parse_config
 from vrclip.edge.crops import camera_from_config
 from vrclip.edge.errors import UserError
 from vrclip.edge.events.event import IdentityEvent
@@ -182,6 +182,10 @@ def with_workdir(config: EdgeConfig, workdir: Path) -> EdgeConfig:
     data["gallery"]["path"] = str(workdir / "gallery.sqlite")
     data["sinks"]["jsonl_path"] = str(workdir / "events.jsonl")
     data["sinks"]["http"]["enabled"] = False
+    # Its own control socket (`enroll --service` against the simulated run), where the path fits one.
+    socket_path = str(workdir.absolute() / "control.sock")
+    fits = len(socket_path.encode()) <= MAX_SOCKET_PATH_BYTES
+    data["paths"]["control_socket"] = socket_path if fits else ""
     # Rendering 1280x720 frames costs CPU; the synchroniser only needs a frame near each radar frame.
     data["camera"]["fps"] = min(data["camera"]["fps"], 2 * data["radar"]["frame_rate_hz"])
     data["zed"]["fps"] = min(data["zed"]["fps"], data["radar"]["frame_rate_hz"])

@@ -26,9 +26,16 @@ from vrclip.edge.pipeline.app import (
     simulated_feed,
     with_workdir,
 )
-from vrclip.edge.pipeline.enrolment import embedding_dim, enrol_from_feed, enroll_simulated_people
+from vrclip.edge.pipeline.enrolment import (
+    PeopleInView,
+    embedding_dim,
+    enrol_from_feed,
+    enroll_simulated_people,
+)
+from vrclip.edge.pipeline.live_enrolment import LiveEnrolment
 from vrclip.edge.pipeline.recorder import FrameRecorder
 from vrclip.edge.pipeline.runner import EdgeRunner, radar_stall_s
+from vrclip.edge.service.control import enrol_via_service, open_control_server
 from vrclip.edge.service.notify import Notifier
 from vrclip.edge.service.shutdown import ShutdownFlag
 from vrclip.edge.service.watchdog import WatchdogPinger
@@ -79,7 +86,16 @@ def run_pipeline(
     identifier = make_identifier(feed, backend, match=matcher.match_batch, warn=warn, count=health.count)
     notifier = Notifier()
     recorder = None
+    control = None
+    live_enrolment = LiveEnrolment(store, config.gallery.exemplar_budget)
+    people_in_view = PeopleInView(identifier)
+
+    def enrol_from_results(synced, results) -> None:  # type: ignore[no-untyped-def]
+        live_enrolment.offer(people_in_view.count(synced), [r.embedding for r in results])
+
     try:
+        # Before the sensors: a second run on this socket is refused at once, not after start-up.
+        control = open_control_server(config.paths.control_socket, live_enrolment, warn)
         if record is not None:
             recorder = FrameRecorder(feed, record, record_seconds, health, identities=people, warn=warn)
         with ShutdownFlag(notifier) as stop, WatchdogPinger(notifier, status=health.status_line) as pinger:
@@ -94,11 +110,14 @@ def run_pipeline(
                 status_stream=sys.stderr,
                 radar_stall_s=radar_stall_s(config),
                 on_frame=recorder.offer if recorder is not None else None,
+                on_results=enrol_from_results if control is not None else None,
             )
             summary = runner.run(stop, duration_s=duration_s)
             if not stop.is_set():  # a duration or a replay ended it: tell systemd we are going
                 notifier.send("STOPPING=1", f"STATUS=stopping: {summary.reason}")
     finally:
+        if control is not None:
+            control.close()
         recorded = recorder.close() if recorder is not None else None
         identifier.close()
         sinks.close()
@@ -232,9 +251,22 @@ def enroll(
     simulate: bool = typer.Option(False, "--simulate", help="Enrol a simulated person (named NAME)."),
     world_seed: int = typer.Option(42, "--world-seed", help="Simulated: who the people are."),
     replay: Path | None = typer.Option(None, "--replay", help="Enrol from a recording."),
+    service: bool = typer.Option(
+        False,
+        "--service",
+        help="Enrol through the running service (paths.control_socket): it keeps identifying meanwhile.",
+    ),
 ) -> None:
     """Enrol NAME: collect embeddings while exactly one person is in view (other frames are rejected)."""
     config = load_config(config_path)
+    if service:
+        if simulate or replay is not None or engine is not None or db is not None:
+            raise UserError(
+                "--service enrols with the running service's sensors, engine and gallery; "
+                "leave out --simulate, --replay, --engine and --db"
+            )
+        _enrol_through_service(config, name, seconds)
+        return
     require_engine_exists(config, engine)
     if simulate:
         feed = simulated_feed(
@@ -257,11 +289,29 @@ def enroll(
         store.close()
         backend.close()
         feed.close()
+    _print_report(name, report.stored, report.offered, report.rejected, report.redundant)
+
+
+def _enrol_through_service(config: EdgeConfig, name: str, seconds: float) -> None:
+    from vrclip.edge.cli_support import progress_bar
+
+    with progress_bar() as bar:
+        task = bar.add_task(f"enrolling {name} (service)", total=round(seconds))
+
+        def show(progress: dict) -> None:  # type: ignore[type-arg]
+            bar.update(task, completed=min(round(seconds), int(progress.get("elapsed_s", 0))))
+
+        report = enrol_via_service(config.paths.control_socket, name, seconds, show)
+        bar.update(task, completed=round(seconds))
+    _print_report(name, report["stored"], report["offered"], report["rejected"], report["redundant"])
+
+
+def _print_report(name: str, stored: int, offered: int, rejected: int, redundant: int) -> None:
     typer.echo(
-        f"{name}: {report.stored} exemplars stored from {report.offered} frames "
-        f"({report.rejected} without exactly one person, {report.redundant} redundant)"
+        f"{name}: {stored} exemplars stored from {offered} frames "
+        f"({rejected} without exactly one person, {redundant} redundant)"
     )
-    if report.stored == 0:
+    if stored == 0:
         raise UserError(f"nothing was enrolled for {name}: no frame showed exactly one person")
 
 

@@ -10,13 +10,31 @@ from vrclip.edge.gallery.enrol import Enroller
 from vrclip.edge.gallery.store import GalleryStore
 from vrclip.edge.inference.base import InferenceBackend
 from vrclip.edge.pipeline.app import Feed, health_for, make_identifier, open_backend, simulated_feed
-from vrclip.edge.pipeline.identify import TrackResult
+from vrclip.edge.pipeline.identify import Identifier, TrackResult
 from vrclip.edge.pipeline.runner import EdgeRunner
 from vrclip.edge.pipeline.sync import SyncedFrame
 from vrclip.edge.sim.scene import SceneSpec
 
 #: How long the ZED's last person count vouches for a radar frame during enrolment.
 ZED_COUNT_VALID_NS = 500_000_000
+
+
+class PeopleInView:
+    """How many people a frame shows, for the one-person rule of enrolment: radar tracks or the ZED's
+    body count, whichever sees more. The radar can miss a second, farther person for a few frames;
+    the ZED misses people hidden from it. The ZED runs slower than the radar, so its latest count
+    stays valid for ZED_COUNT_VALID_NS."""
+
+    def __init__(self, identifier: Identifier) -> None:
+        self.identifier = identifier
+        self._zed_t_ns: int | None = None
+        self._zed_count = 0
+
+    def count(self, synced: SyncedFrame) -> int:
+        if synced.depth is not None:
+            self._zed_t_ns, self._zed_count = synced.depth.t_ns, len(synced.depth.positions)
+        recent = self._zed_t_ns is not None and abs(synced.radar.t_ns - self._zed_t_ns) <= ZED_COUNT_VALID_NS
+        return max(len(self.identifier.tracker.confirmed()), self._zed_count if recent else 0)
 
 
 @dataclass(frozen=True)
@@ -45,20 +63,10 @@ def enrol_from_feed(
     health = health_for(feed)
     identifier = make_identifier(feed, backend, count=health.count)
     enroller = Enroller(store, name, budget)
-
-    last_zed: dict[str, int] = {}
+    people_in_view = PeopleInView(identifier)
 
     def offer(synced: SyncedFrame, results: list[TrackResult]) -> None:
-        # Radar tracks or the ZED's body count, whichever sees more: the radar can miss a second,
-        # farther person for a few frames; the ZED misses people hidden from it. The ZED runs slower
-        # than the radar, so its latest count stays valid for ZED_COUNT_VALID_NS.
-        if synced.depth is not None:
-            last_zed.update(t_ns=synced.depth.t_ns, count=len(synced.depth.positions))
-        recent = last_zed and abs(synced.radar.t_ns - last_zed["t_ns"]) <= ZED_COUNT_VALID_NS
-        seen_by_zed = last_zed["count"] if recent else 0
-        people = max(len(identifier.tracker.confirmed()), seen_by_zed)
-        if not results:
-            return
+        people = people_in_view.count(synced)
         for result in results:
             enroller.offer(result.embedding, people)
 

@@ -67,6 +67,9 @@ ConfigurationDirectory=vrclip
 ConfigurationDirectoryMode=0750
 LogsDirectory=vrclip
 LogsDirectoryMode=0750
+# /run/vrclip: the control socket (paths.control_socket) for `vrclip-edge enroll --service`.
+RuntimeDirectory=vrclip
+RuntimeDirectoryMode=0750
 WorkingDirectory=/var/lib/vrclip
 UMask=0027
 Environment=CUDA_CACHE_PATH=/var/lib/vrclip/cuda-cache

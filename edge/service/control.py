@@ -1,0 +1,252 @@
+"""The running service's control socket: local commands that must not stop identification.
+
+A Unix stream socket (paths.control_socket, /run/vrclip/control.sock under systemd's
+RuntimeDirectory), mode 0660: only the service account and its group reach it, with no network
+port to guard. The protocol is JSON lines: one request line, then reply lines until the last.
+
+    > {"op": "ping"}
+    < {"ok": true, "service": "vrclip-edge", "version": "..."}
+    > {"op": "enrol", "name": "alice", "seconds": 10}
+    < {"progress": {"name": "alice", "elapsed_s": 0.5, "stored": 3, ...}}   (every 0.5 s)
+    < {"ok": true, "report": {...}}               (or {"ok": false, "error": "...", "report": {...}})
+
+The server trusts nothing it reads: a request is one line of at most 4 KiB within 10 s, and a
+malformed one gets an error reply. A client that goes away mid-enrolment cancels it (what was
+accepted stays enrolled). Failing to create the socket costs the run its live enrolment, not its
+identification: `open_control_server` returns None with a warning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import socketserver
+import stat
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from vrclip.edge import __version__
+from vrclip.edge.errors import UserError
+from vrclip.edge.pipeline.live_enrolment import EnrolmentProgress, LiveEnrolment
+
+MAX_REQUEST_BYTES = 4096
+REQUEST_TIMEOUT_S = 10.0
+PROGRESS_INTERVAL_S = 0.5
+#: How long past its end a client waits for the service to say an enrolment is over.
+END_GRACE_S = 15.0
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    server: _Server
+    timeout = REQUEST_TIMEOUT_S
+
+    def handle(self) -> None:
+        try:
+            line = self.rfile.readline(MAX_REQUEST_BYTES + 1)
+        except OSError:
+            return
+        if len(line) > MAX_REQUEST_BYTES or (line and not line.endswith(b"\n")):
+            self._send(
+                {"ok": False, "error": f"request longer than {MAX_REQUEST_BYTES} bytes or not one line"}
+            )
+            return
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            self._send({"ok": False, "error": f"request is not a JSON object: {exc}"})
+            return
+        op = request.get("op")
+        if op == "ping":
+            self._send({"ok": True, "service": "vrclip-edge", "version": __version__})
+        elif op == "enrol":
+            self._enrol(request)
+        else:
+            self._send({"ok": False, "error": f"unknown op {str(op)[:40]!r}; ops: ping, enrol"})
+
+    def _enrol(self, request: dict[str, Any]) -> None:
+        enrolment = self.server.enrolment
+        try:
+            ticket = enrolment.start(request.get("name"), request.get("seconds"))  # type: ignore[arg-type]
+        except UserError as exc:
+            self._send({"ok": False, "error": str(exc)})
+            return
+        try:
+            while True:
+                progress = enrolment.wait(ticket, PROGRESS_INTERVAL_S)
+                if progress.done:
+                    self._send(_final(progress))
+                    return
+                self._send({"progress": asdict(progress)})
+        except OSError:
+            return  # the client went away
+        finally:
+            enrolment.cancel(ticket)  # stops an enrolment nobody waits for; what was accepted stays
+
+    def _send(self, message: dict[str, Any]) -> None:
+        self.wfile.write(json.dumps(message).encode("utf-8") + b"\n")
+        self.wfile.flush()
+
+
+def _final(progress: EnrolmentProgress) -> dict[str, Any]:
+    report = asdict(progress)
+    if progress.error is not None:
+        return {
+            "ok": False,
+            "error": f"enrolment of {progress.name!r} ended: {progress.error}",
+            "report": report,
+        }
+    return {"ok": True, "report": report}
+
+
+class _Server(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+    enrolment: LiveEnrolment
+
+
+class ControlServer:
+    """Serves the control socket from a daemon thread until `close()`."""
+
+    def __init__(self, path: str | Path, enrolment: LiveEnrolment) -> None:
+        self.path = Path(path)
+        _clear_stale_socket(self.path)
+        self._server = _Server(str(self.path), _Handler)
+        self._server.enrolment = enrolment
+        # Group members (the site engineer) may connect; the service's UMask would leave them out.
+        os.chmod(self.path, 0o660)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="control-socket", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    def __enter__(self) -> ControlServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _clear_stale_socket(path: Path) -> None:
+    """Remove the socket a killed run left behind; refuse to take over a live one or a non-socket."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise UserError(
+            f"paths.control_socket = {path}: exists and is not a socket; remove it or choose another path"
+        )
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()  # nobody listens: left by a run that was killed
+            return
+    raise UserError(
+        f"paths.control_socket = {path}: another vrclip-edge run is serving it; stop that one first "
+        "(systemctl stop vrclip-edge.service) or give this run another paths.control_socket"
+    )
+
+
+def open_control_server(
+    path: str, enrolment: LiveEnrolment, warn: Callable[[str], None]
+) -> ControlServer | None:
+    """The control server at `path`, or None (with a warning) where it cannot be created: a run
+    started by hand without /run/vrclip still identifies people."""
+    if not path:
+        return None
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return ControlServer(path, enrolment)
+    except UserError:
+        raise
+    except OSError as exc:
+        warn(
+            f"paths.control_socket = {path}: cannot listen there ({exc.strerror or exc}); live enrolment "
+            "(`vrclip-edge enroll --service`) is off for this run"
+        )
+        return None
+
+
+# ------------------------------------------------------------------------------------------ client
+def _connect(path: str) -> socket.socket:
+    if not path:
+        raise UserError("paths.control_socket is empty: this config runs no control socket")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except FileNotFoundError:
+        sock.close()
+        raise UserError(
+            f"no running service at {path} (paths.control_socket): start it (systemctl start "
+            "vrclip-edge.service), or enrol without --service while it is stopped"
+        ) from None
+    except PermissionError:
+        sock.close()
+        raise UserError(
+            f"{path}: permission denied; run as the service account or a member of its group "
+            "(e.g. sudo -u vrclip vrclip-edge enroll ...)"
+        ) from None
+    except OSError as exc:
+        sock.close()
+        raise UserError(
+            f"{path}: no service answers ({exc.strerror or exc}); is vrclip-edge running?"
+        ) from None
+    return sock
+
+
+def _replies(sock: socket.socket, deadline: float) -> Any:
+    reader = sock.makefile("rb")
+    while True:
+        sock.settimeout(max(0.1, deadline - time.monotonic()))
+        try:
+            line = reader.readline(1 << 20)
+        except TimeoutError:
+            raise UserError("the service stopped answering") from None
+        if not line:
+            raise UserError("the service closed the connection (did it stop?)")
+        try:
+            message = json.loads(line)
+        except ValueError:
+            raise UserError(f"the service replied something that is not JSON: {line[:80]!r}") from None
+        if not isinstance(message, dict):
+            raise UserError(f"the service replied {line[:80]!r}, not a JSON object")
+        yield message
+
+
+def ping(path: str, timeout_s: float = 3.0) -> dict[str, Any]:
+    with _connect(path) as sock:
+        sock.sendall(b'{"op": "ping"}\n')
+        return next(_replies(sock, time.monotonic() + timeout_s))
+
+
+def enrol_via_service(
+    path: str, name: str, seconds: float, on_progress: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """Ask the running service to enrol `name` for `seconds`; returns its final report."""
+    with _connect(path) as sock:
+        sock.sendall(json.dumps({"op": "enrol", "name": name, "seconds": seconds}).encode("utf-8") + b"\n")
+        for message in _replies(sock, time.monotonic() + seconds + END_GRACE_S):
+            if "progress" in message:
+                if on_progress is not None and isinstance(message["progress"], dict):
+                    on_progress(message["progress"])
+                continue
+            if message.get("ok") is True and isinstance(message.get("report"), dict):
+                return message["report"]
+            raise UserError(str(message.get("error", f"unexpected reply {message!r}"))[:500])
+    raise AssertionError("unreachable")
+
+
+__all__ = ["ControlServer", "enrol_via_service", "open_control_server", "ping"]
