@@ -187,7 +187,8 @@ def run(
         workdir.mkdir(parents=True, exist_ok=True)
         config = with_workdir(config, workdir)
         Path(config.gallery.path).unlink(missing_ok=True)
-        names = default_people(people)
+        # --people 0 with visitors: nobody enrolled beforehand (e.g. to enrol one with `enroll --service`).
+        names = default_people(people) if people > 0 or unknown < 1 else ()
         reports = enroll_simulated_people(
             config,
             engine,

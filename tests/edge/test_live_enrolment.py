@@ -1,0 +1,271 @@
+"""Enrolling through the running service: the run keeps identifying, the one-person rule holds, the
+socket trusts nothing it reads, and a client that goes away keeps what was accepted."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from vrclip.edge.config import EdgeConfig
+from vrclip.edge.errors import UserError
+from vrclip.edge.gallery.store import GalleryStore
+from vrclip.edge.pipeline.live_enrolment import EnrolmentBusy, LiveEnrolment
+from vrclip.edge.service.control import ControlServer, enrol_via_service, open_control_server, ping
+
+from tests.scripts import console_script
+
+DIM = 8
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def unit(seed: int) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal(DIM).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+@pytest.fixture()
+def store(tmp_path: Path):  # type: ignore[no-untyped-def]
+    with GalleryStore(tmp_path / "gallery.sqlite") as s:
+        s.ensure_dim(DIM)
+        yield s
+
+
+def test_frames_count_only_while_one_person_is_in_view_and_the_time_runs(store: GalleryStore) -> None:
+    clock = FakeClock()
+    live = LiveEnrolment(store, budget=32, clock=clock)
+    live.offer(1, [unit(0)])  # no session: ignored
+    ticket = live.start("alice", 5)
+    live.offer(1, [unit(1)])
+    live.offer(2, [unit(2), unit(3)])  # two people: both rejected
+    live.offer(0, [])  # nobody, no track: a frame, nothing offered
+    clock.now = 4.0
+    live.offer(1, [unit(4)])
+    progress = live.wait(ticket, 0.0)
+    assert not progress.done and progress.elapsed_s == 4.0
+    assert (progress.frames, progress.offered, progress.rejected, progress.stored) == (4, 4, 2, 2)
+    clock.now = 5.0
+    live.offer(1, [unit(5)])  # past its time: not taken
+    final = live.wait(ticket, 0.0)
+    assert final.done and final.error is None and final.stored == 2 and final.elapsed_s == 5.0
+    assert [i.name for i in store.identities()] == ["alice"]
+    assert store.identities()[0].exemplars == 2
+
+
+def test_one_enrolment_at_a_time_and_a_cancelled_one_keeps_its_exemplars(store: GalleryStore) -> None:
+    clock = FakeClock()
+    live = LiveEnrolment(store, budget=32, clock=clock)
+    first = live.start("alice", 10)
+    with pytest.raises(EnrolmentBusy, match="'alice' is being enrolled"):
+        live.start("bob", 10)
+    live.offer(1, [unit(1)])
+    live.cancel(first)
+    assert live.wait(first, 0.0).error == "cancelled"
+    second = live.start("bob", 10)  # free again
+    live.cancel(first)  # a late cancel of the old ticket leaves the new one alone
+    assert not live.wait(second, 0.0).done
+    assert {i.name: i.exemplars for i in store.identities()} == {"alice": 1}
+
+
+@pytest.mark.parametrize(
+    ("name", "seconds", "said"),
+    [("", 5, "must not be empty"), ("unknown", 5, "unknown"), ("x", 0.5, "1 to 600"), ("x", "5", "1 to 600")],
+)
+def test_bad_requests_are_refused_with_the_reason(
+    store: GalleryStore, name: str, seconds: object, said: str
+) -> None:
+    with pytest.raises(UserError, match=said):
+        LiveEnrolment(store, 32).start(name, seconds)  # type: ignore[arg-type]
+
+
+class RunLoop:
+    """Stands in for the run loop: offers one-person frames every 20 ms from its own thread, with its
+    own store connection, as `vrclip-edge run` does."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.stop = path, threading.Event()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        self.ready.wait(5)
+
+    def _run(self) -> None:
+        with GalleryStore(self.path) as store:
+            self.live = LiveEnrolment(store, 32)
+            self.ready.set()
+            seed = 100
+            while not self.stop.wait(0.02):
+                seed += 1
+                self.live.offer(1, [unit(seed)])
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+
+
+@pytest.fixture()
+def served(tmp_path: Path):  # type: ignore[no-untyped-def]
+    db = tmp_path / "gallery.sqlite"
+    with GalleryStore(db) as s:
+        s.ensure_dim(DIM)
+    loop = RunLoop(db)
+    path = tmp_path / "control.sock"
+    server = ControlServer(path, loop.live)
+    yield str(path), db
+    server.close()
+    loop.close()
+
+
+def test_enrolment_through_the_socket_reports_progress_and_stores(served) -> None:  # type: ignore[no-untyped-def]
+    path, db = served
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
+    assert ping(path)["ok"] is True
+    seen = []
+    report = enrol_via_service(path, "alice", 1.2, seen.append)
+    assert report["done"] and report["name"] == "alice" and report["stored"] > 0
+    assert seen and all(0 <= p["elapsed_s"] <= 1.2 for p in seen)
+    with GalleryStore(db) as s:
+        assert {i.name for i in s.identities()} == {"alice"}
+
+
+def raw(path: str, payload: bytes) -> list[dict]:  # type: ignore[type-arg]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(path)
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return [json.loads(line) for line in data.splitlines()]
+
+
+def test_the_socket_refuses_garbage_and_keeps_serving(served) -> None:  # type: ignore[no-untyped-def]
+    path, _ = served
+    assert "not a JSON object" in raw(path, b"hello\n")[0]["error"]
+    assert "not a JSON object" in raw(path, b"[1, 2]\n")[0]["error"]
+    assert "longer than 4096 bytes" in raw(path, b"{" + b" " * 5000 + b"}\n")[0]["error"]
+    assert "unknown op" in raw(path, b'{"op": "format-disk"}\n')[0]["error"]
+    assert "1 to 600" in raw(path, b'{"op": "enrol", "name": "x", "seconds": 1e9}\n')[0]["error"]
+    assert ping(path)["ok"] is True
+
+
+def test_a_second_enrolment_is_refused_and_a_client_that_leaves_cancels(served) -> None:  # type: ignore[no-untyped-def]
+    path, db = served
+    first = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    first.connect(path)
+    first.sendall(b'{"op": "enrol", "name": "alice", "seconds": 30}\n')
+    first.makefile("rb").readline()  # a progress line: it runs
+    with pytest.raises(UserError, match="'alice' is being enrolled"):
+        enrol_via_service(path, "bob", 5)
+    first.close()  # gone long before its 30 s
+    deadline = time.monotonic() + 5
+    while True:  # the server notices at its next progress line (0.5 s)
+        try:
+            report = enrol_via_service(path, "bob", 1)
+            break
+        except UserError:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    assert report["name"] == "bob"
+    with GalleryStore(db) as s:
+        counts = {i.name: i.exemplars for i in s.identities()}
+    assert counts["alice"] > 0 and counts["bob"] > 0  # alice keeps what was accepted
+
+
+def test_a_stale_socket_is_replaced_a_live_one_or_a_file_is_not(tmp_path: Path, store: GalleryStore) -> None:
+    path = tmp_path / "control.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))
+    stale.close()  # the file stays, nobody listens: a killed run's
+    live = LiveEnrolment(store, 32)
+    with ControlServer(path, live), pytest.raises(UserError, match="another vrclip-edge run is serving it"):
+        ControlServer(path, live)
+    assert not path.exists()  # removed on close
+    path.write_text("not a socket")
+    with pytest.raises(UserError, match="exists and is not a socket"):
+        ControlServer(path, live)
+
+
+def test_no_place_for_the_socket_costs_live_enrolment_not_the_run(
+    tmp_path: Path, store: GalleryStore
+) -> None:
+    (tmp_path / "file").write_text("")
+    warnings: list[str] = []
+    assert (
+        open_control_server(
+            str(tmp_path / "file" / "control.sock"), LiveEnrolment(store, 32), warnings.append
+        )
+        is None
+    )
+    assert "live enrolment" in warnings[0] and "file/control.sock" in warnings[0]
+    assert open_control_server("", LiveEnrolment(store, 32), warnings.append) is None
+
+
+def test_enrol_service_without_a_service_says_what_to_do(tmp_path: Path) -> None:
+    toml = tmp_path / "edge.toml"
+    toml.write_text(f'[paths]\ncontrol_socket = "{tmp_path / "control.sock"}"\n')
+    done = subprocess.run(
+        [str(console_script("vrclip-edge")), "enroll", "alice", "--service", "--config", str(toml)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "no running service at" in done.stderr and "systemctl start vrclip-edge.service" in done.stderr
+
+
+def test_a_socket_path_too_long_for_unix_is_a_config_error() -> None:
+    with pytest.raises(ValueError, match="at most 107"):
+        EdgeConfig.model_validate({"paths": {"control_socket": "/" + "x" * 120}})
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="Unix sockets in a tmp dir")
+def test_the_simulated_run_identifies_the_person_enrolled_through_it(tmp_path: Path) -> None:
+    """`run --simulate` with one person walking who is not enrolled; enrolled live as 'carol', the
+    run's later events name carol."""
+    workdir = tmp_path / "sim"
+    run = subprocess.Popen(
+        [str(console_script("vrclip-edge")), "run", "--simulate", "--engine",
+         str(Path(__file__).resolve().parents[2] / "models" / "vrclip-tiny.onnx"), "--people", "0",
+         "--unknown", "1", "--duration", "30", "--workdir", str(workdir), "--no-events-stdout"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        sock = workdir / "control.sock"
+        deadline = time.monotonic() + 60
+        while not sock.exists():
+            assert run.poll() is None and time.monotonic() < deadline, run.stdout.read() if run.stdout else ""
+            time.sleep(0.2)
+        toml = tmp_path / "client.toml"
+        toml.write_text(f'[paths]\ncontrol_socket = "{sock}"\n')
+        time.sleep(3)  # the visitor's track is confirmed
+        enrolled_at = time.time_ns()
+        done = subprocess.run(
+            [str(console_script("vrclip-edge")), "enroll", "carol", "--service", "--seconds", "6",
+             "--config", str(toml)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "carol:" in done.stdout and "exemplars stored" in done.stdout
+        output, _ = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert run.returncode == 0, output
+    events = [json.loads(line) for line in (workdir / "events.jsonl").read_text().splitlines()]
+    later = [e["identity"] for e in events if e["timestamp_ns"] > enrolled_at + 6_000_000_000]
+    assert later and later.count("carol") >= 0.8 * len(later), later
+    assert not sock.exists()
