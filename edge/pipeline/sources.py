@@ -226,6 +226,17 @@ def _opencv_target(device: str) -> tuple[int | str, int]:
     return device, cv2.CAP_ANY
 
 
+#: A live camera's sensor noise changes some pixel in every frame: an image with detail that has not
+#: changed for this long means the camera or its driver froze and keeps handing out its last frame
+#: (a USB camera's firmware does, for months-long runs). Reopening it usually brings it back.
+FROZEN_AFTER_S = 3.0
+#: Every 8th pixel of every 8th row: enough to see sensor noise, 14,400 pixels at 1280x720.
+FROZEN_STRIDE = 8
+#: An image whose sample spans fewer grey levels than this is dark or blank, not frozen: a camera in
+#: a dark room can deliver identical black frames, and that is night, not a fault.
+FROZEN_MIN_DETAIL = 16
+
+
 class OpenCvCameraSource:
     """An RGB camera through OpenCV; keeps the driver buffer at one frame so reads are the newest."""
 
@@ -235,6 +246,8 @@ class OpenCvCameraSource:
         self.config = config
         self._cap: cv2.VideoCapture | None = None
         self._seq = 0
+        self._last_sample: np.ndarray | None = None
+        self._changed_at = 0.0
 
     def open(self) -> None:
         target, backend = _opencv_target(self.config.camera.device)
@@ -263,9 +276,26 @@ class OpenCvCameraSource:
                 f"camera.height = {want.width}x{want.height}; set camera.width and camera.height to a "
                 "size the camera supports (the person crops are cut for that size)"
             )
+        self._check_not_frozen(bgr)
         frame = CameraFrame(self._seq, t_ns, CLOCK_REALTIME, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
         self._seq += 1
         return frame
+
+    def _check_not_frozen(self, bgr: np.ndarray) -> None:
+        sample = bgr[::FROZEN_STRIDE, ::FROZEN_STRIDE]
+        now = time.monotonic()
+        if self._last_sample is None or not np.array_equal(sample, self._last_sample):
+            self._last_sample, self._changed_at = sample.copy(), now
+            return
+        if (
+            now - self._changed_at >= FROZEN_AFTER_S
+            and int(sample.max()) - int(sample.min()) >= FROZEN_MIN_DETAIL
+        ):
+            self._last_sample = None  # a reopened camera starts afresh
+            raise SensorError(
+                f"camera {self.config.camera.device!r}: the image has not changed for "
+                f"{now - self._changed_at:.0f} s; the camera or its driver froze (reopening it)"
+            )
 
     def close(self) -> None:
         if self._cap is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -241,3 +242,68 @@ def test_a_looped_replay_keeps_every_stream_on_one_time_line(tmp_path: Path) -> 
     finally:
         radar_source.close()
         camera_source.close()
+
+
+class ScriptedCapture:
+    """cv2.VideoCapture delivering `make(n)` as its n-th 320x180 frame."""
+
+    make = staticmethod(lambda n: np.zeros((180, 320, 3), np.uint8))
+
+    def __init__(self, *args: object) -> None:
+        self.n = 0
+
+    def isOpened(self) -> bool:
+        return True
+
+    def set(self, prop: int, value: float) -> bool:
+        return True
+
+    def read(self) -> tuple[bool, np.ndarray]:
+        self.n += 1
+        return True, type(self).make(self.n)
+
+    def release(self) -> None:
+        pass
+
+
+def _read_for(source: OpenCvCameraSource, seconds: float) -> int:
+    frames, deadline = 0, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        source.read()
+        frames += 1
+        time.sleep(0.01)
+    return frames
+
+
+def test_a_frozen_camera_is_a_sensor_fault_a_dark_or_live_one_is_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A camera that keeps handing out its last image would feed the engine stale crops for months
+    while the camera counts as up: after FROZEN_AFTER_S without a changed pixel it is a fault (the
+    capture thread then reopens it). Sensor noise keeps a live image changing; a black one in a dark
+    room may not change at all, and that is night, not a fault."""
+    monkeypatch.setattr(sources, "FROZEN_AFTER_S", 0.3)
+    config = EdgeConfig.model_validate({"camera": {"width": 320, "height": 180}})
+    still = np.random.default_rng(0).integers(0, 255, (180, 320, 3), dtype=np.uint8)
+
+    monkeypatch.setattr(ScriptedCapture, "make", staticmethod(lambda n: still.copy()))
+    monkeypatch.setattr(sources.cv2, "VideoCapture", ScriptedCapture)
+    frozen = OpenCvCameraSource(config)
+    frozen.open()
+    with pytest.raises(
+        SensorError, match="the image has not changed for 0 s; the camera or its driver froze"
+    ):
+        _read_for(frozen, 2.0)
+
+    def noisy(n: int) -> np.ndarray:  # the same scene, with one sampled pixel's noise changing
+        frame = still.copy()
+        frame[0, 0, 0] = n % 256
+        return frame
+
+    monkeypatch.setattr(ScriptedCapture, "make", staticmethod(noisy))
+    live = OpenCvCameraSource(config)
+    live.open()
+    assert _read_for(live, 0.8) > 10
+
+    monkeypatch.setattr(ScriptedCapture, "make", staticmethod(lambda n: np.zeros((180, 320, 3), np.uint8)))
+    dark = OpenCvCameraSource(config)
+    dark.open()
+    assert _read_for(dark, 0.8) > 10
