@@ -74,6 +74,9 @@ def selftest(
         with simulated_rig(cfg, engine or cfg.engine.path) as rig:
             results = run_selftest(rig, options, announce)
     else:
+        from vrclip.edge.service.presence import refuse_if_service_runs
+
+        refuse_if_service_runs(cfg.paths.control_socket)
         results = run_selftest(hardware_rig(cfg, engine), options, announce)
     typer.echo(format_results(results))
     if json_out is not None:

@@ -371,3 +371,26 @@ def test_the_clock_check_reads_the_kernels_sync_state(
     verdict = check_clock(camera_rig(_Camera(lambda n: None)))
     assert verdict.status == status
     assert said in verdict.detail
+
+
+def test_a_running_service_is_named_instead_of_failing_every_sensor(tmp_path: Path) -> None:
+    """The service holds the VNA, the switch and the cameras: the self-test says so at once, rather
+    than reporting each of them as broken."""
+    from vrclip.edge.gallery.store import GalleryStore
+    from vrclip.edge.pipeline.live_enrolment import LiveEnrolment
+    from vrclip.edge.service.control import ControlServer
+
+    sock = tmp_path / "control.sock"
+    toml = tmp_path / "edge.toml"
+    toml.write_text(f'[paths]\ncontrol_socket = "{sock}"\n')
+    with GalleryStore(tmp_path / "g.sqlite") as store, ControlServer(sock, LiveEnrolment(store, 32)):
+        done = subprocess.run(
+            [str(console_script("vrclip-firmware")), "selftest", "--config", str(toml)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 2
+    assert f"vrclip-edge is running (it answers on {sock}) and holds the rig's sensors" in done.stderr
+    assert "systemctl stop vrclip-edge.service" in done.stderr
+    assert "checking" not in done.stderr
