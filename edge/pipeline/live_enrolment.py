@@ -12,6 +12,7 @@ person is recognised from the next frame on.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -114,8 +115,12 @@ class LiveEnrolment:
                     session.enroller = Enroller(self.store, session.progress.name, self.budget)
                 for embedding in embeddings:
                     session.enroller.offer(embedding, people)
-            except UserError as exc:  # GalleryError: a full disk, a store the engine does not fit
-                self._finish(session, error=str(exc))
+            # This runs in the run loop: whatever the store or the embedding does wrong ends the
+            # enrolment, never identification. GalleryError: a busy store, one the engine does not fit;
+            # sqlite3.Error: a full disk, an I/O error mid-commit; ValueError: a zero or non-finite
+            # embedding (a faulty engine).
+            except (UserError, sqlite3.Error, ValueError) as exc:
+                self._finish(session, error=str(exc) or type(exc).__name__)
                 return
             enroller = session.enroller
             session.progress = replace(

@@ -269,3 +269,23 @@ def test_the_simulated_run_identifies_the_person_enrolled_through_it(tmp_path: P
     later = [e["identity"] for e in events if e["timestamp_ns"] > enrolled_at + 6_000_000_000]
     assert later and later.count("carol") >= 0.8 * len(later), later
     assert not sock.exists()
+
+
+def test_a_store_or_embedding_error_ends_the_enrolment_not_the_run_loop(tmp_path: Path) -> None:
+    # A full disk: SQLite's own error (not a GalleryError) from the commit, raised in the run loop.
+    with GalleryStore(tmp_path / "full.sqlite") as full:
+        full.ensure_dim(4096)  # an exemplar needs overflow pages, so the capped file cannot take one
+        pages = full._conn.execute("PRAGMA page_count").fetchone()[0]
+        full._conn.execute(f"PRAGMA max_page_count = {pages}")
+        live = LiveEnrolment(full, 32, clock=FakeClock())
+        ticket = live.start("alice", 10)
+        live.offer(1, [np.ones(4096, np.float32)])
+        progress = live.wait(ticket, 0.0)
+        assert progress.done and progress.error and progress.stored == 0
+        live.offer(1, [np.ones(4096, np.float32)])  # the run goes on; nothing is enrolling
+    # A faulty engine's zero embedding: normalise's ValueError.
+    with GalleryStore(tmp_path / "zero.sqlite", dim=DIM) as store:
+        live = LiveEnrolment(store, 32, clock=FakeClock())
+        ticket = live.start("bob", 10)
+        live.offer(1, [np.zeros(DIM, np.float32)])
+        assert "zero norm" in (live.wait(ticket, 0.0).error or "")
