@@ -10,10 +10,11 @@ port to guard. The protocol is JSON lines: one request line, then reply lines un
     < {"progress": {"name": "alice", "elapsed_s": 0.5, "stored": 3, ...}}   (every 0.5 s)
     < {"ok": true, "report": {...}}               (or {"ok": false, "error": "...", "report": {...}})
 
-The server trusts nothing it reads: a request is one line of at most 4 KiB within 10 s, and a
-malformed one gets an error reply. A client that goes away mid-enrolment cancels it (what was
-accepted stays enrolled). Failing to create the socket costs the run its live enrolment, not its
-identification: `open_control_server` returns None with a warning.
+The server trusts nothing it reads: a request is one line of at most 4 KiB within 10 s, at most
+8 connections are served at once, and a malformed request gets an error reply. A client that goes
+away mid-enrolment cancels it (what was accepted stays enrolled). Failing to create the socket
+costs the run its live enrolment, not its identification: `open_control_server` returns None with
+a warning.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ from vrclip.edge.pipeline.live_enrolment import EnrolmentProgress, LiveEnrolment
 
 MAX_REQUEST_BYTES = 4096
 REQUEST_TIMEOUT_S = 10.0
+#: Connections served at once (one thread each); more are refused at once. One enrolment runs at a
+#: time, so a few suffice; a script that opens connections and never closes them costs no more.
+MAX_CONNECTIONS = 8
 PROGRESS_INTERVAL_S = 0.5
 #: How long past its end a client waits for the service to say an enrolment is over.
 END_GRACE_S = 15.0
@@ -48,7 +52,11 @@ class _Handler(socketserver.StreamRequestHandler):
 
     def handle(self) -> None:
         try:
-            line = self.rfile.readline(MAX_REQUEST_BYTES + 1)
+            line = self._request_line()
+        except TimeoutError:
+            with contextlib.suppress(OSError):
+                self._send({"ok": False, "error": f"no request line within {REQUEST_TIMEOUT_S:g} s"})
+            return
         except OSError:
             return
         if len(line) > MAX_REQUEST_BYTES or (line and not line.endswith(b"\n")):
@@ -70,6 +78,27 @@ class _Handler(socketserver.StreamRequestHandler):
             self._enrol(request)
         else:
             self._send({"ok": False, "error": f"unknown op {str(op)[:40]!r}; ops: ping, enrol"})
+
+    def _request_line(self) -> bytes:
+        """The first line (with its newline), or all that came (EOF, or more than MAX_REQUEST_BYTES).
+        The whole line must arrive within REQUEST_TIMEOUT_S: the socket's timeout bounds each read
+        only, and a client sending a byte at a time would otherwise hold its thread for hours."""
+        deadline = time.monotonic() + REQUEST_TIMEOUT_S
+        data = b""
+        try:
+            while b"\n" not in data and len(data) <= MAX_REQUEST_BYTES:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError
+                self.connection.settimeout(remaining)
+                chunk = self.connection.recv(65536)  # all that came: a client is not reset mid-send
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            self.connection.settimeout(self.timeout)
+        end = data.find(b"\n")
+        return data if end < 0 else data[: end + 1]
 
     def _enrol(self, request: dict[str, Any]) -> None:
         enrolment = self.server.enrolment
@@ -109,6 +138,33 @@ def _final(progress: EnrolmentProgress) -> dict[str, Any]:
 class _Server(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
     enrolment: LiveEnrolment
+
+    def __init__(self, path: str, handler: type[_Handler]) -> None:
+        super().__init__(path, handler)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # A thread per connection, at most MAX_CONNECTIONS of them: the run's threads stay bounded.
+        if not self._slots.acquire(blocking=False):
+            with contextlib.suppress(OSError):
+                request.settimeout(1.0)
+                request.sendall(
+                    json.dumps({"ok": False, "error": f"busy: {MAX_CONNECTIONS} connections open"}).encode()
+                    + b"\n"
+                )
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class ControlServer:

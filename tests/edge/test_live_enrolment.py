@@ -3,6 +3,7 @@ socket trusts nothing it reads, and a client that goes away keeps what was accep
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -19,6 +20,7 @@ from vrclip.edge.config import EdgeConfig
 from vrclip.edge.errors import UserError
 from vrclip.edge.gallery.store import GalleryStore
 from vrclip.edge.pipeline.live_enrolment import EnrolmentBusy, LiveEnrolment
+from vrclip.edge.service import control
 from vrclip.edge.service.control import ControlServer, enrol_via_service, open_control_server, ping
 
 from tests.scripts import console_script
@@ -290,3 +292,48 @@ def test_a_store_or_embedding_error_ends_the_enrolment_not_the_run_loop(tmp_path
         ticket = live.start("bob", 10)
         live.offer(1, [np.zeros(DIM, np.float32)])
         assert "zero norm" in (live.wait(ticket, 0.0).error or "")
+
+
+def test_a_client_dripping_its_request_is_cut_off_in_time(served, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    path, _ = served
+    monkeypatch.setattr(control, "REQUEST_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(control._Handler, "timeout", 1.0)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(path)
+        started = time.monotonic()
+        reply = b""
+        with contextlib.suppress(OSError):  # the server hangs up: a broken pipe or a reset
+            while time.monotonic() - started < 4.0:
+                sock.sendall(b" ")  # one byte at a time, each well within the per-read timeout
+                sock.settimeout(0.3)
+                with contextlib.suppress(TimeoutError):
+                    reply = sock.recv(4096)
+                    break
+        assert time.monotonic() - started < 2.5
+    assert b"no request line within 1 s" in reply
+
+
+def test_connections_are_bounded_and_the_extra_ones_refused(served) -> None:  # type: ignore[no-untyped-def]
+    path, _ = served
+    threads_before = threading.active_count()
+    idle = []
+    try:
+        for _ in range(24):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(path)  # blocking: waits while the listen backlog is full
+            sock.settimeout(5)
+            idle.append(sock)
+        time.sleep(0.3)
+        assert threading.active_count() - threads_before <= control.MAX_CONNECTIONS
+        assert b"busy" in idle[-1].recv(4096)
+    finally:
+        for sock in idle:
+            sock.close()
+    deadline = time.monotonic() + 5
+    while True:  # the slots come back as the idle connections' threads see them closed
+        try:
+            assert ping(path)["ok"] is True
+            break
+        except (UserError, AssertionError):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
