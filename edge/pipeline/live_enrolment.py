@@ -65,6 +65,7 @@ class LiveEnrolment:
         self._changed = threading.Condition()
         self._session: _Session | None = None
         self._tickets = 0
+        self._stopped: str | None = None
 
     # ----------------------------------------------------------------- control thread
     def start(self, name: str, seconds: float) -> int:
@@ -73,6 +74,8 @@ class LiveEnrolment:
         if not (isinstance(seconds, int | float) and 1.0 <= float(seconds) <= MAX_ENROL_SECONDS):
             raise UserError(f"seconds {seconds!r}: enrol for 1 to {MAX_ENROL_SECONDS:g} seconds")
         with self._changed:
+            if self._stopped is not None:
+                raise UserError(f"no enrolment: {self._stopped}")
             self._expire()
             if self._session is not None and not self._session.progress.done:
                 running = self._session.progress
@@ -101,6 +104,16 @@ class LiveEnrolment:
             session = self._session
             if session is not None and session.ticket == ticket and not session.progress.done:
                 self._finish(session, error="cancelled")
+
+    def stop(self, reason: str) -> None:
+        """The run is ending: end the running session with `reason` (its client hears it at once,
+        with what was stored, rather than waiting out its time for frames that will not come) and
+        refuse new ones."""
+        with self._changed:
+            self._stopped = reason
+            session = self._session
+            if session is not None and not session.progress.done:
+                self._finish(session, error=reason)
 
     # ----------------------------------------------------------------------- run loop
     def offer(self, people: int, embeddings: list[np.ndarray]) -> None:

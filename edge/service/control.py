@@ -44,6 +44,8 @@ MAX_CONNECTIONS = 8
 PROGRESS_INTERVAL_S = 0.5
 #: How long past its end a client waits for the service to say an enrolment is over.
 END_GRACE_S = 15.0
+#: How long closing waits for the connections being served to end (an enrolment's final reply).
+CLOSE_GRACE_S = 1.0
 
 
 class _Handler(socketserver.StreamRequestHandler):
@@ -129,7 +131,8 @@ def _final(progress: EnrolmentProgress) -> dict[str, Any]:
     if progress.error is not None:
         return {
             "ok": False,
-            "error": f"enrolment of {progress.name!r} ended: {progress.error}",
+            "error": f"enrolment of {progress.name!r} ended: {progress.error} "
+            f"({progress.stored} exemplars stored, kept)",
             "report": report,
         }
     return {"ok": True, "report": report}
@@ -160,6 +163,19 @@ class _Server(socketserver.ThreadingUnixStreamServer):
             self._slots.release()
             raise
 
+    def wait_idle(self, timeout_s: float) -> None:
+        """Wait until no connection is being served, or `timeout_s` passed."""
+        deadline = time.monotonic() + timeout_s
+        taken = 0
+        try:
+            while taken < MAX_CONNECTIONS and self._slots.acquire(
+                timeout=max(0.0, deadline - time.monotonic())
+            ):
+                taken += 1
+        finally:
+            for _ in range(taken):
+                self._slots.release()
+
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
@@ -183,6 +199,10 @@ class ControlServer:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+        # A client enrolling gets its final reply (what was stored, and why it ended) before the
+        # process goes, instead of progress lines for the rest of its time or a dropped connection.
+        self._server.enrolment.stop("the service is stopping")
+        self._server.wait_idle(CLOSE_GRACE_S)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 

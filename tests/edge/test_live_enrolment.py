@@ -337,3 +337,33 @@ def test_connections_are_bounded_and_the_extra_ones_refused(served) -> None:  # 
         except (UserError, AssertionError):
             assert time.monotonic() < deadline
             time.sleep(0.1)
+
+
+def test_a_client_enrolling_when_the_service_stops_hears_at_once_what_was_kept(tmp_path: Path) -> None:
+    db = tmp_path / "gallery.sqlite"
+    with GalleryStore(db) as s:
+        s.ensure_dim(DIM)
+    loop = RunLoop(db)
+    path = tmp_path / "control.sock"
+    server = ControlServer(path, loop.live)
+    outcome: dict[str, object] = {}
+
+    def client() -> None:
+        try:
+            enrol_via_service(str(path), "alice", 30)
+        except UserError as exc:
+            outcome["error"] = str(exc)
+
+    thread = threading.Thread(target=client, daemon=True)
+    thread.start()
+    time.sleep(1.0)
+    server.close()  # as run_pipeline does on SIGTERM, the run loop's offers over
+    started = time.monotonic()
+    thread.join(5)
+    loop.close()
+    assert time.monotonic() - started < 2.0  # not the rest of its 30 s
+    assert "the service is stopping" in str(outcome.get("error")) and "exemplars stored" in str(
+        outcome["error"]
+    )
+    with pytest.raises(UserError, match="stopping"):
+        loop.live.start("bob", 5)
