@@ -66,6 +66,9 @@ class LiveEnrolment:
         self._session: _Session | None = None
         self._tickets = 0
         self._stopped: str | None = None
+        #: Sessions that ended and were replaced before their client read the end (a client slow to
+        #: read, or between two waits): `wait` still answers for them until `cancel` releases them.
+        self._ended: dict[int, _Session] = {}
 
     # ----------------------------------------------------------------- control thread
     def start(self, name: str, seconds: float) -> int:
@@ -83,6 +86,8 @@ class LiveEnrolment:
                     f"{running.name!r} is being enrolled ({running.elapsed_s:.0f} of {running.seconds:g} s); "
                     "one person at a time: try again when it is done"
                 )
+            if self._session is not None:
+                self._ended[self._session.ticket] = self._session
             self._tickets += 1
             progress = EnrolmentProgress(name, float(seconds), 0.0, 0, 0, 0, 0, 0, False)
             self._session = _Session(self._tickets, progress, self.clock())
@@ -101,6 +106,7 @@ class LiveEnrolment:
         """End the session now (the client went away): what was accepted stays enrolled. A no-op once
         it is over (and when another session has begun since)."""
         with self._changed:
+            self._ended.pop(ticket, None)
             session = self._session
             if session is not None and session.ticket == ticket and not session.progress.done:
                 self._finish(session, error="cancelled")
@@ -148,9 +154,11 @@ class LiveEnrolment:
 
     # ------------------------------------------------------------------------ helpers
     def _own(self, ticket: int) -> _Session:
-        if self._session is None or self._session.ticket != ticket:
-            raise KeyError(f"enrolment {ticket} is not the current one")
-        return self._session
+        if self._session is not None and self._session.ticket == ticket:
+            return self._session
+        if ticket in self._ended:
+            return self._ended[ticket]
+        raise KeyError(f"enrolment {ticket} is not the current one")
 
     def _elapsed(self, session: _Session) -> float:
         return min(self.clock() - session.started, session.progress.seconds)

@@ -367,3 +367,21 @@ def test_a_client_enrolling_when_the_service_stops_hears_at_once_what_was_kept(t
     )
     with pytest.raises(UserError, match="stopping"):
         loop.live.start("bob", 5)
+
+
+def test_an_ended_enrolment_still_answers_its_client_after_the_next_one_began(store: GalleryStore) -> None:
+    # The control thread sends a progress line between two waits; meanwhile the time runs out and
+    # another client starts. Its next wait must give the final report, not a KeyError (a traceback
+    # in the journal and a client told only that the connection closed).
+    clock = FakeClock()
+    live = LiveEnrolment(store, budget=32, clock=clock)
+    first = live.start("alice", 5)
+    live.offer(1, [unit(1)])
+    clock.now = 6.0
+    second = live.start("bob", 5)
+    final = live.wait(first, 0.5)
+    assert final.done and final.name == "alice" and final.stored == 1
+    live.cancel(first)  # the handler's finally releases it, and leaves bob alone
+    assert not live.wait(second, 0.0).done
+    with pytest.raises(KeyError):
+        live.wait(first, 0.0)
