@@ -291,6 +291,10 @@ def _replies(sock: socket.socket, deadline: float) -> Any:
             line = reader.readline(1 << 20)
         except TimeoutError:
             raise UserError("the service stopped answering") from None
+        except OSError as exc:  # a reset: the service stopped (or restarted) mid-request
+            raise UserError(
+                f"the service dropped the connection ({exc.strerror or exc}); did it stop?"
+            ) from None
         if not line:
             raise UserError("the service closed the connection (did it stop?)")
         try:
@@ -302,9 +306,17 @@ def _replies(sock: socket.socket, deadline: float) -> Any:
         yield message
 
 
+def _request(sock: socket.socket, request: dict[str, Any]) -> None:
+    sock.settimeout(REQUEST_TIMEOUT_S)
+    try:
+        sock.sendall(json.dumps(request).encode("utf-8") + b"\n")
+    except OSError as exc:
+        raise UserError(f"the service dropped the connection ({exc.strerror or exc}); did it stop?") from None
+
+
 def ping(path: str, timeout_s: float = 3.0) -> dict[str, Any]:
     with _connect(path) as sock:
-        sock.sendall(b'{"op": "ping"}\n')
+        _request(sock, {"op": "ping"})
         return next(_replies(sock, time.monotonic() + timeout_s))
 
 
@@ -313,7 +325,7 @@ def enrol_via_service(
 ) -> dict[str, Any]:
     """Ask the running service to enrol `name` for `seconds`; returns its final report."""
     with _connect(path) as sock:
-        sock.sendall(json.dumps({"op": "enrol", "name": name, "seconds": seconds}).encode("utf-8") + b"\n")
+        _request(sock, {"op": "enrol", "name": name, "seconds": seconds})
         for message in _replies(sock, time.monotonic() + seconds + END_GRACE_S):
             if "progress" in message:
                 if on_progress is not None and isinstance(message["progress"], dict):

@@ -385,3 +385,13 @@ def test_an_ended_enrolment_still_answers_its_client_after_the_next_one_began(st
     assert not live.wait(second, 0.0).done
     with pytest.raises(KeyError):
         live.wait(first, 0.0)
+
+
+def test_a_service_that_stops_before_answering_is_a_clear_error(tmp_path: Path) -> None:
+    path = str(tmp_path / "control.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(path)
+        listener.listen(5)
+        threading.Timer(0.3, listener.close).start()  # never accepts: the client is reset
+        with pytest.raises(UserError, match="dropped the connection"):
+            enrol_via_service(path, "alice", 2)
