@@ -65,12 +65,17 @@ MAX_SIGMA = {
     "pitch_deg": 1.0,
     "yaw_deg": 1.0,
     "hfov_deg": 2.0,
+    # 20 ms of a walk at 1.4 m/s is 3 cm: about as much as the position's own limit.
+    "lag_ms": 20.0,
 }
 #: A residual RMS above this share of the image height means the silhouettes did not follow the track.
 MAX_RMS_FRACTION = 0.03
 #: Where the fit starts the nearer foot's reach towards the camera (m).
 FOOT_REACH_START_M = 0.2
-PARAMETERS = ("x_m", "y_m", "z_m", "pitch_deg", "yaw_deg", "hfov_deg", "foot_reach_m", "height_m")
+PARAMETERS = ("x_m", "y_m", "z_m", "pitch_deg", "yaw_deg", "hfov_deg", "foot_reach_m", "height_m", "lag_ms")
+#: Largest offset between the camera's and the radar's time stamps the fit looks for (ms): a USB
+#: camera's exposure, transfer and driver queue take 30-150 ms, a radar frame ~100 ms.
+MAX_LAG_MS = 300.0
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,21 @@ class Observations:
     #: Radar-tracked camera frames the person was looked for in: all of them, or MAX_FRAMES spread
     #: over a longer walk (what `frames_used` is out of; counting the others would read as lost).
     tracked: int
+    #: For the time offset: each frame's camera time, and the radar track it is looked up in (seconds
+    #: from the first radar frame). Without them the offset is not fitted (taken as 0).
+    camera_t_s: np.ndarray | None = None
+    radar_t_s: np.ndarray | None = None
+    radar_positions: np.ndarray | None = None
+
+    def positions_at(self, lag_ms: float) -> np.ndarray:
+        """(N, 2) floor positions where the radar saw the person when each frame's image was taken,
+        had the camera stamped its frames `lag_ms` late. Linear between radar frames; held at the
+        track's first and last position beyond its ends (a few frames at the walk's ends, which the
+        robust fit discounts if they misfit)."""
+        if self.camera_t_s is None or self.radar_t_s is None or self.radar_positions is None:
+            return self.positions
+        t = self.camera_t_s - lag_ms / 1e3
+        return np.column_stack([np.interp(t, self.radar_t_s, self.radar_positions[:, k]) for k in range(2)])
 
 
 @dataclass(frozen=True)
@@ -155,6 +175,16 @@ class PoseFit:
     frames_used: int
     frames_tracked: int
     image_height: int
+    #: How much later the camera stamped its frames than the radar, beyond what the recording's own
+    #: camera.latency_ms had already taken off (ms); 0 where it was not fitted.
+    lag_ms: float = 0.0
+    #: The recording's own camera.latency_ms: its camera times already had it taken off.
+    recorded_latency_ms: float = 0.0
+
+    @property
+    def latency_ms(self) -> float:
+        """The camera.latency_ms this walk measures."""
+        return self.recorded_latency_ms + self.lag_ms
 
     def undetermined(self) -> list[str]:
         """The pose parameters the walk did not pin down (standard error above its limit)."""
@@ -252,7 +282,8 @@ def observe(path: Path, progress: Progress | None = None) -> Observations:
             reader, None if progress is None else lambda done, total: progress("radar track", done, total)
         )
         camera_t = reader.times(CAMERA)
-        at_camera = interpolate(reader.times(RADAR), positions, camera_t)
+        radar_t = reader.times(RADAR)
+        at_camera = interpolate(radar_t, positions, camera_t)
         tracked = np.flatnonzero(np.isfinite(at_camera).all(axis=1))
         if tracked.size == 0 and np.isfinite(positions).all(axis=1).any():
             # The radar did track the person: the camera's frames are what is missing there (a camera
@@ -280,6 +311,8 @@ def observe(path: Path, progress: Progress | None = None) -> Observations:
                 found[k] = [np.nan if v is None else v for v in (seen.u_centre, seen.v_top, seen.v_bottom)]
             if progress is not None:
                 progress("silhouettes", k + 1, picks.size)
+    labelled = np.isfinite(positions).all(axis=1)
+    t0 = int(radar_t[0])
     return Observations(
         picks,
         at_camera[picks],
@@ -289,6 +322,9 @@ def observe(path: Path, progress: Progress | None = None) -> Observations:
         config.camera.width,
         config.camera.height,
         int(picks.size),
+        camera_t_s=(camera_t[picks] - t0) / 1e9,
+        radar_t_s=(radar_t[labelled] - t0) / 1e9,
+        radar_positions=positions[labelled],
     )
 
 
@@ -340,24 +376,28 @@ def fit_pose(obs: Observations, start: CameraPose) -> PoseFit:
             f"frames (at least {MIN_FRAMES} are needed); record the walk in good light with nobody else "
             "in view, walking the whole area the camera sees"
         )
-    positions = obs.positions[usable]
     measured = measured[usable]
     valid = np.isfinite(measured)
+    fit_lag = obs.camera_t_s is not None
 
     # A measured lens fixes the focal length: a checkerboard pins it far better than a walk.
     fixed_hfov = start.hfov_deg if start.lens_measured else None
     extra = 5 if fixed_hfov is not None else 6  # where reach and height sit in the vector
 
-    def unpack(params: np.ndarray) -> tuple[CameraPose, float, float]:
-        return _pose_from(start, params, fixed_hfov), float(params[extra]), float(params[extra + 1])
+    def unpack(params: np.ndarray) -> tuple[CameraPose, float, float, float]:
+        lag = float(params[extra + 2]) if fit_lag else 0.0
+        return _pose_from(start, params, fixed_hfov), float(params[extra]), float(params[extra + 1]), lag
 
     def residuals(params: np.ndarray) -> np.ndarray:
-        pose, reach, h = unpack(params)
+        pose, reach, h, lag = unpack(params)
+        positions = obs.positions_at(lag)[usable]
         return (predict(pose, h, reach, positions, obs.width, obs.height) - measured)[valid]
 
-    x0 = [*start.position_m, start.pitch_deg, start.yaw_deg, start.hfov_deg, FOOT_REACH_START_M, 1.75]
-    lower = [-np.inf, -np.inf, 0.1, -60.0, -180.0, 10.5, 0.0, 1.0]
-    upper = [np.inf, np.inf, 10.0, 80.0, 180.0, 169.5, 0.6, 2.4]
+    x0 = [*start.position_m, start.pitch_deg, start.yaw_deg, start.hfov_deg, FOOT_REACH_START_M, 1.75, 0.0]
+    lower = [-np.inf, -np.inf, 0.1, -60.0, -180.0, 10.5, 0.0, 1.0, -MAX_LAG_MS]
+    upper = [np.inf, np.inf, 10.0, 80.0, 180.0, 169.5, 0.6, 2.4, MAX_LAG_MS]
+    if not fit_lag:
+        del x0[-1], lower[-1], upper[-1]
     if fixed_hfov is not None:
         del x0[5], lower[5], upper[5]
     scale = max(2.0, 0.004 * obs.height)  # pixels: residuals beyond this count linearly, not squared
@@ -378,7 +418,9 @@ def fit_pose(obs: Observations, start: CameraPose) -> PoseFit:
     sigma = _standard_errors(result.jac, final, inliers)
     if fixed_hfov is not None:
         sigma.insert(5, 0.0)  # measured by the lens calibration, not by this fit
-    pose, _, h = unpack(result.x)
+    if not fit_lag:
+        sigma.append(0.0)  # no times to fit it from: taken as 0
+    pose, _, h, lag = unpack(result.x)
     return PoseFit(
         pose,
         h,
@@ -387,6 +429,7 @@ def fit_pose(obs: Observations, start: CameraPose) -> PoseFit:
         int(usable.sum()),
         obs.tracked,
         obs.height,
+        lag,
     )
 
 
@@ -424,7 +467,8 @@ def measure_camera_pose(
             f"{path}: its camera frames are {recorded.width}x{recorded.height}, the config given says "
             f"{start.camera.width}x{start.camera.height}; give a config for the camera that recorded it"
         )
-    return fit_pose(observe(path, progress), CameraPose.of(start))
+    fit = fit_pose(observe(path, progress), CameraPose.of(start))
+    return replace(fit, recorded_latency_ms=recorded.latency_ms)
 
 
 def with_pose(config: EdgeConfig, fit: PoseFit) -> EdgeConfig:
@@ -438,10 +482,12 @@ def with_pose(config: EdgeConfig, fit: PoseFit) -> EdgeConfig:
         # A lens calibration's focal length was kept by the fit: written back as it was measured.
         hfov_deg=pose.hfov_deg if pose.lens_measured else round(pose.hfov_deg, 2),
     )
-    return rounded.applied(config)
+    placed = rounded.applied(config)
+    camera = placed.camera.model_copy(update={"latency_ms": round(fit.latency_ms, 1)})
+    return placed.model_copy(update={"camera": camera})
 
 
 def write_pose(path: Path, config: EdgeConfig) -> tuple[Path, Path | None]:
-    """Write `config`'s camera pose into the site config at `path`, changing nothing else in the
-    file; the old file is kept as `<path>.prev`. Returns (the file written, the kept copy)."""
-    return write_camera_keys(path, config, ("position_m", "pitch_deg", "yaw_deg", "hfov_deg"))
+    """Write `config`'s camera pose and time offset into the site config at `path`, changing nothing
+    else in the file; the old file is kept as `<path>.prev`. Returns (the file written, the kept copy)."""
+    return write_camera_keys(path, config, ("position_m", "pitch_deg", "yaw_deg", "hfov_deg", "latency_ms"))

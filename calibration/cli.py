@@ -153,8 +153,9 @@ def camera(
         "FILE.prev).",
     ),
 ) -> None:
-    """Measure the RGB camera's pose (position, pitch, yaw, field of view) from a walk: the radar's
-    track says where the person stood, the camera's frames where it saw them. Check the result with
+    """Measure the RGB camera's pose (position, pitch, yaw, field of view) and how late it stamps its
+    frames against the radar (latency_ms) from a walk: the radar's track says where the person stood,
+    the camera's frames where it saw them. Check the result with
     `vrclip-calibrate crops RECORDING --config SITE.toml`."""
     from vrclip.calibration.camera_pose import measure_camera_pose, with_pose, write_pose
 
@@ -271,11 +272,12 @@ def format_fit(fit: PoseFit, start: EdgeConfig | None) -> str:
         ("camera.pitch_deg", pose.pitch_deg, fit.sigma["pitch_deg"], "deg"),
         ("camera.yaw_deg", pose.yaw_deg, fit.sigma["yaw_deg"], "deg"),
         ("camera.hfov_deg", pose.hfov_deg, fit.sigma["hfov_deg"], "deg"),
+        ("camera.latency_ms", fit.latency_ms, fit.sigma["lag_ms"], "ms"),
     ]
     before = None
     if start is not None:
         cam = start.camera
-        before = [*cam.position_m, cam.pitch_deg, cam.yaw_deg, cam.hfov_deg]
+        before = [*cam.position_m, cam.pitch_deg, cam.yaw_deg, cam.hfov_deg, cam.latency_ms]
     lines = [
         f"fitted to {fit.frames_used} of {fit.frames_tracked} radar-tracked camera frames; "
         f"residual {fit.rms_px:.1f} px; the walker's silhouette is {fit.height_m:.2f} m tall"

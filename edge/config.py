@@ -127,6 +127,11 @@ class CameraConfig(Section):
     principal_px: tuple[float, float] | None = None
     #: OpenCV's lens distortion (k1, k2, p1, p2, k3); zeros: a distortion-free lens.
     distortion: tuple[float, float, float, float, float] = (0.0, 0.0, 0.0, 0.0, 0.0)
+    #: How much later the camera stamps a frame than the radar stamps the same instant (ms): the
+    #: camera's exposure, transfer and driver queue, against the radar's frame stamp. Subtracted
+    #: from every camera frame's time, so each radar frame is paired with the image of the same
+    #: moment and the crop is cut where the person was. `vrclip-calibrate camera` measures it.
+    latency_ms: Annotated[float, Field(ge=-500.0, le=2000.0)] = 0.0
 
     @field_validator("distortion", mode="before")
     @classmethod

@@ -263,7 +263,8 @@ class OpenCvCameraSource:
     def read(self) -> Frame | None:
         assert self._cap is not None
         ok, bgr = self._cap.read()
-        t_ns = time.time_ns()
+        # When the image was taken, on the radar's time line: the stamp minus the camera's latency.
+        t_ns = time.time_ns() - round(self.config.camera.latency_ms * 1e6)
         if not ok or bgr is None:
             raise SensorError(f"camera {self.config.camera.device!r}: no frame (unplugged or end of file)")
         # OpenCV ignores a size the camera does not support and delivers its own: the person crops are

@@ -283,3 +283,35 @@ def test_write_pose_keeps_the_files_permissions(tmp_path: Path) -> None:
         os.umask(umask)
     assert stat.S_IMODE(site.stat().st_mode) == 0o640
     assert load_config(site).camera.yaw_deg == -7.0
+
+
+def test_the_cameras_time_offset_is_measured_and_written(walk: Path, tmp_path: Path) -> None:
+    """A camera stamps its frames after the exposure (transfer, driver queue): paired with the radar
+    frame of its stamp, the image shows the person where they were tens of ms earlier, and the crop
+    is cut beside them. The fit measures that offset with the pose. Shifting every camera stamp of the
+    walk by 80 ms must move the measured offset by 80 ms; the pose must not move with it."""
+    import shutil
+
+    import h5py
+
+    start = EdgeConfig.model_validate({"camera": SIZE})
+    base = measure_camera_pose(walk, start)
+    assert abs(base.lag_ms) < 40, "the simulated camera stamps its frames on the radar's time line"
+    late = tmp_path / "late-camera.h5"
+    shutil.copy(walk, late)
+    with h5py.File(late, "r+") as f:
+        f["camera/t_ns"][...] = f["camera/t_ns"][...] + 80_000_000
+    shifted = measure_camera_pose(late, start)
+    assert shifted.lag_ms - base.lag_ms == pytest.approx(80.0, abs=10.0)
+    assert shifted.sigma["lag_ms"] < 10.0
+    assert np.allclose(shifted.pose.position_m, base.pose.position_m, atol=0.1)
+    assert abs(shifted.pose.yaw_deg - base.pose.yaw_deg) < 1.0
+    # Written as the camera's latency: what the runtime takes off every camera stamp.
+    assert with_pose(start, shifted).camera.latency_ms == pytest.approx(round(shifted.lag_ms, 1))
+    # A walk recorded with a latency already in force had it taken off its stamps: the fit adds to it.
+    with h5py.File(late, "r+") as f:
+        toml = f.attrs["config_toml"]
+        assert "latency_ms = 0.0" in toml
+        f.attrs["config_toml"] = toml.replace("latency_ms = 0.0", "latency_ms = 30.0")
+    again = measure_camera_pose(late, start)
+    assert with_pose(start, again).camera.latency_ms == pytest.approx(round(30.0 + again.lag_ms, 1))

@@ -307,3 +307,18 @@ def test_a_frozen_camera_is_a_sensor_fault_a_dark_or_live_one_is_not(monkeypatch
     dark = OpenCvCameraSource(config)
     dark.open()
     assert _read_for(dark, 0.8) > 10
+
+
+def test_camera_frames_are_stamped_when_the_image_was_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    """camera.latency_ms (measured by `vrclip-calibrate camera`) comes off every camera stamp, so the
+    synchroniser pairs each radar frame with the image of the same moment."""
+    monkeypatch.setattr(sources.cv2, "VideoCapture", ScriptedCapture)
+    stamps = {}
+    for latency in (0.0, 120.0):
+        config = EdgeConfig.model_validate({"camera": {"width": 320, "height": 180, "latency_ms": latency}})
+        source = OpenCvCameraSource(config)
+        source.open()
+        before = time.time_ns()
+        stamps[latency] = source.read().t_ns - before
+    assert 0 <= stamps[0.0] < 50_000_000
+    assert stamps[0.0] - stamps[120.0] == pytest.approx(120_000_000, abs=50_000_000)
