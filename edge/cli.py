@@ -161,6 +161,9 @@ def _record_rig(
 ) -> None:
     """`record` on the real rig: a summary line per stream, and exit 1 if a stream recorded nothing."""
     from vrclip.edge.pipeline.app import hardware_feed
+    from vrclip.edge.service.presence import refuse_if_service_runs
+
+    refuse_if_service_runs(cfg.paths.control_socket)
     from vrclip.edge.record_live import NOTHING_UP_S, LiveRecordRequest, record_feed, time_server_start
 
     feed = hardware_feed(cfg)

@@ -37,6 +37,7 @@ from vrclip.edge.pipeline.recorder import FrameRecorder
 from vrclip.edge.pipeline.runner import EdgeRunner, radar_stall_s
 from vrclip.edge.service.control import enrol_via_service, open_control_server
 from vrclip.edge.service.notify import Notifier
+from vrclip.edge.service.presence import refuse_if_service_runs
 from vrclip.edge.service.shutdown import ShutdownFlag
 from vrclip.edge.service.watchdog import WatchdogPinger
 from vrclip.edge.sim.scene import SceneSpec, default_people
@@ -214,6 +215,9 @@ def run(
         feed = simulated_feed(config, spec, scpi=not direct_radar, sweep_time_ms=sweep_time_ms)
     elif replay is not None:
         feed = replay_feed(replay)
+        # A replay holds no sensors and has nobody to enrol: it must not take the running service's
+        # control socket (and is not refused because the service has it).
+        config = config.model_copy(update={"paths": config.paths.model_copy(update={"control_socket": ""})})
     else:
         feed = hardware_feed(config)
     try:
@@ -276,6 +280,7 @@ def enroll(
     elif replay is not None:
         feed = replay_feed(replay, paced=False)
     else:
+        refuse_if_service_runs(config.paths.control_socket, "enrol through it with --service")
         feed = hardware_feed(config)
     for message in feed.warnings:
         typer.echo(f"warning: {message}", err=True)
@@ -304,6 +309,11 @@ def _enrol_through_service(config: EdgeConfig, name: str, seconds: float) -> Non
 
         report = enrol_via_service(config.paths.control_socket, name, seconds, show)
         bar.update(task, completed=round(seconds))
+    if not report.get("frames"):
+        raise UserError(
+            f"nothing was enrolled for {name}: the service processed no radar frame meanwhile; "
+            "is the radar up? (its /status says which sensor is down)"
+        )
     _print_report(name, report["stored"], report["offered"], report["rejected"], report["redundant"])
 
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -395,3 +396,72 @@ def test_a_service_that_stops_before_answering_is_a_clear_error(tmp_path: Path) 
         threading.Timer(0.3, listener.close).start()  # never accepts: the client is reset
         with pytest.raises(UserError, match="dropped the connection"):
             enrol_via_service(path, "alice", 2)
+
+
+@pytest.fixture()
+def idle_service(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A service answering on its control socket whose run loop offers no frames (its radar is down)."""
+    sock = tmp_path / "control.sock"
+    toml = tmp_path / "edge.toml"
+    toml.write_text(f'[paths]\ncontrol_socket = "{sock}"\n')
+    with GalleryStore(tmp_path / "g.sqlite") as s, ControlServer(sock, LiveEnrolment(s, 32)):
+        yield toml
+
+
+def edge(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(console_script("vrclip-edge")), *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_commands_that_need_the_sensors_name_the_running_service(idle_service: Path, tmp_path: Path) -> None:
+    """The service holds the VNA, the switch and the cameras: record and offline enrol say so (and
+    what to do) instead of failing on whichever driver opens first."""
+    recorded = edge(
+        "record", "--out", str(tmp_path / "x.h5"), "--seconds", "1", "--config", str(idle_service)
+    )
+    assert recorded.returncode == 2
+    assert (
+        "vrclip-edge is running" in recorded.stderr
+        and "systemctl stop vrclip-edge.service" in recorded.stderr
+    )
+    assert not (tmp_path / "x.h5").exists()
+    enrolled = edge(
+        "enroll",
+        "alice",
+        "--config",
+        str(idle_service),
+        "--engine",
+        str(Path(__file__).resolve().parents[2] / "models" / "vrclip-tiny.onnx"),
+    )
+    assert enrolled.returncode == 2
+    assert (
+        "vrclip-edge is running" in enrolled.stderr and "enrol through it with --service" in enrolled.stderr
+    )
+
+
+def test_a_service_whose_radar_is_down_enrols_nobody_and_says_why(idle_service: Path) -> None:
+    done = edge("enroll", "alice", "--service", "--seconds", "1", "--config", str(idle_service))
+    assert done.returncode == 2
+    assert "the service processed no radar frame meanwhile; is the radar up?" in done.stderr
+
+
+def test_a_replay_runs_beside_the_service_without_taking_its_socket(
+    idle_service: Path, tmp_path: Path
+) -> None:
+    from vrclip.edge.record import RecordRequest, record_simulated
+    from vrclip.edge.sim.scene import SceneSpec
+
+    config = EdgeConfig.model_validate({"camera": {"width": 320, "height": 180, "fps": 8}, "zed": {"fps": 4}})
+    recording = tmp_path / "s.h5"
+    record_simulated(config, RecordRequest(recording, 1.0, SceneSpec(people=("a",), seed=5)))
+    engine = str(Path(__file__).resolve().parents[2] / "models" / "vrclip-tiny.onnx")
+    toml = idle_service.read_text() + f'[gallery]\npath = "{tmp_path / "replay-gallery.sqlite"}"\n'
+    toml += f'[sinks]\njsonl_path = "{tmp_path / "events.jsonl"}"\n[sinks.http]\nenabled = false\n'
+    idle_service.write_text(toml)
+    done = edge("run", "--replay", str(recording), "--engine", engine, "--config", str(idle_service),
+                "--no-events-stdout")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "another vrclip-edge run is serving it" not in done.stderr
+    sock = tomllib.loads(toml)["paths"]["control_socket"]
+    assert ping(sock)["ok"] is True  # the service's socket is untouched
