@@ -13,7 +13,7 @@ import contextlib
 import json
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +27,10 @@ from vrclip.calibration.channels import (
     reflector_response,
 )
 from vrclip.calibration.files import replace_keeping_previous
-from vrclip.edge.config import EdgeConfig
+from vrclip.edge.config import SPEED_OF_LIGHT, EdgeConfig
 from vrclip.edge.errors import UserError
 from vrclip.edge.geometry import ArrayGeometry, load_geometry
+from vrclip.edge.imaging.drift import CouplingReference
 from vrclip.edge.radar.errors import RadarError
 from vrclip.edge.sim.radar import sweep_frequencies
 
@@ -147,6 +148,11 @@ def run_wizard(
             measured[step] = average_frames(read, frames, tick(step))
     fit = fit_channels(measured["empty"], measured["reflector"], geometry, freqs, position)
     check_quality(fit)
+    # Each channel's direct coupling in the empty room, where the fitted cable delay and the antennas'
+    # separation put it: what the running rig compares itself with to see its paths drift.
+    expected = fit.calibration.delay_s + geometry.direct_path_lengths() / SPEED_OF_LIGHT
+    coupling = CouplingReference.measure(measured["empty"].mean, freqs, expected)
+    fit = replace(fit, calibration=replace(fit.calibration, coupling=coupling))
     extra = {
         "source": "vrclip-calibrate channels" + (" (simulated rig)" if simulate else ""),
         "measured_ns": time.time_ns(),

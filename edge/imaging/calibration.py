@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 from vrclip.edge.errors import ConfigError
+from vrclip.edge.imaging.drift import CouplingReference
 
 FORMAT = "vrclip-channel-calibration"
 VERSION = 1
@@ -48,6 +49,10 @@ class ChannelCalibration:
     #: (start Hz, stop Hz, points) of the sweep it was measured with, when known. A delay is only
     #: measured modulo 1 / (frequency step), so on another sweep a long cable's delay can alias.
     sweep: tuple[float, float, int] | None = None
+    #: Each channel's direct-coupling echo in the empty room when it was measured, so the running
+    #: rig can tell how far its paths have drifted since (`vrclip.edge.imaging.drift`). Optional:
+    #: files from before it, and hand-made ones, have none.
+    coupling: CouplingReference | None = None
 
     def __post_init__(self) -> None:
         gain = np.asarray(self.gain, dtype=np.complex128).reshape(-1)
@@ -116,6 +121,8 @@ class ChannelCalibration:
         if self.sweep is not None:
             start, stop, points = self.sweep
             data["sweep"] = {"start_hz": start, "stop_hz": stop, "points": points}
+        if self.coupling is not None:
+            data["coupling_reference"] = self.coupling.to_dict()
         return data
 
     def sweep_mismatch(self, start_hz: float, stop_hz: float, points: int) -> str | None:
@@ -166,8 +173,10 @@ class ChannelCalibration:
             sizes = {k: a.size for k, a in arrays.items()}
             raise ConfigError(f"{source}: channels = {channels!r} does not match the list lengths {sizes}")
         sweep = _sweep_of(data.get("sweep"), source)
+        reference = data.get("coupling_reference")
+        coupling = None if reference is None else CouplingReference.from_dict(reference, channels, source)
         try:
-            return cls(arrays["gain_re"] + 1j * arrays["gain_im"], arrays["delay_s"], sweep)
+            return cls(arrays["gain_re"] + 1j * arrays["gain_im"], arrays["delay_s"], sweep, coupling)
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None
 

@@ -8,6 +8,7 @@ scene clock) and replay of a recording. The same Identifier runs in every case.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from vrclip.edge.config import MAX_SOCKET_PATH_BYTES, EdgeConfig, PathsConfig, SweepConfig, parse_config
+from vrclip.edge.config import (
+    MAX_SOCKET_PATH_BYTES,
+    SPEED_OF_LIGHT,
+    EdgeConfig,
+    PathsConfig,
+    SweepConfig,
+    parse_config,
+)
 from vrclip.edge.crops import camera_from_config
 from vrclip.edge.errors import UserError
 from vrclip.edge.events.event import IdentityEvent
@@ -24,6 +32,7 @@ from vrclip.edge.gallery.matcher import Matcher, resolve_threshold
 from vrclip.edge.gallery.store import GalleryStore
 from vrclip.edge.geometry import ArrayGeometry, load_geometry
 from vrclip.edge.imaging.calibration import ChannelCalibration
+from vrclip.edge.imaging.drift import CouplingReference
 from vrclip.edge.inference.base import InferenceBackend
 from vrclip.edge.inference.factory import open_engine
 from vrclip.edge.pipeline.identify import Identifier
@@ -155,6 +164,10 @@ def simulated_feed(
         return [(p.identity.name, p.position) for p in state.people]
 
     calibration = ChannelCalibration.from_dict(simulated_calibration(rig), source="simulated rig")
+    # As a perfect wizard would record it: the rig's coupling in the empty room, for the drift monitor.
+    expected = calibration.delay_s + rig.geometry.direct_path_lengths() / SPEED_OF_LIGHT
+    coupling = CouplingReference.measure(rig.radar.empty_room(), rig.freqs_hz, expected)
+    calibration = dataclasses.replace(calibration, coupling=coupling)
     return Feed(sources, config, rig.geometry, rig.freqs_hz, calibration, truth, closers)
 
 

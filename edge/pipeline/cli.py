@@ -26,6 +26,7 @@ from vrclip.edge.pipeline.app import (
     simulated_feed,
     with_workdir,
 )
+from vrclip.edge.pipeline.calibration_watch import CalibrationWatch
 from vrclip.edge.pipeline.enrolment import (
     PeopleInView,
     embedding_dim,
@@ -85,6 +86,9 @@ def run_pipeline(
     for message in feed.warnings:
         warn(message)
     identifier = make_identifier(feed, backend, match=matcher.match_batch, warn=warn, count=health.count)
+    watch = CalibrationWatch(feed.calibration, feed.freqs_hz, warn, health.count)
+    if watch.active:
+        health.add_stats_source("radar_calibration", watch.stats)
     notifier = Notifier()
     recorder = None
     control = None
@@ -99,6 +103,12 @@ def run_pipeline(
         control = open_control_server(config.paths.control_socket, live_enrolment, warn)
         if record is not None:
             recorder = FrameRecorder(feed, record, record_seconds, health, identities=people, warn=warn)
+
+        def on_frame(synced) -> None:  # type: ignore[no-untyped-def]
+            watch.offer(synced)
+            if recorder is not None:
+                recorder.offer(synced)
+
         with ShutdownFlag(notifier) as stop, WatchdogPinger(notifier, status=health.status_line) as pinger:
             runner = EdgeRunner(
                 identifier,
@@ -110,7 +120,7 @@ def run_pipeline(
                 heartbeat=pinger.heartbeat,
                 status_stream=sys.stderr,
                 radar_stall_s=radar_stall_s(config),
-                on_frame=recorder.offer if recorder is not None else None,
+                on_frame=on_frame,
                 on_results=enrol_from_results if control is not None else None,
             )
             summary = runner.run(stop, duration_s=duration_s)

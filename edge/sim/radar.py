@@ -147,6 +147,11 @@ class RadarSimulator:
         amps = np.concatenate([p.identity.body.reflectivity for p in state.people])
         return point_response(self.geometry, self.freqs_hz, pts, amps, self.scene.occluders, channels)
 
+    def empty_room(self) -> np.ndarray:
+        """(channels, points) what the front end measures with nobody in the room, without noise: the
+        walls, furniture and direct coupling through every path's errors."""
+        return self.static * self._channel_error
+
     def frame(
         self, state: SceneState, rng: np.random.Generator, channels: np.ndarray | None = None
     ) -> np.ndarray:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from vrclip.calibration.channels import Averaged, average_frames, check_quality, fit_channels
-from vrclip.edge.config import EdgeConfig
+from vrclip.edge.config import SPEED_OF_LIGHT, EdgeConfig
 from vrclip.edge.errors import UserError
 from vrclip.edge.geometry import load_geometry
 from vrclip.edge.imaging.calibration import ChannelCalibration
@@ -109,6 +109,11 @@ def test_wizard_calibrates_the_simulated_rig_through_the_drivers_and_keeps_the_o
     _assert_matches_front_end(calibration)
     doc = json.loads(out.read_text())
     assert doc["reflector_m"] == [0.4, 3.2, 1.1] and doc["coherence"] > 0.999
+    # The coupling reference the running rig watches its drift against: each channel's direct
+    # coupling, where its cable delay and its antennas' separation put it.
+    assert calibration.coupling is not None
+    expected = ERRORS.delay_s + GEOMETRY.direct_path_lengths() / SPEED_OF_LIGHT
+    assert np.abs(calibration.coupling.delay_s - expected).max() < 0.1e-9
     first = out.read_bytes()
     again = subprocess.run(
         [*args, "--frames", "3", "--out", str(out)], capture_output=True, text=True, timeout=120
