@@ -121,14 +121,19 @@ class RunLoop:
         self.thread.join(5)
 
 
-@pytest.fixture()
-def served(tmp_path: Path):  # type: ignore[no-untyped-def]
+def serve(tmp_path: Path) -> tuple[ControlServer, RunLoop, Path, Path]:
+    """A control server in front of a run loop offering one-person frames: (server, loop, socket, db)."""
     db = tmp_path / "gallery.sqlite"
     with GalleryStore(db) as s:
         s.ensure_dim(DIM)
     loop = RunLoop(db)
     path = tmp_path / "control.sock"
-    server = ControlServer(path, loop.live)
+    return ControlServer(path, loop.live), loop, path, db
+
+
+@pytest.fixture()
+def served(tmp_path: Path):  # type: ignore[no-untyped-def]
+    server, loop, path, db = serve(tmp_path)
     yield str(path), db
     server.close()
     loop.close()
@@ -341,12 +346,7 @@ def test_connections_are_bounded_and_the_extra_ones_refused(served) -> None:  # 
 
 
 def test_a_client_enrolling_when_the_service_stops_hears_at_once_what_was_kept(tmp_path: Path) -> None:
-    db = tmp_path / "gallery.sqlite"
-    with GalleryStore(db) as s:
-        s.ensure_dim(DIM)
-    loop = RunLoop(db)
-    path = tmp_path / "control.sock"
-    server = ControlServer(path, loop.live)
+    server, loop, path, _ = serve(tmp_path)
     outcome: dict[str, object] = {}
 
     def client() -> None:
