@@ -235,6 +235,20 @@ FROZEN_STRIDE = 8
 #: An image whose sample spans fewer grey levels than this is dark or blank, not frozen: a camera in
 #: a dark room can deliver identical black frames, and that is night, not a fault.
 FROZEN_MIN_DETAIL = 16
+#: Share of the sample that must lie strictly between its darkest and brightest level. Sensor noise
+#: only shows there: pixels clipped to black or white never change. A dark room with an exit sign or
+#: a standby LED spans 0..255 yet is all clipped, identical frame after frame, and that is night too.
+FROZEN_MIN_MIDTONES = 0.25
+
+
+def _has_detail(sample: np.ndarray) -> bool:
+    """Whether an unchanged image can only be a frozen one: it spans FROZEN_MIN_DETAIL grey levels,
+    and enough of it is unclipped (FROZEN_MIN_MIDTONES) for sensor noise to have changed it."""
+    low, high = int(sample.min()), int(sample.max())
+    if high - low < FROZEN_MIN_DETAIL:
+        return False
+    midtones = np.count_nonzero((sample > low) & (sample < high))
+    return midtones >= FROZEN_MIN_MIDTONES * sample.size
 
 
 class OpenCvCameraSource:
@@ -288,10 +302,7 @@ class OpenCvCameraSource:
         if self._last_sample is None or not np.array_equal(sample, self._last_sample):
             self._last_sample, self._changed_at = sample.copy(), now
             return
-        if (
-            now - self._changed_at >= FROZEN_AFTER_S
-            and int(sample.max()) - int(sample.min()) >= FROZEN_MIN_DETAIL
-        ):
+        if now - self._changed_at >= FROZEN_AFTER_S and _has_detail(sample):
             self._last_sample = None  # a reopened camera starts afresh
             raise SensorError(
                 f"camera {self.config.camera.device!r}: the image has not changed for "

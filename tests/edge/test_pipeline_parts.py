@@ -309,6 +309,22 @@ def test_a_frozen_camera_is_a_sensor_fault_a_dark_or_live_one_is_not(monkeypatch
     assert _read_for(dark, 0.8) > 10
 
 
+def test_a_dark_room_with_a_lit_sign_is_night_not_a_frozen_camera(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At night the room clips to black and an exit sign or standby LED clips to white: neither end
+    shows sensor noise, so every frame is the same, yet the image spans all 256 grey levels. That is
+    night, not a fault; reopening the camera every few seconds all night would mark it failed."""
+    monkeypatch.setattr(sources, "FROZEN_AFTER_S", 0.3)
+    config = EdgeConfig.model_validate({"camera": {"width": 320, "height": 180}})
+    night = np.zeros((180, 320, 3), np.uint8)
+    night[20:36, 240:280] = 255  # the exit sign, saturated
+    night[19, 240:280] = 90  # its glow: a few mid-grey pixels
+    monkeypatch.setattr(ScriptedCapture, "make", staticmethod(lambda n: night.copy()))
+    monkeypatch.setattr(sources.cv2, "VideoCapture", ScriptedCapture)
+    camera = OpenCvCameraSource(config)
+    camera.open()
+    assert _read_for(camera, 0.8) > 10
+
+
 def test_camera_frames_are_stamped_when_the_image_was_taken(monkeypatch: pytest.MonkeyPatch) -> None:
     """camera.latency_ms (measured by `vrclip-calibrate camera`) comes off every camera stamp, so the
     synchroniser pairs each radar frame with the image of the same moment."""
