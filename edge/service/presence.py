@@ -8,21 +8,40 @@ answers on its control socket, so the command can say what is really the matter,
 
 from __future__ import annotations
 
+import contextlib
+import socket
+
 from vrclip.edge.errors import UserError
+
+#: How long to wait for the connection (a service whose listen backlog is full keeps it waiting).
+CONNECT_TIMEOUT_S = 2.0
 
 
 def running_service(control_socket: str) -> str | None:
-    """A sentence saying the service runs and holds the sensors, or None when none answers."""
-    from vrclip.edge.service.control import ping
+    """A sentence saying the service runs and holds the sensors, or None when nothing listens.
 
+    Whether something listens is the test, not whether it answers a ping: a service with all its
+    control connections taken answers 'busy', and one whose control thread hangs answers nothing,
+    and both still hold the sensors. A socket file a dead service left behind refuses the connection.
+    """
     if not control_socket:
         return None
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(CONNECT_TIMEOUT_S)
     try:
-        reply = ping(control_socket, timeout_s=2.0)
-    except UserError:
-        return None
-    if reply.get("ok") is not True:
-        return None
+        try:
+            probe.connect(control_socket)
+        except (TimeoutError, BlockingIOError):
+            pass  # a listener whose backlog is full (a Unix socket says EAGAIN): running
+        except OSError:
+            return None  # absent, refused (stale), or not ours to open: the sensors' errors will say
+        else:
+            # A well-formed request, so the service does not log a broken request for the probe.
+            with contextlib.suppress(OSError):
+                probe.sendall(b'{"op": "ping"}\n')
+                probe.recv(4096)
+    finally:
+        probe.close()
     return (
         f"vrclip-edge is running (it answers on {control_socket}) and holds the rig's sensors; "
         "stop it first (systemctl stop vrclip-edge.service)"
