@@ -27,6 +27,9 @@ from vrclip.edge.errors import ConfigError
 SEARCH_HALF_WIDTH_S = 1.5e-9
 #: Longest delay a reference may hold (s): cables of tens of metres.
 MAX_COUPLING_DELAY_S = 500e-9
+#: Smallest coupling a reference may hold (linear, -240 dB): far below any VNA's noise floor, and
+#: large enough that dividing by it cannot overflow to a NaN coherence.
+MIN_COUPLING_VALUE = 1e-12
 #: Zero padding of the delay search (a grid of ~30 ps at 201 points and 10 MHz steps).
 SEARCH_PAD = 16
 #: Weight of the newest frame in the running mean of the coupling (10 frames/s: ~5 s).
@@ -121,6 +124,11 @@ class CouplingReference:
         value = arrays["value_re"] + 1j * arrays["value_im"]
         if np.any(value == 0):
             raise ConfigError(f"{source}: coupling_reference has a zero value; re-run the calibration wizard")
+        if np.any(~(np.abs(value) >= MIN_COUPLING_VALUE)) or not np.all(np.isfinite(np.abs(value))):
+            raise ConfigError(
+                f"{source}: coupling_reference has a value too small or too large "
+                f"(|value| must be {MIN_COUPLING_VALUE:g} or more, and finite); re-run the calibration wizard"
+            )
         return cls(arrays["delay_s"], value)
 
 

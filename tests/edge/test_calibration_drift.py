@@ -102,9 +102,14 @@ def test_the_reference_travels_in_the_calibration_file_and_is_checked(
         ("value_re", [0.1] * 143, "144 finite numbers"),
         ("delay_s", [float("nan")] * 144, "144 finite numbers"),
         ("delay_s", [1e-3] * 144, "delay_s outside"),
+        # Finite and non-zero, but dividing by it overflows: the coherence would read NaN, which
+        # /status (strict JSON) cannot serve, and a NaN never warns.
+        ("value_re", [5e-324] * 144, "too small"),
     ):
         broken = json.loads(json.dumps(data))
         broken["coupling_reference"][key] = bad
+        if key == "value_re":
+            broken["coupling_reference"]["value_im"] = [0.0] * 144
         path.write_text(json.dumps(broken))
         with pytest.raises(ConfigError, match=said):
             ChannelCalibration.load(path, 144)
