@@ -249,7 +249,7 @@ def test_the_simulated_run_identifies_the_person_enrolled_through_it(tmp_path: P
     run = subprocess.Popen(
         [str(console_script("vrclip-edge")), "run", "--simulate", "--engine",
          str(Path(__file__).resolve().parents[2] / "models" / "vrclip-tiny.onnx"), "--people", "0",
-         "--unknown", "1", "--duration", "30", "--workdir", str(workdir), "--no-events-stdout"],
+         "--unknown", "1", "--duration", "40", "--workdir", str(workdir), "--no-events-stdout"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
@@ -260,7 +260,12 @@ def test_the_simulated_run_identifies_the_person_enrolled_through_it(tmp_path: P
             time.sleep(0.2)
         toml = tmp_path / "client.toml"
         toml.write_text(f'[paths]\ncontrol_socket = "{sock}"\n')
-        time.sleep(3)  # the visitor's track is confirmed
+        events_file = workdir / "events.jsonl"
+        # Frames flow and the visitor is tracked once the first event is out (on a busy box the
+        # engine and the imaging take a while to start).
+        while not (events_file.exists() and events_file.read_text().strip()):
+            assert run.poll() is None and time.monotonic() < deadline, run.stdout.read() if run.stdout else ""
+            time.sleep(0.2)
         enrolled_at = time.time_ns()
         done = subprocess.run(
             [str(console_script("vrclip-edge")), "enroll", "carol", "--service", "--seconds", "6",
