@@ -30,7 +30,13 @@ class CalibrationWatch:
     ) -> None:
         reference = calibration.coupling if calibration is not None else None
         usable = reference is not None and reference.n_channels == calibration.n_channels  # type: ignore[union-attr]
-        self.monitor = DriftMonitor(reference, freqs_hz) if usable else None  # type: ignore[arg-type]
+        freqs = np.asarray(freqs_hz, np.float64)
+        if usable and freqs.size >= 2:
+            # The coupling's value at its delay belongs to the sweep it was measured on; on another
+            # (already warned about at start-up) the figures would mean nothing, so no watch there.
+            usable = calibration.sweep_mismatch(float(freqs[0]), float(freqs[-1]), freqs.size) is None  # type: ignore[union-attr]
+        self.monitor = DriftMonitor(reference, freqs) if usable else None  # type: ignore[arg-type]
+        self._shape = (reference.n_channels if reference is not None else 0, freqs.size)
         self.warn = warn
         self.count = count
         self.latest: Drift | None = None
@@ -45,8 +51,8 @@ class CalibrationWatch:
         if self.monitor is None:
             return
         s21 = synced.radar.s21
-        if s21.shape[0] != self.monitor.reference.n_channels:
-            return
+        if s21.shape != self._shape:
+            return  # not the frames the reference describes: nothing to compare (and no crash)
         self.monitor.update(s21)
         if self.monitor.frames % CHECK_EVERY == 0:
             self._check()

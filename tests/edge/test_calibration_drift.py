@@ -147,3 +147,18 @@ def test_the_service_says_once_that_the_calibration_drifted(
     assert not CalibrationWatch(
         ChannelCalibration.from_front_end_errors(ERRORS), FREQS, warnings.append
     ).active
+
+
+def test_no_watch_on_another_sweep_than_the_reference_was_measured_on(geometry: ArrayGeometry) -> None:
+    """The coupling's value at its delay belongs to the sweep it was measured on: on a sweep of 101
+    points (50-ns unambiguous delay) an unchanged rig read 0.92 with four 'weakened' channels. The
+    runtime already warns that the calibration is for another sweep; the watch stays off there rather
+    than publish figures that mean nothing (or tell the operator the paths drifted)."""
+    calibration = dataclasses.replace(
+        ChannelCalibration.from_front_end_errors(ERRORS),
+        coupling=reference(geometry),
+        sweep=(CONFIG.radar.sweep.start_hz, CONFIG.radar.sweep.stop_hz, CONFIG.radar.sweep.points),
+    )
+    assert CalibrationWatch(calibration, FREQS, print).active
+    other = sweep_frequencies(CONFIG.radar.sweep.model_copy(update={"points": 101}))
+    assert not CalibrationWatch(calibration, other, print).active
