@@ -61,7 +61,15 @@ class _Handler(socketserver.StreamRequestHandler):
             return
         except OSError:
             return
-        if len(line) > MAX_REQUEST_BYTES or (line and not line.endswith(b"\n")):
+        if not line:
+            return  # connected and left without a word (a probe): nobody to answer
+        try:
+            self._answer(line)
+        except OSError:
+            return  # the client left before its reply: socketserver would print a traceback
+
+    def _answer(self, line: bytes) -> None:
+        if len(line) > MAX_REQUEST_BYTES or not line.endswith(b"\n"):
             self._send(
                 {"ok": False, "error": f"request longer than {MAX_REQUEST_BYTES} bytes or not one line"}
             )

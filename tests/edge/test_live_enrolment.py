@@ -470,3 +470,18 @@ def test_a_replay_runs_beside_the_service_without_taking_its_socket(
     assert "another vrclip-edge run is serving it" not in done.stderr
     sock = tomllib.loads(toml)["paths"]["control_socket"]
     assert ping(sock)["ok"] is True  # the service's socket is untouched
+
+
+def test_a_client_that_leaves_without_a_word_leaves_no_traceback(served, capfd) -> None:  # type: ignore[no-untyped-def]
+    """A probe connects and closes (as `presence` may, or a port scanner): answering it raised
+    BrokenPipeError, which socketserver printed as a traceback into the service's journal."""
+    path, _ = served
+    for _ in range(3):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(path)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:  # a request, gone before its reply
+            sock.connect(path)
+            sock.sendall(b"not json\n")
+    assert ping(path)["ok"] is True
+    time.sleep(0.3)
+    assert "Traceback" not in capfd.readouterr().err
