@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -38,7 +39,7 @@ from vrclip.edge.pipeline.sources import FrameSource
 from vrclip.firmware_tools.channel_health import channel_health, duplicated_channels, port_pattern
 
 Status = Literal["pass", "warn", "fail", "skip"]
-CHECKS = ("switch", "vna", "radar", "calibration", "camera", "depth", "engine", "clock")
+CHECKS = ("switch", "vna", "radar", "calibration", "camera", "depth", "engine", "gallery", "disk", "clock")
 #: A measured frame rate below this share of the configured one is worth a warning.
 RATE_TOLERANCE = 0.8
 #: Mean pixel value (0..255) below which the camera sees nothing: a lens cap, no light.
@@ -47,6 +48,10 @@ DARK_MEAN = 8.0
 MIN_VALID_DEPTH = 0.2
 #: Longest any one check may take before it is reported as hanging (seconds).
 DEFAULT_TIMEOUT_S = 60.0
+#: Free space below which a folder the service writes to is worth a warning (recordings run at
+#: ~8 GB an hour of radar), and below which the service cannot record or enrol at all.
+LOW_DISK_BYTES = 1 << 30
+FULL_DISK_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -457,6 +462,90 @@ def check_engine(rig: Rig) -> Verdict:
     )
 
 
+# ---------------------------------------------------------------------------------------- gallery
+def _engine_embedding_dim(engine: str) -> int | None:
+    """The length of the engine's embedding, from its manifest; None where the manifest cannot be
+    read (the engine check says why)."""
+    from vrclip.edge.inference.factory import PackagePaths
+    from vrclip.edge.manifest import load_manifest
+
+    try:
+        outputs = load_manifest(PackagePaths.of(engine).manifest).outputs
+    except (UserError, OSError, ValueError):
+        return None
+    spec = next((o for o in outputs if o.name == "embedding"), outputs[0] if outputs else None)
+    return int(spec.sample_shape[0]) if spec is not None and spec.sample_shape else None
+
+
+def check_gallery(rig: Rig) -> Verdict:
+    """The gallery the service matches against: readable, undamaged, made by this engine's model."""
+    from vrclip.edge.gallery.store import GalleryStore
+
+    if rig.simulated:
+        return Verdict("skip", "the simulated rig enrols its own people")
+    path = Path(rig.config.gallery.path)
+    if not path.exists():
+        return Verdict(
+            "warn",
+            f"{path} (gallery.path): nobody is enrolled yet, so everyone will be reported unknown; "
+            "enrol people with `vrclip-edge enroll NAME`",
+        )
+    with GalleryStore(path, create=False) as store:
+        integrity = store.integrity_check()
+        infos = store.identities()
+        dim = store.dim
+    exemplars = sum(i.exemplars for i in infos)
+    figures = {"path": str(path), "identities": len(infos), "exemplars": exemplars, "dim": dim}
+    if integrity != "ok":
+        raise CheckFailed(
+            f"{path}: the gallery is damaged (SQLite integrity check: {integrity[:200]}); restore it "
+            "from a copy (`vrclip-edge gallery export` makes one) or enrol everyone again",
+            figures,
+        )
+    wanted = _engine_embedding_dim(rig.engine)
+    if wanted is not None and dim is not None and dim != wanted:
+        raise CheckFailed(
+            f"{path}: its embeddings have {dim} numbers but the engine {rig.engine} gives {wanted}: the "
+            "gallery was enrolled with another model; enrol everyone again with this engine, or point "
+            "gallery.path at that model's gallery",
+            figures,
+        )
+    return Verdict(
+        "pass", f"{path}: {len(infos)} identities, {exemplars} exemplars, {dim} numbers each", figures
+    )
+
+
+# ------------------------------------------------------------------------------------------- disk
+def _existing(path: Path) -> Path:
+    """`path`, or its nearest existing parent (a folder the service creates on first use)."""
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_disk(rig: Rig) -> Verdict:
+    """Free space where the service writes: recordings, events, the gallery, its state."""
+    config = rig.config
+    places = {
+        "paths.data_dir": Path(config.paths.data_dir),
+        "paths.recordings_dir": Path(config.paths.recordings_dir),
+        "sinks.jsonl_path": Path(config.sinks.jsonl_path).parent,
+        "gallery.path": Path(config.gallery.path).parent,
+    }
+    free = {key: shutil.disk_usage(_existing(folder)).free for key, folder in places.items()}
+    figures = {key: {"folder": str(places[key]), "free_bytes": n} for key, n in free.items()}
+    key = min(free, key=free.__getitem__)
+    least = f"{free[key] / 2**30:.1f} GiB free for {key} ({places[key]})"
+    if free[key] < FULL_DISK_BYTES:
+        raise CheckFailed(
+            f"{least}: the service cannot record or enrol there; free space on that disk", figures
+        )
+    if free[key] < LOW_DISK_BYTES:
+        return Verdict("warn", f"{least}: recordings take ~8 GB an hour; free space on that disk", figures)
+    return Verdict("pass", least, figures)
+
+
 # ------------------------------------------------------------------------------------------ clock
 def check_clock(rig: Rig) -> Verdict:
     """Every frame is stamped with CLOCK_REALTIME: recordings and events of several boxes line up
@@ -513,6 +602,8 @@ def run_selftest(
         "camera": lambda: check_camera(rig, options.camera_seconds),
         "depth": lambda: check_depth(rig, options.camera_seconds),
         "engine": lambda: check_engine(rig),
+        "gallery": lambda: check_gallery(rig),
+        "disk": lambda: check_disk(rig),
         "clock": lambda: check_clock(rig),
     }
     results: dict[str, CheckResult] = {}

@@ -394,3 +394,55 @@ def test_a_running_service_is_named_instead_of_failing_every_sensor(tmp_path: Pa
     assert f"vrclip-edge is running (it answers on {sock}) and holds the rig's sensors" in done.stderr
     assert "systemctl stop vrclip-edge.service" in done.stderr
     assert "checking" not in done.stderr
+
+
+def only(*names: str) -> SelfTestOptions:
+    return SelfTestOptions(skip=tuple(c for c in CHECKS if c not in names))
+
+
+def test_the_gallery_check_finds_no_gallery_another_models_gallery_and_a_good_one(tmp_path: Path) -> None:
+    from vrclip.edge.gallery.store import GalleryStore
+    from vrclip.edge.manifest import load_manifest
+
+    path = tmp_path / "gallery.sqlite"
+    config = EdgeConfig.model_validate({"gallery": {"path": str(path)}})
+    rig = hardware_rig(config, DEMO_ENGINE)
+    absent = by_name(run_selftest(rig, only("gallery")))["gallery"]
+    assert absent.status == "warn" and "nobody is enrolled yet" in absent.detail
+    dim = load_manifest(REPO / "models" / "vrclip-tiny.json").outputs[0].sample_shape[0]
+    with GalleryStore(path) as store:
+        store.add_exemplars("alice", np.eye(dim + 1, dtype=np.float32)[:3], budget=32)
+    other = by_name(run_selftest(rig, only("gallery")))["gallery"]
+    assert other.status == "fail"
+    assert f"its embeddings have {dim + 1} numbers but the engine {DEMO_ENGINE} gives {dim}" in other.detail
+    path.unlink()
+    with GalleryStore(path) as store:
+        store.add_exemplars("alice", np.eye(dim, dtype=np.float32)[:3], budget=32)
+    good = by_name(run_selftest(rig, only("gallery")))["gallery"]
+    assert good.status == "pass" and "1 identities, 3 exemplars" in good.detail
+    path.write_bytes(b"not a database at all" * 100)
+    damaged = by_name(run_selftest(rig, only("gallery")))["gallery"]
+    assert damaged.status == "fail" and str(path) in damaged.detail
+
+
+def test_the_disk_check_warns_low_and_fails_full(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import shutil as shutil_module
+
+    config = EdgeConfig.model_validate({"paths": {"recordings_dir": str(tmp_path / "rec" / "not-yet")}})
+    rig = hardware_rig(config, DEMO_ENGINE)
+    real = shutil_module.disk_usage
+
+    def usage(free: int):  # type: ignore[no-untyped-def]
+        def fake(path):  # type: ignore[no-untyped-def]
+            got = real(path)
+            # Only the recordings' disk (its nearest existing folder, tmp_path) runs low.
+            return got._replace(free=free) if str(path).startswith(str(tmp_path)) else got
+
+        return fake
+
+    monkeypatch.setattr(shutil_module, "disk_usage", usage(600 << 20))
+    low = by_name(run_selftest(rig, only("disk")))["disk"]
+    assert low.status == "warn" and "paths.recordings_dir" in low.detail and "0.6 GiB free" in low.detail
+    monkeypatch.setattr(shutil_module, "disk_usage", usage(100 << 20))
+    full = by_name(run_selftest(rig, only("disk")))["disk"]
+    assert full.status == "fail" and "cannot record or enrol there" in full.detail
