@@ -18,6 +18,8 @@ from vrclip.edge.pipeline.sync import SyncedFrame
 
 #: Frames between two looks at the drift (10 frames/s: every 10 s).
 CHECK_EVERY = 100
+#: How far above MIN_COHERENCE the channels must come back before a new drift is warned about.
+REARM_MARGIN = 0.03
 
 
 class CalibrationWatch:
@@ -72,8 +74,9 @@ class CalibrationWatch:
                 f"< {MIN_COHERENCE}, phases spread {drift.phase_spread_deg:.0f} degrees): images blur and "
                 "identities suffer; re-run `vrclip-calibrate channels --reflector X Y Z`"
             )
-        elif not drift.drifted:
-            self._warned = False  # said again if it drifts again
+        elif drift.coherence >= MIN_COHERENCE + REARM_MARGIN:
+            # Said again if it drifts again, but a rig hovering at the limit is not told every check.
+            self._warned = False
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """For Health.add_stats_source: {"coupling": figures} once there are some."""

@@ -162,3 +162,25 @@ def test_no_watch_on_another_sweep_than_the_reference_was_measured_on(geometry: 
     assert CalibrationWatch(calibration, FREQS, print).active
     other = sweep_frequencies(CONFIG.radar.sweep.model_copy(update={"points": 101}))
     assert not CalibrationWatch(calibration, other, print).active
+
+
+class ScriptedMonitor:
+    """Stands in for DriftMonitor: each look reads the next coherence."""
+
+    def __init__(self, readings: list[float]) -> None:
+        self.readings = iter(readings)
+
+    def drift(self) -> drift.Drift:
+        return drift.Drift(100, next(self.readings), 0.0, 0.0, ())
+
+
+def test_a_rig_hovering_at_the_limit_is_not_warned_every_check() -> None:
+    """Coherence wobbling around 0.9 must not repeat the warning every 10 s; a rig that clearly
+    recovered and drifts again is told again."""
+    readings = [0.85, 0.91, 0.88, 0.905, 0.95, 0.80]
+    warnings: list[str] = []
+    watch = CalibrationWatch(None, FREQS, warnings.append)
+    watch.monitor = ScriptedMonitor(readings)  # type: ignore[assignment]
+    for _ in readings:
+        watch._check()
+    assert len(warnings) == 2  # at 0.85, and at 0.80 after coming back to 0.95
