@@ -264,6 +264,11 @@ class GalleryConfig(Section):
     threshold: Annotated[float, Field(ge=-1.0, le=1.0)] | None = None
     #: Most exemplars kept per identity; when full, the most redundant one is replaced.
     exemplar_budget: Annotated[int, Field(ge=1, le=1024)] = 32
+    #: Where `vrclip-edge run` keeps daily copies of the gallery (months of enrolment on an SD card
+    #: that a power cut can damage); empty: none.
+    backup_dir: str = "/var/lib/vrclip/gallery-backups"
+    #: Copies kept (the oldest is removed).
+    backup_keep: Annotated[int, Field(ge=1, le=365)] = 7
 
 
 class MqttSinkConfig(Section):

@@ -477,6 +477,16 @@ def _engine_embedding_dim(engine: str) -> int | None:
     return int(spec.sample_shape[0]) if spec is not None and spec.sample_shape else None
 
 
+def _restore_hint(rig: Rig) -> str:
+    from vrclip.edge.gallery.backup import backups
+
+    folder = rig.config.gallery.backup_dir
+    copies = backups(Path(folder)) if folder else []
+    if copies:
+        return f"stop the service, copy the newest daily copy ({copies[-1]}) over gallery.path, and start it"
+    return "restore it from a copy (`vrclip-edge gallery export` makes one) or enrol everyone again"
+
+
 def check_gallery(rig: Rig) -> Verdict:
     """The gallery the service matches against: readable, undamaged, made by this engine's model."""
     from vrclip.edge.gallery.store import GalleryStore
@@ -490,16 +500,19 @@ def check_gallery(rig: Rig) -> Verdict:
             f"{path} (gallery.path): nobody is enrolled yet, so everyone will be reported unknown; "
             "enrol people with `vrclip-edge enroll NAME`",
         )
-    with GalleryStore(path, create=False) as store:
-        integrity = store.integrity_check()
-        infos = store.identities()
-        dim = store.dim
+    try:
+        with GalleryStore(path, create=False) as store:
+            integrity = store.integrity_check()
+            infos = store.identities()
+            dim = store.dim
+    except UserError as exc:
+        raise CheckFailed(f"{exc}; {_restore_hint(rig)}") from None
     exemplars = sum(i.exemplars for i in infos)
     figures = {"path": str(path), "identities": len(infos), "exemplars": exemplars, "dim": dim}
     if integrity != "ok":
         raise CheckFailed(
-            f"{path}: the gallery is damaged (SQLite integrity check: {integrity[:200]}); restore it "
-            "from a copy (`vrclip-edge gallery export` makes one) or enrol everyone again",
+            f"{path}: the gallery is damaged (SQLite integrity check: {integrity[:200]}); "
+            + _restore_hint(rig),
             figures,
         )
     wanted = _engine_embedding_dim(rig.engine)

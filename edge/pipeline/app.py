@@ -193,6 +193,7 @@ def with_workdir(config: EdgeConfig, workdir: Path) -> EdgeConfig:
     """The config with gallery and event files moved under `workdir` (simulated runs, benches)."""
     data = config.model_dump(mode="json")
     data["gallery"]["path"] = str(workdir / "gallery.sqlite")
+    data["gallery"]["backup_dir"] = ""  # a simulated run's gallery is made afresh each time
     data["sinks"]["jsonl_path"] = str(workdir / "events.jsonl")
     data["sinks"]["http"]["enabled"] = False
     # Its own control socket (`enroll --service` against the simulated run), where the path fits one.

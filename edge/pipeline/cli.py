@@ -13,6 +13,7 @@ from vrclip.edge.errors import UserError
 from vrclip.edge.events.health import Health
 from vrclip.edge.events.http import HealthServer
 from vrclip.edge.events.sinks import build_sinks
+from vrclip.edge.gallery.backup import GalleryBackups
 from vrclip.edge.gallery.store import GalleryStore
 from vrclip.edge.pipeline.app import (
     Feed,
@@ -89,6 +90,12 @@ def run_pipeline(
     watch = CalibrationWatch(feed.calibration, feed.freqs_hz, warn, health.count)
     if watch.active:
         health.add_stats_source("radar_calibration", watch.stats)
+    backups = None
+    if config.gallery.backup_dir:
+        backups = GalleryBackups(
+            config.gallery.path, config.gallery.backup_dir, config.gallery.backup_keep, warn
+        ).start()
+        health.add_stats_source("gallery", backups.stats)
     notifier = Notifier()
     recorder = None
     control = None
@@ -127,6 +134,8 @@ def run_pipeline(
             if not stop.is_set():  # a duration or a replay ended it: tell systemd we are going
                 notifier.send("STOPPING=1", f"STATUS=stopping: {summary.reason}")
     finally:
+        if backups is not None:
+            backups.stop()
         if control is not None:
             control.close()
         recorded = recorder.close() if recorder is not None else None

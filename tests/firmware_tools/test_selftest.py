@@ -405,7 +405,7 @@ def test_the_gallery_check_finds_no_gallery_another_models_gallery_and_a_good_on
     from vrclip.edge.manifest import load_manifest
 
     path = tmp_path / "gallery.sqlite"
-    config = EdgeConfig.model_validate({"gallery": {"path": str(path)}})
+    config = EdgeConfig.model_validate({"gallery": {"path": str(path), "backup_dir": ""}})
     rig = hardware_rig(config, DEMO_ENGINE)
     absent = by_name(run_selftest(rig, only("gallery")))["gallery"]
     assert absent.status == "warn" and "nobody is enrolled yet" in absent.detail
@@ -420,9 +420,18 @@ def test_the_gallery_check_finds_no_gallery_another_models_gallery_and_a_good_on
         store.add_exemplars("alice", np.eye(dim, dtype=np.float32)[:3], budget=32)
     good = by_name(run_selftest(rig, only("gallery")))["gallery"]
     assert good.status == "pass" and "1 identities, 3 exemplars" in good.detail
+    from vrclip.edge.gallery.backup import copy_gallery
+
+    copy = copy_gallery(path, tmp_path / "backups", keep=3)
     path.write_bytes(b"not a database at all" * 100)
     damaged = by_name(run_selftest(rig, only("gallery")))["gallery"]
     assert damaged.status == "fail" and str(path) in damaged.detail
+    assert "gallery export" in damaged.detail  # this config keeps no daily copies
+    with_copies = EdgeConfig.model_validate(
+        {"gallery": {"path": str(path), "backup_dir": str(tmp_path / "backups")}}
+    )
+    hinted = by_name(run_selftest(hardware_rig(with_copies, DEMO_ENGINE), only("gallery")))["gallery"]
+    assert f"copy the newest daily copy ({copy}) over gallery.path" in hinted.detail
 
 
 def test_the_disk_check_warns_low_and_fails_full(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

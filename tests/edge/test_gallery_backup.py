@@ -1,0 +1,111 @@
+"""Daily gallery copies: made while the service runs, checked before they count, the newest kept,
+and a failure told about without touching the service or the copies already there."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from vrclip.edge.config import EdgeConfig
+from vrclip.edge.gallery.backup import GalleryBackups, backups, copy_gallery
+from vrclip.edge.gallery.store import GalleryStore
+
+from tests.scripts import console_script
+
+
+def make_gallery(path: Path, names: tuple[str, ...] = ("alice", "bob")) -> None:
+    with GalleryStore(path) as store:
+        for i, name in enumerate(names):
+            store.add_exemplars(name, np.eye(8, dtype=np.float32)[i : i + 2], budget=32)
+
+
+def test_a_copy_is_a_working_gallery_and_only_the_newest_are_kept(tmp_path: Path) -> None:
+    gallery, folder = tmp_path / "gallery.sqlite", tmp_path / "backups"
+    assert copy_gallery(gallery, folder, keep=3) is None  # nothing enrolled yet: nothing to copy
+    make_gallery(gallery)
+    day = 24 * 3600.0
+    made = [copy_gallery(gallery, folder, keep=3, now=1.8e9 + k * day) for k in range(5)]
+    assert backups(folder) == made[2:]
+    assert made[0] is not None and made[0].name == "gallery-20270115T080000Z.sqlite"
+    with GalleryStore(made[-1], create=False) as copy:  # type: ignore[arg-type]
+        assert [i.name for i in copy.identities()] == ["alice", "bob"]
+        np.testing.assert_array_equal(copy.exemplars("bob"), np.eye(8, dtype=np.float32)[1:3])
+    assert not list(folder.glob(".*partial"))
+
+
+def test_a_damaged_gallery_is_not_copied_over_the_good_copies(tmp_path: Path) -> None:
+    gallery, folder = tmp_path / "gallery.sqlite", tmp_path / "backups"
+    make_gallery(gallery)
+    good = copy_gallery(gallery, folder, keep=2, now=1.8e9)
+    gallery.write_bytes(b"garbage " * 4096)
+    with pytest.raises(sqlite3.DatabaseError, match=r"not a database|integrity"):
+        copy_gallery(gallery, folder, keep=2, now=1.9e9)
+    assert backups(folder) == [good]
+    assert not list(folder.glob(".*partial"))
+
+
+def test_the_service_copies_at_start_and_then_every_interval(tmp_path: Path) -> None:
+    gallery, folder = tmp_path / "gallery.sqlite", tmp_path / "backups"
+    make_gallery(gallery)
+    warnings: list[str] = []
+    running = GalleryBackups(gallery, folder, keep=10, warn=warnings.append, interval_s=1.1).start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(backups(folder)) < 2:  # one at start, one an interval later (names differ by second)
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        running.stop()
+    assert warnings == [] and running.stats()["backups"]["made"] >= 2
+    # A restarted service with a copy less than an interval old waits instead of copying again.
+    later = GalleryBackups(gallery, folder, keep=10, warn=warnings.append, interval_s=3600).start()
+    time.sleep(0.5)
+    later.stop()
+    assert later.made == 0
+
+
+def test_a_failing_copy_is_warned_about_and_the_thread_goes_on(tmp_path: Path) -> None:
+    gallery = tmp_path / "gallery.sqlite"
+    make_gallery(gallery)
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    warnings: list[str] = []
+    running = GalleryBackups(
+        gallery, blocked / "backups", keep=3, warn=warnings.append, interval_s=0.2
+    ).start()
+    time.sleep(0.9)
+    running.stop()
+    assert len(warnings) >= 2 and "gallery.backup_dir" in warnings[0]
+    assert running.failures == len(warnings)
+
+
+def test_run_copies_the_gallery_it_uses(tmp_path: Path) -> None:
+    """`vrclip-edge run` (here on a replay) starts the copies with the config's gallery.backup_dir."""
+    from vrclip.edge.record import RecordRequest, record_simulated
+    from vrclip.edge.sim.scene import SceneSpec
+
+    config = EdgeConfig.model_validate({"camera": {"width": 320, "height": 180, "fps": 8}, "zed": {"fps": 4}})
+    recording = tmp_path / "s.h5"
+    record_simulated(config, RecordRequest(recording, 1.0, SceneSpec(people=("a",), seed=5)))
+    gallery = tmp_path / "gallery.sqlite"
+    engine = Path(__file__).resolve().parents[2] / "models" / "vrclip-tiny.onnx"
+    toml = tmp_path / "edge.toml"
+    toml.write_text(
+        f'[gallery]\npath = "{gallery}"\nbackup_dir = "{tmp_path / "backups"}"\n'
+        f'[sinks]\njsonl_path = "{tmp_path / "events.jsonl"}"\n[sinks.http]\nenabled = false\n'
+        '[paths]\ncontrol_socket = ""\n'
+    )
+    done = subprocess.run(
+        [str(console_script("vrclip-edge")), "run", "--replay", str(recording), "--engine", str(engine),
+         "--config", str(toml), "--no-events-stdout"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    copies = backups(tmp_path / "backups")
+    assert len(copies) == 1
+    with GalleryStore(copies[0], create=False) as copy:
+        assert copy.dim is not None  # the gallery the run made for its engine, copied whole
