@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -507,6 +508,9 @@ def check_gallery(rig: Rig) -> Verdict:
             dim = store.dim
     except UserError as exc:
         raise CheckFailed(f"{exc}; {_restore_hint(rig)}") from None
+    except sqlite3.DatabaseError as exc:
+        # A damaged page (a power cut mid-write) opens, then fails the integrity check itself.
+        raise CheckFailed(f"{path}: the gallery is damaged ({exc}); {_restore_hint(rig)}") from None
     exemplars = sum(i.exemplars for i in infos)
     figures = {"path": str(path), "identities": len(infos), "exemplars": exemplars, "dim": dim}
     if integrity != "ok":

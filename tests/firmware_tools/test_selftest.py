@@ -455,3 +455,27 @@ def test_the_disk_check_warns_low_and_fails_full(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(shutil_module, "disk_usage", usage(100 << 20))
     full = by_name(run_selftest(rig, only("disk")))["disk"]
     assert full.status == "fail" and "cannot record or enrol there" in full.detail
+
+
+def test_a_gallery_with_a_damaged_page_is_named_with_its_restore_hint(tmp_path: Path) -> None:
+    """A power cut damages pages, not the header: the file opens and SQLite's own integrity check
+    raises. That is the damaged gallery the check exists for, not an 'unexpected error'."""
+    from vrclip.edge.gallery.backup import copy_gallery
+    from vrclip.edge.gallery.store import GalleryStore
+
+    path = tmp_path / "gallery.sqlite"
+    with GalleryStore(path) as store:
+        for k in range(40):
+            store.add_exemplars(f"p{k}", np.random.default_rng(k).random((8, 64), np.float32), budget=32)
+    copy = copy_gallery(path, tmp_path / "backups", keep=3)
+    data = bytearray(path.read_bytes())
+    page = 4096
+    data[-page:] = b"\xa5" * page  # the last page, where the newest rows were written
+    path.write_bytes(bytes(data))
+    config = EdgeConfig.model_validate(
+        {"gallery": {"path": str(path), "backup_dir": str(tmp_path / "backups")}}
+    )
+    result = by_name(run_selftest(hardware_rig(config, DEMO_ENGINE), only("gallery")))["gallery"]
+    assert result.status == "fail"
+    assert "unexpected error" not in result.detail
+    assert f"{path}: the gallery is damaged" in result.detail and str(copy) in result.detail
