@@ -484,7 +484,13 @@ def _restore_hint(rig: Rig) -> str:
     folder = rig.config.gallery.backup_dir
     copies = backups(Path(folder)) if folder else []
     if copies:
-        return f"stop the service, copy the newest daily copy ({copies[-1]}) over gallery.path, and start it"
+        # A power cut leaves the damaged gallery's write-ahead log beside it, and SQLite would replay
+        # that log onto the restored copy (pages of another state: a damaged gallery again).
+        gallery = rig.config.gallery.path
+        return (
+            f"stop the service, delete {gallery}-wal and {gallery}-shm if they are there, copy the newest "
+            f"daily copy ({copies[-1]}) over gallery.path, and start it"
+        )
     return "restore it from a copy (`vrclip-edge gallery export` makes one) or enrol everyone again"
 
 

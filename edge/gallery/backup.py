@@ -5,7 +5,9 @@ can be damaged by a power cut. `vrclip-edge run` therefore copies it once a day 
 `gallery.backup_dir` and keeps the newest `gallery.backup_keep` copies. Each copy is made with SQLite's
 online backup (a consistent snapshot while the service reads and enrols), written under a temporary
 name, checked with SQLite's integrity check and only then renamed into place, so a copy that exists
-is a good one. To restore: stop the service, copy the newest file over `gallery.path`, start it.
+is a good one. To restore: stop the service, delete `gallery.path`-wal and -shm (a power cut leaves the
+damaged gallery's write-ahead log there, and SQLite would replay it onto the copy), copy the newest
+file over `gallery.path`, start it.
 """
 
 from __future__ import annotations

@@ -3,8 +3,10 @@ and a failure told about without touching the service or the copies already ther
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -109,3 +111,35 @@ def test_run_copies_the_gallery_it_uses(tmp_path: Path) -> None:
     assert len(copies) == 1
     with GalleryStore(copies[0], create=False) as copy:
         assert copy.dim is not None  # the gallery the run made for its engine, copied whole
+
+
+def test_restoring_as_told_after_a_power_cut_gives_the_copy(tmp_path: Path) -> None:
+    """The restore steps (README, selftest's hint) after an unclean stop: the damaged gallery's
+    write-ahead log stays beside it, and copied over without deleting it, SQLite replays its pages
+    onto the copy, a damaged gallery again. Deleting -wal and -shm first gives the copy as it was."""
+    gallery, folder = tmp_path / "gallery.sqlite", tmp_path / "backups"
+    make_gallery(gallery)
+    copy = copy_gallery(gallery, folder, keep=3)
+    assert copy is not None
+    rng = np.random.default_rng(0)
+    with GalleryStore(gallery) as store:  # a day's enrolment, checkpointed at a clean stop
+        for k in range(30):
+            store.add_exemplars(f"q{k}", rng.random((8, 8), np.float32), budget=32)
+    crash = (
+        "import os, numpy as np\n"
+        "from vrclip.edge.gallery.store import GalleryStore\n"
+        f"s = GalleryStore({str(gallery)!r})\n"
+        's._conn.execute("PRAGMA wal_autocheckpoint=0")\n'
+        "for k in range(5):\n"
+        '    s.add_exemplars(f"p{k}", np.random.default_rng(k).random((8, 8), np.float32), budget=32)\n'
+        "os._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", crash], check=True, timeout=60)
+    wal, shm = Path(f"{gallery}-wal"), Path(f"{gallery}-shm")
+    assert wal.exists()
+    wal.unlink()
+    shm.unlink(missing_ok=True)
+    shutil.copyfile(copy, gallery)
+    with GalleryStore(gallery, create=False) as restored:
+        assert restored.integrity_check() == "ok"
+        assert [i.name for i in restored.identities()] == ["alice", "bob"]

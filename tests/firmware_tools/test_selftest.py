@@ -432,6 +432,8 @@ def test_the_gallery_check_finds_no_gallery_another_models_gallery_and_a_good_on
     )
     hinted = by_name(run_selftest(hardware_rig(with_copies, DEMO_ENGINE), only("gallery")))["gallery"]
     assert f"copy the newest daily copy ({copy}) over gallery.path" in hinted.detail
+    # Left by a power cut, the damaged gallery's write-ahead log would be replayed onto the copy.
+    assert f"delete {path}-wal and {path}-shm" in hinted.detail
 
 
 def test_the_disk_check_warns_low_and_fails_full(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
