@@ -3,9 +3,11 @@
 The rig's sensors are stamped with CLOCK_REALTIME, and a recording started by the time server on
 several boxes only lines up if every box's clock follows one reference. The kernel knows whether a
 time daemon (chrony, ntpd, systemd-timesyncd, ptp4l with phc2sys -r ...) keeps it in step: the
-STA_UNSYNC bit of its time status and the `maxerror` it maintains, which is exactly what
-`timedatectl` shows as "System clock synchronized". Reading them needs no privileges (adjtimex with
-no mode bits only reads) and no package, so the self-test can ask on any Linux box.
+`maxerror` it maintains stays below 16 s only while a daemon updates it. That is what `timedatectl`
+shows as "System clock synchronized" (systemd's ntp_synced). The STA_UNSYNC bit is not asked: chrony
+keeps it set on a synchronised clock unless `rtcsync` is on, so that the kernel leaves the RTC alone.
+Reading them needs no privileges (adjtimex with no mode bits only reads) and no package, so the
+self-test can ask on any Linux box.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from dataclasses import dataclass
 STA_UNSYNC = 0x0040
 #: adjtimex's return value when the clock is not synchronised.
 TIME_ERROR = 5
+#: The kernel's cap on `maxerror` (NTP_PHASE_LIMIT, microseconds): at or above it, no daemon has
+#: updated the clock for hours, or ever since boot.
+MAX_ERROR_UNSYNC_US = 16_000_000
 
 
 class _Timeval(ctypes.Structure):
@@ -93,7 +98,8 @@ def read_clock_sync(adjtimex: Callable[..., int] | None = None) -> ClockSync | N
     state = call(ctypes.byref(timex))
     if state < 0:
         return None
-    synchronised = state != TIME_ERROR and not (timex.status & STA_UNSYNC)
+    # As timedatectl: a synchronised chrony without rtcsync keeps STA_UNSYNC (and TIME_ERROR) on.
+    synchronised = timex.maxerror < MAX_ERROR_UNSYNC_US
     return ClockSync(synchronised, max(0, timex.maxerror) / 1e6, max(0, timex.esterror) / 1e6)
 
 

@@ -46,3 +46,10 @@ def test_this_kernel_answers() -> None:
         pytest.skip("this sandbox refuses adjtimex")
     assert sync.est_error_s >= 0.0
     assert 0.0 <= sync.max_error_s < 1e4
+
+
+def test_a_synchronised_chrony_that_keeps_sta_unsync_set_is_synchronised() -> None:
+    """chrony without `rtcsync` leaves STA_UNSYNC set (so the kernel does not write the RTC) on a
+    clock it keeps within milliseconds; timedatectl says synchronised, and so must the self-test."""
+    sync = read_clock_sync(kernel(TIME_ERROR, STA_UNSYNC | 0x2001, maxerror_us=48_000, esterror_us=200))
+    assert sync is not None and sync.synchronised
