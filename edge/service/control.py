@@ -78,7 +78,7 @@ class _Handler(socketserver.StreamRequestHandler):
             request = json.loads(line)
             if not isinstance(request, dict):
                 raise ValueError("not a JSON object")
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than Python recurses
             self._send({"ok": False, "error": f"request is not a JSON object: {exc}"})
             return
         op = request.get("op")

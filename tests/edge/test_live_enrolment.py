@@ -169,6 +169,8 @@ def test_the_socket_refuses_garbage_and_keeps_serving(served) -> None:  # type: 
     assert "not a JSON object" in raw(path, b"[1, 2]\n")[0]["error"]
     assert "longer than 4096 bytes" in raw(path, b"{" + b" " * 5000 + b"}\n")[0]["error"]
     assert "unknown op" in raw(path, b'{"op": "format-disk"}\n')[0]["error"]
+    # Nested past Python's recursion limit: json raises RecursionError, not ValueError.
+    assert "not a JSON object" in raw(path, b"[" * 3000 + b"\n")[0]["error"]
     assert "1 to 600" in raw(path, b'{"op": "enrol", "name": "x", "seconds": 1e9}\n')[0]["error"]
     assert ping(path)["ok"] is True
 
