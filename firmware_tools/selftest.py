@@ -553,9 +553,10 @@ def check_disk(rig: Rig) -> Verdict:
     places = {
         "paths.data_dir": Path(config.paths.data_dir),
         "paths.recordings_dir": Path(config.paths.recordings_dir),
-        "sinks.jsonl_path": Path(config.sinks.jsonl_path).parent,
         "gallery.path": Path(config.gallery.path).parent,
     }
+    if config.sinks.jsonl_path:  # empty: no events file (not the folder the self-test runs in)
+        places["sinks.jsonl_path"] = Path(config.sinks.jsonl_path).parent
     free = {key: shutil.disk_usage(_existing(folder)).free for key, folder in places.items()}
     figures = {key: {"folder": str(places[key]), "free_bytes": n} for key, n in free.items()}
     key = min(free, key=free.__getitem__)

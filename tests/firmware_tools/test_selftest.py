@@ -481,3 +481,14 @@ def test_a_gallery_with_a_damaged_page_is_named_with_its_restore_hint(tmp_path: 
     assert result.status == "fail"
     assert "unexpected error" not in result.detail
     assert f"{path}: the gallery is damaged" in result.detail and str(copy) in result.detail
+
+
+def test_the_disk_check_leaves_out_an_events_file_that_is_off(tmp_path: Path) -> None:
+    """sinks.jsonl_path = "" writes no events: the disk of the folder the self-test was started in
+    is none of the service's business (a small /run or tmpfs there failed the check)."""
+    config = EdgeConfig.model_validate(
+        {"sinks": {"jsonl_path": ""}, "paths": {"data_dir": str(tmp_path), "recordings_dir": str(tmp_path)},
+         "gallery": {"path": str(tmp_path / "g.sqlite")}}
+    )  # fmt: skip
+    disk = by_name(run_selftest(hardware_rig(config, DEMO_ENGINE), only("disk")))["disk"]
+    assert "sinks.jsonl_path" not in disk.figures
