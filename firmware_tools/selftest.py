@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -496,7 +495,7 @@ def _restore_hint(rig: Rig) -> str:
 
 def check_gallery(rig: Rig) -> Verdict:
     """The gallery the service matches against: readable, undamaged, made by this engine's model."""
-    from vrclip.edge.gallery.store import GalleryStore
+    from vrclip.edge.gallery.store import GalleryDamaged, GalleryStore
 
     if rig.simulated:
         return Verdict("skip", "the simulated rig enrols its own people")
@@ -512,11 +511,9 @@ def check_gallery(rig: Rig) -> Verdict:
             integrity = store.integrity_check()
             infos = store.identities()
             dim = store.dim
-    except UserError as exc:
-        raise CheckFailed(f"{exc}; {_restore_hint(rig)}") from None
-    except sqlite3.DatabaseError as exc:
-        # A damaged page (a power cut mid-write) opens, then fails the integrity check itself.
-        raise CheckFailed(f"{path}: the gallery is damaged ({exc}); {_restore_hint(rig)}") from None
+    except GalleryDamaged as exc:
+        # A damaged page (a power cut mid-write) may open, then fail the integrity check itself.
+        raise CheckFailed(f"{path}: the gallery is damaged ({exc.reason}); {_restore_hint(rig)}") from None
     exemplars = sum(i.exemplars for i in infos)
     figures = {"path": str(path), "identities": len(infos), "exemplars": exemplars, "dim": dim}
     if integrity != "ok":

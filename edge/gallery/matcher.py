@@ -10,10 +10,11 @@ and reloads only when some connection committed, so edits show up at the next fr
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from vrclip.edge.gallery.store import UNKNOWN, GallerySnapshot, GalleryStore, normalise
+from vrclip.edge.gallery.store import UNKNOWN, GalleryError, GallerySnapshot, GalleryStore, normalise
 from vrclip.edge.manifest import EngineManifest
 
 #: Open-set threshold for an engine whose manifest carries none and a config that sets none.
@@ -58,13 +59,19 @@ class Matcher:
     Give it a store of its own (one SQLite connection per thread): it reads, it never writes.
     """
 
-    def __init__(self, store: GalleryStore, threshold: float) -> None:
+    def __init__(
+        self, store: GalleryStore, threshold: float, on_error: Callable[[str], None] | None = None
+    ) -> None:
+        """`on_error` hears, once, that the gallery became unreadable while matching (the last
+        good copy in memory is used meanwhile); a gallery unreadable at the start raises."""
         if not -1.0 <= threshold <= 1.0:
             raise ValueError(f"threshold {threshold} outside [-1, 1]")
         self.store = store
         self.threshold = float(threshold)
+        self.on_error = on_error
         self.reloads = 0
         self.last_reload_s = 0.0
+        self.read_failures = 0
         self._token: tuple[int, int] | None = None
         self._snapshot: GallerySnapshot
         self._reload(force=True)
@@ -81,8 +88,16 @@ class Matcher:
         return True
 
     def refresh(self) -> bool:
-        """Reload if the gallery changed since the last load; True if it did."""
-        return self._reload()
+        """Reload if the gallery changed since the last load; True if it did. A gallery that cannot be
+        read any more (damaged under the running service) keeps the last snapshot: the service goes
+        on naming the people it knew instead of stopping."""
+        try:
+            return self._reload()
+        except GalleryError as exc:
+            self.read_failures += 1
+            if self.read_failures == 1 and self.on_error is not None:
+                self.on_error(f"{exc}; matching goes on against the gallery as it was last read")
+            return False
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -50,6 +50,14 @@ class GalleryError(UserError):
     """A gallery file is missing, foreign, from a newer version, or used with the wrong embedding size."""
 
 
+class GalleryDamaged(GalleryError):
+    """SQLite cannot read the gallery file: `reason` is SQLite's own word for it."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class IdentityInfo:
     name: str
@@ -194,6 +202,7 @@ class GalleryStore:
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.execute("PRAGMA foreign_keys=ON")
             self._migrate()
+            self._dim = self._read_dim()
         except sqlite3.DatabaseError as exc:
             self._conn.close()
             if not (os.access(self.path, os.R_OK | os.W_OK) and os.access(self.path.parent, os.W_OK)):
@@ -202,11 +211,10 @@ class GalleryStore:
                     "its folder even to read: run as the service user, e.g. `sudo -u vrclip vrclip-edge "
                     "gallery ...`"
                 ) from None
-            raise GalleryError(f"{self.path} is not a readable gallery database: {exc}") from None
+            raise self._damaged(exc) from None
         except BaseException:
             self._conn.close()
             raise
-        self._dim = self._read_dim()
         if dim is not None:
             self.ensure_dim(dim)
 
@@ -302,14 +310,31 @@ class GalleryStore:
         self._conn.execute("COMMIT")
         self._local_writes += 1
 
+    def _damaged(self, exc: sqlite3.DatabaseError) -> GalleryError:
+        """The error for a gallery SQLite cannot read (a power cut on an SD card): what to do."""
+        if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+            return GalleryError(f"gallery {self.path} is busy ({exc}); another writer holds it")
+        return GalleryDamaged(
+            f"{self.path} is not a readable gallery database ({exc}); restore the newest daily copy from "
+            f"gallery.backup_dir with the service stopped (delete {self.path}-wal and {self.path}-shm "
+            "first), or enrol everyone again",
+            str(exc),
+        )
+
     @contextlib.contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
-        """A read transaction: every query inside sees the same committed state."""
-        self._conn.execute("BEGIN")
+        """A read transaction: every query inside sees the same committed state. A damaged file is a
+        GalleryError naming it (SQLite's own DatabaseError would end a command, or the service's
+        run loop, with a traceback)."""
         try:
-            yield self._conn
-        finally:
-            self._conn.execute("COMMIT")
+            self._conn.execute("BEGIN")
+            try:
+                yield self._conn
+            finally:
+                if self._conn.in_transaction:
+                    self._conn.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(exc) from None
 
     def change_token(self) -> tuple[int, int]:
         """Changes whenever the gallery changed: by another connection (`PRAGMA data_version`) or this one.
@@ -317,7 +342,9 @@ class GalleryStore:
         `data_version` only counts other connections' commits, so this store's own commits are counted
         alongside. Cheap (no I/O beyond the shared-memory header): call it before every match.
         """
-        return int(self._conn.execute("PRAGMA data_version").fetchone()[0]), self._local_writes
+        with self._read():
+            version = int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+        return version, self._local_writes
 
     # ---- reading -------------------------------------------------------------------------------------
 
@@ -330,10 +357,11 @@ class GalleryStore:
         return int(row[0])
 
     def identities(self) -> list[IdentityInfo]:
-        rows = self._conn.execute(
-            "SELECT i.name, count(e.id), i.created_ns, i.updated_ns FROM identities i "
-            "LEFT JOIN exemplars e ON e.identity_id = i.id GROUP BY i.id ORDER BY i.name"
-        ).fetchall()
+        with self._read():
+            rows = self._conn.execute(
+                "SELECT i.name, count(e.id), i.created_ns, i.updated_ns FROM identities i "
+                "LEFT JOIN exemplars e ON e.identity_id = i.id GROUP BY i.id ORDER BY i.name"
+            ).fetchall()
         return [IdentityInfo(str(n), int(c), int(cr), int(up)) for n, c, cr, up in rows]
 
     def info(self, name: str) -> IdentityInfo:
@@ -397,7 +425,9 @@ class GalleryStore:
         return GallerySnapshot(tuple(names), matrix, np.asarray(starts, dtype=np.intp), self._dim)
 
     def integrity_check(self) -> str:
-        return str(self._conn.execute("PRAGMA integrity_check").fetchone()[0])
+        """SQLite's verdict: "ok", else what is wrong (a page too damaged to check raises GalleryError)."""
+        with self._read():
+            return str(self._conn.execute("PRAGMA integrity_check").fetchone()[0])
 
     # ---- writing -------------------------------------------------------------------------------------
 

@@ -215,12 +215,13 @@ def make_matcher(
     backend: InferenceBackend,
     gallery_path: str | Path,
     echo: Callable[[str], None],
+    warn: Callable[[str], None] | None = None,
 ) -> tuple[Matcher, str]:
     """The gallery matcher at the open-set threshold `resolve_threshold` picks (config, else the engine
     manifest, else the fallback), and where that came from; `echo` tells the operator which one."""
     threshold, source = resolve_threshold(config.gallery.threshold, backend.manifest)
     echo(f"open-set threshold {threshold:.2f} ({source})")
-    return Matcher(GalleryStore(gallery_path), threshold), source
+    return Matcher(GalleryStore(gallery_path), threshold, on_error=warn), source
 
 
 def make_identifier(

@@ -66,7 +66,14 @@ def run_pipeline(
     backend = open_backend(config, engine)
     store = GalleryStore(config.gallery.path)
     store.ensure_dim(embedding_dim(backend))
-    matcher, _ = make_matcher(config, backend, config.gallery.path, lambda line: typer.echo(line, err=True))
+    # Late-bound: the matcher warns (through the health counters) only once the run is under way.
+    matcher, _ = make_matcher(
+        config,
+        backend,
+        config.gallery.path,
+        lambda line: typer.echo(line, err=True),
+        warn=lambda message: warn(message),
+    )
     sinks = build_sinks(config.sinks, stdout=events_stdout)
     health = Health(tuple(feed.sources))
     health.add_stats_source("sink", sinks.stats)

@@ -330,3 +330,61 @@ def test_sigkill_during_enrolment_loses_nothing_committed(db: Path) -> None:
         np.testing.assert_array_equal(kept, vectors[: len(kept)])
         store.add_exemplars("alice", vectors[len(kept)], budget=100000)  # enrolment can resume
         assert store.info("alice").exemplars == len(kept) + 1
+
+
+def test_a_damaged_gallery_is_named_with_what_to_do_never_a_raw_sqlite_error(tmp_path: Path) -> None:
+    """A power cut on an SD card damages a page: every read must end in a GalleryError naming the
+    file and the restore, not SQLite's DatabaseError (a traceback, and a service restart loop)."""
+    import os
+    import sqlite3
+
+    from vrclip.edge.gallery.store import GalleryError
+
+    good = tmp_path / "g.sqlite"
+    with GalleryStore(good) as store:
+        for i in range(20):
+            store.add_exemplars(
+                f"p{i}", np.random.default_rng(i).standard_normal((8, 64)).astype(np.float32), budget=32
+            )
+    data = good.read_bytes()
+    rng = np.random.default_rng(0)
+    named = 0
+    for page in range(len(data) // 4096):
+        damaged = tmp_path / f"damaged-{page}.sqlite"
+        broken = bytearray(data)
+        broken[page * 4096 + 100 : page * 4096 + 400] = rng.integers(0, 256, 300, dtype=np.uint8).tobytes()
+        damaged.write_bytes(bytes(broken))
+        try:
+            with GalleryStore(damaged, create=False) as store:
+                store.identities()
+                store.snapshot()
+                store.integrity_check()
+        except GalleryError as exc:
+            named += 1
+            assert str(damaged) in str(exc)
+        except sqlite3.DatabaseError as exc:  # pragma: no cover - what this test forbids
+            raise AssertionError(f"page {page}: raw {exc!r}") from None
+        os.unlink(damaged)
+    assert named >= 5
+
+
+def test_the_matcher_keeps_its_last_gallery_when_the_file_becomes_unreadable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vrclip.edge.gallery.matcher import Matcher
+    from vrclip.edge.gallery.store import GalleryError
+
+    with GalleryStore(tmp_path / "g.sqlite") as store:
+        store.add_exemplars("alice", np.eye(8, dtype=np.float32)[:2], budget=32)
+    errors: list[str] = []
+    matcher = Matcher(GalleryStore(tmp_path / "g.sqlite"), 0.5, on_error=errors.append)
+
+    def unreadable() -> tuple[int, int]:
+        raise GalleryError(f"{tmp_path / 'g.sqlite'} is not a readable gallery database (disk I/O error)")
+
+    monkeypatch.setattr(matcher.store, "change_token", unreadable)
+    for _ in range(3):
+        assert matcher.match(np.eye(8, dtype=np.float32)[0]).identity == "alice"
+    assert len(errors) == 1 and "as it was last read" in errors[0]
+    assert matcher.read_failures == 3
+    matcher.store.close()
