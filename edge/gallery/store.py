@@ -310,6 +310,12 @@ class GalleryStore:
         self._conn.execute("COMMIT")
         self._local_writes += 1
 
+    def set_busy_timeout(self, seconds: float) -> None:
+        """How long a write waits for another writer's lock before giving up (BUSY_TIMEOUT_S by
+        default). The service's run loop sets it short: while `gallery import` holds the lock, a live
+        enrolment's commit must give up in a moment, not stall identification for 10 s."""
+        self._conn.execute(f"PRAGMA busy_timeout = {max(0, round(seconds * 1000))}")
+
     def _damaged(self, exc: sqlite3.DatabaseError) -> GalleryError:
         """The error for a gallery SQLite cannot read (a power cut on an SD card): what to do."""
         if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):

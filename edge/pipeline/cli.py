@@ -50,6 +50,10 @@ ENGINE_OPTION = typer.Option(
 )
 
 
+#: How long a live enrolment's commit in the run loop waits for another writer (`gallery import`).
+RUN_LOOP_BUSY_TIMEOUT_S = 0.5
+
+
 def run_pipeline(
     config: EdgeConfig,
     feed: Feed,
@@ -66,6 +70,8 @@ def run_pipeline(
     backend = open_backend(config, engine)
     store = GalleryStore(config.gallery.path)
     store.ensure_dim(embedding_dim(backend))
+    # The run loop's own connection (live enrolment): a writer holding the lock must not stall it.
+    store.set_busy_timeout(RUN_LOOP_BUSY_TIMEOUT_S)
     # Late-bound: the matcher warns (through the health counters) only once the run is under way.
     matcher, _ = make_matcher(
         config,

@@ -487,3 +487,28 @@ def test_a_client_that_leaves_without_a_word_leaves_no_traceback(served, capfd) 
     assert ping(path)["ok"] is True
     time.sleep(0.3)
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_gallery_locked_by_another_writer_ends_the_enrolment_in_a_moment(tmp_path: Path) -> None:
+    """`gallery import` holds the write lock: the run loop's commit gave up only after 10 s, and
+    identification stood still meanwhile. With the run loop's short busy timeout it gives up at once
+    and the enrolment ends saying why."""
+    import sqlite3
+
+    db = tmp_path / "g.sqlite"
+    with GalleryStore(db) as store:
+        store.ensure_dim(DIM)
+        store.set_busy_timeout(0.2)
+        live = LiveEnrolment(store, 32, clock=FakeClock())
+        ticket = live.start("alice", 10)
+        other = sqlite3.connect(db, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+        try:
+            started = time.monotonic()
+            live.offer(1, [unit(1)])
+            assert time.monotonic() - started < 2.0
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        progress = live.wait(ticket, 0.0)
+        assert progress.done and "busy" in str(progress.error)
