@@ -348,8 +348,10 @@ class GalleryStore:
         `data_version` only counts other connections' commits, so this store's own commits are counted
         alongside. Cheap (no I/O beyond the shared-memory header): call it before every match.
         """
-        with self._read():
+        try:
             version = int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(exc) from None
         return version, self._local_writes
 
     # ---- reading -------------------------------------------------------------------------------------
