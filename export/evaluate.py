@@ -69,6 +69,8 @@ class Embedded:
     lighting: np.ndarray
     occlusion: np.ndarray
     visible: np.ndarray
+    #: Identity names, indexed by `identity` (empty where the caller built this by hand).
+    names: tuple[str, ...] = ()
 
 
 def thin(index: SampleIndex, stride: int) -> SampleIndex:
@@ -135,6 +137,7 @@ def embed(
         lighting=np.array([tracks[t].session.lighting for t in tr_of]),
         occlusion=np.array([tracks[t].session.occlusion for t in tr_of]),
         visible=np.array([bool(tracks[t].visible[e]) for t, e in zip(tr_of, index.end, strict=True)]),
+        names=tuple(names),
     )
 
 

@@ -39,6 +39,8 @@ from vrclip.export.metrics import average_precisions, cosine_distance
 BOUND_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)
 #: The margin over radio-only that issue #4 asks of the fused model in dark and occluded conditions.
 MARGIN_TARGET = 0.05
+#: Identities listed in the text table (those the radio ranks worst).
+IDENTITIES_SHOWN = 5
 #: How much better (per-query average precision) one modality must rank a query to count as the
 #: better one in `disagreement_split`.
 DISAGREEMENT_GAP = 0.1
@@ -118,6 +120,30 @@ def disagreement_split(
     return out
 
 
+def identity_split(
+    e: Embedded, gate_ap: np.ndarray, vision_ap: np.ndarray, radio_ap: np.ndarray, mask: np.ndarray
+) -> dict[str, Any]:
+    """Per identity, over its test queries in `mask`: the count and each row's mAP, and the radio's
+    mAP in its worst session. A radio that fails on one person in every session (it mistakes them
+    for someone else, whatever the light) shows here, where the per-condition means spread it over
+    everyone; the gate cannot tell that case from a wrong image."""
+    out: dict[str, Any] = {}
+    for ident in np.unique(e.identity[mask]):
+        m = mask & (e.identity == ident) & np.isfinite(gate_ap) & np.isfinite(radio_ap)
+        if not m.any():
+            continue
+        per_session = [float(radio_ap[m & (e.session == s)].mean()) for s in np.unique(e.session[m])]
+        name = e.names[int(ident)] if int(ident) < len(e.names) else f"identity {int(ident)}"
+        out[name] = {
+            "queries": int(m.sum()),
+            "vision": _mean(vision_ap[m]),
+            "radio": _mean(radio_ap[m]),
+            "gate": _mean(gate_ap[m]),
+            "radio_worst_session": round(min(per_session), 6),
+        }
+    return out
+
+
 def fusion_analysis(e: Embedded) -> dict[str, Any]:
     """mAP (fractions) of each weighting, overall and per condition, plus the gate's mean W on crops
     that show the person and on crops that do not (W = 2 x the model's reliability wherever radio
@@ -152,6 +178,7 @@ def fusion_analysis(e: Embedded) -> dict[str, Any]:
             for name, mask in masks.items()
             if not name.startswith("camera:")
         },
+        "by_identity": identity_split(e, rows["gate"], rows["vision"], rows["radio"], e.visible),
         "bound_weights": list(BOUND_WEIGHTS),
         "mean_gate_weight": {
             "camera:visible": round(float(gate[e.visible].mean()), 4) if e.visible.any() else None,
@@ -197,6 +224,17 @@ def format_fusion_table(analysis: dict[str, Any]) -> str:
                     f"{cond:20s} {label:>16s} {c['queries']:>6d} {_pct(c['vision']):>7s}"
                     f" {_pct(c['radio']):>6s} {_pct(c['gate']):>6s} {w_text:>7s} {share:>19s}"
                 )
+    if analysis.get("by_identity"):
+        worst = sorted(analysis["by_identity"].items(), key=lambda item: item[1]["radio"])[:IDENTITIES_SHOWN]
+        lines.append(
+            f"\n{'visible queries of':20s} {'n':>6s} {'vision':>7s} {'radio':>6s} {'gate':>6s}"
+            f" {'radio, worst session':>21s}   (the {len(worst)} identities the radio ranks worst)"
+        )
+        for name, c in worst:
+            lines.append(
+                f"{name[:20]:20s} {c['queries']:>6d} {_pct(c['vision']):>7s} {_pct(c['radio']):>6s}"
+                f" {_pct(c['gate']):>6s} {_pct(c['radio_worst_session']):>21s}"
+            )
     w = analysis["mean_gate_weight"]
     lines.append(f"mean gate W: camera sees the person {w['camera:visible']}, does not {w['camera:hidden']}")
     return "\n".join(lines)
@@ -211,4 +249,5 @@ __all__ = [
     "format_fusion_table",
     "fuse",
     "fusion_analysis",
+    "identity_split",
 ]

@@ -161,3 +161,20 @@ def test_where_the_radio_is_wrong_the_gate_turns_the_right_vision_down() -> None
     assert wrong_radio["radio"] < wrong_radio["gate"] < wrong_radio["vision"]
     assert wrong_radio["share_of_gate_loss"] > rest["share_of_gate_loss"]
     assert "share of gate loss" in format_fusion_table(analysis)
+
+
+def test_a_radio_that_mistakes_one_person_in_every_session_shows_per_identity() -> None:
+    """Identity 0's radio points at identity 1 in all four of its sessions while its image is right:
+    the per-condition means spread that over everyone; the per-identity split names it."""
+    analysis = fusion_analysis(_world(hidden_fraction=0.0, radio_wrong_sessions=4))
+    by_identity = analysis["by_identity"]
+    assert set(by_identity) == {f"identity {i}" for i in range(8)}
+    worst = min(by_identity, key=lambda name: by_identity[name]["radio"])
+    assert worst == "identity 0"
+    mistaken, others = by_identity["identity 0"], [c for n, c in by_identity.items() if n != "identity 0"]
+    assert mistaken["radio"] < 0.5 < mistaken["vision"]
+    assert mistaken["radio_worst_session"] <= mistaken["radio"]
+    assert all(c["radio"] > mistaken["radio"] for c in others)
+    assert mistaken["queries"] == 40
+    table = format_fusion_table(analysis)
+    assert "the radio ranks worst" in table and "identity 0" in table
