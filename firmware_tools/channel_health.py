@@ -92,9 +92,10 @@ def duplicated_channels(frame: np.ndarray) -> list[int]:
     return copies
 
 
-def port_pattern(channels: list[int], geometry: ArrayGeometry) -> list[str]:
-    """The ports all of whose channels are among `channels`: a shared cable or switch path, not one
-    antenna. Named as the controller numbers them (0-based) and as the array labels them."""
+def whole_ports(channels: list[int], geometry: ArrayGeometry) -> list[tuple[str, set[int]]]:
+    """The ports all of whose channels are among `channels`, each as (its name, its channels): a
+    shared cable or switch path, not one antenna. Named as the controller numbers them (0-based) and
+    as the array labels them."""
     bad = set(channels)
     pairs = np.asarray(geometry.pairs).reshape(-1, 2)
     found = []
@@ -102,5 +103,10 @@ def port_pattern(channels: list[int], geometry: ArrayGeometry) -> list[str]:
         for port in np.unique(pairs[:, column]):
             of_port = {int(c) for c in np.flatnonzero(pairs[:, column] == port)}
             if of_port and of_port <= bad:
-                found.append(f"{side} port {int(port)} ({names[int(port)]})")
+                found.append((f"{side} port {int(port)} ({names[int(port)]})", of_port))
     return found
+
+
+def port_pattern(channels: list[int], geometry: ArrayGeometry) -> list[str]:
+    """The names of `whole_ports(channels, geometry)`."""
+    return [name for name, _ in whole_ports(channels, geometry)]

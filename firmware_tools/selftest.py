@@ -36,7 +36,7 @@ from vrclip.edge.config import EdgeConfig, PathsConfig
 from vrclip.edge.errors import SensorError, UserError
 from vrclip.edge.geometry import ArrayGeometry, load_geometry
 from vrclip.edge.pipeline.sources import FrameSource
-from vrclip.firmware_tools.channel_health import channel_health, duplicated_channels, port_pattern
+from vrclip.firmware_tools.channel_health import channel_health, duplicated_channels, whole_ports
 
 Status = Literal["pass", "warn", "fail", "skip"]
 CHECKS = ("switch", "vna", "radar", "calibration", "camera", "depth", "engine", "gallery", "disk", "clock")
@@ -289,13 +289,9 @@ def _copies_report(copies: list[int], health: Any, geometry: ArrayGeometry) -> s
 
 def _by_port(channels: list[int], geometry: ArrayGeometry) -> tuple[list[str], list[int]]:
     """The ports all of whose channels are among `channels`, and the channels no such port covers."""
-    ports = port_pattern(channels, geometry)
-    pairs = np.asarray(geometry.pairs).reshape(-1, 2)
-    covered: set[int] = set()
-    for port in ports:
-        side, index = port.split()[0], int(port.split()[2])
-        covered |= {int(c) for c in np.flatnonzero(pairs[:, 0 if side == "Tx" else 1] == index)}
-    return ports, [c for c in channels if c not in covered]
+    found = whole_ports(channels, geometry)
+    covered = set().union(*(of_port for _, of_port in found))
+    return [name for name, _ in found], [c for c in channels if c not in covered]
 
 
 def _channel_list(channels: list[int], health: Any, geometry: ArrayGeometry, most: int = 8) -> str:
