@@ -464,13 +464,12 @@ def _engine_embedding_dim(engine: str) -> int | None:
     read (the engine check says why)."""
     from vrclip.edge.inference.factory import PackagePaths
     from vrclip.edge.manifest import load_manifest
+    from vrclip.edge.pipeline.enrolment import manifest_embedding_dim
 
     try:
-        outputs = load_manifest(PackagePaths.of(engine).manifest).outputs
-    except (UserError, OSError, ValueError):
+        return manifest_embedding_dim(load_manifest(PackagePaths.of(engine).manifest))
+    except (UserError, OSError, ValueError, IndexError):
         return None
-    spec = next((o for o in outputs if o.name == "embedding"), outputs[0] if outputs else None)
-    return int(spec.sample_shape[0]) if spec is not None and spec.sample_shape else None
 
 
 def _restore_hint(rig: Rig) -> str:

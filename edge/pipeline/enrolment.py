@@ -9,6 +9,7 @@ from vrclip.edge.config import EdgeConfig
 from vrclip.edge.gallery.enrol import Enroller
 from vrclip.edge.gallery.store import GalleryStore
 from vrclip.edge.inference.base import InferenceBackend
+from vrclip.edge.manifest import EngineManifest
 from vrclip.edge.pipeline.app import Feed, health_for, make_identifier, open_backend, simulated_feed
 from vrclip.edge.pipeline.identify import Identifier, TrackResult
 from vrclip.edge.pipeline.runner import EdgeRunner
@@ -86,11 +87,17 @@ def enrol_from_feed(
     )
 
 
-def embedding_dim(backend: InferenceBackend) -> int:
-    """Length of the engine's embedding output (named "embedding", else the first output)."""
-    outputs = backend.manifest.outputs
+def manifest_embedding_dim(manifest: EngineManifest) -> int:
+    """Length of an engine's embedding output (named "embedding", else the first output), from its
+    manifest: what a gallery enrolled with that engine holds."""
+    outputs = manifest.outputs
     spec = next((o for o in outputs if o.name == "embedding"), outputs[0])
     return int(spec.sample_shape[0])
+
+
+def embedding_dim(backend: InferenceBackend) -> int:
+    """Length of the running engine's embedding output (`manifest_embedding_dim`)."""
+    return manifest_embedding_dim(backend.manifest)
 
 
 def _slop(feed: Feed) -> int:
