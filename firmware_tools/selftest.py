@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from vrclip.edge.config import EdgeConfig, PathsConfig
+from vrclip.edge.config import EdgeConfig
 from vrclip.edge.errors import SensorError, UserError
 from vrclip.edge.geometry import ArrayGeometry, load_geometry
 from vrclip.edge.pipeline.sources import FrameSource
@@ -303,16 +303,12 @@ def _channel_list(channels: list[int], health: Any, geometry: ArrayGeometry, mos
 
 
 def check_calibration(rig: Rig) -> Verdict:
-    from vrclip.edge.pipeline.app import load_rig_calibration
+    from vrclip.edge.pipeline.app import configured_calibration
 
     if rig.simulated:
         return Verdict("pass", "the simulated rig carries its own calibration")
-    config = rig.config
-    path = config.paths.calibration_file
-    default = PathsConfig.model_fields["calibration_file"].default
-    calibration, warning = load_rig_calibration(
-        path, rig.geometry.n_channels, may_be_absent=path == default, sweep=config.radar.sweep
-    )
+    path = rig.config.paths.calibration_file
+    calibration, warning = configured_calibration(rig.config, rig.geometry.n_channels)
     if calibration is None or warning is not None:
         return Verdict("warn", warning or f"{path}: no calibration", {"path": path})
     return Verdict(

@@ -100,6 +100,16 @@ def load_rig_calibration(
     return calibration, (f"paths.calibration_file = {path}: {mismatch}" if mismatch else None)
 
 
+def configured_calibration(
+    config: EdgeConfig, n_channels: int
+) -> tuple[ChannelCalibration | None, str | None]:
+    """`load_rig_calibration` of paths.calibration_file for this config's sweep: only the built-in
+    default location may be absent (a rig set up with the defaults, not calibrated yet)."""
+    path = config.paths.calibration_file
+    default = PathsConfig.model_fields["calibration_file"].default
+    return load_rig_calibration(path, n_channels, may_be_absent=path == default, sweep=config.radar.sweep)
+
+
 def hardware_feed(config: EdgeConfig) -> Feed:
     """The real rig as the config describes it, calibrated from paths.calibration_file.
 
@@ -108,11 +118,7 @@ def hardware_feed(config: EdgeConfig) -> Feed:
     `Feed.warnings` then says loudly that the radar runs uncalibrated.
     """
     geometry = load_geometry(config.radar.array)
-    path = config.paths.calibration_file
-    default = PathsConfig.model_fields["calibration_file"].default
-    calibration, warning = load_rig_calibration(
-        path, geometry.n_channels, may_be_absent=path == default, sweep=config.radar.sweep
-    )
+    calibration, warning = configured_calibration(config, geometry.n_channels)
     sources: SourceFactories = {
         "radar": lambda: ScpiRadarSource(config),
         "camera": lambda: OpenCvCameraSource(config),
