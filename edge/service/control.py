@@ -35,6 +35,7 @@ from typing import Any
 from vrclip.edge import __version__
 from vrclip.edge.errors import UserError
 from vrclip.edge.pipeline.live_enrolment import EnrolmentProgress, LiveEnrolment
+from vrclip.edge.service.presence import something_listens
 
 MAX_REQUEST_BYTES = 4096
 REQUEST_TIMEOUT_S = 10.0
@@ -231,13 +232,9 @@ def _clear_stale_socket(path: Path) -> None:
         raise UserError(
             f"paths.control_socket = {path}: exists and is not a socket; remove it or choose another path"
         )
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(1.0)
-        try:
-            probe.connect(str(path))
-        except OSError:
-            path.unlink()  # nobody listens: left by a run that was killed
-            return
+    if not something_listens(str(path)):
+        path.unlink()  # nobody listens: left by a run that was killed
+        return
     raise UserError(
         f"paths.control_socket = {path}: another vrclip-edge run is serving it; stop that one first "
         "(systemctl stop vrclip-edge.service) or give this run another paths.control_socket"

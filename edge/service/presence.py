@@ -17,31 +17,36 @@ from vrclip.edge.errors import UserError
 CONNECT_TIMEOUT_S = 2.0
 
 
-def running_service(control_socket: str) -> str | None:
-    """A sentence saying the service runs and holds the sensors, or None when nothing listens.
+def something_listens(control_socket: str) -> bool:
+    """Whether a live process listens on the Unix socket at `control_socket`.
 
     Whether something listens is the test, not whether it answers a ping: a service with all its
     control connections taken answers 'busy', and one whose control thread hangs answers nothing,
     and both still hold the sensors. A socket file a dead service left behind refuses the connection.
     """
-    if not control_socket:
-        return None
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(CONNECT_TIMEOUT_S)
     try:
         try:
             probe.connect(control_socket)
         except (TimeoutError, BlockingIOError):
-            pass  # a listener whose backlog is full (a Unix socket says EAGAIN): running
+            return True  # a listener whose backlog is full (a Unix socket says EAGAIN)
         except OSError:
-            return None  # absent, refused (stale), or not ours to open: the sensors' errors will say
-        else:
-            # A well-formed request, so the service does not log a broken request for the probe.
-            with contextlib.suppress(OSError):
-                probe.sendall(b'{"op": "ping"}\n')
-                probe.recv(4096)
+            return False  # absent, refused (stale), or not ours to open
+        # A well-formed request, so the service does not log a broken request for the probe.
+        with contextlib.suppress(OSError):
+            probe.sendall(b'{"op": "ping"}\n')
+            probe.recv(4096)
+        return True
     finally:
         probe.close()
+
+
+def running_service(control_socket: str) -> str | None:
+    """A sentence saying the service runs and holds the sensors, or None when nothing listens on its
+    control socket (then the sensors' own errors will say what is wrong)."""
+    if not control_socket or not something_listens(control_socket):
+        return None
     return (
         f"vrclip-edge is running (it answers on {control_socket}) and holds the rig's sensors; "
         "stop it first (systemctl stop vrclip-edge.service)"
@@ -55,4 +60,4 @@ def refuse_if_service_runs(control_socket: str, alternative: str = "") -> None:
         raise UserError(message + (f", or {alternative}" if alternative else ""))
 
 
-__all__ = ["refuse_if_service_runs", "running_service"]
+__all__ = ["refuse_if_service_runs", "running_service", "something_listens"]
