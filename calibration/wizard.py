@@ -27,7 +27,7 @@ from vrclip.calibration.channels import (
     reflector_response,
 )
 from vrclip.calibration.files import replace_keeping_previous
-from vrclip.edge.config import SPEED_OF_LIGHT, EdgeConfig
+from vrclip.edge.config import EdgeConfig
 from vrclip.edge.errors import UserError
 from vrclip.edge.geometry import ArrayGeometry, load_geometry
 from vrclip.edge.imaging.drift import CouplingReference
@@ -150,8 +150,7 @@ def run_wizard(
     check_quality(fit)
     # Each channel's direct coupling in the empty room, where the fitted cable delay and the antennas'
     # separation put it: what the running rig compares itself with to see its paths drift.
-    expected = fit.calibration.delay_s + geometry.direct_path_lengths() / SPEED_OF_LIGHT
-    coupling = CouplingReference.measure(measured["empty"].mean, freqs, expected)
+    coupling = CouplingReference.of_rig(measured["empty"].mean, freqs, geometry, fit.calibration.delay_s)
     fit = replace(fit, calibration=replace(fit.calibration, coupling=coupling))
     extra = {
         "source": "vrclip-calibrate channels" + (" (simulated rig)" if simulate else ""),

@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from vrclip.edge.config import SPEED_OF_LIGHT
 from vrclip.edge.errors import ConfigError
+from vrclip.edge.geometry import ArrayGeometry
 
 #: The coupling is looked for this far (s) around where it must be: the calibration's cable delay of
 #: the channel plus its antennas' separation over c.
@@ -91,6 +93,15 @@ class CouplingReference:
         masked = np.where(distance <= SEARCH_HALF_WIDTH_S, profile, -1.0)
         delay_s = grid[np.argmax(masked, axis=1)]
         return cls(delay_s, coupling_values(x, f, delay_s))
+
+    @classmethod
+    def of_rig(
+        cls, empty: np.ndarray, freqs_hz: np.ndarray, geometry: ArrayGeometry, cable_delay_s: np.ndarray
+    ) -> CouplingReference:
+        """`measure`, searching each channel where its coupling must be: its cable delay (what the
+        calibration measured) plus its antennas' separation over c."""
+        expected = np.asarray(cable_delay_s, np.float64) + geometry.direct_path_lengths() / SPEED_OF_LIGHT
+        return cls.measure(empty, freqs_hz, expected)
 
     def to_dict(self) -> dict[str, Any]:
         return {

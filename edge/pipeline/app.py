@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 from vrclip.edge.config import (
     MAX_SOCKET_PATH_BYTES,
-    SPEED_OF_LIGHT,
     EdgeConfig,
     PathsConfig,
     SweepConfig,
@@ -171,8 +170,9 @@ def simulated_feed(
 
     calibration = ChannelCalibration.from_dict(simulated_calibration(rig), source="simulated rig")
     # As a perfect wizard would record it: the rig's coupling in the empty room, for the drift monitor.
-    expected = calibration.delay_s + rig.geometry.direct_path_lengths() / SPEED_OF_LIGHT
-    coupling = CouplingReference.measure(rig.radar.empty_room(), rig.freqs_hz, expected)
+    coupling = CouplingReference.of_rig(
+        rig.radar.empty_room(), rig.freqs_hz, rig.geometry, calibration.delay_s
+    )
     calibration = dataclasses.replace(calibration, coupling=coupling)
     return Feed(sources, config, rig.geometry, rig.freqs_hz, calibration, truth, closers)
 
