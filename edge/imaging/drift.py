@@ -44,12 +44,17 @@ MIN_COHERENCE = 0.9
 WEAK_DROP_DB = 6.0
 
 
+def _taper(points: int) -> np.ndarray:
+    """The Hann taper over a sweep's points, without its two zero ends (every point counts)."""
+    return np.hanning(points + 2)[1:-1]
+
+
 def _steering(freqs_hz: np.ndarray, delays_s: np.ndarray) -> np.ndarray:
     """(channels, points) weights that take each channel's sweep to the echo at its own delay: the
     inverse DFT at one point, Hann-tapered so that the much stronger walls and people a few ns later
     do not leak in through the sidelobes."""
     f = np.asarray(freqs_hz, np.float64)
-    taper = np.hanning(f.size + 2)[1:-1]
+    taper = _taper(f.size)
     steer = np.exp(2j * np.pi * f[None, :] * np.asarray(delays_s, np.float64)[:, None]) * taper[None, :]
     return steer / taper.sum()
 
@@ -81,7 +86,7 @@ class CouplingReference:
         f = np.asarray(freqs_hz, np.float64)
         step = float(f[1] - f[0])
         n = SEARCH_PAD * x.shape[1]
-        taper = np.hanning(x.shape[1] + 2)[1:-1]
+        taper = _taper(x.shape[1])
         # |sum_f x(f) exp(+j 2 pi f tau)| over tau = |ifft|: the start frequency only turns the phase.
         profile = np.abs(np.fft.ifft(x * taper[None, :], n=n, axis=1))
         grid = np.arange(n) / (n * step)
