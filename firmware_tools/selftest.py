@@ -22,6 +22,7 @@ The checks:
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import shutil
 import threading
@@ -93,8 +94,9 @@ class Rig:
     #: True for the simulated rig, whose calibration is the simulator's own.
     simulated: bool = False
 
-    @property
+    @functools.cached_property
     def geometry(self) -> ArrayGeometry:
+        """The array, read once for all the checks that need it."""
         return load_geometry(self.config.radar.array)
 
 
