@@ -102,6 +102,14 @@ class SimulatedSource:
         pass
 
 
+#: Consecutive dropped radar frames after which a read raises the last frame's fault. A fault that
+#: every sweep repeats (a VNA returning NaN, a wrong point count) leaves the reconnections succeeding,
+#: so without a bound the read dropped frames forever: the radar stayed "up" in /status while hundreds
+#: of warnings a second went to the journal. Raised, the capture thread marks the radar down with the
+#: reason and reopens it with its own backoff.
+RADAR_MAX_DROPPED_FRAMES = 3
+
+
 class ScpiRadarSource:
     """The radar through its real drivers: VNA over VISA + switch controller (hardware or simulators)."""
 
@@ -114,7 +122,7 @@ class ScpiRadarSource:
     def open(self) -> None:
         from vrclip.edge.radar.source import RadarSource
 
-        self._source = RadarSource.from_config(self.config)
+        self._source = RadarSource.from_config(self.config, max_dropped_frames=RADAR_MAX_DROPPED_FRAMES)
         self._source.open()
 
     @property

@@ -332,3 +332,49 @@ def test_chained_acquisition_refuses_bad_traces_and_recovers(fault: str, message
         frame = source.read_frame()  # blocks through the dropped frames and the reconnection
         assert frame is not None and source.stats.drops >= 1
         assert message in (source.stats.last_error or "")
+
+
+def test_the_live_pipeline_marks_the_radar_down_while_every_sweep_fails() -> None:
+    """A VNA that returns NaN on every sweep (overloaded, uncalibrated) reconnects fine each time, so
+    the runtime's radar read dropped frames forever inside one read: /status kept saying "radar up"
+    (no error) while thousands of "frame dropped" warnings a minute went to the journal. The capture
+    thread must see the fault: the radar goes down with the reason and is reopened with backoff."""
+    from vrclip.edge.config import EdgeConfig, parse_config
+    from vrclip.edge.events.health import Health
+    from vrclip.edge.pipeline.queues import DropOldestQueue
+    from vrclip.edge.pipeline.sources import CaptureThread, ScpiRadarSource
+
+    with simulator(load_geometry(), sweep_time_s=0.1e-3, clock=None) as sim:
+        data = EdgeConfig().model_dump(mode="json")
+        data["radar"].update(
+            sweep=SWEEP.model_dump(mode="json"),
+            vna={"resource": sim.vna_resource, "timeout_ms": 500, "dialect": "keysight"},
+            switch={"port": sim.switch_url},
+            frame_rate_hz=50.0,
+        )
+        config = parse_config(data, source="test")
+        health = Health(("radar",))
+        capture = CaptureThread(lambda: ScpiRadarSource(config), "radar", DropOldestQueue(4), health)
+
+        def radar() -> dict:
+            return health.snapshot()["modalities"]["radar"]
+
+        def wait_for(condition, timeout_s: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                if condition():
+                    return True
+                time.sleep(0.05)
+            return False
+
+        capture.start()
+        try:
+            assert wait_for(lambda: health.snapshot()["sources"].get("radar", {}).get("frames_in", 0) >= 1)
+            assert radar()["state"] == "up"
+            sim.state.vna.fault = "nan"
+            assert wait_for(lambda: radar()["state"] == "down"), radar()
+            assert "data holds nan" in radar()["last_error"]
+            sim.state.vna.fault = None
+            assert wait_for(lambda: radar()["state"] == "up"), radar()  # reopened once the fault cleared
+        finally:
+            capture.stop()
