@@ -114,6 +114,24 @@ def test_import_is_all_or_nothing_and_checks_everything(db: Path, tmp_path: Path
         import_gallery(store, tmp_path / "text.json")
 
 
+def test_json_import_refuses_a_number_too_large_for_a_float(db: Path, tmp_path: Path) -> None:
+    """JSON allows an integer of any length; a 400-digit one in an exemplar ended the import with
+    Python's OverflowError traceback ("int too large to convert to float") instead of naming it."""
+    good = tmp_path / "good.json"
+    with GalleryStore(db) as store:
+        export_gallery(store, good)
+    doc = json.loads(good.read_text())
+    doc["identities"][1]["exemplars"][0][3] = 10**400
+    bad = tmp_path / "huge.json"
+    bad.write_text(json.dumps(doc))
+    target = tmp_path / "t.sqlite"
+    result = invoke(target, "import", str(bad))
+    assert isinstance(result.exception, GalleryError), result.output
+    assert str(result.exception).startswith(f"{bad}: identities[1] ('bob')")
+    assert "12 finite numbers" in str(result.exception)
+    assert not target.exists()
+
+
 def test_npz_import_refuses_bad_arrays(db: Path, tmp_path: Path) -> None:
     good = tmp_path / "g.npz"
     with GalleryStore(db) as store:
