@@ -143,7 +143,11 @@ def normalise(embeddings: np.ndarray, dim: int | None = None) -> np.ndarray:
         )
     if not np.all(np.isfinite(arr)):
         raise ValueError("embedding contains NaN or infinity")
-    norms = np.linalg.norm(arr, axis=1, keepdims=True)
+    with np.errstate(over="ignore"):
+        norms = np.linalg.norm(arr, axis=1, keepdims=True)
+    if not np.all(np.isfinite(norms)):
+        # Finite values near 1e200 square to infinity: dividing by that norm would store a zero vector.
+        raise ValueError("embedding values are too large (their norm overflows a float)")
     if np.any(norms < 1e-12):
         raise ValueError("embedding has zero norm")
     return (arr / norms).astype(np.float32)

@@ -132,6 +132,24 @@ def test_json_import_refuses_a_number_too_large_for_a_float(db: Path, tmp_path: 
     assert not target.exists()
 
 
+def test_import_refuses_exemplars_whose_norm_overflows(db: Path, tmp_path: Path) -> None:
+    """Values near 1e200 are finite, but their squares overflow: the norm came out infinite and the
+    exemplar was silently stored as a zero vector (cosine 0 with everyone), and the import succeeded."""
+    good = tmp_path / "good.json"
+    with GalleryStore(db) as store:
+        export_gallery(store, good)
+    doc = json.loads(good.read_text())
+    doc["identities"][0]["exemplars"][1] = [1e200] * DIM
+    bad = tmp_path / "overflow.json"
+    bad.write_text(json.dumps(doc))
+    target = tmp_path / "t.sqlite"
+    result = invoke(target, "import", str(bad))
+    assert isinstance(result.exception, GalleryError), result.output
+    assert str(result.exception).startswith(f"{bad}: identity 'alice'")
+    assert "too large" in str(result.exception)
+    assert not target.exists()
+
+
 def test_npz_import_refuses_bad_arrays(db: Path, tmp_path: Path) -> None:
     good = tmp_path / "g.npz"
     with GalleryStore(db) as store:
