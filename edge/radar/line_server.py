@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import asyncio
 
+from vrclip.edge.errors import UserError
+
 
 class LineServer:
+    #: How errors name the instrument this server plays.
+    label = "simulated instrument"
+
     def __init__(self, *, max_clients: int) -> None:
         self.max_clients = max_clients
         self._clients = 0
@@ -17,8 +22,18 @@ class LineServer:
         self._writers: set[asyncio.StreamWriter] = set()
 
     async def start(self, host: str, port: int) -> int:
-        """Listen; return the bound port (useful with port 0)."""
-        self._server = await asyncio.start_server(self._serve_client, host, port)
+        """Listen; return the bound port (useful with port 0).
+
+        A port already taken (another simulator still running) or a host that does not resolve is a
+        UserError naming the address: it is a usage mistake, not a fault to print a traceback for.
+        """
+        try:
+            self._server = await asyncio.start_server(self._serve_client, host, port)
+        except OSError as exc:
+            raise UserError(
+                f"the {self.label} cannot listen on {host}:{port} ({exc.strerror or exc}); stop what "
+                "holds that port or choose another (port 0 picks a free one)"
+            ) from None
         return int(self._server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:

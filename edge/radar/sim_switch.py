@@ -134,6 +134,8 @@ class SimulatedSwitch:
 class SwitchServer(LineServer):
     """Serves one SimulatedSwitch over TCP, one reply line per request line."""
 
+    label = "simulated switch controller"
+
     def __init__(self, switch: SimulatedSwitch, *, max_clients: int = MAX_CLIENTS) -> None:
         super().__init__(max_clients=max_clients)
         self.switch = switch

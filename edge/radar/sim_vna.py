@@ -504,6 +504,8 @@ def scpi_float(value: float) -> str:
 class VnaServer(LineServer):
     """Serves one SimulatedVna on a TCP port: one program message per line, one response per query."""
 
+    label = "simulated VNA"
+
     def __init__(self, instrument: SimulatedVna, *, max_clients: int = MAX_CLIENTS) -> None:
         super().__init__(max_clients=max_clients)
         self.instrument = instrument

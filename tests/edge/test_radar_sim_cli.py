@@ -143,3 +143,19 @@ def test_switch_command_serves_the_controller_alone() -> None:
 def test_bad_choices_are_user_errors(option: str, value: str) -> None:
     result = CliRunner().invoke(sim_app, ["vna", option, value])
     assert isinstance(result.exception, UserError) and value in str(result.exception)
+
+
+@pytest.mark.parametrize("command", ["switch", "vna"])
+def test_a_port_already_in_use_is_a_user_error_naming_it(command: str) -> None:
+    """A second simulator on the same port ended with asyncio's OSError traceback (exit 1)."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        args = [command, "--port", port] + (["--switch-port", "0"] if command == "vna" else [])
+        result = CliRunner().invoke(sim_app, args)
+    assert isinstance(result.exception, UserError), result.output
+    message = str(result.exception)
+    assert f"127.0.0.1:{port}" in message and "choose another" in message
