@@ -13,6 +13,7 @@ file over `gallery.path`, start it.
 from __future__ import annotations
 
 import contextlib
+import re
 import sqlite3
 import threading
 import time
@@ -23,13 +24,18 @@ from pathlib import Path
 BACKUP_INTERVAL_S = 24 * 3600.0
 PREFIX = "gallery-"
 SUFFIX = ".sqlite"
+#: The names `copy_gallery` gives its copies, and the only files `backups` counts: a file an operator
+#: keeps in the folder (say the damaged gallery, set aside) is neither pruned nor taken for a copy.
+_COPY_NAME = re.compile(re.escape(PREFIX) + r"\d{8}T\d{6}Z" + re.escape(SUFFIX))
 
 
 def backups(folder: Path) -> list[Path]:
     """The copies in `folder`, oldest first (their names sort by time)."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.glob(f"{PREFIX}*{SUFFIX}") if p.is_file())
+    return sorted(
+        p for p in folder.glob(f"{PREFIX}*{SUFFIX}") if _COPY_NAME.fullmatch(p.name) and p.is_file()
+    )
 
 
 def copy_gallery(gallery: Path, folder: Path, keep: int, now: float | None = None) -> Path | None:

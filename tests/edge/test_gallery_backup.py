@@ -39,6 +39,23 @@ def test_a_copy_is_a_working_gallery_and_only_the_newest_are_kept(tmp_path: Path
     assert not list(folder.glob(".*partial"))
 
 
+def test_only_the_service_s_own_copies_count_and_are_pruned(tmp_path: Path) -> None:
+    """Every `gallery-*.sqlite` in the folder used to count as a copy. A file an operator put there
+    (the damaged gallery kept aside before restoring) sorted as the newest copy, so the selftest's
+    restore hint named it; one sorting before the time stamps was deleted by the pruning."""
+    gallery, folder = tmp_path / "gallery.sqlite", tmp_path / "backups"
+    make_gallery(gallery)
+    folder.mkdir()
+    kept_aside = folder / "gallery-damaged.sqlite"
+    kept_aside.write_bytes(b"the damaged gallery, kept for a bug report")
+    older_name = folder / "gallery-0-before-reenrolment.sqlite"
+    shutil.copy(gallery, older_name)
+    day = 24 * 3600.0
+    made = [copy_gallery(gallery, folder, keep=2, now=1.8e9 + k * day) for k in range(3)]
+    assert backups(folder) == made[1:]
+    assert kept_aside.exists() and older_name.exists()
+
+
 def test_a_damaged_gallery_is_not_copied_over_the_good_copies(tmp_path: Path) -> None:
     gallery, folder = tmp_path / "gallery.sqlite", tmp_path / "backups"
     make_gallery(gallery)
