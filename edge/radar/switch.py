@@ -70,8 +70,12 @@ class TcpTransport:
         self._sock.sendall(data)
 
     def read_line(self, deadline: float) -> bytes:
+        """One reply line without its terminator; _LineTooLong past MAX_LINE_BYTES (terminator
+        included), also when the whole over-long line came in one recv(), as the serial port does."""
         while True:
             idx = self._buf.find(b"\n")
+            if idx >= MAX_LINE_BYTES:
+                raise _LineTooLong
             if idx >= 0:
                 line = bytes(self._buf[:idx])
                 del self._buf[: idx + 1]

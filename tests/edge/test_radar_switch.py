@@ -192,6 +192,8 @@ class _FakeController:
         (b"ERR 7\n", SwitchReplyError, "ERR 7"),
         (b"ERR x y\n", SwitchProtocolError, "malformed error reply"),
         (b"Z" * (MAX_LINE_BYTES + 10), SwitchProtocolError, "reply longer than"),
+        # Terminated, but longer than the protocol allows: accepted before when it came in one read.
+        (b"Z" * (MAX_LINE_BYTES + 10) + b"\n", SwitchProtocolError, "reply longer than"),
     ],
 )
 def test_misbehaving_controller(reply, error, pattern) -> None:
