@@ -108,6 +108,11 @@ class SimulatedSource:
 #: of warnings a second went to the journal. Raised, the capture thread marks the radar down with the
 #: reason and reopens it with its own backoff.
 RADAR_MAX_DROPPED_FRAMES = 3
+#: Consecutive failed reconnections (the VNA or switch gone from the network, or silent) after which a
+#: read raises. Retried inside the read without a bound, an outage after start-up left the radar "up"
+#: in /status at 0 frames/s, where the same outage at start showed it down. Raised, the capture thread
+#: marks it down with the reason and reopens it, waiting up to radar.vna.reconnect_max_backoff_s.
+RADAR_MAX_RECONNECT_ATTEMPTS = 3
 
 
 class ScpiRadarSource:
@@ -118,11 +123,17 @@ class ScpiRadarSource:
     def __init__(self, config: EdgeConfig) -> None:
         self.config = config
         self._source = None
+        #: The capture thread's longest wait between reopening attempts (see CaptureThread).
+        self.reopen_max_backoff_s = config.radar.vna.reconnect_max_backoff_s
 
     def open(self) -> None:
         from vrclip.edge.radar.source import RadarSource
 
-        self._source = RadarSource.from_config(self.config, max_dropped_frames=RADAR_MAX_DROPPED_FRAMES)
+        self._source = RadarSource.from_config(
+            self.config,
+            max_dropped_frames=RADAR_MAX_DROPPED_FRAMES,
+            max_reconnect_attempts=RADAR_MAX_RECONNECT_ATTEMPTS,
+        )
         self._source.open()
 
     @property
@@ -450,9 +461,12 @@ class CaptureThread:
 
     def _run(self) -> None:
         backoff = 0.2
+        cap = self.max_backoff_s
         while not self._stop.is_set():
             try:
                 self._source = self.factory()
+                # A source may name its own longest wait (the radar: radar.vna.reconnect_max_backoff_s).
+                cap = float(getattr(self._source, "reopen_max_backoff_s", self.max_backoff_s))
                 self._source.open()
                 self.health.set_modality(self.modality, ModalityState.UP)
                 backoff = 0.2
@@ -492,6 +506,6 @@ class CaptureThread:
                 if source is not None:
                     with contextlib.suppress(Exception):
                         source.close()
-            self._stop.wait(backoff)
+            self._stop.wait(min(backoff, cap))
             self._touch()
-            backoff = min(self.max_backoff_s, backoff * 2)
+            backoff = min(cap, backoff * 2)

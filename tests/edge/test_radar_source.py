@@ -378,3 +378,55 @@ def test_the_live_pipeline_marks_the_radar_down_while_every_sweep_fails() -> Non
             assert wait_for(lambda: radar()["state"] == "up"), radar()  # reopened once the fault cleared
         finally:
             capture.stop()
+
+
+def test_the_live_pipeline_marks_the_radar_down_while_the_vna_is_silent() -> None:
+    """A VNA that stops answering after start-up (unplugged, hung) was retried inside one read
+    without end, so /status kept showing the radar up, at 0 frames/s, where the same outage at
+    start-up shows it down. After RADAR_MAX_RECONNECT_ATTEMPTS failed reconnections the capture
+    thread marks it down with the reason, and brings it back once the VNA answers again."""
+    from vrclip.edge.config import EdgeConfig, parse_config
+    from vrclip.edge.events.health import Health
+    from vrclip.edge.pipeline.queues import DropOldestQueue
+    from vrclip.edge.pipeline.sources import CaptureThread, ScpiRadarSource
+
+    with simulator(load_geometry(), sweep_time_s=0.1e-3, clock=None) as sim:
+        data = EdgeConfig().model_dump(mode="json")
+        data["radar"].update(
+            sweep=SWEEP.model_dump(mode="json"),
+            vna={
+                "resource": sim.vna_resource,
+                "timeout_ms": 300,
+                "dialect": "keysight",
+                "reconnect_max_backoff_s": 0.2,
+            },
+            switch={"port": sim.switch_url},
+            frame_rate_hz=50.0,
+        )
+        config = parse_config(data, source="test")
+        assert ScpiRadarSource(config).reopen_max_backoff_s == 0.2
+        health = Health(("radar",))
+        capture = CaptureThread(lambda: ScpiRadarSource(config), "radar", DropOldestQueue(4), health)
+
+        def radar() -> dict:
+            return health.snapshot()["modalities"]["radar"]
+
+        def wait_for(condition, timeout_s: float = 30.0) -> bool:  # type: ignore[no-untyped-def]
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                if condition():
+                    return True
+                time.sleep(0.05)
+            return False
+
+        capture.start()
+        try:
+            assert wait_for(lambda: health.snapshot()["sources"].get("radar", {}).get("frames_in", 0) >= 1)
+            assert radar()["state"] == "up"
+            sim.state.vna.fault = "silent"
+            assert wait_for(lambda: radar()["state"] == "down"), radar()
+            assert radar()["last_error"]
+            sim.state.vna.fault = None
+            assert wait_for(lambda: radar()["state"] == "up"), radar()
+        finally:
+            capture.stop()
