@@ -32,6 +32,10 @@ from vrclip.edge.recording.schema import CAMERA
 
 #: Views with a board found needed for a fit (OpenCV's advice: 10 to 20).
 MIN_VIEWS = 10
+#: A view whose corners lie on average within this share of the image width of an earlier view's
+#: corners is that pose again (a board propped still and recorded, one photo given twice): it adds
+#: nothing to the fit, so it does not count towards MIN_VIEWS.
+MIN_VIEW_SHIFT = 0.02
 #: Most camera frames taken from one recording (evenly spread): a board held still repeats itself.
 MAX_FRAMES_PER_RECORDING = 120
 #: A fit whose corners reproject worse than this (pixels, RMS) is not written.
@@ -162,6 +166,18 @@ def coverage(corners: list[np.ndarray], width: int, height: int) -> float:
     return float(seen.mean())
 
 
+def distinct_views(corners: list[np.ndarray], width: int) -> int:
+    """How many of the views show the board in a pose of its own: one seen only once constrains the
+    focal length not at all, however often it is repeated, and repeats would pass MIN_VIEWS."""
+    kept: list[np.ndarray] = []
+    for view in corners:
+        xy = view.reshape(-1, 2)
+        shifts = (float(np.linalg.norm(xy - other, axis=1).mean()) for other in kept)
+        if all(shift >= MIN_VIEW_SHIFT * width for shift in shifts):
+            kept.append(xy)
+    return len(kept)
+
+
 def calibrate_lens(
     sources: list[Path],
     board: Board,
@@ -207,6 +223,13 @@ def calibrate_lens(
             "evenly and show all of it, tilted, all over the image"
         )
     width, height = size
+    distinct = distinct_views(image_points, width)
+    if distinct < MIN_VIEWS:
+        raise UserError(
+            f"the {board.columns}x{board.rows} board was found in {len(image_points)} of {seen} views, but "
+            f"in only {distinct} distinct poses (at least {MIN_VIEWS} are needed; the others repeat a view, "
+            "as a board held still does): move and tilt the board between views, all over the image"
+        )
     guess = (width / 2) / math.tan(math.radians(90.0) / 2)
     camera_matrix = np.array([[guess, 0.0, width / 2 - 0.5], [0.0, guess, height / 2 - 0.5], [0.0, 0.0, 1.0]])
     objects = [board.object_points()] * len(image_points)

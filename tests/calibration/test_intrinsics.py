@@ -237,3 +237,22 @@ def test_the_written_lens_projects_the_board_onto_its_corners_to_a_fraction_of_a
     median = float(np.median(np.linalg.norm(residual, axis=1)))
     # Measured: bias under 0.001 px, median 0.11 px; a half-pixel slip gives a median of 0.72 px.
     assert bias < 0.05 and median < 0.2, f"corners land {median:.2f} px off (bias {bias:.3f} px)"
+
+
+def test_one_view_repeated_is_refused_not_fitted(tmp_path: Path) -> None:
+    """A board propped still in front of the camera and recorded (or one photo given ten times) gives
+    the board in every view, but in one pose: the focal length is then not measured at all. Such a
+    board filling the image once reported 111 degrees for the 84-degree lens, with RMS 0.16 px, full
+    coverage and no warning, so `--write` wrote it."""
+    rotation, _ = cv2.Rodrigues(np.zeros(3))
+    middle = np.array([BOARD.columns * BOARD.square_m / 2, BOARD.rows * BOARD.square_m / 2, 0.0])
+    image = _render(np.zeros(3), np.array([0.0, 0.0, 0.3]) - rotation @ middle).astype(float) * 0.8 + 20
+    image += np.random.default_rng(0).normal(0.0, 2.0, image.shape)
+    still = []
+    for k in range(12):
+        path = tmp_path / f"frame-{k:02d}.png"
+        cv2.imwrite(str(path), np.clip(image, 0, 255).astype(np.uint8))
+        still.append(path)
+    with pytest.raises(UserError, match="only 1 distinct") as info:
+        calibrate_lens(still, BOARD)
+    assert "found in 12 of 12 views" in str(info.value) and "move and tilt the board" in str(info.value)
