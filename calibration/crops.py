@@ -43,8 +43,8 @@ def crop_sheet(
     camera_config: EdgeConfig | None = None,
 ) -> CropSheet:
     """The contact sheet of `count` crops from the recording at `path` (see the module doc). The
-    camera model is the recording's own unless `camera_config` gives another (a corrected pose can
-    be tried on the same walk without recording it again)."""
+    camera model and latency are the recording's own unless `camera_config` gives others (a corrected
+    pose can be tried on the same walk without recording it again)."""
     if not 1 <= count <= MAX_CROPS:
         raise UserError(f"--crops {count}: give 1 to {MAX_CROPS}")
     with SessionReader(path) as reader:
@@ -65,7 +65,7 @@ def crop_sheet(
                 "across the monitored area"
             )
         radar_t = reader.times(RADAR)
-        camera_t = reader.times(CAMERA)
+        camera_t = reader.times(CAMERA) - _latency_change_ns(recorded, camera_config)
         picks = tracked[
             np.unique(np.linspace(0, tracked.size - 1, min(count, tracked.size)).round().astype(int))
         ]
@@ -79,6 +79,15 @@ def crop_sheet(
     blank = np.zeros_like(tiles[0])
     grid = np.vstack([np.hstack(row + [blank] * (columns - len(row))) for row in rows])
     return CropSheet(grid, len(tiles), outside, int(tracked.size))
+
+
+def _latency_change_ns(recorded: EdgeConfig, config: EdgeConfig | None) -> int:
+    """How much more the runtime now takes off each camera stamp than the recording did (ns): the
+    walk's stamps already had its own camera.latency_ms taken off, the runtime takes off the given
+    config's before pairing a frame with the radar, so the sheet pairs them as the runtime would."""
+    if config is None:
+        return 0
+    return round((config.camera.latency_ms - recorded.camera.latency_ms) * 1e6)
 
 
 def _caption(crop: np.ndarray, text: str, ok: bool) -> np.ndarray:

@@ -71,3 +71,21 @@ def test_crops_command_writes_the_sheet_and_refuses_bad_input(walk: Path, tmp_pa
         write_sheet(crop_sheet(walk, count=2), tmp_path / "sheet.txt")
     with pytest.raises(UserError, match="give 1 to 64"):
         crop_sheet(walk, count=0)
+
+
+def test_the_crops_pair_frames_as_the_runtime_does_with_the_configs_latency(
+    walk: Path, tmp_path: Path
+) -> None:
+    """The runtime takes camera.latency_ms off every camera stamp before pairing it with a radar
+    frame; the walk's stamps had the recording's latency (0 here) taken off already. A camera that
+    stamps 200 ms late, with that latency measured into the config (`vrclip-calibrate camera
+    --write`), must show the crops of the frames taken at the radar's instants: the same sheet as a
+    camera that stamps on time. Once the check paired the raw stamps and showed crops 200 ms (28 cm
+    at a walk) behind the walker, blaming a pose that was right."""
+    late = tmp_path / "late.h5"
+    shutil.copyfile(walk, late)
+    with h5py.File(late, "r+") as f:
+        f["camera/t_ns"][...] = f["camera/t_ns"][...] + 200_000_000
+    measured = EdgeConfig.model_validate({"camera": {"width": 320, "height": 180, "latency_ms": 200.0}})
+    on_time = crop_sheet(walk, count=8)
+    assert (crop_sheet(late, count=8, camera_config=measured).image == on_time.image).all()
