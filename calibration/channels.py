@@ -36,6 +36,10 @@ DELAY_SEARCH_PAD = 16
 #: Closer than this to the array's centre the reflector is no longer a point seen alike by every
 #: antenna (it sits in the near field of the 1 m aperture, and shadows itself).
 MIN_RANGE_M = 1.0
+#: Farther than this the position was not given in metres (a survey in millimetres or centimetres
+#: typed as is): the fit would take the difference for cable delay, channel by channel, and still
+#: report perfect focus, since it cannot check the position itself. The reflector stands 2-4 m away.
+MAX_RANGE_M = 15.0
 #: Quality gates of `check_quality`.
 MIN_MEDIAN_SNR_DB = 15.0
 SUSPECT_SNR_DB = 10.0
@@ -103,6 +107,12 @@ def reflector_response(geometry: ArrayGeometry, freqs_hz: np.ndarray, position: 
     d_tx = np.linalg.norm(point - geometry.channel_tx, axis=-1)
     d_rx = np.linalg.norm(point - geometry.channel_rx, axis=-1)
     distance = float(np.linalg.norm(point[0] - geometry.virtual_positions.mean(axis=0)))
+    if not distance <= MAX_RANGE_M:  # NaN and infinity fail too
+        raise UserError(
+            f"--reflector {' '.join(f'{v:g}' for v in point[0])}: {distance:g} m from the array's centre; "
+            f"give the reflector's position in metres, room coordinates, within {MAX_RANGE_M:g} m of the "
+            "array (2-4 m in front of it is best)"
+        )
     if distance < MIN_RANGE_M:
         raise UserError(
             f"the reflector at {tuple(map(float, point[0]))} m is {distance:.2f} m from the array's centre; "

@@ -95,6 +95,21 @@ def test_a_reflector_against_the_array_is_refused_before_measuring() -> None:
         fit_channels(empty, empty, GEOMETRY, freqs, np.array([0.0, 0.1, 1.0]))
 
 
+@pytest.mark.parametrize(
+    "position",
+    [REFLECTOR * 1000, REFLECTOR * 100, np.array([np.nan, 3.2, 1.1]), np.array([0.4, np.inf, 1.1])],
+)
+def test_a_reflector_position_not_in_metres_is_refused_before_measuring(position: np.ndarray) -> None:
+    """A position surveyed in millimetres (or centimetres) and typed as is once passed: the fit then
+    put the 3.4-km path difference into the channels' delays, 575 ps RMS wrong from channel to
+    channel, and still reported a coherence of 1.000, so the file was written and every image blurred."""
+    from vrclip.calibration.channels import reflector_response
+
+    with pytest.raises(UserError, match=r"metres") as info:
+        reflector_response(GEOMETRY, CONFIG.radar.sweep.start_hz + np.arange(3) * 1e7, position)
+    assert "--reflector" in str(info.value)
+
+
 def test_wizard_calibrates_the_simulated_rig_through_the_drivers_and_keeps_the_old_file(
     tmp_path: Path,
 ) -> None:
