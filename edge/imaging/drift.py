@@ -126,10 +126,7 @@ class CouplingReference:
             if not (
                 isinstance(values, list)
                 and len(values) == n_channels
-                and all(
-                    isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-                    for v in values
-                )
+                and all(_is_finite_number(v) for v in values)
             ):
                 raise ConfigError(
                     f"{source}: coupling_reference.{key} must be {n_channels} finite numbers, one per channel"
@@ -213,3 +210,14 @@ class DriftMonitor:
 
 
 __all__ = ["CouplingReference", "Drift", "DriftMonitor", "coupling_values"]
+
+
+def _is_finite_number(value: object) -> bool:
+    """A finite JSON number that fits a float64. An integer beyond 1.8e308 (a hand-edited file) made
+    math.isfinite raise OverflowError, a traceback naming neither the file nor the key."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False

@@ -216,6 +216,17 @@ def test_calibration_file_round_trip_and_embedded_form(tmp_path: Path) -> None:
         (lambda d: d["gain_im"].__setitem__(0, -(10**309)), "gain_im must be a list of numbers"),
         (lambda d: d["gain_re"].__setitem__(3, 0.0) or d["gain_im"].__setitem__(3, 0.0), "gain of channel 3"),
         (lambda d: d["delay_s"].__setitem__(7, 1.0), "delay_s of channel 7"),
+        # The same in the drift watch's reference: once an OverflowError traceback at the service's start.
+        (
+            lambda d: d.update(
+                coupling_reference={
+                    "delay_s": [10**400] + [5e-9] * 143,
+                    "value_re": [1.0] * 144,
+                    "value_im": [0.0] * 144,
+                }
+            ),
+            "coupling_reference.delay_s must be 144 finite numbers",
+        ),
     ],
 )
 def test_bad_calibration_files_are_refused_with_the_key(tmp_path: Path, edit: object, message: str) -> None:
