@@ -8,8 +8,9 @@ standard cure is OpenCV's: show the camera a flat checkerboard in 10 or more pos
 corners and edges of the image, not only in the middle), find its inner corners in each image
 (`findChessboardCorners`, refined to a tenth of a pixel by `cornerSubPix`) and solve for the
 camera matrix and the distortion (`calibrateCamera`). Pixels are taken as square (one focal
-length: the config's `hfov_deg`). The result is judged by its reprojection error and by how much
-of the image the corners covered: distortion is only measured where corners were seen.
+length: the config's `hfov_deg`). The result is judged by its reprojection error, by how much
+of the image the corners covered (distortion is only measured where corners were seen) and by how
+many views showed the board tilted (the focal length is only measured by foreshortening).
 
 Views come from image files or from recordings (`vrclip-edge record` while someone shows the board
 around the room), whose camera frames are sampled.
@@ -44,6 +45,11 @@ MAX_RMS_PX = 1.0
 COVERAGE_GRID = 4
 #: Less coverage than this and the distortion towards the uncovered edges is a guess.
 MIN_COVERAGE = 0.6
+#: A board square to the camera shows no foreshortening, which is what measures the focal length:
+#: views held square everywhere fit any focal length equally well (121 degrees for an 84-degree lens).
+#: So at least MIN_TILTED_VIEWS views must show the board tilted by MIN_TILT_DEG or more.
+MIN_TILT_DEG = 10.0
+MIN_TILTED_VIEWS = 3
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
@@ -89,6 +95,8 @@ class LensFit:
     views_seen: int
     coverage: float
     image_size: tuple[int, int]  # (width, height)
+    #: Views in which the board was tilted by MIN_TILT_DEG or more against the image plane.
+    tilted_views: int
 
     def problems(self) -> list[str]:
         """Why this fit should not be written (empty: it may)."""
@@ -102,6 +110,12 @@ class LensFit:
             found.append(
                 f"corners were seen in only {self.coverage:.0%} of the image (at least "
                 f"{MIN_COVERAGE:.0%}): show the board near every edge and corner of the image too"
+            )
+        if self.tilted_views < MIN_TILTED_VIEWS:
+            found.append(
+                f"the board was tilted ({MIN_TILT_DEG:g} degrees or more) in only {self.tilted_views} "
+                f"views (at least {MIN_TILTED_VIEWS}): held square to the camera it does not measure the "
+                "focal length; tilt it towards and away from the camera, up to 45 degrees"
             )
         return found
 
@@ -178,6 +192,13 @@ def distinct_views(corners: list[np.ndarray], width: int) -> int:
     return len(kept)
 
 
+def tilted_views(rotations: tuple[np.ndarray, ...]) -> int:
+    """How many views show the board tilted by MIN_TILT_DEG or more: the angle between its normal and
+    the optical axis, from each view's fitted rotation (Rodrigues vectors, as calibrateCamera gives)."""
+    tilts = [math.degrees(math.acos(min(1.0, abs(cv2.Rodrigues(r)[0][2, 2])))) for r in rotations]
+    return sum(tilt >= MIN_TILT_DEG for tilt in tilts)
+
+
 def calibrate_lens(
     sources: list[Path],
     board: Board,
@@ -234,7 +255,7 @@ def calibrate_lens(
     camera_matrix = np.array([[guess, 0.0, width / 2 - 0.5], [0.0, guess, height / 2 - 0.5], [0.0, 0.0, 1.0]])
     objects = [board.object_points()] * len(image_points)
     flags = cv2.CALIB_FIX_ASPECT_RATIO | cv2.CALIB_USE_INTRINSIC_GUESS
-    rms, matrix, distortion, _, _ = cv2.calibrateCamera(
+    rms, matrix, distortion, rotations, _ = cv2.calibrateCamera(
         objects, image_points, size, camera_matrix, np.zeros(5), flags=flags
     )
     focal = float(matrix[0, 0])
@@ -247,6 +268,7 @@ def calibrate_lens(
         views_seen=seen,
         coverage=coverage(image_points, width, height),
         image_size=size,
+        tilted_views=tilted_views(rotations),
     )
 
 
