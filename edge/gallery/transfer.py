@@ -161,7 +161,8 @@ def _read_json(path: Path) -> tuple[int, list[tuple[str, np.ndarray]]]:
         raise GalleryError(f"{path}: not a vrclip gallery export (JSON nested too deeply)") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise GalleryError(f'{path}: not a vrclip gallery export (missing "format": "{FORMAT}")')
-    if doc.get("version") != FORMAT_VERSION:
+    # `type() is int`: JSON's true is Python's True, which equals 1.
+    if type(doc.get("version")) is not int or doc.get("version") != FORMAT_VERSION:
         raise GalleryError(
             f"{path}: gallery export version {doc.get('version')!r}; this reads {FORMAT_VERSION}"
         )
