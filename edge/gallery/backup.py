@@ -38,6 +38,15 @@ def backups(folder: Path) -> list[Path]:
     )
 
 
+def remove_partial_copies(folder: Path) -> None:
+    """Delete what copies cut short left behind (a power cut or kill mid-copy: the hidden .partial
+    file and its SQLite journal). Each is a whole gallery's size and, stamped with its own time, no
+    later copy would otherwise touch it; only the service makes copies, so none is in progress."""
+    for leftover in folder.glob(f".{PREFIX}*{SUFFIX}.partial*"):
+        with contextlib.suppress(OSError):
+            leftover.unlink()
+
+
 def copy_gallery(gallery: Path, folder: Path, keep: int, now: float | None = None) -> Path | None:
     """Copy `gallery` into `folder` as gallery-<UTC time>.sqlite and keep the newest `keep` copies;
     None when there is no gallery yet. Raises OSError / sqlite3.Error when the copy fails (a damaged
@@ -48,7 +57,7 @@ def copy_gallery(gallery: Path, folder: Path, keep: int, now: float | None = Non
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
     target = folder / f"{PREFIX}{stamp}{SUFFIX}"
     partial = folder / f".{target.name}.partial"
-    partial.unlink(missing_ok=True)
+    remove_partial_copies(folder)
     try:
         source = sqlite3.connect(gallery, timeout=10.0)
         try:
@@ -127,4 +136,4 @@ class GalleryBackups:
         return {"backups": {"made": self.made, "failures": self.failures, "kept": len(backups(self.folder))}}
 
 
-__all__ = ["GalleryBackups", "backups", "copy_gallery"]
+__all__ = ["GalleryBackups", "backups", "copy_gallery", "remove_partial_copies"]

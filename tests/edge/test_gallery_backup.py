@@ -56,6 +56,27 @@ def test_only_the_service_s_own_copies_count_and_are_pruned(tmp_path: Path) -> N
     assert kept_aside.exists() and older_name.exists()
 
 
+def test_a_copy_cut_short_leaves_nothing_behind_after_the_next_copy(tmp_path: Path) -> None:
+    """A power cut mid-copy leaves the hidden .partial file (and its journal) under that copy's own
+    time stamp; the next day's copy removed only its own, so each cut-short copy, a whole gallery,
+    stayed on the card for good."""
+    gallery, folder = tmp_path / "gallery.sqlite", tmp_path / "backups"
+    make_gallery(gallery)
+    folder.mkdir()
+    leftovers = [
+        folder / ".gallery-20270101T000000Z.sqlite.partial",
+        folder / ".gallery-20270101T000000Z.sqlite.partial-journal",
+    ]
+    for leftover in leftovers:
+        shutil.copy(gallery, leftover)
+    unrelated = folder / ".keep"
+    unrelated.write_text("")
+    made = copy_gallery(gallery, folder, keep=3, now=1.8e9)
+    assert backups(folder) == [made]
+    assert not any(p.exists() for p in leftovers)
+    assert unrelated.exists()
+
+
 def test_a_damaged_gallery_is_not_copied_over_the_good_copies(tmp_path: Path) -> None:
     gallery, folder = tmp_path / "gallery.sqlite", tmp_path / "backups"
     make_gallery(gallery)
