@@ -41,10 +41,16 @@ def replace_keeping_previous(path: Path, data: bytes, what: str, hint: str) -> t
     if path.exists():
         old = path.stat()
         previous = path.with_name(path.name + ".prev")
+        # Copied under a temporary name and renamed: a copy cut short (Ctrl-C, a full disk) must not
+        # replace the .prev already there, the last good one, with half a file.
+        staging = path.with_name(f".{path.name}.prev.tmp")
         try:
-            shutil.copy2(path, previous)
+            shutil.copy2(path, staging)
+            os.replace(staging, previous)
         except OSError as exc:
             raise UserError(f"{path}: cannot keep the previous {what} as {previous} ({exc})") from None
+        finally:
+            staging.unlink(missing_ok=True)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = write_temporary(path, data)

@@ -281,3 +281,26 @@ def test_a_calibration_file_that_is_a_link_is_written_through(tmp_path: Path) ->
     assert link.is_symlink() and link.resolve() == real
     assert ChannelCalibration.load(link, n).n_channels == n
     assert kept == real.with_name("site.json.prev") and kept.read_text() == "old"
+
+
+def test_a_copy_to_prev_cut_short_keeps_the_last_good_prev(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The old file was copied straight onto .prev: a copy cut short (Ctrl-C, a full disk) left half a
+    file there in place of the last good previous version. The main file was never at risk."""
+    import shutil
+
+    from vrclip.calibration import files
+
+    target = tmp_path / "calibration.json"
+    target.write_text("current")
+    (tmp_path / "calibration.json.prev").write_text("the one before")
+
+    def copy_cut_short(src: object, dst: object) -> None:
+        Path(str(dst)).write_text("curr")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "copy2", copy_cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        files.replace_keeping_previous(target, b"new", "the calibration", "check the path")
+    assert target.read_text() == "current"
+    assert (tmp_path / "calibration.json.prev").read_text() == "the one before"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calibration.json", "calibration.json.prev"]
