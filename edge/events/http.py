@@ -3,12 +3,14 @@
 Standard library only (http.server in a daemon thread): the endpoint exists so that a monitoring
 system and a technician's browser can see the box, not to serve traffic. Each connection has a
 socket timeout so a client that opens a connection and never speaks cannot pin a thread for ever,
-and request logging is off (journald is not the place for one line per Prometheus scrape).
+and request logging is off (journald is not the place for one line per Prometheus scrape), as are
+tracebacks for clients that hang up mid-reply.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -62,6 +64,13 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     health: Health
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up mid-request (a scraper's timeout, a closed browser tab) is not an
+        error of ours: say nothing. Anything else is a bug and keeps socketserver's traceback."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 class HealthServer:

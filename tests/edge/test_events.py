@@ -8,6 +8,8 @@ import io
 import json
 import os
 import socket
+import struct
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -314,3 +316,31 @@ def test_http_status_and_metrics() -> None:
         idle.close()
         with pytest.raises(ConfigError, match=r"sinks\.http\.port"):
             HealthServer(health, "127.0.0.1", server.port)
+
+
+def _handler_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if "process_request_thread" in t.name]
+
+
+def _wait_for_handlers_to_finish(timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while _handler_threads() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def test_a_client_that_hangs_up_leaves_no_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    """A scraper that times out, or a browser tab closed mid-reply, resets the connection: that is the
+    client's business, not a 25-line traceback in the journal for every occurrence."""
+    health = Health()
+    for i in range(500):  # a reply larger than the socket buffers, so the reset hits our write
+        health.count(f"counter_{i}")
+    with HealthServer(health, "127.0.0.1", 0) as server:
+        for request in (b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", b""):
+            client = socket.create_connection(("127.0.0.1", server.port))
+            client.sendall(request)
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST
+            client.close()
+        _wait_for_handlers_to_finish()
+        with urllib.request.urlopen(server.url + "/status", timeout=5) as reply:
+            assert reply.status == 200
+    assert "Traceback" not in capsys.readouterr().err
