@@ -9,7 +9,9 @@ tracebacks for clients that hang up mid-reply.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +21,14 @@ from vrclip.edge.errors import ConfigError
 from vrclip.edge.events.health import Health
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+#: Connections served at once (a monitoring system and a few browsers need a handful); one more is
+#: answered 503 and closed at once instead of getting a thread of its own.
+MAX_CONNECTIONS = 16
+_BUSY_BODY = b"vrclip-edge: too many connections, retry\n"
+_BUSY_REPLY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: %d\r\nConnection: close\r\nRetry-After: 10\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY)
+)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -64,6 +74,27 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     health: Health
+    #: Free connection slots (MAX_CONNECTIONS); a handler thread holds one until its client is gone.
+    slots: threading.BoundedSemaphore
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """A thread per connection only while a slot is free: clients that connect faster than they
+        go (or never speak) must not grow the service's thread count without bound."""
+        if not self.slots.acquire(blocking=False):
+            _refuse(request)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that hangs up mid-request (a scraper's timeout, a closed browser tab) is not an
@@ -73,10 +104,28 @@ class _Server(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
-class HealthServer:
-    """Serves a Health object on host:port until `close()`. Port 0 picks a free port (see `.port`)."""
+def _refuse(request: socket.socket) -> None:
+    """Answer 503 without waiting: a fresh connection's send buffer is empty, and a client that
+    cannot take even that is simply closed."""
+    with contextlib.suppress(OSError):
+        request.setblocking(False)
+        request.send(_BUSY_REPLY)
 
-    def __init__(self, health: Health, host: str = "127.0.0.1", port: int = 8080) -> None:
+
+class HealthServer:
+    """Serves a Health object on host:port until `close()`. Port 0 picks a free port (see `.port`).
+
+    At most `max_connections` clients are served at once; the next gets a 503 until one leaves.
+    """
+
+    def __init__(
+        self,
+        health: Health,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         try:
             self._server = _Server((host, port), _Handler)
         except OSError as exc:
@@ -85,6 +134,7 @@ class HealthServer:
                 "sinks.http.port, or set sinks.http.enabled = false"
             ) from None
         self._server.health = health
+        self._server.slots = threading.BoundedSemaphore(max_connections)
         self.host = host
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(target=self._server.serve_forever, name="health-http", daemon=True)

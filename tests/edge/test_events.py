@@ -32,6 +32,7 @@ from vrclip.edge.events import (
     build_sinks,
     iso_utc,
 )
+from vrclip.edge.events.http import MAX_CONNECTIONS
 
 LIVE = LiveModalities(radar=True, camera=False, depth=True)
 
@@ -344,3 +345,29 @@ def test_a_client_that_hangs_up_leaves_no_traceback(capsys: pytest.CaptureFixtur
         with urllib.request.urlopen(server.url + "/status", timeout=5) as reply:
             assert reply.status == 200
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_connections_beyond_the_limit_are_refused_not_given_a_thread() -> None:
+    """Many clients at once (a misconfigured scraper, a port scan, a slow client per connection) must
+    not grow a thread each without bound inside the service: beyond the limit they get a 503."""
+    limit = MAX_CONNECTIONS
+    with HealthServer(Health(), "127.0.0.1", 0) as server:
+        idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(limit + 4)]
+        try:
+            deadline = time.monotonic() + 5
+            while len(_handler_threads()) < limit and time.monotonic() < deadline:
+                time.sleep(0.02)
+            time.sleep(0.2)
+            assert len(_handler_threads()) <= limit
+            refused = []
+            for client in idle:
+                client.settimeout(0.05)
+                with contextlib.suppress(TimeoutError):
+                    refused.append(client.recv(100))
+            assert len(refused) >= 4 and all(r.startswith(b"HTTP/1.1 503") for r in refused)
+        finally:
+            for client in idle:
+                client.close()
+        _wait_for_handlers_to_finish()
+        with urllib.request.urlopen(server.url + "/status", timeout=5) as reply:  # served again
+            assert reply.status == 200
