@@ -3,9 +3,10 @@
 The rule for every sink: the pipeline must never wait on it. A full disk, a closed pipe or a broker
 that is down costs a counter increment, never a frame. The file sink writes each line with one
 unbuffered `write(2)` in append mode (a crash leaves whole lines only; a write that fails mid-line,
-on a full disk, is cut back off the file); the MQTT sink hands events
-to a bounded outbox that a background thread drains into paho-mqtt (QoS 1), dropping the OLDEST
-event when full (the newest position of a person is worth more than one from a minute ago).
+on a full disk, is cut back off the file; a file moved or deleted under it is created again); the
+MQTT sink hands events to a bounded outbox that a background thread drains into paho-mqtt (QoS 1),
+dropping the OLDEST event when full (the newest position of a person is worth more than one from a
+minute ago).
 """
 
 from __future__ import annotations
@@ -86,6 +87,19 @@ class RotatingJsonlSink:
         self._fd = fd
         return fd
 
+    def _current_fd(self) -> int:
+        """The open file while `path` still names it, else `path` opened (created) again: a file
+        moved or deleted under the sink (an operator's rm, a logrotate mv) would otherwise take
+        every later event out of sight, or off the disk, until the next size rotation."""
+        if self._fd is not None:
+            try:
+                ours = os.path.samestat(os.stat(self.path), os.fstat(self._fd))
+            except FileNotFoundError:
+                ours = False
+            if not ours:
+                self._close_fd()
+        return self._fd if self._fd is not None else self._open()
+
     def _cut_back(self, fd: int, size: int) -> None:
         """Remove what a failed write left of its line (a disk that fills mid-line stores part of
         it), so the file holds whole lines only and the next event does not land on a fragment."""
@@ -118,7 +132,7 @@ class RotatingJsonlSink:
             fd: int | None = None
             start = -1
             try:
-                fd = self._fd if self._fd is not None else self._open()
+                fd = self._current_fd()
                 if self._size and self._size + len(data) > self.max_bytes:
                     self._rotate()
                     fd = self._open()

@@ -171,6 +171,23 @@ def test_jsonl_a_line_cut_by_a_full_disk_does_not_swallow_the_next_event(
         assert len(lines) == 3, "the fragment could not be cut: it ends as one broken line of its own"
 
 
+def test_jsonl_file_moved_or_deleted_under_the_sink_is_created_again(tmp_path: Path) -> None:
+    """An operator's `rm events.jsonl` or a logrotate `mv` must not send every later event into a
+    file nobody can see (or that no longer exists) until the next size rotation, days later."""
+    path = tmp_path / "events.jsonl"
+    sink = RotatingJsonlSink(path)
+    sink.emit(event(1))
+    path.rename(tmp_path / "events.jsonl.old")
+    sink.emit(event(2))
+    path.unlink()
+    sink.emit(event(3))
+    sink.emit(event(4))
+    sink.close()
+    ids = [IdentityEvent.from_json(line).track_id for line in path.read_text().splitlines()]
+    assert ids == [3, 4] and sink.errors == 0
+    assert (tmp_path / "events.jsonl.old").read_text() == event(1).to_json() + "\n"
+
+
 def test_jsonl_keep_zero_truncates(tmp_path: Path) -> None:
     path = tmp_path / "e.jsonl"
     sink = RotatingJsonlSink(path, max_bytes=10, keep=0)
