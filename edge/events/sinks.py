@@ -243,6 +243,8 @@ class MqttSink:
         self._inflight: set[int] = set()
         self._early_acks: set[int] = set()
         self._connected = False
+        #: The broker answered the last attempt with a refusal (CONNACK with a failure code).
+        self._refused = False
         self._stopping = False
         self.published = 0
         self.dropped = 0
@@ -270,8 +272,10 @@ class MqttSink:
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         with self._cond:
             if getattr(reason, "is_failure", False):
-                self.last_error = f"broker refused the connection: {reason}"
+                self._refused = True
+                self.last_error = f"broker {self.host}:{self.port} refused the connection: {reason}; retrying"
                 return
+            self._refused = False
             self._connected = True
             self.connects += 1
             self._cond.notify_all()
@@ -284,6 +288,9 @@ class MqttSink:
         with self._cond:
             if self._connected:
                 self.disconnects += 1
+            elif self._refused:  # the broker closing the line after its refusal, which says why
+                self._refused = False
+                return
             self._connected = False
             if not self._stopping:
                 self.last_error = f"disconnected from {self.host}:{self.port}: {reason}"

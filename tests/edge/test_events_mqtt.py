@@ -38,10 +38,11 @@ def free_port() -> int:
 
 
 class Broker:
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, anonymous: bool = True) -> None:
         self.port = free_port()
         self.conf = folder / "mosquitto.conf"
-        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", "persistence true",
+        lines = [f"listener {self.port} 127.0.0.1", f"allow_anonymous {str(anonymous).lower()}",
+                 "persistence true",
                  f"persistence_location {folder}/"]  # fmt: skip
         if os.geteuid() == 0:
             lines.append("user root")  # else it drops to user 'mosquitto', who cannot write our tmp dir
@@ -188,6 +189,25 @@ def test_reconnects_in_the_background_after_a_broker_restart(broker: Broker) -> 
     assert sorted(set(sub.track_ids(6))) == list(range(6))  # at least once, nothing lost
     sink.close()
     sub.disconnect()
+
+
+def test_a_broker_that_refuses_the_connection_says_so_in_the_stats(tmp_path: Path) -> None:
+    """A broker that answers CONNACK "not authorized" must be told apart from one that drops the
+    line: the refusal is what an operator reads in /status to fix the broker's listener."""
+    refusing = Broker(tmp_path, anonymous=False)
+    refusing.start()
+    sink = sink_for(refusing)
+    try:
+        time.sleep(1.0)  # a few refused attempts (back-off 0.1 .. 0.4 s)
+        seen = set()
+        for _ in range(10):
+            seen.add(sink.stats()["last_error"])
+            time.sleep(0.05)
+        assert sink.stats()["connects"] == 0
+        assert all("refused" in error and "not authori" in error.lower() for error in seen), seen
+    finally:
+        sink.close()
+        refusing.stop()
 
 
 def test_bad_topic_is_a_config_error() -> None:
