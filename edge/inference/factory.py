@@ -42,11 +42,23 @@ class PackagePaths:
         return cls(manifest, manifest.parent / f"{base}.onnx", manifest.parent / f"{base}.engine")
 
 
+def package_digest(path: Path) -> str:
+    """sha256 of one of the package's files; a file this user cannot read (copied in by root with
+    mode 0600, say) is a UserError naming it, not a traceback, and lets "auto" fall back."""
+    try:
+        return sha256_file(path)
+    except OSError as e:
+        raise UserError(
+            f"{path}: cannot read it ({e.strerror or e}); the service user must be able to read every "
+            "file of the engine package (check its owner and mode)"
+        ) from e
+
+
 def check_onnx(paths: PackagePaths, manifest: EngineManifest) -> None:
     """The ONNX exists and is the one the manifest was written for."""
     if not paths.onnx.is_file():
         raise EngineMismatchError(f"{paths.onnx}: no ONNX model beside {paths.manifest.name}")
-    digest = sha256_file(paths.onnx)
+    digest = package_digest(paths.onnx)
     if digest != manifest.source_onnx_sha256:
         raise EngineMismatchError(
             f"{paths.onnx}: sha256 {digest[:12]}… is not the {manifest.source_onnx_sha256[:12]}… "
@@ -76,9 +88,9 @@ def engine_problems(
         )
     if build.source_onnx_sha256 != manifest.source_onnx_sha256:
         problems.append("it was built from another ONNX than the one this manifest describes")
-    elif paths.onnx.is_file() and sha256_file(paths.onnx) != manifest.source_onnx_sha256:
+    elif paths.onnx.is_file() and package_digest(paths.onnx) != manifest.source_onnx_sha256:
         problems.append(f"{paths.onnx.name} changed since the engine was built from it")
-    digest = sha256_file(paths.engine)
+    digest = package_digest(paths.engine)
     if digest != build.engine_sha256:
         problems.append(f"the engine file (sha256 {digest[:12]}…) is not the one the manifest records")
     return problems

@@ -15,7 +15,7 @@ from vrclip.edge.inference import EngineMismatchError, FeedError, open_engine
 from vrclip.edge.inference.onnxruntime_backend import OnnxRuntimeBackend
 from vrclip.edge.manifest import ManifestError, load_manifest, write_manifest
 
-from tests.fakes import fake_modules
+from tests.fakes import fake_modules, unreadable
 from tests.fakes.models import (
     TinySpec,
     reference_outputs,
@@ -174,6 +174,12 @@ def test_auto_without_tensorrt_falls_back_to_onnx_runtime(
     assert "TensorRT is not installed" in caplog.text and "falling back to ONNX Runtime" in caplog.text
     with pytest.raises(UserError, match=r"TensorRT is not installed: pip install 'vrclip-edge\[trt\]'"):
         open_engine(package, backend="tensorrt")
+
+
+def test_an_unreadable_onnx_is_named_not_a_traceback(package: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    unreadable(monkeypatch, "model.onnx")
+    with pytest.raises(UserError, match=r"model\.onnx: cannot read it \(Permission denied\)"):
+        open_engine(package)
 
 
 def test_cupy_feeds_are_accepted_by_the_cpu_backend(package: Path, monkeypatch: pytest.MonkeyPatch) -> None:

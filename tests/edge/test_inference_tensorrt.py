@@ -14,12 +14,13 @@ from types import ModuleType
 import numpy as np
 import onnx
 import pytest
+from vrclip.edge.errors import UserError
 from vrclip.edge.inference import EngineMismatchError, open_engine
 from vrclip.edge.inference.tensorrt_backend import TensorRTBackend
 from vrclip.edge.manifest import EngineManifest, load_manifest, sha256_file, write_manifest
 from vrclip.export.trt_build import BuildOptions, build_engine
 
-from tests.fakes import fake_modules
+from tests.fakes import fake_modules, unreadable
 from tests.fakes.models import reference_outputs, tiny_feeds, tiny_manifest, tiny_model, tiny_package
 
 
@@ -120,6 +121,17 @@ def test_stale_engine_after_a_re_export_is_refused_and_auto_falls_back(
     np.testing.assert_allclose(
         got["embedding"], reference_outputs(built, tiny_feeds(2))["embedding"], rtol=1e-6
     )
+
+
+def test_an_unreadable_engine_is_named_and_auto_falls_back(
+    built: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    unreadable(monkeypatch, "model.engine")
+    with pytest.raises(UserError, match=r"model\.engine: cannot read it \(Permission denied\)"):
+        open_engine(built, backend="tensorrt")
+    with caplog.at_level(logging.WARNING), open_engine(built) as backend:
+        assert backend.kind == "onnxruntime"
+    assert "model.engine: cannot read it" in caplog.text and "falling back" in caplog.text
 
 
 def test_onnx_edited_beside_the_engine_is_noticed(built: Path) -> None:

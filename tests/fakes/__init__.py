@@ -7,6 +7,7 @@ that does not ask for a fake sees the real environment (where `import tensorrt` 
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import sys
 from collections.abc import Iterator
@@ -39,3 +40,18 @@ def fake_modules(monkeypatch: pytest.MonkeyPatch, *names: str) -> Iterator[dict[
         for name in names:
             for loaded in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
                 del sys.modules[loaded]
+
+
+def unreadable(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
+    """Make the package files called `names` unreadable to `open_engine`, as files copied in by root
+    with mode 0600 are to the service user (simulated: the tests may run as root, who reads all)."""
+    from vrclip.edge.inference import factory
+
+    real = factory.sha256_file
+
+    def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
+        if Path(path).name in names:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path, chunk_bytes)
+
+    monkeypatch.setattr(factory, "sha256_file", sha256_file)
