@@ -325,7 +325,9 @@ def load_manifest(path: str | Path) -> EngineManifest:
         )
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, RecursionError) as e:
+        # ValueError: JSONDecodeError and UnicodeDecodeError, and also what json raises on its own
+        # for an integer of thousands of digits; RecursionError: nesting too deep to parse.
         raise ManifestError(f"{path}: not a readable JSON manifest ({e})") from e
     if not isinstance(raw, dict):
         raise ManifestError(f"{path}: a manifest is a JSON object, found {type(raw).__name__}")

@@ -87,6 +87,9 @@ def test_newer_schema_version_asks_for_an_upgrade(tmp_path: Path) -> None:
         ("{not json", "not a readable JSON"),
         ("[1, 2]", "JSON object"),
         (json.dumps({k: v for k, v in manifest_dict().items() if k != "schema_version"}), "schema_version"),
+        # corrupt or hostile: json raises plain ValueError / RecursionError, not JSONDecodeError
+        ('{"schema_version": ' + "9" * 5000 + "}", "not a readable JSON"),
+        ('{"schema_version": 2, "accuracy": ' + "[" * 100_000 + "]" * 100_000 + "}", "not a readable JSON"),
     ],
 )
 def test_unreadable_manifests_are_user_errors(tmp_path: Path, content: str, message: str) -> None:
