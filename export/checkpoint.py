@@ -91,6 +91,13 @@ def load_checkpoint_with_digest(path: str | Path, *, remedy: str | None = None) 
 
 def load_model_state(model: VRCLIP, state: dict[str, torch.Tensor], source: str) -> None:
     """Load weights, turning any key or shape mismatch into a CheckpointError that lists them."""
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise CheckpointError(
+            f"{source}: its weights are a {type(state).__name__}, not a state dict of named tensors; "
+            "the checkpoint is damaged or from another tool"
+        )
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -115,9 +122,20 @@ def load_model_state(model: VRCLIP, state: dict[str, torch.Tensor], source: str)
 
 
 def model_from_checkpoint(data: dict[str, Any], source: str) -> VRCLIP:
-    """Rebuild the model a checkpoint describes and load its weights (eval mode)."""
-    cfg = ModelConfig.from_dict(data["model_config"])
-    model = VRCLIP(cfg)
+    """Rebuild the model a checkpoint describes and load its weights (eval mode).
+
+    The configuration comes from the file, so one that names no buildable model (a missing section,
+    a size of the wrong type, a width the heads do not divide) is the file's fault: a CheckpointError
+    naming `source`, not the traceback the model's constructor would give.
+    """
+    try:
+        cfg = ModelConfig.from_dict(data["model_config"])
+        model = VRCLIP(cfg)
+    except (CheckpointError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(
+            f"{source}: its model configuration does not describe a model this vrclip-export can build "
+            f"({e}); the checkpoint is damaged or from another version - re-run training"
+        ) from e
     load_model_state(model, data["model"], source)
     model.eval()
     return model
