@@ -256,6 +256,7 @@ def preprocess_session(session: SessionInfo, spec: PrepSpec) -> list[dict[str, n
         t_parts = []
         for b in range(0, n, block):
             s21, t = reader.radar_block(b, min(n, b + block))
+            _require_finite(s21, b, where)
             calibrated_sum += extractor.calibrate(s21).astype(np.complex128).sum(axis=0)
             t_parts.append(t)
         background = (calibrated_sum / n).astype(np.complex64)
@@ -306,6 +307,20 @@ def preprocess_session(session: SessionInfo, spec: PrepSpec) -> list[dict[str, n
         if not tracks:
             raise DatasetError(f"{where}: no frame carries a position label for any identity")
         return tracks
+
+
+def _require_finite(s21: np.ndarray, first: int, where: str) -> None:
+    """Refuse radar frames with NaN or infinite samples (frames `first`.. of the block `s21`).
+
+    One such sample spreads through the session's background into every RF window of the session,
+    and training would fail much later in the CCA's factorisation, naming no file.
+    """
+    bad = ~np.isfinite(s21).all(axis=tuple(range(1, s21.ndim)))
+    if bad.any():
+        raise DatasetError(
+            f"{where}: radar frame {first + int(np.argmax(bad))} holds NaN or infinite S-parameters; "
+            "the recording is damaged - re-record the session or leave it out of the dataset"
+        )
 
 
 def _camera_times(reader: SessionReader, count: int) -> np.ndarray:
