@@ -261,7 +261,9 @@ def preprocess_session(session: SessionInfo, spec: PrepSpec) -> list[dict[str, n
             t_parts.append(t)
         background = (calibrated_sum / n).astype(np.complex64)
         t_ns = np.concatenate(t_parts).astype(np.int64)
+        _require_increasing(t_ns, "radar", where, strict=True)
         cam_t = _camera_times(reader, cam_n)
+        _require_increasing(cam_t, "camera", where, strict=False)
         pair = _pair_camera(t_ns, cam_t)
         tracks = []
         for ident_index, identity in enumerate(reader.identities):
@@ -320,6 +322,24 @@ def _require_finite(s21: np.ndarray, first: int, where: str) -> None:
         raise DatasetError(
             f"{where}: radar frame {first + int(np.argmax(bad))} holds NaN or infinite S-parameters; "
             "the recording is damaged - re-record the session or leave it out of the dataset"
+        )
+
+
+def _require_increasing(t_ns: np.ndarray, stream: str, where: str, *, strict: bool) -> None:
+    """Refuse a stream whose time stamps go back (or, `strict`, stand still) from frame to frame.
+
+    The radar's frame rate is its median step (a zero step made the split divide by zero), and camera
+    frames are paired with radar frames by binary search over their stamps, which pairs wrong frames,
+    silently, when the stamps are out of order.
+    """
+    steps = np.diff(t_ns)
+    bad = steps <= 0 if strict else steps < 0
+    if bad.any():
+        i = int(np.argmax(bad)) + 1
+        raise DatasetError(
+            f"{where}: {stream} frame {i} is time-stamped {int(t_ns[i])} ns, not after frame {i - 1} "
+            f"({int(t_ns[i - 1])} ns); the {stream} clock stepped back or stood still, or the file is "
+            "damaged - re-record the session or leave it out of the dataset"
         )
 
 
