@@ -23,15 +23,36 @@ VERSION = 1
 
 
 def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
-    """Write to `<path>.tmp`, fsync, then rename: a kill leaves the previous checkpoint intact."""
+    """Write to `<path>.tmp`, fsync, then rename: a kill leaves the previous checkpoint intact.
+
+    A write that fails (a full disk, an I/O error) removes the half-written `.tmp` and is a
+    CheckpointError naming the file: the previous checkpoint is still there to resume from.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save({"format": FORMAT, "version": VERSION, **obj}, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({"format": FORMAT, "version": VERSION, **obj}, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except (OSError, RuntimeError) as e:  # torch reports a failed write as RuntimeError
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(
+            f"{path}: cannot write the checkpoint ({_io_reason(e)}); the previous one, if any, is intact - "
+            "free disk space (or give another --out) and re-run: it resumes from its last complete epoch"
+        ) from e
     os.replace(tmp, path)
+
+
+def _io_reason(error: BaseException) -> str:
+    """The operating system's words for a failed write (torch's RuntimeError wraps the OSError)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror
+        seen = seen.__cause__ or seen.__context__
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 #: What a damaged checkpoint's message tells the user to do by default: right for a run's final

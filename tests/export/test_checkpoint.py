@@ -54,3 +54,19 @@ def test_a_checkpoint_whose_model_cannot_be_built_is_named(
     with pytest.raises(CheckpointError) as e:
         model_from_checkpoint(data, str(path))
     assert str(e.value).startswith(f"{path}: ") and says in str(e.value)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full to stand for a full disk")
+def test_a_full_disk_is_named_and_keeps_the_previous_checkpoint(tmp_path: Path) -> None:
+    """Before, a full disk surfaced from `train` and `pretrain-vision` as a traceback (OSError: No space
+    left on device, after torch's RuntimeError) and left the half-written .tmp behind."""
+    path = tmp_path / "checkpoint.pt"
+    save_atomic(envelope(), path)
+    before = path.read_bytes()
+    tmp = tmp_path / "checkpoint.pt.tmp"
+    tmp.symlink_to("/dev/full")  # every write to the temporary file fails as on a full disk
+    with pytest.raises(CheckpointError) as e:
+        save_atomic(envelope(), path)
+    assert str(e.value).startswith(f"{path}: cannot write") and "No space left on device" in str(e.value)
+    assert path.read_bytes() == before
+    assert not tmp.exists() and not tmp.is_symlink()
