@@ -522,8 +522,11 @@ def export_checkpoint(
         else None
     )
     model = model_from_checkpoint(data, str(checkpoint))
-    window = window_for(model.cfg, data["prep"])
-    crop_for(model.cfg, data["prep"])
+    try:
+        window = window_for(model.cfg, data["prep"])
+        crop_for(model.cfg, data["prep"])
+    except (CheckpointError, ExportError) as e:  # their messages say "the checkpoint", not which one
+        raise type(e)(f"{checkpoint}: {e}") from e
     recording = training_recording(data, Path(dataset) if dataset is not None else None)
     if recording is not None:
         window["sensor"] = sensor_signature(recording)

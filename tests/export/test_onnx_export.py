@@ -194,6 +194,29 @@ def test_checkpoint_that_does_not_match_its_config_is_refused(tmp_path: Path) ->
     assert not (tmp_path / "m.onnx").exists()
 
 
+@pytest.mark.parametrize(
+    ("edit", "error", "says"),
+    [
+        (lambda prep: prep["rf"].update(frames="x"), CheckpointError, "RF window spec is malformed"),
+        (lambda prep: prep["rf"].update(frames=7), CheckpointError, "window frames 7 vs model frames 4"),
+        (lambda prep: prep["crop"].update(height=64), CheckpointError, "crops are 64x"),
+        (lambda prep: prep["crop"].update(half_width_m=0.5), ExportError, "the edge runtime cuts"),
+    ],
+)
+def test_preprocessing_that_does_not_fit_the_model_names_the_checkpoint(
+    tmp_path: Path, edit, error: type[Exception], says: str
+) -> None:
+    """These messages used to start "the checkpoint's ..." without saying which file was meant."""
+    ckpt = make_checkpoint(tmp_path / "odd.pt")
+    data = torch.load(ckpt, weights_only=True)
+    edit(data["prep"])
+    torch.save(data, ckpt)
+    with pytest.raises(error) as e:
+        export_checkpoint(ckpt, tmp_path / "m.onnx")
+    assert str(e.value).startswith(f"{ckpt}: ") and says in str(e.value)
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_cli_errors_are_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
     app = make_app("vrclip-export", "test")
     register(app)
