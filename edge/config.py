@@ -279,6 +279,19 @@ class MqttSinkConfig(Section):
     #: Events kept while the broker is unreachable; the oldest is dropped when full.
     outbox: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
     client_id: str = ""
+    #: Broker login; empty: connect anonymously.
+    username: str = ""
+    #: A file holding the password (its first line), so the password stays out of this config, which
+    #: installers copy around: e.g. /etc/vrclip/mqtt-password, mode 0640, group vrclip.
+    password_file: str = ""
+    #: Connect over TLS, checking the broker's certificate and host name (usually port 8883).
+    tls: bool = False
+    #: CA certificate(s) (PEM) that signed the broker's certificate; empty: the system's CAs.
+    ca_file: str = ""
+    #: Client certificate and key (PEM) for brokers that require one; key_file may be empty when the
+    #: certificate file holds the key too.
+    cert_file: str = ""
+    key_file: str = ""
 
     @model_validator(mode="after")
     def _publishable_topic(self) -> MqttSinkConfig:
@@ -287,6 +300,28 @@ class MqttSinkConfig(Section):
             raise ValueError(
                 f"sinks.mqtt.topic = {self.topic!r}: an MQTT topic to publish on must be non-empty and "
                 'without the wildcards + and # (and NUL), e.g. topic = "vrclip/identity"'
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _consistent_security(self) -> MqttSinkConfig:
+        """Keys that would be silently ignored are mistakes: a password with no user name, or
+        certificates with TLS off, would connect without what the installer meant to use."""
+        if self.password_file and not self.username:
+            raise ValueError(
+                f"sinks.mqtt.password_file = {self.password_file!r} needs sinks.mqtt.username: set the "
+                "user name the password belongs to"
+            )
+        for key in ("ca_file", "cert_file", "key_file"):
+            if getattr(self, key) and not self.tls:
+                raise ValueError(
+                    f"sinks.mqtt.{key} = {getattr(self, key)!r} is used only over TLS: set "
+                    "sinks.mqtt.tls = true (and the broker's TLS port, usually 8883)"
+                )
+        if self.key_file and not self.cert_file:
+            raise ValueError(
+                f"sinks.mqtt.key_file = {self.key_file!r} needs sinks.mqtt.cert_file, the client "
+                "certificate that key belongs to"
             )
         return self
 

@@ -14,10 +14,12 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import ssl
 import sys
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
@@ -199,6 +201,68 @@ class StdoutSink:
         pass
 
 
+#: A password file longer than this is not a password file (a key or a log pointed at by mistake).
+MAX_PASSWORD_FILE_BYTES = 4096
+
+
+def read_password_file(path: str) -> str:
+    """The first line of `path` (sinks.mqtt.password_file), without its line end. The password lives
+    in a file of its own so the site config, which installers copy and paste, holds no secret."""
+    key = f"sinks.mqtt.password_file = {path!r}"
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_PASSWORD_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(
+            f"{key}: cannot read it ({exc.strerror or exc}); the service user must be able to read it "
+            "(e.g. mode 0640, group vrclip)"
+        ) from None
+    if len(raw) > MAX_PASSWORD_FILE_BYTES:
+        raise ConfigError(f"{key}: over {MAX_PASSWORD_FILE_BYTES} bytes, not a password file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{key}: not UTF-8 text; put the password alone on the first line") from None
+    lines = text.splitlines()
+    password = lines[0] if lines else ""
+    if not password:
+        raise ConfigError(f"{key}: the first line is empty; put the password alone on the first line")
+    return password
+
+
+@dataclass(frozen=True)
+class MqttTls:
+    """sinks.mqtt's TLS settings: empty `ca_file` trusts the system's CAs; `cert_file`/`key_file`
+    give a client certificate to brokers that require one."""
+
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+
+    def apply(self, client: Any) -> None:
+        """Set up `client` (paho) for TLS; a file that cannot be loaded is a ConfigError naming it."""
+        try:
+            client.tls_set(
+                ca_certs=self.ca_file or None,
+                certfile=self.cert_file or None,
+                keyfile=self.key_file or None,
+            )
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            named = ", ".join(
+                f"sinks.mqtt.{key} = {value!r}"
+                for key, value in (
+                    ("ca_file", self.ca_file),
+                    ("cert_file", self.cert_file),
+                    ("key_file", self.key_file),
+                )
+                if value
+            )
+            raise ConfigError(
+                f"sinks.mqtt.tls: cannot load the certificates ({named or 'the system CAs'}): {exc}; "
+                "give PEM files the service user can read"
+            ) from None
+
+
 class MqttSink:
     """Publish events to `topic` at QoS 1 through paho-mqtt; never blocks `emit`.
 
@@ -223,7 +287,12 @@ class MqttSink:
         keepalive_s: int = 30,
         reconnect_min_s: float = 1.0,
         reconnect_max_s: float = 30.0,
+        username: str = "",
+        password: str | None = None,
+        tls: MqttTls | None = None,
     ) -> None:
+        """`username`/`password`: the broker login (none: anonymous); `tls`: connect over TLS,
+        checking the broker's certificate and host name."""
         try:
             import paho.mqtt.client as mqtt
         except ImportError:
@@ -256,6 +325,11 @@ class MqttSink:
             client_id=client_id or f"vrclip-edge-{os.getpid()}-{int(time.time())}",
             protocol=mqtt.MQTTv311,
         )
+        if username:
+            self.client.username_pw_set(username, password)
+        self._tls = tls is not None
+        if tls is not None:
+            tls.apply(self.client)
         self.client.max_inflight_messages_set(self.window)
         self.client.reconnect_delay_set(reconnect_min_s, reconnect_max_s)  # type: ignore[arg-type]
         self.client.on_connect = self._on_connect
@@ -282,7 +356,15 @@ class MqttSink:
 
     def _on_connect_fail(self, client: Any, userdata: Any) -> None:
         with self._cond:
-            self.last_error = f"cannot reach MQTT broker {self.host}:{self.port}; retrying"
+            # paho does not pass on why; over TLS the usual reasons are a certificate not trusted
+            # or a plain-MQTT port.
+            hint = (
+                " (over TLS: check that this is the broker's TLS port and that sinks.mqtt.ca_file "
+                "signed its certificate, for this host name)"
+                if self._tls
+                else ""
+            )
+            self.last_error = f"cannot reach MQTT broker {self.host}:{self.port}{hint}; retrying"
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         with self._cond:
@@ -423,6 +505,15 @@ def build_sinks(cfg: SinksConfig, *, stdout: bool = False) -> EventSinks:
         sinks.append(StdoutSink())
     if cfg.mqtt.enabled:
         mqtt = cfg.mqtt
+        username = getattr(mqtt, "username", "")
+        password_file = getattr(mqtt, "password_file", "")
+        tls = (
+            MqttTls(
+                getattr(mqtt, "ca_file", ""), getattr(mqtt, "cert_file", ""), getattr(mqtt, "key_file", "")
+            )
+            if getattr(mqtt, "tls", False)
+            else None
+        )
         sinks.append(
             MqttSink(
                 mqtt.host,
@@ -430,6 +521,9 @@ def build_sinks(cfg: SinksConfig, *, stdout: bool = False) -> EventSinks:
                 mqtt.topic,
                 outbox=getattr(mqtt, "outbox", DEFAULT_MQTT_OUTBOX),
                 client_id=getattr(mqtt, "client_id", ""),
+                username=username,
+                password=read_password_file(password_file) if password_file else None,
+                tls=tls,
             )
         )
     return EventSinks(sinks)

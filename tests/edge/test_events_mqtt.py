@@ -38,10 +38,10 @@ def free_port() -> int:
 
 
 class Broker:
-    def __init__(self, folder: Path, anonymous: bool = True) -> None:
+    def __init__(self, folder: Path, anonymous: bool = True, extra: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         self.conf = folder / "mosquitto.conf"
-        lines = [f"listener {self.port} 127.0.0.1", f"allow_anonymous {str(anonymous).lower()}",
+        lines = [f"listener {self.port} 127.0.0.1", *extra, f"allow_anonymous {str(anonymous).lower()}",
                  "persistence true",
                  f"persistence_location {folder}/"]  # fmt: skip
         if os.geteuid() == 0:
@@ -75,13 +75,17 @@ class Broker:
 class Subscriber:
     """A QoS 1 subscriber with a persistent session (clean_session=False)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, login: tuple[str, str] | None = None, ca_file: Path | None = None) -> None:
         self.port = port
         self.payloads: list[bytes] = []
         self.qos: list[int] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-sub", clean_session=False)
+        if login is not None:
+            self.client.username_pw_set(*login)
+        if ca_file is not None:
+            self.client.tls_set(ca_certs=str(ca_file))
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *args: self._subscribed.set()
 
@@ -213,3 +217,156 @@ def test_a_broker_that_refuses_the_connection_says_so_in_the_stats(tmp_path: Pat
 def test_bad_topic_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"sinks\.mqtt\.topic"):
         MqttSink("127.0.0.1", 1883, "vrclip/#")
+
+
+OPENSSL = shutil.which("openssl")
+MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd")
+
+
+def mqtt_config(port: int, **mqtt_keys: object):  # type: ignore[no-untyped-def]
+    from vrclip.edge.config import EdgeConfig, parse_config
+
+    data = EdgeConfig().model_dump(mode="json")
+    data["sinks"]["jsonl_path"] = ""
+    data["sinks"]["mqtt"].update(enabled=True, host="127.0.0.1", port=port, topic=TOPIC, **mqtt_keys)
+    return parse_config(data, source="test").sinks
+
+
+def deliver_three(sinks, sub: Subscriber) -> list[int]:  # type: ignore[no-untyped-def]
+    (sink,) = sinks.sinks
+    sink.client.reconnect_delay_set(0.1, 0.4)
+    try:
+        for i in range(3):
+            sinks.emit(event(i))
+        return sub.track_ids(3, timeout=15.0)
+    finally:
+        sinks.close()
+        sub.disconnect()
+
+
+@pytest.mark.skipif(MOSQUITTO_PASSWD is None, reason="mosquitto_passwd not found (it comes with mosquitto)")
+def test_a_broker_that_requires_a_login_gets_it_from_the_password_file(tmp_path: Path) -> None:
+    """Site brokers rarely allow anonymous clients: the sink logs in with sinks.mqtt.username and the
+    first line of sinks.mqtt.password_file, so the password is never in the site config."""
+    from vrclip.edge.events import build_sinks
+
+    passwords = tmp_path / "passwd"
+    subprocess.run([MOSQUITTO_PASSWD, "-b", "-c", str(passwords), "edge", "s3cret word"], check=True)
+    passwords.chmod(0o600)
+    broker = Broker(tmp_path, anonymous=False, extra=(f"password_file {passwords}",))
+    broker.start()
+    try:
+        secret = tmp_path / "mqtt-password"
+        secret.write_text("s3cret word\n")
+        sub = Subscriber(broker.port, login=("edge", "s3cret word"))
+        sub.connect()
+        sinks = build_sinks(mqtt_config(broker.port, username="edge", password_file=str(secret)))
+        assert deliver_three(sinks, sub) == [0, 1, 2]
+    finally:
+        broker.stop()
+
+
+def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
+    """(CA certificate, server certificate for 127.0.0.1, its key), made with the openssl CLI."""
+    assert OPENSSL is not None
+    ca_key, ca, key, csr, cert = (
+        folder / n for n in ("ca.key", "ca.crt", "server.key", "server.csr", "server.crt")
+    )
+    ext = folder / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+
+    def run(*args: str) -> None:
+        subprocess.run([OPENSSL, *args], check=True, capture_output=True)
+
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        str(ca_key),
+        "-out",
+        str(ca),
+        "-days",
+        "2",
+        "-subj",
+        "/CN=vrclip test CA",
+    )
+    run(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        str(key),
+        "-out",
+        str(csr),
+        "-subj",
+        "/CN=127.0.0.1",
+    )
+    run(
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        str(ca),
+        "-CAkey",
+        str(ca_key),
+        "-CAcreateserial",
+        "-out",
+        str(cert),
+        "-days",
+        "2",
+        "-extfile",
+        str(ext),
+    )
+    return ca, cert, key
+
+
+@pytest.mark.skipif(OPENSSL is None, reason="the openssl command is needed to make test certificates")
+def test_tls_to_a_broker_whose_certificate_the_site_ca_signed(tmp_path: Path) -> None:
+    """sinks.mqtt.tls checks the broker's certificate against sinks.mqtt.ca_file (and its host name);
+    the same sink without the site's CA does not connect: it does not trust an unknown certificate."""
+    from vrclip.edge.events import build_sinks
+
+    ca, cert, key = make_certificates(tmp_path)
+    broker = Broker(tmp_path, extra=(f"cafile {ca}", f"certfile {cert}", f"keyfile {key}"))
+    broker.start()
+    try:
+        untrusting = build_sinks(mqtt_config(broker.port, tls=True))
+        (sink,) = untrusting.sinks
+        sink.client.reconnect_delay_set(0.1, 0.4)
+        time.sleep(1.5)
+        assert sink.stats()["connects"] == 0 and "sinks.mqtt.ca_file" in sink.stats()["last_error"]
+        untrusting.close()
+        sub = Subscriber(broker.port, ca_file=ca)
+        sub.connect()
+        sinks = build_sinks(mqtt_config(broker.port, tls=True, ca_file=str(ca)))
+        assert deliver_three(sinks, sub) == [0, 1, 2]
+    finally:
+        broker.stop()
+
+
+def test_mqtt_login_and_tls_mistakes_are_config_errors_naming_the_key(tmp_path: Path) -> None:
+    from vrclip.edge.events import build_sinks
+    from vrclip.edge.events.sinks import MqttTls
+
+    with pytest.raises(ConfigError, match=r"sinks\.mqtt\.password_file .* needs sinks\.mqtt\.username"):
+        mqtt_config(1883, password_file="/etc/vrclip/mqtt-password")
+    with pytest.raises(ConfigError, match=r"sinks\.mqtt\.ca_file .* only over TLS"):
+        mqtt_config(1883, ca_file="/etc/vrclip/ca.pem")
+    with pytest.raises(ConfigError, match=r"sinks\.mqtt\.key_file .* needs sinks\.mqtt\.cert_file"):
+        mqtt_config(1883, tls=True, key_file="/etc/vrclip/client.key")
+    missing = tmp_path / "nothing-here"
+    with pytest.raises(ConfigError, match=r"sinks\.mqtt\.password_file = .*nothing-here.*cannot read it"):
+        build_sinks(mqtt_config(1883, username="edge", password_file=str(missing)))
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    with pytest.raises(ConfigError, match="first line is empty"):
+        build_sinks(mqtt_config(1883, username="edge", password_file=str(empty)))
+    not_pem = tmp_path / "ca.pem"
+    not_pem.write_text("not a certificate")
+    with pytest.raises(ConfigError, match=r"sinks\.mqtt\.ca_file = .*ca\.pem"):
+        MqttTls(ca_file=str(not_pem)).apply(mqtt.Client(mqtt.CallbackAPIVersion.VERSION2))
