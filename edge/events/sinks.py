@@ -6,7 +6,8 @@ unbuffered `write(2)` in append mode (a crash leaves whole lines only; a write t
 on a full disk, is cut back off the file; a file moved or deleted under it is created again); the
 MQTT sink hands events to a bounded outbox that a background thread drains into paho-mqtt (QoS 1),
 dropping the OLDEST event when full (the newest position of a person is worth more than one from a
-minute ago).
+minute ago); the stdout sink does the same with its own writer thread, since a paused terminal or a
+slow journald blocks a write to stdout.
 """
 
 from __future__ import annotations
@@ -173,32 +174,98 @@ class RotatingJsonlSink:
             self._close_fd()
 
 
+#: Lines waiting for stdout; the oldest is dropped when full (as the MQTT outbox does).
+DEFAULT_STDOUT_BACKLOG = 1000
+#: How long close() waits for the lines still queued to be written.
+STDOUT_CLOSE_WAIT_S = 2.0
+
+
 class StdoutSink:
-    """One JSON line per event on stdout (for `vrclip-edge run` in a terminal or under journald)."""
+    """One JSON line per event on stdout (for `vrclip-edge run` in a terminal or under journald).
+
+    A writer thread does the writing: a write to stdout blocks while the terminal is paused (Ctrl-S,
+    a pager) or journald is slow to read its stream, and the pipeline must not wait on it. At most
+    `backlog` lines wait; beyond that the oldest is dropped and counted."""
 
     name = "stdout"
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    def __init__(self, stream: TextIO | None = None, backlog: int = DEFAULT_STDOUT_BACKLOG) -> None:
         self._stream = stream
         self.written = 0
         self.errors = 0
+        self.dropped = 0
         self.last_error = ""
+        self._lines: collections.deque[str] = collections.deque()
+        self._backlog = max(1, int(backlog))
+        self._cond = threading.Condition()
+        self._writing = False
+        self._closing = False
+        self._thread = threading.Thread(target=self._write_lines, name="stdout-sink", daemon=True)
+        self._thread.start()
 
     def emit(self, event: IdentityEvent) -> None:
-        stream = self._stream or sys.stdout
-        try:
-            stream.write(event.to_json() + "\n")
-            stream.flush()
-            self.written += 1
-        except (OSError, ValueError) as exc:  # BrokenPipeError, or a closed stream
-            self.errors += 1
-            self.last_error = _describe(exc)
+        line = event.to_json() + "\n"
+        with self._cond:
+            if self._closing:
+                return
+            if len(self._lines) >= self._backlog:
+                self._lines.popleft()
+                self.dropped += 1
+            self._lines.append(line)
+            self._cond.notify_all()
+
+    def _write_lines(self) -> None:
+        while True:
+            with self._cond:
+                while not self._lines and not self._closing:
+                    self._cond.wait()
+                if not self._lines:
+                    return
+                line = self._lines.popleft()
+                self._writing = True
+            stream = self._stream or sys.stdout
+            try:
+                stream.write(line)
+                stream.flush()
+                outcome = None
+            except (OSError, ValueError) as exc:  # BrokenPipeError, or a closed stream
+                outcome = exc
+            with self._cond:
+                self._writing = False
+                if outcome is None:
+                    self.written += 1
+                else:
+                    self.errors += 1
+                    self.last_error = _describe(outcome)
+                self._cond.notify_all()
+
+    def flush(self, timeout_s: float = STDOUT_CLOSE_WAIT_S) -> bool:
+        """Wait until every queued line is written (or failed); False if `timeout_s` ran out."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while self._lines or self._writing:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
 
     def stats(self) -> Stats:
-        return {"written": self.written, "errors": self.errors, "last_error": self.last_error}
+        with self._cond:
+            return {
+                "written": self.written,
+                "errors": self.errors,
+                "dropped": self.dropped,
+                "last_error": self.last_error,
+            }
 
     def close(self) -> None:
-        pass
+        """Write what is queued (waiting at most STDOUT_CLOSE_WAIT_S on a blocked stdout), then stop."""
+        self.flush()
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join(0.1)
 
 
 #: A password file longer than this is not a password file (a key or a log pointed at by mistake).
@@ -486,8 +553,13 @@ class EventSinks:
         return out
 
     def close(self) -> None:
+        """Close every sink, even after one whose close fails (its queued events are then lost, the
+        others' are not)."""
         for sink in self.sinks:
-            sink.close()
+            try:
+                sink.close()
+            except Exception:
+                self.sink_failures[sink.name] += 1
 
 
 def build_sinks(cfg: SinksConfig, *, stdout: bool = False) -> EventSinks:

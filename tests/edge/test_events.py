@@ -213,15 +213,69 @@ def test_stdout_and_fanout_isolate_a_failing_sink(tmp_path: Path) -> None:
             pass
 
     buffer = io.StringIO()
-    sinks = EventSinks([Broken(), StdoutSink(buffer)])
+    stdout = StdoutSink(buffer)
+    sinks = EventSinks([Broken(), stdout])
     sinks.emit(event(1))
+    assert stdout.flush(5.0)
     assert IdentityEvent.from_json(buffer.getvalue()).track_id == 1
     assert sinks.stats()["broken"]["failures"] == 1 and sinks.stats()["stdout"]["written"] == 1
     closed = io.StringIO()
     closed.close()
     dead = StdoutSink(closed)
     dead.emit(event())
-    assert dead.errors == 1
+    assert dead.flush(5.0) and dead.errors == 1
+    sinks.close()
+    dead.close()
+
+
+def test_a_blocked_stdout_never_blocks_emit_and_drops_the_oldest_lines() -> None:
+    """A write to stdout blocks while the terminal is paused (Ctrl-S) or journald is slow to read; it
+    blocked the pipeline, which the sinks must never do. Now the lines wait in a bounded backlog."""
+    release, blocked = threading.Event(), threading.Event()
+
+    class PausedTerminal(io.StringIO):
+        def write(self, text: str) -> int:
+            blocked.set()
+            release.wait(10.0)
+            return super().write(text)
+
+    stream = PausedTerminal()
+    sink = StdoutSink(stream, backlog=3)
+    started = time.monotonic()
+    sink.emit(event(0))
+    assert blocked.wait(5.0)
+    for i in range(1, 10):
+        sink.emit(event(i))
+    assert time.monotonic() - started < 1.0
+    release.set()
+    assert sink.flush(5.0)
+    ids = [IdentityEvent.from_json(line).track_id for line in stream.getvalue().splitlines()]
+    # the first line was being written when the terminal paused; of the rest the newest 3 waited
+    assert ids == [0, 7, 8, 9] and sink.stats()["dropped"] == 6
+    sink.close()
+
+
+def test_closing_the_sinks_closes_each_even_after_one_fails() -> None:
+    closed = []
+
+    class Sink:
+        def __init__(self, name: str, fails: bool) -> None:
+            self.name, self.fails = name, fails
+
+        def emit(self, event: IdentityEvent) -> None:
+            pass
+
+        def stats(self) -> dict:
+            return {}
+
+        def close(self) -> None:
+            closed.append(self.name)
+            if self.fails:
+                raise OSError("broker gone")
+
+    sinks = EventSinks([Sink("a", True), Sink("b", False)])
+    sinks.close()
+    assert closed == ["a", "b"] and sinks.stats()["a"]["failures"] == 1
 
 
 def test_build_sinks_follows_the_config(tmp_path: Path) -> None:
