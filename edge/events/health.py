@@ -88,6 +88,29 @@ class Modality:
     changes: int = 0
 
 
+#: Nesting kept in a stats provider's value on /status; deeper is cut (a provider bug, not data).
+MAX_STATS_DEPTH = 8
+
+
+def json_safe(value: Any, depth: int = 0) -> Any:
+    """`value` as strict JSON can carry it: NaN and infinity become null, numpy scalars and arrays
+    plain numbers and lists, anything else its repr. /status is encoded without NaN, and one
+    provider's NaN or numpy integer made every /status request fail."""
+    if value is None or isinstance(value, bool | str | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, np.generic):
+        return json_safe(value.item(), depth)
+    if depth >= MAX_STATS_DEPTH:
+        return _short(repr(value), MAX_ERROR_CHARS)
+    if isinstance(value, dict):
+        return {str(k): json_safe(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple | np.ndarray):
+        return [json_safe(v, depth + 1) for v in (value.tolist() if isinstance(value, np.ndarray) else value)]
+    return _short(repr(value), MAX_ERROR_CHARS)
+
+
 def _short(text: str, limit: int) -> str:
     text = " ".join(str(text).split())  # one line whatever the exception text looked like
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -204,7 +227,7 @@ class Health:
             providers = dict(self._stats_sources)
         for label, provider in providers.items():
             try:
-                doc[label] = provider()
+                doc[label] = json_safe(provider())
             except Exception as exc:  # a broken provider must not take the status page down
                 doc[label] = {"error": {"last_error": _short(repr(exc), MAX_ERROR_CHARS)}}
         doc["status"] = self._status_line(doc)

@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from vrclip.edge.config import SinksConfig
 from vrclip.edge.errors import ConfigError
@@ -388,6 +389,19 @@ def test_http_status_and_metrics() -> None:
         idle.close()
         with pytest.raises(ConfigError, match=r"sinks\.http\.port"):
             HealthServer(health, "127.0.0.1", server.port)
+
+
+def test_status_survives_a_provider_with_nan_or_numpy_values() -> None:
+    """/status is strict JSON: one stats provider returning NaN or a numpy integer made every request
+    drop the connection (with a traceback), taking the whole page down."""
+    health = Health()
+    health.add_stats_source("odd", lambda: {"ratio": float("nan"), "count": np.int64(3), "v": np.arange(2)})
+    with (
+        HealthServer(health, "127.0.0.1", 0) as server,
+        urllib.request.urlopen(server.url + "/status", timeout=5) as reply,
+    ):
+        doc = json.load(reply)
+    assert doc["odd"] == {"ratio": None, "count": 3, "v": [0, 1]}
 
 
 def _handler_threads() -> list[threading.Thread]:
