@@ -148,3 +148,14 @@ def open_engine(
             raise
         log.warning("%s; falling back to ONNX Runtime on %s", e, paths.onnx)
         return _open_onnxruntime(paths, manifest, providers, max_batch)
+    except Exception as e:  # CUDA or CuPy failing (out of memory for the buffers, a driver error)
+        if not paths.onnx.is_file():
+            raise
+        log.warning(
+            "%s: TensorRT could not open it (%s: %s); falling back to ONNX Runtime on %s",
+            paths.engine,
+            type(e).__name__,
+            e,
+            paths.onnx,
+        )
+        return _open_onnxruntime(paths, manifest, providers, max_batch)

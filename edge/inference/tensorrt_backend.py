@@ -121,7 +121,7 @@ class TensorRTBackend(InferenceBackend):
         if limit > profile_max:
             raise EngineMismatchError(
                 f"{engine_path}: asked for batches of {limit} but the engine's profile stops at "
-                f"{profile_max};"
+                f"{profile_max}; "
                 f"rebuild it with a larger --max-batch: {hint}"
             )
         super().__init__(manifest, engine_path, limit)

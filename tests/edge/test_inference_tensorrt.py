@@ -134,6 +134,29 @@ def test_an_unreadable_engine_is_named_and_auto_falls_back(
     assert "model.engine: cannot read it" in caplog.text and "falling back" in caplog.text
 
 
+def test_a_gpu_failure_while_opening_the_engine_lets_auto_fall_back(
+    built: Path,
+    fakes: dict[str, ModuleType],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Only UserErrors fell back to ONNX Runtime: CuPy running out of GPU memory for the engine's
+    buffers (or any CUDA error) ended the run, though the ONNX beside the engine would have served."""
+
+    def out_of_memory(*args: object, **kwargs: object) -> None:
+        raise MemoryError("Out of memory allocating 1,024 bytes")
+
+    monkeypatch.setattr(fakes["cupy"], "empty", out_of_memory)
+    with pytest.raises(MemoryError):
+        open_engine(built, backend="tensorrt")
+    with caplog.at_level(logging.WARNING), open_engine(built) as backend:
+        assert backend.kind == "onnxruntime"
+    assert "TensorRT could not open it (MemoryError: Out of memory" in caplog.text
+    built.unlink()
+    with pytest.raises(MemoryError):  # no ONNX to fall back on: the error itself
+        open_engine(built.with_suffix(".engine"))
+
+
 def test_onnx_edited_beside_the_engine_is_noticed(built: Path) -> None:
     onnx.save(tiny_model(seed=5), built)  # manifest untouched: the engine no longer matches the ONNX here
     with pytest.raises(EngineMismatchError, match=r"model.onnx changed since the engine was built"):
