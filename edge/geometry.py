@@ -18,6 +18,8 @@ from vrclip.edge.config import SPEED_OF_LIGHT, ArrayConfig
 from vrclip.edge.errors import ConfigError
 
 BUILTIN_PREFIX = "builtin:"
+#: Two antennas closer than this (metres) are one position: no two real elements are a millimetre apart.
+SAME_POSITION_M = 1e-3
 
 
 @dataclass(frozen=True)
@@ -167,7 +169,12 @@ def _positions(entries: object, kind: str, source: str) -> tuple[tuple[str, ...]
     names, positions = [], []
     for i, entry in enumerate(entries):
         pos = entry.get("position_m") if isinstance(entry, dict) else None
-        if not (isinstance(pos, list) and len(pos) == 3 and all(isinstance(v, int | float) for v in pos)):
+        # bool is an int to Python, but TOML `true` is no coordinate.
+        if not (
+            isinstance(pos, list)
+            and len(pos) == 3
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in pos)
+        ):
             raise ConfigError(
                 f"{source}: {kind}[{i}].position_m = {pos!r}: must be three numbers [x, y, z] in metres"
             )
@@ -178,6 +185,34 @@ def _positions(entries: object, kind: str, source: str) -> tuple[tuple[str, ...]
         names.append(str(entry.get("name", f"{kind.upper()}{i + 1}")))
         positions.append(pos)
     return tuple(names), np.asarray(positions, dtype=np.float64)
+
+
+def _check_distinct(
+    tx: tuple[tuple[str, ...], np.ndarray], rx: tuple[tuple[str, ...], np.ndarray], source: str
+) -> None:
+    """Refuse an antenna entered twice: one name twice in a list, or two entries (Tx or Rx) at one
+    position. Either is a copy-paste slip; imaged as it stands, a channel's echo is placed with
+    another element's geometry, and the self-test blames the switch for channels that measure
+    one path."""
+    for kind, names in (("tx", tx[0]), ("rx", rx[0])):
+        first: dict[str, int] = {}
+        for i, name in enumerate(names):
+            if name in first:
+                raise ConfigError(
+                    f"{source}: {kind}[{first[name]}] and {kind}[{i}] are both named {name!r}: "
+                    "each antenna is listed once, with its own name"
+                )
+            first[name] = i
+    labels = [f"tx[{i}] ({n})" for i, n in enumerate(tx[0])] + [f"rx[{i}] ({n})" for i, n in enumerate(rx[0])]
+    positions = np.concatenate([tx[1], rx[1]])
+    apart = np.linalg.norm(positions[:, None, :] - positions[None, :, :], axis=-1)
+    same = np.argwhere(np.triu(apart < SAME_POSITION_M, k=1))
+    if same.size:
+        a, b = (int(v) for v in same[0])
+        raise ConfigError(
+            f"{source}: {labels[a]} and {labels[b]} are both at {positions[a].tolist()} m: "
+            "each antenna is listed once, at its own position"
+        )
 
 
 def _switching_pairs(order: str, n_tx: int, n_rx: int, source: str) -> np.ndarray:
@@ -206,6 +241,7 @@ def load_geometry(array: ArrayConfig | None = None) -> ArrayGeometry:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
     tx_names, tx = _positions(data.get("tx"), "tx", source)
     rx_names, rx = _positions(data.get("rx"), "rx", source)
+    _check_distinct((tx_names, tx), (rx_names, rx), source)
     pairs = _switching_pairs(str(data.get("switch_order", "tx-major")), len(tx), len(rx), source)
     rotation, origin = _array_to_room(array)
     return ArrayGeometry(

@@ -80,3 +80,38 @@ def test_a_geometry_dict_from_a_file_is_checked_key_by_key(geometry: ArrayGeomet
     for message, data in bad.items():
         with pytest.raises(ValueError, match=message):
             ArrayGeometry.from_dict(data)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (  # the same antenna pasted twice under [[tx]]
+            '[[tx]]\nname = "T1"\nposition_m = [0, 0, 0]\n[[tx]]\nname = "T1"\nposition_m = [0.2, 0, 0]\n'
+            '[[rx]]\nname = "R1"\nposition_m = [0.5, 0, 0]\n',
+            r"tx\[0\] and tx\[1\] are both named 'T1'",
+        ),
+        (  # two Rx at one spot (a coordinate not edited after copying)
+            '[[tx]]\nname = "T1"\nposition_m = [0, 0, 0]\n'
+            '[[rx]]\nname = "R1"\nposition_m = [0.5, 0, 0]\n[[rx]]\nname = "R2"\nposition_m = [0.5, 0, 0]\n',
+            r"rx\[0\] \(R1\) and rx\[1\] \(R2\) are both at \[0.5, 0.0, 0.0\]",
+        ),
+        (  # a Tx listed again as an Rx
+            '[[tx]]\nname = "T1"\nposition_m = [0, 0, 0]\n[[tx]]\nname = "T2"\nposition_m = [0.2, 0, 0]\n'
+            '[[rx]]\nname = "T2"\nposition_m = [0.2, 0, 0]\n',
+            r"tx\[1\] \(T2\) and rx\[0\] \(T2\) are both at \[0.2, 0.0, 0.0\]",
+        ),
+        (  # TOML true is not a coordinate
+            "[[tx]]\nposition_m = [true, 0, 0]\n[[rx]]\nposition_m = [0.5, 0, 0]\n",
+            r"tx\[0\].position_m = \[True, 0, 0\]: must be three numbers",
+        ),
+    ],
+)
+def test_a_geometry_file_with_an_antenna_twice_is_refused(tmp_path: Path, body: str, message: str) -> None:
+    """Every antenna is one physical element: two entries with one name or one position are a
+    copy-paste slip that would image with the wrong geometry (and make the self-test blame the
+    switch for two channels that measure one path), so the file is refused, naming both entries."""
+    path = tmp_path / "array.toml"
+    path.write_text(body)
+    with pytest.raises(ConfigError, match=message) as e:
+        load_geometry(ArrayConfig(geometry_file=str(path)))
+    assert str(path) in str(e.value)
