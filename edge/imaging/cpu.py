@@ -31,10 +31,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from vrclip.edge.geometry import ArrayGeometry
 from vrclip.edge.imaging.grid import ImagingGrid
-from vrclip.edge.imaging.imager import Imager
+from vrclip.edge.imaging.imager import Imager, check_table_memory
 
 #: Pixels per geometry chunk while M is built: bounds the float64 temporaries (~10 MB each).
 BUILD_CHUNK = 4096
+#: Bytes of M per channel and pixel: two taps, each a complex64 weight and an int32 column.
+TABLE_BYTES = 2 * (8 + 4)
 
 
 def default_threads() -> int:
@@ -60,6 +62,7 @@ class CpuImager(Imager):
         import scipy.sparse
 
         super().__init__(grid, geometry, freqs_hz, pad_factor)
+        check_table_memory(self.name, grid, self.n_channels, TABLE_BYTES)
         self.threads = max(1, int(threads or default_threads()))
         points = grid.points().reshape(-1, 3)
         n_pix, n_ch = len(points), self.n_channels

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from vrclip.edge.geometry import ArrayGeometry
 from vrclip.edge.imaging.grid import ImagingGrid
-from vrclip.edge.imaging.imager import Imager
+from vrclip.edge.imaging.imager import Imager, check_table_memory
 from vrclip.edge.imaging.profiles import ProfileLayout
 
 #: Threads per block of the back-projection kernel: 128 gives 128 blocks for a 128^2 image,
@@ -38,6 +38,8 @@ from vrclip.edge.imaging.profiles import ProfileLayout
 BLOCK = 128
 #: Pixels per host chunk while the tables are built (bounds float64 temporaries).
 BUILD_CHUNK = 4096
+#: Bytes of the tables per channel and pixel: int32 bin, float32 fraction, complex64 carrier.
+TABLE_BYTES = 4 + 4 + 8
 
 KERNEL_SOURCE = r"""
 extern "C" {
@@ -102,8 +104,9 @@ def backprojection_tables(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Channel-major (C, P) kernel tables: bin index (int32), fraction (float32), carrier (complex64).
 
-    Pure numpy, so their construction is tested without a GPU.
+    Pure numpy, so their construction is tested without a GPU. They are built on the host first.
     """
+    check_table_memory("gpu", grid, geometry.n_channels, TABLE_BYTES)
     points = grid.points().reshape(-1, 3)
     n_pix, n_ch = len(points), geometry.n_channels
     bins = np.empty((n_ch, n_pix), np.int32)

@@ -15,6 +15,7 @@ in 3D. The input sweep and the grid are fixed at construction, because all the g
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
@@ -26,6 +27,9 @@ from vrclip.edge.imaging.grid import ImagingGrid
 from vrclip.edge.imaging.profiles import ProfileLayout
 
 IMPLEMENTATIONS: tuple[str, ...] = ("exact", "cpu", "gpu")
+#: Most of the machine's memory the fast imagers' per channel-pixel tables may take: the engine,
+#: the camera frames and the rest of the box need the other half.
+MAX_TABLE_SHARE = 0.5
 
 
 class Imager(ABC):
@@ -74,6 +78,32 @@ class Imager(ABC):
                 f"{self.name} imager: frame has shape {tuple(s21.shape)}, expected {self.input_shape} "
                 "(channels, sweep points) as configured"
             )
+
+
+def physical_memory_bytes() -> int | None:
+    """This machine's RAM (on a Jetson also the GPU's), or None where the OS does not say."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_table_memory(impl: str, grid: ImagingGrid, n_channels: int, bytes_per_entry: int) -> None:
+    """Refuse, before allocating, a grid whose precomputed tables would not fit in memory.
+
+    The tables grow with pixels x channels, and the config lets the grid reach 2048 x 2048 (and
+    3D adds a plane per `imaging.z_levels_m`): past the machine's memory that was a MemoryError
+    traceback, or an OOM kill without a word, when the runtime started.
+    """
+    need = grid.n_pixels * n_channels * bytes_per_entry
+    total = physical_memory_bytes()
+    if total is None or need <= MAX_TABLE_SHARE * total:
+        return
+    raise ConfigError(
+        f"imaging grid {grid.label} x {n_channels} channels: the {impl} imager's tables need "
+        f"{need / 1e6:,.0f} MB, more than {MAX_TABLE_SHARE:.0%} of this machine's {total / 1e6:,.0f} MB; "
+        "lower imaging.nx and imaging.ny, or list fewer imaging.z_levels_m in 3D mode"
+    )
 
 
 def gpu_available() -> bool:

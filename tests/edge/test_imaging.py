@@ -144,6 +144,25 @@ def test_room_beyond_the_unambiguous_range_is_a_config_error(geometry: ArrayGeom
         make_imager(cfg, geometry, "cpu")
 
 
+def test_a_grid_whose_tables_do_not_fit_in_memory_is_a_config_error(
+    geometry: ArrayGeometry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fast imagers precompute per channel and pixel (CPU 24 B, GPU 16 B): 14.5 GB for an allowed
+    2048 x 2048 grid, any amount for a long imaging.z_levels_m. Beyond the machine's memory that
+    was a MemoryError traceback or a silent OOM kill at start; it must be a ConfigError naming the
+    keys to lower, raised before anything is allocated."""
+    monkeypatch.setattr(imager_module, "physical_memory_bytes", lambda: 64 * 2**20)
+    cfg = _cfg(128, 128)  # 144 x 128^2: CPU 57 MB, GPU 38 MB, against 32 MB allowed
+    with pytest.raises(ConfigError, match=r"imaging\.nx.*imaging\.ny.*imaging\.z_levels_m") as e:
+        make_imager(cfg, geometry, "cpu")
+    assert "57" in str(e.value) and "cpu imager" in str(e.value)
+    layout = ProfileLayout.build(sweep_frequencies(cfg.radar.sweep), 32)
+    with pytest.raises(ConfigError, match="gpu imager"):
+        backprojection_tables(ImagingGrid.from_config(cfg), geometry, layout)
+    with make_imager(_cfg(32, 32), geometry, "cpu") as small:  # 3.5 MB: fits
+        assert small.grid.shape == (32, 32)
+
+
 def test_fft_length_is_5_smooth_and_at_least_the_padded_sweep() -> None:
     for n in (201 * 8, 1001 * 8, 17, 1):
         m = next_fast_length(n)
