@@ -96,7 +96,13 @@ class CouplingReference:
             (grid[None, :] - expected[:, None] + unambiguous / 2) % unambiguous - unambiguous / 2
         )
         masked = np.where(distance <= SEARCH_HALF_WIDTH_S, profile, -1.0)
-        delay_s = grid[np.argmax(masked, axis=1)]
+        found = grid[np.argmax(masked, axis=1)]
+        # The sweep cannot tell `found` from found + k / step: keep the one next to the expected delay.
+        # A delay found just below zero (modulo the unambiguous range) otherwise read as nearly that
+        # range, over MAX_COUPLING_DELAY_S once a sweep has more than ~1001 points over 2 GHz, and the
+        # wizard wrote a calibration file that then failed to load.
+        raw = np.asarray(expected_delay_s, np.float64)
+        delay_s = raw + ((found - raw + unambiguous / 2) % unambiguous - unambiguous / 2)
         return cls(delay_s, coupling_values(x, f, delay_s))
 
     @classmethod
@@ -132,8 +138,12 @@ class CouplingReference:
                     f"{source}: coupling_reference.{key} must be {n_channels} finite numbers, one per channel"
                 )
             arrays[key] = np.asarray(values, np.float64)
-        if np.any((arrays["delay_s"] < 0) | (arrays["delay_s"] > MAX_COUPLING_DELAY_S)):
-            raise ConfigError(f"{source}: coupling_reference.delay_s outside 0..{MAX_COUPLING_DELAY_S:g} s")
+        # Either sign: a channel's cable delay is fitted relative to the others and may be negative.
+        if np.any(np.abs(arrays["delay_s"]) > MAX_COUPLING_DELAY_S):
+            raise ConfigError(
+                f"{source}: coupling_reference.delay_s outside "
+                f"-{MAX_COUPLING_DELAY_S:g}..{MAX_COUPLING_DELAY_S:g} s"
+            )
         value = arrays["value_re"] + 1j * arrays["value_im"]
         if np.any(value == 0):
             raise ConfigError(f"{source}: coupling_reference has a zero value; re-run the calibration wizard")

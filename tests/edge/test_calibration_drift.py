@@ -119,6 +119,19 @@ def test_the_reference_travels_in_the_calibration_file_and_is_checked(
     assert ChannelCalibration.load(path, 144).coupling is None
 
 
+def test_a_long_sweeps_reference_keeps_each_delay_next_to_the_expected_one(tmp_path: Path) -> None:
+    """Delays were found modulo the sweep's unambiguous range (1 / step); a coupling just below zero
+    read as nearly that range, 600 ns at 1201 points over 2 GHz, which the file check refuses: the
+    wizard wrote a calibration that `run` then could not load."""
+    freqs = np.linspace(0.8e9, 2.8e9, 1201)
+    true_delay = np.array([-0.4e-9, 3e-9, 450e-9])
+    empty = np.exp(-2j * np.pi * freqs[None, :] * true_delay[:, None])
+    ref = CouplingReference.measure(empty, freqs, true_delay)
+    np.testing.assert_allclose(ref.delay_s, true_delay, atol=0.05e-9)
+    again = CouplingReference.from_dict(ref.to_dict(), 3, "calibration.json")
+    np.testing.assert_allclose(again.delay_s, ref.delay_s)
+
+
 def synced(s21: np.ndarray, seq: int) -> SyncedFrame:
     return SyncedFrame(
         RadarFrame(seq, seq * 100_000_000, CLOCK_REALTIME, s21.astype(np.complex64)), None, None
