@@ -61,11 +61,16 @@ class ChannelHealth:
         return [int(c) for c in np.flatnonzero(bad) if int(c) not in dead]
 
 
+#: Fewest points a sweep needs for its range profile to show structure (a tenth of them is one bin).
+MIN_POINTS = 10
+
+
 def channel_health(frames: np.ndarray) -> ChannelHealth:
-    """Health of every channel from `frames` (N >= 1, channels, points >= 10) complex sweeps of one rig."""
+    """Health of every channel from `frames` (N >= 1, channels, points >= MIN_POINTS) complex sweeps
+    of one rig."""
     x = np.asarray(frames)
-    if x.ndim != 3 or x.shape[0] < 1 or x.shape[2] < 10:
-        raise ValueError(f"need (frames >= 1, channels, points >= 10) sweeps, got shape {x.shape}")
+    if x.ndim != 3 or x.shape[0] < 1 or x.shape[2] < MIN_POINTS:
+        raise ValueError(f"need (frames >= 1, channels, points >= {MIN_POINTS}) sweeps, got shape {x.shape}")
     x = x.astype(np.complex128)
     floor = np.finfo(np.float64).tiny
     power = np.mean(np.abs(x) ** 2, axis=(0, 2))

@@ -37,7 +37,7 @@ from vrclip.edge.config import EdgeConfig
 from vrclip.edge.errors import SensorError, UserError
 from vrclip.edge.geometry import ArrayGeometry, load_geometry
 from vrclip.edge.pipeline.sources import FrameSource
-from vrclip.firmware_tools.channel_health import channel_health, duplicated_channels, whole_ports
+from vrclip.firmware_tools.channel_health import MIN_POINTS, channel_health, duplicated_channels, whole_ports
 
 Status = Literal["pass", "warn", "fail", "skip"]
 CHECKS = ("switch", "vna", "radar", "calibration", "camera", "depth", "engine", "gallery", "disk", "clock")
@@ -205,6 +205,14 @@ def check_radar(rig: Rig, frames: int) -> Verdict:
         source.close()
     stack = np.stack(sweeps)
     rate = frames / elapsed if elapsed > 0 else float("inf")
+    if stack.shape[2] < MIN_POINTS:
+        # The config allows sweeps this short; judging channels from them is what cannot be done.
+        return Verdict(
+            "warn",
+            f"{frames} frames at {rate:.1f} frames/s; channel health not judged: it needs sweeps of at "
+            f"least {MIN_POINTS} points, radar.sweep.points is {stack.shape[2]}",
+            {"frames": frames, "frames_per_s": round(rate, 2), "dropped": source.stats.drops},
+        )
     health = channel_health(stack)
     dead, suspect = health.dead(), health.suspect()
     copies = duplicated_channels(stack[-1])

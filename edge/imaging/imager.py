@@ -145,7 +145,7 @@ def make_imager(
     """The imager `cfg.imaging` describes, for `geometry` and the configured sweep.
 
     impl overrides `cfg.imaging.impl`; grid overrides the grid from the config (height_m sets the
-    2D plane's height, default grid.DEFAULT_2D_HEIGHT_M = 1.2 m); pad_factor overrides
+    2D plane's height, default `imaging.height_m`); pad_factor overrides
     `imaging.zero_pad_factor` (`imaging.gpu_zero_pad_factor` for the GPU imager); threads bounds
     the CPU imager's worker threads.
     """

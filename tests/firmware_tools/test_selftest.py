@@ -492,3 +492,13 @@ def test_the_disk_check_leaves_out_an_events_file_that_is_off(tmp_path: Path) ->
     )  # fmt: skip
     disk = by_name(run_selftest(hardware_rig(config, DEMO_ENGINE), only("disk")))["disk"]
     assert "sinks.jsonl_path" not in disk.figures
+
+
+def test_sweeps_too_short_to_judge_channels_are_a_warning_not_an_unexpected_error() -> None:
+    """radar.sweep.points may be as low as 2; the channel health needs 10, and raised ValueError,
+    which the report showed as "unexpected error"."""
+    config = EdgeConfig.model_validate({**FAST, "radar": {"sweep": {"points": 5}}})
+    with simulated_rig(config, DEMO_ENGINE) as rig:
+        radar = check_radar_result(rig)
+    assert radar.status == "warn", radar.detail
+    assert "channel health not judged" in radar.detail and "radar.sweep.points is 5" in radar.detail
