@@ -271,6 +271,8 @@ def preprocess_session(session: SessionInfo, spec: PrepSpec) -> list[dict[str, n
             if not np.isfinite(position).all(axis=1).any():
                 continue
             cam_pos, cam_vis = _positions_of(cam_truth, ident_index)
+            _require_plausible_positions(position, "radar", identity, where)
+            _require_plausible_positions(cam_pos, "camera", identity, where)
             rng = np.random.default_rng(_track_seed(spec.seed, session.name, identity))
             jitter = ar1_noise(rng, n, spec.anchor_jitter_m, spec.anchor_correlation)
             anchor = position + jitter
@@ -322,6 +324,28 @@ def _require_finite(s21: np.ndarray, first: int, where: str) -> None:
         raise DatasetError(
             f"{where}: radar frame {first + int(np.argmax(bad))} holds NaN or infinite S-parameters; "
             "the recording is damaged - re-record the session or leave it out of the dataset"
+        )
+
+
+#: Largest floor coordinate (m) a label may hold: far beyond any room a 2 GHz UWB array images.
+MAX_LABEL_COORDINATE_M = 100.0
+
+
+def _require_plausible_positions(position: np.ndarray, stream: str, identity: str, where: str) -> None:
+    """Refuse labelled floor positions no room holds (a damaged file, a label in millimetres).
+
+    Used as is, such a position gates the RF window and cuts the crop nowhere near the person, and
+    training failed much later in the CCA's factorisation (torch._LinAlgError), naming no file.
+    """
+    labelled = np.isfinite(position).all(axis=1)
+    far = labelled & (np.abs(np.where(labelled[:, None], position, 0.0)).max(axis=1) > MAX_LABEL_COORDINATE_M)
+    if far.any():
+        i = int(np.argmax(far))
+        raise DatasetError(
+            f"{where}: {identity}'s label at {stream} frame {i} is "
+            f"({position[i, 0]:.4g}, {position[i, 1]:.4g}) m, over "
+            f"{MAX_LABEL_COORDINATE_M:g} m from the origin; labels are floor positions in metres - "
+            "relabel the session or leave it out of the dataset"
         )
 
 

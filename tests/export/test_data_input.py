@@ -74,3 +74,19 @@ def test_time_stamps_that_do_not_increase_are_refused_naming_the_frame(
     copy = damaged_copy(small_dataset, tmp_path, rewind)
     with pytest.raises(DatasetError, match=rf"damaged\.h5: {says}"):
         preprocess(small_dataset, copy)
+
+
+def test_label_positions_no_room_holds_are_refused_naming_the_frame(
+    small_dataset: Path, tmp_path: Path
+) -> None:
+    """A finite but absurd label (1e30 m, or millimetres) gated the RF window nowhere near the person
+    and training died in the CCA's factorisation (torch._LinAlgError), naming no file."""
+
+    def misplace(f: h5py.File) -> None:
+        positions = f["radar/truth/positions"][()]
+        positions[12, 0] = [1e30, 2.0]
+        f["radar/truth/positions"][...] = positions
+
+    copy = damaged_copy(small_dataset, tmp_path, misplace)
+    with pytest.raises(DatasetError, match=r"damaged\.h5: .*label at radar frame 12 is \(1e\+30, 2\) m"):
+        preprocess(small_dataset, copy)
