@@ -2,7 +2,8 @@
 
 One HDF5 recording per (identity, session), one person per recording, like the VRR captures the
 trainer is written for. Sessions are written to `<name>.h5.partial` and renamed when complete,
-so an interrupted run is resumed by running the same command again: finished sessions are kept.
+so an interrupted run is resumed by running the same command again: finished sessions are kept
+(once checked to have been made with the same settings).
 A `dataset.json` index lists every session with its identity and conditions.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import tomllib
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
@@ -17,7 +19,8 @@ from pathlib import Path
 
 from vrclip.edge.config import EdgeConfig, config_to_toml, parse_config
 from vrclip.edge.errors import UserError
-from vrclip.edge.record import RecordRequest, record_simulated
+from vrclip.edge.record import RecordRequest, conditions_of, record_simulated
+from vrclip.edge.recording.reader import SessionReader
 from vrclip.edge.sim.scene import LIGHTING_PRESETS, OCCLUSION_PRESETS, SceneSpec
 
 INDEX_NAME = "dataset.json"
@@ -95,16 +98,9 @@ def dataset_config(request: DatasetRequest, base: EdgeConfig) -> EdgeConfig:
     return parse_config(data, source="dataset settings")
 
 
-def _make_session(config_toml: str, plan: SessionPlan, out_dir: str) -> str:
-    """Worker: write one session to a .partial file, then rename it into place."""
-    import tomllib
-
-    config = parse_config(tomllib.loads(config_toml))
-    final = Path(out_dir) / plan.path
-    final.parent.mkdir(parents=True, exist_ok=True)
-    partial = final.with_name(final.name + ".partial")
-    partial.unlink(missing_ok=True)
-    spec = SceneSpec(
+def _scene_spec(config: EdgeConfig, plan: SessionPlan) -> SceneSpec:
+    """The simulated scene of one planned session."""
+    return SceneSpec(
         room=config.room,
         people=(plan.identity,),
         occlusion=plan.occlusion,
@@ -112,14 +108,67 @@ def _make_session(config_toml: str, plan: SessionPlan, out_dir: str) -> str:
         seed=plan.seed,
         world_seed=plan.world_seed,
     )
+
+
+def _extra_conditions(plan: SessionPlan) -> dict:
+    return {"session": plan.session}
+
+
+def _flat(table: dict, prefix: str = "") -> dict[str, object]:
+    """A parsed TOML table as {"camera.width": 640, ...}."""
+    out: dict[str, object] = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _check_kept(path: Path, plan: SessionPlan, config: EdgeConfig, config_toml: str) -> None:
+    """Refuse to keep a finished session that another run made with other settings.
+
+    Resuming keeps every session file already there; one made with another --seed (another world:
+    its id-000 is someone else), camera size, rate, length or site config would be mixed silently
+    into a dataset whose index describes only this run. Config keys only one side has are skipped,
+    so sessions from an older vrclip-edge with fewer settings still resume."""
+    want = json.loads(
+        json.dumps(conditions_of(_scene_spec(config, plan), plan.seconds, _extra_conditions(plan)))
+    )
+    with SessionReader(path) as reader:
+        have, stored = reader.conditions, _flat(tomllib.loads(reader.config_toml))
+    differ = [
+        f"{key} {have.get(key)!r}, not {value!r}" for key, value in want.items() if have.get(key) != value
+    ]
+    current = _flat(tomllib.loads(config_toml))
+    differ += [
+        f"{key} {stored[key]!r}, not {current[key]!r}"
+        for key in sorted(current.keys() & stored.keys())
+        if stored[key] != current[key]
+    ]
+    if differ:
+        shown = "; ".join(differ[:6]) + (f"; and {len(differ) - 6} more" if len(differ) > 6 else "")
+        raise UserError(
+            f"{path}: made with other settings than this run ({shown}); rerun with the options that "
+            "made it to resume, give another --out, or delete the folder to make it anew"
+        )
+
+
+def _make_session(config_toml: str, plan: SessionPlan, out_dir: str) -> str:
+    """Worker: write one session to a .partial file, then rename it into place."""
+    config = parse_config(tomllib.loads(config_toml))
+    final = Path(out_dir) / plan.path
+    final.parent.mkdir(parents=True, exist_ok=True)
+    partial = final.with_name(final.name + ".partial")
+    partial.unlink(missing_ok=True)
     record_simulated(
         config,
         RecordRequest(
             partial,
             plan.seconds,
-            spec,
+            _scene_spec(config, plan),
             start_ns=plan.seed * 1_000_000_000,
-            extra_conditions={"session": plan.session},
+            extra_conditions=_extra_conditions(plan),
         ),
     )
     os.replace(partial, final)
@@ -142,10 +191,13 @@ def make_dataset(
         "sessions": [asdict(p) for p in plans],
     }
     todo = [p for p in plans if not (out / p.path).is_file()]
+    toml_text = config_to_toml(config)
+    for plan in plans:
+        if (out / plan.path).is_file():
+            _check_kept(out / plan.path, plan, config, toml_text)
     done = len(plans) - len(todo)
     if progress:
         progress(done, len(plans), "")
-    toml_text = config_to_toml(config)
     jobs = max(1, min(request.jobs, len(todo) or 1))
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         pending = {pool.submit(_make_session, toml_text, p, str(out)) for p in todo}

@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from vrclip.edge.config import EdgeConfig
 from vrclip.edge.crops import camera_from_config
-from vrclip.edge.dataset import DatasetRequest, dataset_config
+from vrclip.edge.dataset import DatasetRequest, dataset_config, make_dataset
+from vrclip.edge.errors import UserError
+from vrclip.edge.recording.reader import SessionReader
 
 
 def test_a_measured_lens_is_scaled_to_the_dataset_camera_size() -> None:
@@ -31,3 +34,25 @@ def test_a_measured_lens_is_scaled_to_the_dataset_camera_size() -> None:
         big, _ = camera_from_config(site).project(points)
         half, _ = camera_from_config(small).project(points)
         np.testing.assert_allclose(half, big / 2, atol=1e-6)
+
+
+def test_a_rerun_with_other_settings_refuses_the_sessions_it_would_keep(tmp_path: Path) -> None:
+    """Rerunning `dataset make` resumes by keeping finished sessions. With another --seed (another
+    world: id-000 is then someone else) or camera size, keeping them mixed two datasets under one
+    index that describes only the second: id-000 was silently another person than id-001's world.
+    Now the kept session is named with the setting that differs."""
+    out = tmp_path / "ds"
+    tiny = {"identities": 1, "sessions": 1, "seconds": 0.5, "jobs": 1, "rate_hz": 4.0}
+    first = DatasetRequest(out, seed=1, camera_width=64, camera_height=36, **tiny)
+    make_dataset(first, EdgeConfig())
+    make_dataset(first, EdgeConfig())  # the same settings resume
+    kept = out / "id-000" / "session-00_day_none.h5"
+    for other, fragment in (
+        (DatasetRequest(out, seed=2, camera_width=64, camera_height=36, **tiny), "world_seed"),
+        (DatasetRequest(out, seed=1, camera_width=96, camera_height=54, **tiny), "camera.width"),
+    ):
+        with pytest.raises(UserError, match="other settings") as e:
+            make_dataset(other, EdgeConfig())
+        assert str(kept) in str(e.value) and fragment in str(e.value)
+    with SessionReader(kept) as reader:
+        assert reader.conditions["world_seed"] == 1 and reader.camera_size == (36, 64)
