@@ -97,6 +97,9 @@ def record(
     """Record a session (radar, camera, depth) to HDF5: the real rig the config describes, in real
     time through the runtime's drivers (a faulty sensor is reported, the others recorded; Ctrl-C
     stops early and keeps the file), or with --simulate the simulated rig, with labels."""
+    from vrclip.edge.record import check_session_seconds
+
+    check_session_seconds(seconds)  # `inf` passes the option's minimum
     if not overwrite and (out.exists() or out.is_symlink()):
         raise UserError(f"{out}: file already exists; choose another path or pass --overwrite")
     cfg = load_config(config)

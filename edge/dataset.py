@@ -19,7 +19,7 @@ from pathlib import Path
 
 from vrclip.edge.config import EdgeConfig, config_to_toml, parse_config
 from vrclip.edge.errors import UserError
-from vrclip.edge.record import RecordRequest, conditions_of, record_simulated
+from vrclip.edge.record import RecordRequest, check_session_seconds, conditions_of, record_simulated
 from vrclip.edge.recording.reader import SessionReader
 from vrclip.edge.sim.scene import LIGHTING_PRESETS, OCCLUSION_PRESETS, SceneSpec
 
@@ -66,8 +66,7 @@ def plan_sessions(request: DatasetRequest) -> list[SessionPlan]:
         raise UserError(f"--identities {request.identities}: need at least one identity")
     if request.sessions < 1:
         raise UserError(f"--sessions {request.sessions}: need at least one session per identity")
-    if request.seconds <= 0:
-        raise UserError(f"--seconds {request.seconds}: must be positive")
+    check_session_seconds(request.seconds)
     plans = []
     for i in range(request.identities):
         name = f"id-{i:03d}"

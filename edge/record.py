@@ -7,11 +7,13 @@ up to its last flush.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from vrclip.edge.config import EdgeConfig, config_to_toml
+from vrclip.edge.errors import UserError
 from vrclip.edge.frames import CLOCK_SIMULATED
 from vrclip.edge.recording.writer import SessionWriter
 from vrclip.edge.sim.rig import STREAMS, SimulatedRig
@@ -28,6 +30,14 @@ class RecordRequest:
     flush_interval_s: float = 1.0
     start_ns: int | None = None
     extra_conditions: dict | None = None
+
+
+def check_session_seconds(seconds: float) -> None:
+    """Refuse a session length that is not a positive finite number of seconds. The option parser
+    lets `inf` through, which otherwise ended in an OverflowError deep in the simulator or the live
+    recorder, and 0 wrote an empty recording."""
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise UserError(f"--seconds {seconds}: a session lasts a positive, finite number of seconds")
 
 
 def conditions_of(spec: SceneSpec, seconds: float, extra: dict | None = None) -> dict:
@@ -69,6 +79,7 @@ def record_simulated(
 ) -> dict[str, int]:
     """Run the simulated rig for `request.seconds` and write every frame; returns frames per stream.
     `stop()` turning true (Ctrl-C, through the CLI's signal flag) ends it early with the file closed."""
+    check_session_seconds(request.seconds)
     rig = SimulatedRig(config, request.spec, start_ns=request.start_ns, streams=request.streams)
     total = rig.frame_count(request.seconds)
     cam = config.camera

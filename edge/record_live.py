@@ -26,6 +26,7 @@ from vrclip.edge.frames import CLOCK_REALTIME, stream_of
 from vrclip.edge.pipeline.app import Feed
 from vrclip.edge.pipeline.queues import DropOldestQueue
 from vrclip.edge.pipeline.sources import Captured, CaptureThread
+from vrclip.edge.record import check_session_seconds
 from vrclip.edge.recording.writer import SessionWriter
 from vrclip.edge.timebase.clock import now_ns
 from vrclip.edge.timebase.start_protocol import wait_for_start
@@ -185,8 +186,7 @@ def record_feed(
     naming someone not in the session) is counted as dropped with the reason kept in `faults`, never
     written half. `stop` (or Ctrl-C) ends the session early; what was written stays readable.
     """
-    if not request.seconds > 0:
-        raise UserError(f"session length must be > 0 seconds, got {request.seconds!r}")
+    check_session_seconds(request.seconds)
     _check_not_over(request.start_ns, request.seconds)
     stop = stop if stop is not None else threading.Event()
     health = Health(tuple(feed.sources))

@@ -230,3 +230,15 @@ def test_record_runs_outside_the_main_thread(tmp_path: Path, small_config: Path)
     assert results and results[0].exit_code == 0, results and (results[0].output, results[0].exception)
     with SessionReader(out) as reader:
         assert reader.count("radar") > 0
+
+
+def test_an_endless_session_is_a_usage_error_not_a_traceback(tmp_path: Path, small_config: Path) -> None:
+    """`record --seconds inf` passed the option's minimum, then the live path's progress bar (and the
+    simulated path's frame count) failed with OverflowError in a page of traceback."""
+    out = tmp_path / "s.h5"
+    for simulate in (("--simulate",), ()):
+        result = cli(
+            "record", *simulate, "--seconds", "inf", "--out", str(out), "--config", str(small_config)
+        )
+        assert_one_line_error(result, "--seconds inf")
+        assert not out.exists()

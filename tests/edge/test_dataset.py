@@ -56,3 +56,30 @@ def test_a_rerun_with_other_settings_refuses_the_sessions_it_would_keep(tmp_path
         assert str(kept) in str(e.value) and fragment in str(e.value)
     with SessionReader(kept) as reader:
         assert reader.conditions["world_seed"] == 1 and reader.camera_size == (36, 64)
+
+
+@pytest.mark.parametrize("seconds", [float("inf"), float("nan"), 0.0])
+def test_a_session_length_that_is_not_a_positive_number_is_refused_by_name(
+    seconds: float, tmp_path: Path
+) -> None:
+    """`--seconds inf` (and `dataset make --seconds nan`) passed the option checks and ended in a
+    traceback (OverflowError: cannot convert float infinity to integer) from deep in the simulator
+    or the live recorder; now each entry point names the option."""
+    from vrclip.edge.dataset import plan_sessions
+    from vrclip.edge.pipeline.app import simulated_feed
+    from vrclip.edge.record import RecordRequest, record_simulated
+    from vrclip.edge.record_live import LiveRecordRequest, record_feed
+    from vrclip.edge.sim.scene import SceneSpec
+
+    with pytest.raises(UserError, match="--seconds"):
+        plan_sessions(DatasetRequest(tmp_path / "ds", seconds=seconds))
+    out = tmp_path / "s.h5"
+    with pytest.raises(UserError, match="--seconds"):
+        record_simulated(EdgeConfig(), RecordRequest(out, seconds, SceneSpec()))
+    feed = simulated_feed(EdgeConfig(), SceneSpec())
+    try:
+        with pytest.raises(UserError, match="--seconds"):
+            record_feed(feed, LiveRecordRequest(out, seconds))
+    finally:
+        feed.close()
+    assert not out.exists()

@@ -163,7 +163,7 @@ def test_labels_of_people_not_named_are_refused_per_frame(config: EdgeConfig, tm
 
 def test_bad_requests_are_user_errors(config: EdgeConfig, tmp_path: Path) -> None:
     feed = _feed(config)
-    with pytest.raises(UserError, match="> 0 seconds"):
+    with pytest.raises(UserError, match="positive, finite number of seconds"):
         record_feed(feed, LiveRecordRequest(tmp_path / "a.h5", 0.0))
     past = now_ns(CLOCK_REALTIME) - int(10e9)
     with pytest.raises(UserError, match="passed already"):
