@@ -208,7 +208,7 @@ class SessionReader:
         self.depth_size: tuple[int, int] | None = None
         if CAMERA in f:
             g = f[CAMERA]
-            self.camera_size = (self._dim(g, "height"), self._dim(g, "width"))
+            self.camera_size = self._camera_dims(g)
             self._streams[CAMERA] = _StreamView(CAMERA, g, schema.camera_specs(k), where)
         if DEPTH in f:
             g = f[DEPTH]
@@ -237,6 +237,17 @@ class SessionReader:
                 f"{self._where}: attribute {name!r} is not a JSON object; the file is damaged"
             )
         return value
+
+    def _camera_dims(self, group: h5py.Group) -> tuple[int, int]:
+        """(height, width) of the camera stream. An RGB frame of that size is bounded as every other
+        frame is: the JPEG bytes a frame may claim grow with it, and the reader allocates them."""
+        h, w = self._dim(group, "height"), self._dim(group, "width")
+        if h * w * 3 > schema.MAX_FRAME_BYTES:
+            raise RecordingError(
+                f"{self._where}: /camera claims {h} x {w} images, {h * w * 3} bytes per frame, more than "
+                f"the {schema.MAX_FRAME_BYTES} a recording may hold; the file is damaged"
+            )
+        return h, w
 
     def _dim(self, group: h5py.Group, name: str) -> int:
         v = group.attrs.get(name)

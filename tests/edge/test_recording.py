@@ -394,6 +394,21 @@ def test_corrupt_jpeg_names_the_frame(tmp_path: Path) -> None:
         decode_rgb(np.frombuffer(b"\xff\xd8garbage", np.uint8), 72, 128, "frame 7")
 
 
+def test_a_camera_size_no_frame_could_have_is_refused_before_a_frame_is_allocated(tmp_path: Path) -> None:
+    """A damaged /camera claiming a 2^20 x 2^20 image let a JPEG index of 256 GiB through (its bound
+    grows with the image size) and the reader died in MemoryError allocating it; now the file is
+    refused on open, as a depth or radar frame over the limit is."""
+    path = tmp_path / "huge.h5"
+    _write_session(path, n=3)
+    with h5py.File(path, "r+") as f:
+        f["camera"].attrs["height"] = f["camera"].attrs["width"] = 1 << 20
+        f["camera/jpeg"].resize((1 << 40,))
+        f["camera/jpeg_index"][1] = (0, 1 << 38)
+    with pytest.raises(RecordingError, match="/camera") as e:
+        SessionReader(path).camera(1)
+    assert str(path) in str(e.value) and "damaged" in str(e.value)
+
+
 _DISK_FULL_CHILD = """
 import os, resource, signal, sys, time
 import numpy as np
