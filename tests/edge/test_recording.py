@@ -409,6 +409,33 @@ def test_a_camera_size_no_frame_could_have_is_refused_before_a_frame_is_allocate
     assert str(path) in str(e.value) and "damaged" in str(e.value)
 
 
+def test_a_jpeg_whose_header_claims_another_size_is_refused_before_it_is_decoded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A damaged frame of 631 bytes whose JPEG header says 30000 x 30000 was decoded whole before its
+    size was compared: 5.2 GB of memory and 12 s on the development box (an out-of-memory kill on a
+    Jetson) to learn that the file is damaged. Now the header's size is checked first."""
+    path = tmp_path / "s.h5"
+    _write_session(path, n=3)
+    with h5py.File(path, "r+") as f:
+        off, length = (int(v) for v in f["camera/jpeg_index"][1])
+        data = bytearray(f["camera/jpeg"][off : off + length].tobytes())
+        sof = data.find(b"\xff\xc0")
+        assert sof > 0
+        data[sof + 5 : sof + 9] = (30000).to_bytes(2, "big") * 2
+        f["camera/jpeg"][off : off + length] = np.frombuffer(bytes(data), np.uint8)
+
+    def no_decoding(*args: object) -> None:
+        raise AssertionError("decoded a JPEG whose header does not match the recording")
+
+    with SessionReader(path) as r:
+        r.camera(0)
+        monkeypatch.setattr("vrclip.edge.recording.jpeg.cv2.imdecode", no_decoding)
+        with pytest.raises(RecordingError, match=r"camera frame 1: .*30000 x 30000") as e:
+            r.camera(1)
+    assert str(path) in str(e.value)
+
+
 _DISK_FULL_CHILD = """
 import os, resource, signal, sys, time
 import numpy as np
