@@ -67,6 +67,8 @@ def plan_sessions(request: DatasetRequest) -> list[SessionPlan]:
     if request.sessions < 1:
         raise UserError(f"--sessions {request.sessions}: need at least one session per identity")
     check_session_seconds(request.seconds)
+    if request.seed < 0:  # it seeds every session's numpy generators, which take no negative seed
+        raise UserError(f"--seed {request.seed}: a dataset seed is a non-negative integer")
     plans = []
     for i in range(request.identities):
         name = f"id-{i:03d}"

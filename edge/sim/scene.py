@@ -163,6 +163,8 @@ class Scene:
     def __init__(self, spec: SceneSpec) -> None:
         if not spec.people and not spec.empty_room:
             raise UserError("the scene is empty: give at least one person (--people 1 or more)")
+        if spec.seed < 0:  # numpy's generators, which the seed feeds, take no negative seed
+            raise UserError(f"--seed {spec.seed}: a session seed is a non-negative integer")
         room = spec.room
         if (room.x_max_m - room.x_min_m) <= 2 * spec.margin_m or (
             room.y_max_m - room.y_min_m

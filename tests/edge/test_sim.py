@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from vrclip.edge.config import SPEED_OF_LIGHT, EdgeConfig, SweepConfig
@@ -103,6 +105,19 @@ def test_people_walk_inside_the_room_at_their_own_speed() -> None:
 def test_empty_scene_is_a_user_error() -> None:
     with pytest.raises(UserError, match="empty"):
         Scene(SceneSpec(people=()))
+
+
+def test_a_negative_seed_is_a_user_error_naming_the_option(tmp_path: Path) -> None:
+    """`record --simulate --seed -1` and `dataset make --seed -1` ended in a traceback (numpy's
+    "ValueError: expected non-negative integer" from the rig's noise generator, or from a dataset
+    worker); now the scene and the dataset plan name the option."""
+    from vrclip.edge.dataset import DatasetRequest, plan_sessions
+
+    with pytest.raises(UserError, match="--seed -1"):
+        SimulatedRig(EdgeConfig(), SceneSpec(seed=-1))
+    with pytest.raises(UserError, match="--seed -1"):
+        plan_sessions(DatasetRequest(tmp_path, seed=-1))
+    Scene(SceneSpec(seed=0, world_seed=-1))  # the world seed only names people: any integer
 
 
 def test_wall_attenuates_radar_only_slightly(geometry: ArrayGeometry) -> None:
