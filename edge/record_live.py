@@ -51,6 +51,8 @@ MIN_FREE_BYTES = 256 << 20
 #: reported): on a machine without the rig, or with a config that points at none of it, the user
 #: should not have to wait out the whole session to learn that.
 NOTHING_UP_S = 5.0
+#: Most people a session can name: the writer pads every frame's labels to this many.
+MAX_PEOPLE = 1024
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,7 @@ def record_feed(
     written half. `stop` (or Ctrl-C) ends the session early; what was written stays readable.
     """
     check_session_seconds(request.seconds)
+    _check_identities(request.identities)
     _check_not_over(request.start_ns, request.seconds)
     stop = stop if stop is not None else threading.Event()
     health = Health(tuple(feed.sources))
@@ -304,6 +307,20 @@ def _free_bytes(folder: Path) -> int:
 def _stop_all(threads: list[CaptureThread]) -> None:
     for thread in threads:
         thread.stop(timeout=2.0)
+
+
+def _check_identities(identities: tuple[str, ...]) -> None:
+    """Refuse the names the session's writer would refuse, before the sensors open: the writer is
+    made only at the start instant, when the other boxes of a multi-box rig begin recording."""
+    seen: set[str] = set()
+    for name in identities:
+        if not isinstance(name, str) or not name:
+            raise UserError(f"--identity {name!r}: give the person's name")
+        if name in seen:
+            raise UserError(f"--identity {name!r} is given twice; name each person once")
+        seen.add(name)
+    if len(identities) > MAX_PEOPLE:
+        raise UserError(f"--identity is given {len(identities)} times; a session names at most {MAX_PEOPLE}")
 
 
 def _check_not_over(start_ns: int | None, seconds: float) -> None:

@@ -161,6 +161,33 @@ def test_labels_of_people_not_named_are_refused_per_frame(config: EdgeConfig, tm
     assert "alice" in result.faults["radar"] or "bob" in result.faults["radar"]
 
 
+@pytest.mark.parametrize("identities", [("alice", "alice"), ("alice", "")])
+def test_a_session_that_cannot_name_its_people_is_refused_before_the_sensors_open(
+    config: EdgeConfig, tmp_path: Path, identities: tuple[str, ...]
+) -> None:
+    """`record --identity alice --identity alice` (or an empty name) was refused by the writer, made
+    only once the sensors had opened (up to 30 s on a real rig) and, with --wait-start, at the
+    time server's start instant, when every other box of the rig began recording without this one;
+    and the message named SessionWriter's argument, not the option. Now it is refused first."""
+    feed = _feed(config)
+    opened: list[str] = []
+    feed.sources = {
+        name: (lambda name=name, make=make: opened.append(name) or make())
+        for name, make in feed.sources.items()
+    }
+    started: list[bool] = []
+    try:
+        with pytest.raises(UserError, match="--identity"):
+            record_feed(
+                feed,
+                LiveRecordRequest(tmp_path / "x.h5", 1.0, identities=identities),
+                wait_start=lambda: started.append(True) or (now_ns(CLOCK_REALTIME), "s"),
+            )
+    finally:
+        feed.close()
+    assert opened == [] and started == [] and not (tmp_path / "x.h5").exists()
+
+
 def test_bad_requests_are_user_errors(config: EdgeConfig, tmp_path: Path) -> None:
     feed = _feed(config)
     with pytest.raises(UserError, match="positive, finite number of seconds"):
