@@ -283,6 +283,12 @@ def label(
         f"wrote {out}: {result.identity} labelled in {result.labelled} of {result.radar_frames} radar "
         f"frames ({share:.0%}) and {result.labelled_camera} of {result.camera_frames} camera frames"
     )
+    if result.recorder_died:
+        typer.echo(
+            f"note: {recording} was still marked open by a recorder that died; labelled are the frames "
+            "it had written, and the copy is a finished recording",
+            err=True,
+        )
     if result.crowded:
         typer.echo(
             f"warning: {result.crowded} radar frames had more than one track (someone else in the room?) "

@@ -11,7 +11,8 @@ stream (a real rig cannot tell an occluder from the person; the gate learns from
 
 Frames with no confirmed track, or with two or more (someone else walked in), stay unlabelled: the
 trainer skips them. The output is a copy of the recording with only its labels and identity list
-changed; radar samples and JPEG bytes are copied bit for bit.
+changed; radar samples and JPEG bytes are copied bit for bit. A recording whose recorder died (still
+marked open by it, and unchanged for RECORDER_QUIET_S) is labelled too, over the frames it flushed.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,10 @@ from vrclip.edge.manifest import default_file_mode
 from vrclip.edge.pipeline.tracker import Tracker
 from vrclip.edge.recording.reader import SessionReader
 from vrclip.edge.recording.schema import CAMERA, NO_ID, RADAR
+
+#: A file still marked open by its writer but unchanged this long (s) belongs to a recorder that
+#: died: a live recorder flushes at least every second.
+RECORDER_QUIET_S = 10.0
 
 #: Camera or depth frames between labelled radar frames further apart than this stay unlabelled
 #: (at least; a slower radar stretches it to GAP_FRAMES of its own frame period).
@@ -52,6 +58,9 @@ class LabelResult:
     crowded: int
     labelled_camera: int
     camera_frames: int
+    #: The source was still marked open by a recorder that died (kill -9, a power cut): labelled are
+    #: the frames it had flushed, in a copy that is a finished recording.
+    recorder_died: bool = False
 
 
 def radar_track(
@@ -152,12 +161,14 @@ def label_recording(
     if out.resolve() == source.resolve():
         raise UserError(f"{out}: write the labelled copy to another file than the recording")
     with SessionReader(source) as reader:
+        recorder_died = reader.live
         if reader.live:
-            raise RecordingError(
-                f"{source}: is still marked open by its writer (being recorded, or the recorder died); "
-                "label it once the recording has finished, or if its recorder died, clear the mark with "
-                "`h5clear -s FILE` (Debian: hdf5-tools) first"
-            )
+            quiet_s = time.time() - source.stat().st_mtime
+            if quiet_s < RECORDER_QUIET_S:
+                raise RecordingError(
+                    f"{source}: is being recorded (marked open by its writer, changed {quiet_s:.0f} s "
+                    "ago); label it once the recording has finished"
+                )
         if identity is None:
             if len(reader.identities) != 1:
                 named = ", ".join(reader.identities) or "nobody"
@@ -201,7 +212,10 @@ def label_recording(
         # mkstemp creates the file 0600: the labelled copy is a recording like any other, readable as
         # the umask allows (by a trainer running as another user).
         os.chmod(tmp, default_file_mode())
-        shutil.copyfile(source, tmp)
+        if recorder_died:
+            copy_recording_objects(source, tmp)
+        else:
+            shutil.copyfile(source, tmp)
         labelled: dict[str, int] = {}
         with h5py.File(tmp, "r+") as f:
             f.attrs["identities_json"] = json.dumps([identity])
@@ -224,4 +238,20 @@ def label_recording(
         crowded,
         labelled.get(CAMERA, 0),
         streams.get(CAMERA, 0),
+        recorder_died,
     )
+
+
+def copy_recording_objects(source: Path, target: Path) -> None:
+    """Copy every group, dataset and attribute of `source` into a new file `target`.
+
+    For a recording whose writer died: HDF5 keeps such a file marked open for writing, so a byte copy
+    cannot be opened to write its labels (only `h5clear`, which this project does not install, lifts
+    the mark). A copy made object by object is a finished file; the samples and JPEG bytes are the
+    same values, and each stream's frame count travels with its attributes.
+    """
+    with h5py.File(source, "r", swmr=True) as src, h5py.File(target, "w", libver="latest") as dst:
+        for key, value in src.attrs.items():
+            dst.attrs[key] = value
+        for name in src:
+            src.copy(src[name], dst, name=name)

@@ -223,3 +223,46 @@ def test_a_disk_that_fills_while_labelling_is_one_error_line(walk: Path, tmp_pat
     assert f"{out.name}: cannot write the labelled copy" in done.stderr
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rig.h5"]
+
+
+def _as_if_its_recorder_died(path: Path) -> None:
+    """Mark `path` open by a SWMR writer that then dies (kill -9), as a crashed `record` leaves it."""
+    import sys
+
+    script = (
+        "import os, signal, sys, h5py\n"
+        "f = h5py.File(sys.argv[1], 'r+', libver='latest')\n"
+        "f.swmr_mode = True\n"
+        "f.flush()\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, timeout=60)
+    assert done.returncode == -9, done.stderr
+
+
+def test_a_recording_whose_recorder_died_is_labelled_and_one_being_recorded_is_not(
+    walk: Path, tmp_path: Path
+) -> None:
+    """A crashed recorder leaves its file marked open; `label` told the user to run h5clear, which
+    this project does not install. Now the frames it flushed are labelled into a finished copy; a
+    file its recorder is still writing (changed in the last seconds) is refused."""
+    import os
+    import time
+
+    rig = tmp_path / "rig.h5"
+    _strip_labels(walk, rig, ["alice"])
+    _as_if_its_recorder_died(rig)
+    with SessionReader(rig) as reader:
+        assert reader.live
+    with pytest.raises(RecordingError, match="is being recorded"):
+        label_recording(rig, tmp_path / "too-soon.h5")
+    long_ago = time.time() - 60
+    os.utime(rig, (long_ago, long_ago))
+    out = tmp_path / "labelled.h5"
+    result = label_recording(rig, out)
+    assert result.recorder_died and result.labelled >= 0.85 * result.radar_frames
+    with SessionReader(out) as got, SessionReader(walk) as original:
+        assert not got.live and got.identities == ("alice",)
+        assert got.counts == original.counts
+        np.testing.assert_array_equal(got.radar(5).s21, original.radar(5).s21)
+        np.testing.assert_array_equal(got.camera(3).rgb, original.camera(3).rgb)
