@@ -30,8 +30,9 @@ from vrclip.edge.errors import UserError
 from vrclip.edge.rfwindow import RFWindowSpec
 
 #: Schema version this code writes and the newest it reads. 2 added `open_set` (the model's open-set
-#: threshold), which a version-1 reader would reject as an unknown key instead of asking for an upgrade.
-MANIFEST_SCHEMA_VERSION = 2
+#: threshold), which a version-1 reader would reject as an unknown key instead of asking for an upgrade;
+#: 3 added `embedding_space` (which model's embeddings the engine computes).
+MANIFEST_SCHEMA_VERSION = 3
 #: Name of the batch axis in manifest shapes.
 BATCH = "batch"
 
@@ -242,12 +243,22 @@ class EngineManifest(_Strict):
     tensorrt: TensorRTBuild | None = None
     accuracy: dict[str, Any] = Field(default_factory=dict)
     open_set: OpenSetThreshold | None = None
+    #: Which model's embedding space the engine computes: the sha256 of the checkpoint it was exported
+    #: from (of the ONNX itself for a model without one). Quantised graphs and TensorRT engines keep
+    #: their float model's, since their embeddings match it; a gallery holds one model's embeddings
+    #: (`GalleryStore.ensure_embedding_space`). "" in manifests from before schema 3: not checked.
+    embedding_space: str = ""
     created_by: str = ""
 
     @field_validator("source_onnx_sha256")
     @classmethod
     def _sha(cls, value: str) -> str:
         return _check_sha256(value)
+
+    @field_validator("embedding_space")
+    @classmethod
+    def _space(cls, value: str) -> str:
+        return _check_sha256(value) if value else value
 
     @model_validator(mode="after")
     def _consistent(self) -> EngineManifest:

@@ -483,7 +483,10 @@ def export_model(
             precision="fp32",
             max_batch=options.max_batch,
             accuracy=report,
-        ).model_copy(update={"open_set": open_set})
+        )
+        # The checkpoint names the model; a model without one (random weights) is its own ONNX.
+        space = str((accuracy or {}).get("source_checkpoint_sha256") or manifest.source_onnx_sha256)
+        manifest = manifest.model_copy(update={"open_set": open_set, "embedding_space": space})
         publish(tmp, out)
     write_manifest(manifest_path, manifest)
     return ExportResult(out, manifest_path, manifest, diffs, time.perf_counter() - started)

@@ -465,15 +465,16 @@ def check_engine(rig: Rig) -> Verdict:
 
 
 # ---------------------------------------------------------------------------------------- gallery
-def _engine_embedding_dim(engine: str) -> int | None:
-    """The length of the engine's embedding, from its manifest; None where the manifest cannot be
-    read (the engine check says why)."""
+def _engine_model(engine: str) -> tuple[int, str] | None:
+    """The engine's embedding length and model (`embedding_space`, "" if its manifest predates it),
+    from its manifest; None where the manifest cannot be read (the engine check says why)."""
     from vrclip.edge.inference.factory import PackagePaths
     from vrclip.edge.manifest import load_manifest
     from vrclip.edge.pipeline.enrolment import manifest_embedding_dim
 
     try:
-        return manifest_embedding_dim(load_manifest(PackagePaths.of(engine).manifest))
+        manifest = load_manifest(PackagePaths.of(engine).manifest)
+        return manifest_embedding_dim(manifest), manifest.embedding_space
     except (UserError, OSError, ValueError, IndexError):
         return None
 
@@ -496,7 +497,7 @@ def _restore_hint(rig: Rig) -> str:
 
 def check_gallery(rig: Rig) -> Verdict:
     """The gallery the service matches against: readable, undamaged, made by this engine's model."""
-    from vrclip.edge.gallery.store import GalleryDamaged, GalleryStore
+    from vrclip.edge.gallery.store import GalleryDamaged, GalleryStore, model_mismatch
 
     if rig.simulated:
         return Verdict("skip", "the simulated rig enrols its own people")
@@ -512,6 +513,7 @@ def check_gallery(rig: Rig) -> Verdict:
             integrity = store.integrity_check()
             infos = store.identities()
             dim = store.dim
+            space = store.embedding_space
     except GalleryDamaged as exc:
         # A damaged page (a power cut mid-write) may open, then fail the integrity check itself.
         raise CheckFailed(f"{path}: the gallery is damaged ({exc.reason}); {_restore_hint(rig)}") from None
@@ -523,7 +525,8 @@ def check_gallery(rig: Rig) -> Verdict:
             + _restore_hint(rig),
             figures,
         )
-    wanted = _engine_embedding_dim(rig.engine)
+    model = _engine_model(rig.engine)
+    wanted, engine_space = model if model is not None else (None, "")
     if wanted is not None and dim is not None and dim != wanted:
         raise CheckFailed(
             f"{path}: its embeddings have {dim} numbers but the engine {rig.engine} gives {wanted}: the "
@@ -531,6 +534,8 @@ def check_gallery(rig: Rig) -> Verdict:
             "gallery.path at that model's gallery",
             figures,
         )
+    if space and engine_space and space != engine_space:
+        raise CheckFailed(model_mismatch(path, space, rig.engine, engine_space), figures)
     return Verdict(
         "pass", f"{path}: {len(infos)} identities, {exemplars} exemplars, {dim} numbers each", figures
     )

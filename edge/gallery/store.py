@@ -6,7 +6,9 @@ commit is atomic and durable, so a crash (or SIGKILL, or power loss with `synchr
 leaves half an exemplar behind.
 
 Layout (schema version in `PRAGMA user_version`, file identity in `PRAGMA application_id`):
-- `meta(key, value)`: `dim` (the embedding dimension, fixed for the life of the gallery), `created_ns`.
+- `meta(key, value)`: `dim` (the embedding dimension, fixed for the life of the gallery), `created_ns`,
+  `embedding_space` (the model whose embeddings it holds, from the engine manifest; see
+  `ensure_embedding_space`).
 - `identities(id, name UNIQUE, created_ns, updated_ns)`.
 - `exemplars(id, identity_id -> identities ON DELETE CASCADE, embedding BLOB float32 LE unit-norm,
   added_ns, source)`.
@@ -128,6 +130,16 @@ def validate_name(name: str) -> str:
     if name.casefold() == UNKNOWN:
         raise GalleryError(f"identity name {name!r} is reserved for unmatched tracks; choose another")
     return name
+
+
+def model_mismatch(gallery: Path | str, held: str, engine: str, space: str) -> str:
+    """What to say when a gallery enrolled with one model meets an engine of another."""
+    return (
+        f"gallery {gallery} was enrolled with model {held[:12]}, but {engine} is model {space[:12]}: "
+        "embeddings of different models cannot be matched. Enrol everyone again with this engine into "
+        "a new gallery file (set gallery.path to it, or move this one aside), or go back to the engine "
+        "this gallery was enrolled with"
+    )
 
 
 def normalise(embeddings: np.ndarray, dim: int | None = None) -> np.ndarray:
@@ -293,6 +305,35 @@ class GalleryStore:
                 "ones were given (an engine with another embedding size?): re-enrol with this engine "
                 "into a new gallery file (gallery.path / --db)"
             )
+
+    @property
+    def embedding_space(self) -> str | None:
+        """Which model's embeddings this gallery holds (the engine manifest's `embedding_space`), or
+        None while no engine that names its model has used it."""
+        with self._read() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'embedding_space'").fetchone()
+        return str(row[0]) if row is not None else None
+
+    def ensure_embedding_space(self, space: str, engine: str) -> None:
+        """Tie the gallery to the model `space` names, or raise if it holds another model's.
+
+        Embeddings of two models live in unrelated spaces even at the same length: matching one
+        against the other names the wrong people, or no one, without any error. So the first engine
+        that names its model (manifest `embedding_space`) ties the gallery to it, and another model's
+        engine is refused. `space` "" (a manifest from before the field) checks nothing.
+        """
+        if not space:
+            return
+        try:
+            with self._write() as conn:
+                row = conn.execute("SELECT value FROM meta WHERE key = 'embedding_space'").fetchone()
+                if row is None:
+                    conn.execute("INSERT INTO meta VALUES ('embedding_space', ?)", (space,))
+                    return
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(exc) from None
+        if str(row[0]) != space:
+            raise GalleryError(model_mismatch(self.path, str(row[0]), engine, space))
 
     # ---- transactions --------------------------------------------------------------------------------
 

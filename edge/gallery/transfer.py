@@ -36,7 +36,7 @@ MAX_JSON_BYTES = 256 << 20
 #: of deflated zeros can expand to gigabytes. The 10,000 x 32 x 512 gallery is 655 MB of float32.
 MAX_IMPORT_ARRAY_BYTES = 1 << 30
 #: The arrays an npz export holds; anything else in the archive is ignored, never read.
-_NPZ_KEYS = ("format", "version", "dim", "names", "created_ns", "owner", "embeddings")
+_NPZ_KEYS = ("format", "version", "dim", "names", "created_ns", "owner", "embeddings", "embedding_space")
 
 
 def _format_of(path: Path) -> str:
@@ -92,8 +92,9 @@ def export_gallery(store: GalleryStore, path: str | Path) -> int:
     infos = store.identities()
     blocks = [(info, store.exemplars(info.name)) for info in infos]
     dim = store.dim or 0
+    space = store.embedding_space or ""
     if kind == "json":
-        _atomic_write(path, lambda h: _write_json(h, path, dim, blocks))
+        _atomic_write(path, lambda h: _write_json(h, path, dim, blocks, space))
     else:
         matrix = np.concatenate([v for _, v in blocks]) if blocks else np.zeros((0, dim), np.float32)
         owner = [i for i, (_, vectors) in enumerate(blocks) for _ in range(len(vectors))]
@@ -105,15 +106,25 @@ def export_gallery(store: GalleryStore, path: str | Path) -> int:
             "created_ns": np.array([info.created_ns for info, _ in blocks], dtype=np.int64),
             "owner": np.asarray(owner, dtype=np.int32),
             "embeddings": matrix.astype("<f4"),
+            "embedding_space": np.array(space),
         }
         _atomic_write(path, lambda h: np.savez_compressed(h, **arrays))
     return len(blocks)
 
 
-def _write_json(handle: Any, path: Path, dim: int, blocks: list[tuple[Any, np.ndarray]]) -> None:
+def _write_json(
+    handle: Any, path: Path, dim: int, blocks: list[tuple[Any, np.ndarray]], space: str = ""
+) -> None:
     """Write the JSON export one identity at a time, so that only one identity's numbers are ever held
     as Python floats; refuse (and so leave no file) once it outgrows what a JSON import reads."""
-    head = {"format": FORMAT, "version": FORMAT_VERSION, "dim": dim, "exported_ns": time.time_ns()}
+    head: dict[str, Any] = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "dim": dim,
+        "exported_ns": time.time_ns(),
+    }
+    if space:
+        head["embedding_space"] = space
     opening = json.dumps(head, separators=(",", ":"))[:-1] + ',"identities":['
     written = handle.write(opening.encode("utf-8"))
     for i, (info, vectors) in enumerate(blocks):
@@ -129,6 +140,15 @@ def _write_json(handle: Any, path: Path, dim: int, blocks: list[tuple[Any, np.nd
                 "export to a file ending in .npz instead"
             )
     handle.write(b"]}")
+
+
+def _check_space(path: Path, space: Any) -> str:
+    """The export's model (`embedding_space`, optional: exports from before it have none)."""
+    if space is None or space == "":
+        return ""
+    if not isinstance(space, str) or len(space) != 64 or any(c not in "0123456789abcdef" for c in space):
+        raise GalleryError(f"{path}: 'embedding_space' must be a model's sha256 (64 hex characters)")
+    return space
 
 
 def _check_dim(path: Path, dim: Any) -> int:
@@ -148,7 +168,7 @@ def _finite_number(value: Any) -> bool:
         return False
 
 
-def _read_json(path: Path) -> tuple[int, list[tuple[str, np.ndarray]]]:
+def _read_json(path: Path) -> tuple[int, list[tuple[str, np.ndarray]], str]:
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -167,6 +187,7 @@ def _read_json(path: Path) -> tuple[int, list[tuple[str, np.ndarray]]]:
             f"{path}: gallery export version {doc.get('version')!r}; this reads {FORMAT_VERSION}"
         )
     dim = _check_dim(path, doc.get("dim"))
+    space = _check_space(path, doc.get("embedding_space"))
     people = doc.get("identities")
     if not isinstance(people, list):
         raise GalleryError(f"{path}: 'identities' must be a list")
@@ -183,7 +204,7 @@ def _read_json(path: Path) -> tuple[int, list[tuple[str, np.ndarray]]]:
                 f"{dim} finite numbers each"
             )
         entries.append((person["name"], np.array(raw, dtype=np.float64).reshape(len(raw), dim)))
-    return dim, entries
+    return dim, entries, space
 
 
 def _scalar_int(path: Path, arrays: dict[str, np.ndarray], key: str) -> int:
@@ -239,7 +260,7 @@ def _load_npz_arrays(path: Path) -> dict[str, np.ndarray]:
         return arrays
 
 
-def _read_npz(path: Path) -> tuple[int, list[tuple[str, np.ndarray]]]:
+def _read_npz(path: Path) -> tuple[int, list[tuple[str, np.ndarray]], str]:
     try:
         arrays = _load_npz_arrays(path)
     except (
@@ -271,7 +292,11 @@ def _read_npz(path: Path) -> tuple[int, list[tuple[str, np.ndarray]]]:
         raise GalleryError(f"{path}: 'owner' refers to identities outside 'names'")
     if not np.all(np.isfinite(emb)):
         raise GalleryError(f"{path}: 'embeddings' contains NaN or infinity")
-    return dim, [(str(name), emb[owner == i]) for i, name in enumerate(names)]
+    space_array = arrays.get("embedding_space")
+    if space_array is not None and (space_array.shape != () or space_array.dtype.kind != "U"):
+        raise GalleryError(f"{path}: 'embedding_space' must be one string")
+    space = _check_space(path, str(space_array) if space_array is not None else "")
+    return dim, [(str(name), emb[owner == i]) for i, name in enumerate(names)], space
 
 
 def import_gallery(store: GalleryStore, path: str | Path, *, overwrite: bool = False) -> int:
@@ -296,7 +321,7 @@ def import_gallery(store: GalleryStore, path: str | Path, *, overwrite: bool = F
             "(every number would be held in memory as a Python object); export the gallery as .npz "
             "(`vrclip-edge gallery export FILE.npz`) and import that"
         )
-    dim, entries = _read_json(path) if kind == "json" else _read_npz(path)
+    dim, entries, space = _read_json(path) if kind == "json" else _read_npz(path)
     counts = Counter(name for name, _ in entries)
     duplicates = sorted(n for n, c in counts.items() if c > 1)
     if duplicates:
@@ -319,5 +344,7 @@ def import_gallery(store: GalleryStore, path: str | Path, *, overwrite: bool = F
             )
         if dim:
             store.ensure_dim(dim)
+    # An export of another model's gallery must not mix into this one (see ensure_embedding_space).
+    store.ensure_embedding_space(space, str(path))
     store.replace_all(checked, overwrite=overwrite, source="import")
     return len(checked)

@@ -32,7 +32,7 @@ from vrclip.edge.pipeline.app import (
     require_engine_exists,
     with_workdir,
 )
-from vrclip.edge.pipeline.enrolment import embedding_dim, enroll_simulated_people
+from vrclip.edge.pipeline.enrolment import bind_gallery, enroll_simulated_people
 from vrclip.edge.pipeline.runner import EdgeRunner
 from vrclip.edge.pipeline.sync import SyncedFrame
 from vrclip.edge.record import RecordRequest, record_simulated
@@ -112,7 +112,7 @@ def _measure(  # type: ignore[no-untyped-def]
     config, engine, session: Path, store: GalleryStore, frames: int, warmup: int, enrolled: set[str]
 ) -> dict:
     backend = open_backend(config, engine)
-    store.ensure_dim(embedding_dim(backend))
+    bind_gallery(store, backend)
     matcher, source = make_matcher(config, backend, store.path, lambda line: typer.echo(line, err=True))
     feed = replay_feed(session, paced=True, loop=True)
     health = Health(tuple(feed.sources))

@@ -30,7 +30,7 @@ from vrclip.edge.pipeline.app import (
 from vrclip.edge.pipeline.calibration_watch import CalibrationWatch
 from vrclip.edge.pipeline.enrolment import (
     PeopleInView,
-    embedding_dim,
+    bind_gallery,
     enrol_from_feed,
     enroll_simulated_people,
 )
@@ -69,7 +69,7 @@ def run_pipeline(
     """Run until stopped (SIGTERM/SIGINT), the duration ends or a replay ends; returns a summary."""
     backend = open_backend(config, engine)
     store = GalleryStore(config.gallery.path)
-    store.ensure_dim(embedding_dim(backend))
+    bind_gallery(store, backend)
     # The run loop's own connection (live enrolment): a writer holding the lock must not stall it.
     store.set_busy_timeout(RUN_LOOP_BUSY_TIMEOUT_S)
     # Late-bound: the matcher warns (through the health counters) only once the run is under way.

@@ -60,7 +60,7 @@ def enrol_from_feed(
 ) -> EnrolmentReport:
     """Run `feed` for `seconds` and offer each frame's embedding; frames without exactly one track are
     rejected. Commits as it goes, so an interrupted enrolment keeps what it had accepted."""
-    store.ensure_dim(embedding_dim(backend))
+    bind_gallery(store, backend)
     health = health_for(feed)
     identifier = make_identifier(feed, backend, count=health.count)
     enroller = Enroller(store, name, budget)
@@ -98,6 +98,13 @@ def manifest_embedding_dim(manifest: EngineManifest) -> int:
 def embedding_dim(backend: InferenceBackend) -> int:
     """Length of the running engine's embedding output (`manifest_embedding_dim`)."""
     return manifest_embedding_dim(backend.manifest)
+
+
+def bind_gallery(store: GalleryStore, backend: InferenceBackend) -> None:
+    """Check that `store` holds embeddings of `backend`'s model, and tie a new gallery to it: the
+    embedding length, and the model itself where the manifest names it (`embedding_space`)."""
+    store.ensure_dim(embedding_dim(backend))
+    store.ensure_embedding_space(backend.manifest.embedding_space, str(backend.source))
 
 
 def _slop(feed: Feed) -> int:

@@ -60,6 +60,45 @@ def test_dimension_is_fixed_per_gallery(db: Path) -> None:
     assert isinstance(err.value, UserError)
 
 
+MODEL_A, MODEL_B = "a" * 64, "b" * 64
+
+
+def test_a_gallery_holds_one_models_embeddings(db: Path) -> None:
+    """Two models' embeddings are unrelated even at the same length: matching across them names the
+    wrong people without any error. The first engine that names its model ties the gallery to it."""
+    with GalleryStore(db, dim=DIM) as store:
+        assert store.embedding_space is None
+        store.ensure_embedding_space("", "old.onnx")  # a manifest from before the field: no check
+        assert store.embedding_space is None
+        store.ensure_embedding_space(MODEL_A, "a.onnx")
+        store.ensure_embedding_space(MODEL_A, "a.int8.onnx")  # the same model, quantised
+        with pytest.raises(GalleryError) as err:
+            store.ensure_embedding_space(MODEL_B, "retrained.onnx")
+    text = str(err.value)
+    assert str(db) in text and "aaaaaaaaaaaa" in text and "retrained.onnx is model bbbbbbbbbbbb" in text
+    assert "Enrol everyone again" in text
+    with GalleryStore(db) as store:
+        assert store.embedding_space == MODEL_A
+
+
+def test_run_and_enrolment_refuse_a_gallery_of_another_model(db: Path) -> None:
+    from types import SimpleNamespace
+
+    from vrclip.edge.manifest import load_manifest
+    from vrclip.edge.pipeline.enrolment import bind_gallery
+
+    manifest = load_manifest(Path(__file__).resolve().parents[2] / "models" / "vrclip-tiny.json")
+    demo = SimpleNamespace(manifest=manifest, source=Path("models/vrclip-tiny.onnx"))
+    other = SimpleNamespace(
+        manifest=manifest.model_copy(update={"embedding_space": MODEL_B}), source=Path("retrained.onnx")
+    )
+    with GalleryStore(db) as store:
+        bind_gallery(store, demo)  # type: ignore[arg-type]
+        assert store.embedding_space == manifest.embedding_space != ""
+        with pytest.raises(GalleryError, match=r"retrained\.onnx is model bbbbbbbbbbbb"):
+            bind_gallery(store, other)  # type: ignore[arg-type]
+
+
 def test_gallery_from_a_newer_schema_is_refused_naming_file_and_versions(db: Path) -> None:
     GalleryStore(db, dim=DIM).close()
     conn = sqlite3.connect(db)

@@ -318,3 +318,23 @@ def test_json_too_large_is_refused_both_ways_with_a_pointer_to_npz(
         assert export_gallery(store, tmp_path / "fine.npz") == 2
     assert not (tmp_path / "again.json").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")], "no temporary file is left"
+
+
+@pytest.mark.parametrize("suffix", [".json", ".npz"])
+def test_an_export_carries_its_model_and_is_not_imported_into_another_models_gallery(
+    tmp_path: Path, suffix: str
+) -> None:
+    model_a, model_b = "a" * 64, "b" * 64
+    source = tmp_path / "a.sqlite"
+    with GalleryStore(source, dim=DIM) as store:
+        store.ensure_embedding_space(model_a, "a.onnx")
+        store.add_exemplars("alice", np.eye(DIM)[:2], budget=4)
+        export_gallery(store, tmp_path / f"a{suffix}")
+    with GalleryStore(tmp_path / "fresh.sqlite") as fresh:
+        assert import_gallery(fresh, tmp_path / f"a{suffix}") == 1
+        assert fresh.embedding_space == model_a  # the import tied the new gallery to that model
+    with GalleryStore(tmp_path / "b.sqlite", dim=DIM) as other:
+        other.ensure_embedding_space(model_b, "b.onnx")
+        with pytest.raises(GalleryError, match="enrolled with model bbbbbbbbbbbb"):
+            import_gallery(other, tmp_path / f"a{suffix}")
+        assert other.identities() == []

@@ -291,4 +291,6 @@ def test_threshold_from_and_the_source_hash_vouch_for_the_checkpoint_exported(
     result = export_checkpoint(ckpt, tmp_path / "m.onnx", threshold_from=report_of(loaded_sha))
     assert ckpt.read_bytes() == later.read_bytes()  # replaced while it was exported
     assert result.manifest.accuracy["source_checkpoint_sha256"] == loaded_sha
+    # The model the engine's embeddings belong to, which a gallery is tied to, is that checkpoint.
+    assert result.manifest.embedding_space == loaded_sha
     assert result.manifest.open_set is not None and result.manifest.open_set.threshold == 0.6

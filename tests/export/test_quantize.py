@@ -114,11 +114,16 @@ def test_layernorm_softmax_gelu_patch_embed_and_projections_stay_float(int8: q.Q
     assert "patch embedding" in kept and "visual output projection" in kept
 
 
-def test_int8_package_runs_in_the_runtime_backend_and_records_the_gate(int8: q.QuantizeResult) -> None:
+def test_int8_package_runs_in_the_runtime_backend_and_records_the_gate(
+    int8: q.QuantizeResult, float_model: Path
+) -> None:
     from vrclip.edge.inference.onnxruntime_backend import OnnxRuntimeBackend
 
     manifest = load_manifest(manifest_path_for(int8.onnx_path))
     assert manifest.precision == "int8" and manifest.tensorrt is None
+    # Its embeddings are the float model's: a gallery enrolled with one serves the other.
+    float_space = load_manifest(manifest_path_for(float_model)).embedding_space
+    assert float_space and manifest.embedding_space == float_space
     gate = manifest.accuracy["gate"]
     for key in ("cosine_min", "cosine_mean", "map_float", "map_quantized", "map_drop_points"):
         assert key in gate

@@ -55,6 +55,7 @@ def test_fp16_build_records_everything_the_runtime_checks(
     assert result.engine_path == engine and engine.is_file()
     record = load_manifest(tmp_path / "model.json").tensorrt
     assert record is not None and record == result.manifest.tensorrt
+    assert load_manifest(tmp_path / "model.json").embedding_space == "e" * 64  # the ONNX's model
     assert record.version == fakes["tensorrt"].__version__
     assert (record.gpu_name, record.compute_capability) == ("NVIDIA Fake H100 80GB HBM3", "9.0")
     assert record.build_flags == ["FP16"]  # TensorRT 10: no EXPLICIT_BATCH (deprecated, ignored)

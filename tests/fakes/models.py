@@ -142,6 +142,7 @@ def tiny_manifest(
         precision=precision,
         source_onnx_sha256=sha256_file(onnx_path),
         max_batch=max_batch,
+        embedding_space="e" * 64,
         created_by="tests",
     )
 

@@ -420,6 +420,15 @@ def test_the_gallery_check_finds_no_gallery_another_models_gallery_and_a_good_on
         store.add_exemplars("alice", np.eye(dim, dtype=np.float32)[:3], budget=32)
     good = by_name(run_selftest(rig, only("gallery")))["gallery"]
     assert good.status == "pass" and "1 identities, 3 exemplars" in good.detail
+    # The same length, but enrolled with another model (a retrained engine): as wrong, and says so.
+    with GalleryStore(path) as store:
+        store.ensure_embedding_space("b" * 64, "retrained.onnx")
+    retrained = by_name(run_selftest(rig, only("gallery")))["gallery"]
+    assert retrained.status == "fail"
+    assert f"enrolled with model bbbbbbbbbbbb, but {DEMO_ENGINE} is model 306bf81964c8" in retrained.detail
+    path.unlink()
+    with GalleryStore(path) as store:
+        store.add_exemplars("alice", np.eye(dim, dtype=np.float32)[:3], budget=32)
     from vrclip.edge.gallery.backup import copy_gallery
 
     copy = copy_gallery(path, tmp_path / "backups", keep=3)
