@@ -85,10 +85,14 @@ class Tracker:
         return self.confirmed()
 
     def _correct(self, track: Track, predicted: np.ndarray, measured: np.ndarray, t_ns: int) -> None:
-        dt = max(1e-3, (t_ns - track.last_t_ns) / 1e9) if track.last_t_ns else 0.1
+        dt = (t_ns - track.last_t_ns) / 1e9 if track.last_t_ns else 0.1
         residual = measured - predicted
         track.position = predicted + self.alpha * residual
-        track.velocity = track.velocity + (self.beta / dt) * residual
+        if dt > 0:
+            # A frame stamped like the last one (a repeated time stamp) or before it (the clock stepped
+            # back) gives no time to divide by: its residual, over a floored dt, would make a person
+            # standing still race off beyond the gate and lose their track. It corrects the position only.
+            track.velocity = track.velocity + (self.beta / max(dt, 1e-3)) * residual
         track.hits += 1
         track.misses = 0
         track.last_t_ns = t_ns
