@@ -142,6 +142,7 @@ def run_pipeline(
                 radar_stall_s=radar_stall_s(config),
                 on_frame=on_frame,
                 on_results=enrol_from_results if control is not None else None,
+                warn=warn,
             )
             summary = runner.run(stop, duration_s=duration_s)
             if not stop.is_set():  # a duration or a replay ended it: tell systemd we are going

@@ -49,6 +49,12 @@ class RunSummary:
 RADAR_STALL_S = 90.0
 
 
+#: Radar frames in a row whose processing may raise before the run gives up and ends with the error
+#: (about 10 s at 10 frames/s): one odd frame costs that frame, a fault that every frame hits (an
+#: engine or GPU gone bad) gets the service restarted instead of idling on with the watchdog fed.
+MAX_CONSECUTIVE_STEP_ERRORS = 100
+
+
 def radar_stall_s(config: EdgeConfig) -> float:
     """`RADAR_STALL_S`, or more where the config lets the driver wait longer between reconnections."""
     return max(RADAR_STALL_S, config.radar.vna.reconnect_max_backoff_s + 60.0)
@@ -62,6 +68,9 @@ class EdgeRunner:
     long as the radar capture shows signs of life (`radar_stall_s`): a radar that is down and being
     reopened must not get the service killed by the watchdog, while a step or a radar read that
     hangs stops the heartbeats.
+
+    A frame whose processing raises is skipped, counted (`step_errors`) and warned about once per
+    kind of error; `MAX_CONSECUTIVE_STEP_ERRORS` in a row end the run with the last error.
     """
 
     def __init__(
@@ -79,6 +88,7 @@ class EdgeRunner:
         status_interval_s: float = 5.0,
         lossless: bool = False,
         radar_stall_s: float = RADAR_STALL_S,
+        warn: Callable[[str], None] | None = None,
     ) -> None:
         if "radar" not in sources:
             raise ValueError("the pipeline is driven by radar frames: a radar source is required")
@@ -101,6 +111,9 @@ class EdgeRunner:
         self.sync = Synchronizer(slop_ns)
         self.lossless = lossless
         self._latest: dict[str, int] = {}
+        self.warn = warn
+        self._step_errors_in_a_row = 0
+        self._warned_errors: set[str] = set()
 
     def _radar_alive(self) -> bool:
         quiet_ns = time.monotonic_ns() - self.threads["radar"].last_alive_ns()
@@ -138,19 +151,13 @@ class EdgeRunner:
                         break
                     next_status = self._status(next_status)
                     continue
-                synced = self.sync.pair(item.frame)  # type: ignore[arg-type]
-                if self.on_frame is not None:
-                    self.on_frame(synced)
-                results, events = self.identifier.step(synced)
-                for event in events:
-                    if self.emit is not None:
-                        self.emit(event)
-                    self.health.count("events")
-                    self.health.count("unknown_events" if event.identity == "unknown" else "known_events")
-                summary.events += len(events)
-                if self.on_results is not None:
-                    self.on_results(synced, results)
-                self.health.latency("capture_to_event", (time.monotonic_ns() - item.received_ns) / 1e9)
+                try:
+                    self._process(item, summary)
+                except Exception as exc:
+                    if not self._step_failed(exc):
+                        raise
+                    next_status = self._status(next_status)
+                    continue
                 self.health.frame_in("pipeline")
                 summary.frames += 1
                 if self.heartbeat is not None:
@@ -165,6 +172,39 @@ class EdgeRunner:
             self._sync_drops()
             summary.ended_s = time.monotonic()
         return summary
+
+    def _process(self, item: Captured, summary: RunSummary) -> None:
+        """One radar frame through pairing, the frame hooks, the Identifier and the event sinks."""
+        synced = self.sync.pair(item.frame)  # type: ignore[arg-type]
+        if self.on_frame is not None:
+            self.on_frame(synced)
+        results, events = self.identifier.step(synced)
+        for event in events:
+            if self.emit is not None:
+                self.emit(event)
+            self.health.count("events")
+            self.health.count("unknown_events" if event.identity == "unknown" else "known_events")
+        summary.events += len(events)
+        if self.on_results is not None:
+            self.on_results(synced, results)
+        self.health.latency("capture_to_event", (time.monotonic_ns() - item.received_ns) / 1e9)
+        self._step_errors_in_a_row = 0
+
+    def _step_failed(self, exc: Exception) -> bool:
+        """Count a frame whose processing raised; False once too many in a row (the caller re-raises).
+
+        The frame earns no heartbeat. Warned once per kind of error: a fault that repeats every frame
+        must not flood the console, the counter says how often it happens."""
+        self.health.count("step_errors")
+        self._step_errors_in_a_row += 1
+        kind = type(exc).__name__
+        if self.warn is not None and kind not in self._warned_errors:
+            self._warned_errors.add(kind)
+            self.warn(
+                f"processing a radar frame failed ({kind}: {exc}); the frame is skipped and the run goes "
+                "on (counted as step_errors in the health status)"
+            )
+        return self._step_errors_in_a_row < MAX_CONSECUTIVE_STEP_ERRORS
 
     def _collect_partners(self, radar_t_ns: int | None) -> None:
         """Move camera/depth frames into the synchroniser. Live: whatever has arrived. Lossless

@@ -420,3 +420,58 @@ def test_shutdown_flag_in_process() -> None:
     other = ShutdownFlag()
     other.request("fatal sensor error")
     assert other.is_set() and other.reason == "fatal sensor error"
+
+
+class FailingIdentifier:
+    """A step that raises on the frames numbered in `fail` (an engine error on one odd input)."""
+
+    def __init__(self, fail: set[int] | None = None, fail_from: int | None = None) -> None:
+        self.steps = 0
+        self.fail = fail or set()
+        self.fail_from = fail_from
+
+    def step(self, synced):  # type: ignore[no-untyped-def]
+        self.steps += 1
+        if self.steps in self.fail or (self.fail_from is not None and self.steps >= self.fail_from):
+            raise RuntimeError(f"engine failed on frame {self.steps} (test)")
+        return [], []
+
+
+def test_a_step_that_raises_is_counted_and_the_loop_goes_on() -> None:
+    """One frame the engine (or the imaging) cannot take must cost that frame, not the service:
+    systemd gives up on a unit that fails 5 times in 10 minutes."""
+    identifier = FailingIdentifier(fail={2, 3})
+    health = Health(("radar",))
+    warnings: list[str] = []
+    pinger = WatchdogPinger(Notifier(socket_name=""), interval_s=None)
+    runner = EdgeRunner(
+        identifier,  # type: ignore[arg-type]
+        {"radar": lambda: Radar([1_000_000])},
+        health,
+        slop_ns=0,
+        heartbeat=pinger.heartbeat,
+        warn=warnings.append,
+    )
+    summary = runner.run(threading.Event(), duration_s=60, max_frames=5)
+    assert summary.reason == "frame count reached" and summary.frames == 5
+    assert identifier.steps == 7 and health.counters["step_errors"] == 2
+    assert len(warnings) == 1 and "engine failed on frame 2" in warnings[0]
+
+
+def test_a_step_that_keeps_raising_ends_the_run_with_its_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fault that every frame hits (a GPU gone bad) is not waited out for ever with the watchdog fed:
+    the run ends with the error, and systemd restarts the service."""
+    from vrclip.edge.pipeline import runner as runner_module
+
+    monkeypatch.setattr(runner_module, "MAX_CONSECUTIVE_STEP_ERRORS", 5)
+    identifier = FailingIdentifier(fail_from=3)
+    health = Health(("radar",))
+    runner = EdgeRunner(
+        identifier,  # type: ignore[arg-type]
+        {"radar": lambda: Radar([1_000_000])},
+        health,
+        slop_ns=0,
+    )
+    with pytest.raises(RuntimeError, match="engine failed on frame 7"):
+        runner.run(threading.Event(), duration_s=60)
+    assert health.counters["step_errors"] == 5
