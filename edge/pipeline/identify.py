@@ -251,7 +251,9 @@ class Identifier:
         for result, match in zip(results, matches, strict=True):
             state = self.tracks[result.track_id]
             changed = match.identity != state.last_identity
-            if not changed and now_ns - state.last_event_ns < self.event_interval_ns:
+            if not changed and 0 <= now_ns - state.last_event_ns < self.event_interval_ns:
+                # A negative gap is the clock stepped back (NTP): the interval counts from now on,
+                # rather than silencing the track until the clock has caught up with its last event.
                 continue
             state.last_identity = match.identity
             state.last_event_ns = now_ns

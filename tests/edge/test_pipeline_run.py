@@ -9,6 +9,7 @@ Identity accuracy with the trained model is measured by `vrclip-edge bench pipel
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -527,3 +528,37 @@ def test_a_calibration_measured_on_another_sweep_is_loaded_with_a_warning(tmp_pa
     (tmp_path / "cal.json").write_text(json.dumps(data))
     with pytest.raises(ConfigError, match=r"sweep = .*start_hz < stop_hz"):
         hardware_feed(config)
+
+
+def test_a_clock_stepped_back_does_not_silence_a_tracked_person(engine: Path, config: EdgeConfig) -> None:
+    """NTP stepping the wall clock back (a box that booted an hour fast) must not hold back the
+    periodic events of people already tracked until the clock has caught up again."""
+    from vrclip.edge.gallery.matcher import Match
+    from vrclip.edge.pipeline.sync import SyncedFrame
+
+    feed = simulated_feed(config, SceneSpec(people=("a",), seed=3), scpi=False)
+    backend = open_engine(engine, "onnxruntime")
+    identifier = make_identifier(feed, backend, match=lambda e: [Match("a", 0.9, "a")] * len(e))
+    sources = {name: factory() for name, factory in feed.sources.items()}
+    for source in sources.values():
+        source.open()
+    hour_ns = 3600 * 10**9
+    before: list[int] = []
+    after: list[int] = []
+    try:
+        for k in range(48):  # 8 frames/s: 3 s on the clock as it was, then 3 s an hour earlier
+            radar, camera = sources["radar"].read(), sources["camera"].read()
+            if k >= 24:
+                radar = dataclasses.replace(radar, t_ns=radar.t_ns - hour_ns)
+                camera = dataclasses.replace(camera, t_ns=camera.t_ns - hour_ns)
+            _, events = identifier.step(SyncedFrame(radar, camera, None))
+            (after if k >= 24 else before).extend(e.track_id for e in events)
+    finally:
+        for source in sources.values():
+            source.close()
+        identifier.close()
+        backend.close()
+        feed.close()
+    assert before, "the person was identified before the step"
+    assert len(set(before)) == 1, before
+    assert after.count(before[-1]) >= 2, f"events of the tracked person after the step: {after}"
