@@ -55,6 +55,11 @@ RADAR_STALL_S = 90.0
 MAX_CONSECUTIVE_STEP_ERRORS = 100
 
 
+#: How long stopping waits for the capture threads, all of them together (seconds). A read that hangs
+#: leaves its daemon thread behind; the process exits anyway.
+CAPTURE_STOP_S = 5.0
+
+
 def radar_stall_s(config: EdgeConfig) -> float:
     """`RADAR_STALL_S`, or more where the config lets the driver wait longer between reconnections."""
     return max(RADAR_STALL_S, config.radar.vna.reconnect_max_backoff_s + 60.0)
@@ -167,11 +172,20 @@ class EdgeRunner:
                 # The service's ShutdownFlag knows why (SIGTERM, SIGINT, a fatal error); an Event does not.
                 summary.reason = getattr(stop, "reason", None) or "stop requested"
         finally:
-            for thread in self.threads.values():
-                thread.stop()
+            self._stop_captures()
             self._sync_drops()
             summary.ended_s = time.monotonic()
         return summary
+
+    def _stop_captures(self) -> None:
+        """Stop every capture thread within one `CAPTURE_STOP_S` in all: one by one, each sensor whose
+        read hangs would add its own wait, and systemd kills the service TimeoutStopSec after SIGTERM,
+        before the recording and the event sinks (the last events) have closed."""
+        for thread in self.threads.values():
+            thread.request_stop()
+        deadline = time.monotonic() + CAPTURE_STOP_S
+        for thread in self.threads.values():
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _process(self, item: Captured, summary: RunSummary) -> None:
         """One radar frame through pairing, the frame hooks, the Identifier and the event sinks."""

@@ -451,13 +451,21 @@ class CaptureThread:
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
+        self.request_stop()
+        self.join(timeout)
+
+    def request_stop(self) -> None:
+        """Ask the thread to end without waiting for it, so several sensors stop side by side."""
         self._stop.set()
         source = self._source
         if source is not None:
             # Closing unblocks a read waiting on an instrument; a faulty sensor must not raise on shutdown.
             with contextlib.suppress(Exception):
                 source.close()
-        self._thread.join(timeout)
+
+    def join(self, timeout: float) -> None:
+        if self._thread.is_alive():
+            self._thread.join(timeout)
 
     def _run(self) -> None:
         backoff = 0.2

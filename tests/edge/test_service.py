@@ -475,3 +475,55 @@ def test_a_step_that_keeps_raising_ends_the_run_with_its_error(monkeypatch: pyte
     with pytest.raises(RuntimeError, match="engine failed on frame 7"):
         runner.run(threading.Event(), duration_s=60)
     assert health.counters["step_errors"] == 5
+
+
+class StuckSource(Radar):
+    """A sensor whose read hangs after its healthy frames and is not woken by close() (a USB camera
+    gone away inside its driver call)."""
+
+    def __init__(self, modality: str, healthy: list[int], release: threading.Event) -> None:
+        super().__init__(healthy)
+        self.modality, self.release = modality, release
+
+    def open(self) -> None:
+        pass
+
+    def read(self) -> RadarFrame:
+        if self.healthy[0] <= 0:
+            self.release.wait(60)
+            raise SensorError(f"{self.modality}: released (test)")
+        return super().read()
+
+
+def test_hung_sensors_at_shutdown_cost_one_stop_timeout_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    """systemd kills the service TimeoutStopSec (30 s) after SIGTERM, and the recording and the event
+    sinks still close after the sensors: three hung sensors must not take three timeouts in a row."""
+    from vrclip.edge.pipeline import runner as runner_module
+
+    monkeypatch.setattr(runner_module, "CAPTURE_STOP_S", 1.5, raising=False)
+    release = threading.Event()
+    sources = {
+        "radar": lambda: StuckSource("radar", [3], release),
+        "camera": lambda: StuckSource("camera", [0], release),
+        "depth": lambda: StuckSource("depth", [0], release),
+    }
+    identifier = CountingIdentifier()
+    runner = EdgeRunner(identifier, sources, Health(tuple(sources)), slop_ns=0)  # type: ignore[arg-type]
+    stop = threading.Event()
+    stopped_at: list[float] = []
+
+    def stop_after_three_frames() -> None:
+        deadline = time.monotonic() + 30
+        while identifier.steps < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stopped_at.append(time.monotonic())
+        stop.set()
+
+    threading.Thread(target=stop_after_three_frames, daemon=True).start()
+    try:
+        summary = runner.run(stop, duration_s=60)
+        took = time.monotonic() - stopped_at[0]
+    finally:
+        release.set()
+    assert summary.reason == "stop requested" and identifier.steps == 3
+    assert took < 4.0, f"stopping three hung sensors took {took:.1f} s, not one timeout of 1.5 s"
