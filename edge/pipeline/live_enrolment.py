@@ -52,6 +52,8 @@ class _Session:
     progress: EnrolmentProgress
     started: float
     enroller: Enroller | None = None
+    #: Its client was answered and let go (`cancel`): nobody will ask about it again.
+    released: bool = False
 
 
 class LiveEnrolment:
@@ -86,7 +88,7 @@ class LiveEnrolment:
                     f"{running.name!r} is being enrolled ({running.elapsed_s:.0f} of {running.seconds:g} s); "
                     "one person at a time: try again when it is done"
                 )
-            if self._session is not None:
+            if self._session is not None and not self._session.released:
                 self._ended[self._session.ticket] = self._session
             self._tickets += 1
             progress = EnrolmentProgress(name, float(seconds), 0.0, 0, 0, 0, 0, 0, False)
@@ -108,7 +110,11 @@ class LiveEnrolment:
         with self._changed:
             self._ended.pop(ticket, None)
             session = self._session
-            if session is not None and session.ticket == ticket and not session.progress.done:
+            if session is None or session.ticket != ticket:
+                return
+            # Released, it is not kept in `_ended` when the next one begins (no entry per enrolment).
+            session.released = True
+            if not session.progress.done:
                 self._finish(session, error="cancelled")
 
     def stop(self, reason: str) -> None:

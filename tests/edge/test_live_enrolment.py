@@ -512,3 +512,22 @@ def test_a_gallery_locked_by_another_writer_ends_the_enrolment_in_a_moment(tmp_p
             other.close()
         progress = live.wait(ticket, 0.0)
         assert progress.done and "busy" in str(progress.error)
+
+
+def test_enrolments_whose_clients_were_answered_are_not_kept_for_ever(store: GalleryStore) -> None:
+    # The usual order: the time runs out, the client reads its final report and its handler releases
+    # the ticket, and only later does someone enrol the next person. A service running for months
+    # (or a script enrolling in a loop) must not keep every past session in memory.
+    clock = FakeClock()
+    live = LiveEnrolment(store, budget=32, clock=clock)
+    tickets = []
+    for i in range(5):
+        ticket = live.start(f"person{i}", 5)
+        tickets.append(ticket)
+        clock.now += 6.0
+        assert live.wait(ticket, 0.5).done
+        live.cancel(ticket)  # the handler's finally, after the final reply went out
+    live.start("last", 5)
+    for ticket in tickets:
+        with pytest.raises(KeyError):
+            live.wait(ticket, 0.0)
