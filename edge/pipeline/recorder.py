@@ -32,6 +32,10 @@ QUEUE_FRAMES = 32
 CLOSE_TIMEOUT_S = 10.0
 #: How often the writer thread checks the free space on the recording's disk (seconds).
 DISK_CHECK_S = 1.0
+#: How much more than the real time between two offers a radar frame interval may count towards the
+#: recording's length (seconds): frames queued behind a slow step reach the recorder closer together
+#: than they were taken, while a wall clock stepped forward (NTP) jumps by minutes or hours.
+CLOCK_STEP_SLACK_S = 0.5
 
 
 class FrameRecorder:
@@ -54,7 +58,9 @@ class FrameRecorder:
         conditions = {"source": "vrclip-edge run", "people": list(identities), "seconds": seconds}
         self.writer = feed_writer(feed, self.path, identities=identities, conditions=conditions)
         self.queue: DropOldestQueue[SyncedFrame] = DropOldestQueue(QUEUE_FRAMES)
-        self._first_ns: int | None = None
+        self._last_t_ns: int | None = None
+        self._last_offer_ns = 0
+        self._recorded_ns = 0
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="record", daemon=True)
         self._thread.start()
@@ -67,14 +73,23 @@ class FrameRecorder:
         """Called by the pipeline for every frame it processes; never blocks."""
         if self._done.is_set():
             return
-        t_ns = synced.radar.t_ns
-        if self._first_ns is None:
-            self._first_ns = t_ns
-        if t_ns - self._first_ns >= self.seconds * 1e9:
+        if self._length_ns(synced.radar.t_ns) >= self.seconds * 1e9:
             self.queue.close()  # the writer finishes what is queued, then the file
             return
         if self.queue.put(synced) is not None:
             self.health.count("record_dropped")
+
+    def _length_ns(self, t_ns: int) -> int:
+        """The recording's length so far, in radar frame time, counted frame interval by frame
+        interval so that a wall-clock step (NTP) neither ends it at once nor lets it run until the disk
+        fills: an interval counts at least nothing and at most the real time between the two offers
+        plus CLOCK_STEP_SLACK_S."""
+        now_ns = time.monotonic_ns()
+        if self._last_t_ns is not None:
+            real_ns = now_ns - self._last_offer_ns + int(CLOCK_STEP_SLACK_S * 1e9)
+            self._recorded_ns += min(max(t_ns - self._last_t_ns, 0), real_ns)
+        self._last_t_ns, self._last_offer_ns = t_ns, now_ns
+        return self._recorded_ns
 
     def _run(self) -> None:
         next_disk_check = 0.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -182,3 +183,27 @@ def test_a_nearly_full_disk_stops_the_recording_before_it_fills(
     assert any("free on its disk" in w and "pipeline goes on" in w for w in warnings)
     with SessionReader(tmp_path / "nearly-full.h5") as reader:  # closed, readable, what came before
         assert reader.counts == written and written["radar"] == 5
+
+
+@pytest.mark.parametrize("step_s", [3600.0, -3600.0], ids=["clock stepped forward", "clock stepped back"])
+def test_a_clock_step_neither_cuts_short_nor_stretches_the_recording(
+    feed: Feed, tmp_path: Path, step_s: float
+) -> None:
+    """NTP stepping the wall clock during `run --record` (a Jetson that booted with a stale clock):
+    the recording still lasts about its --record-seconds, not one frame, nor until the disk fills."""
+    frames = _synced(feed, 80)  # 20 frames/s: 4 s
+    step_ns = int(step_s * 1e9)
+    frames = frames[:10] + [
+        SyncedFrame(
+            dataclasses.replace(s.radar, t_ns=s.radar.t_ns + step_ns),
+            dataclasses.replace(s.camera, t_ns=s.camera.t_ns + step_ns),
+            dataclasses.replace(s.depth, t_ns=s.depth.t_ns + step_ns),
+        )
+        for s in frames[10:]
+    ]
+    health = Health(tuple(feed.sources))
+    recorder = FrameRecorder(feed, tmp_path / "step.h5", 3.0, health, identities=PEOPLE)
+    for synced in frames:
+        recorder.offer(synced)
+    taken = recorder.close()["radar"] + health.counters["record_dropped"]  # the queue holds 32
+    assert 35 <= taken <= 61, f"{taken} radar frames taken for a 3-s recording at 20 frames/s"
