@@ -51,8 +51,10 @@ EnvironmentFile=-{env_file}
 WatchdogSec=30
 # Start-up loads the engine and connects the VNA, the switch controller and the cameras.
 TimeoutStartSec=300
-# SIGTERM, then the run loop closes sensors, flushes the event sinks and drains the MQTT outbox.
-TimeoutStopSec=30
+# SIGTERM, then the run loop closes sensors (5 s at most), the daily gallery copy and the control
+# socket, the recording (10 s to write what is queued) and the event sinks (MQTT outbox: 7 s): about
+# 33 s at worst, all stalled at once.
+TimeoutStopSec=45
 KillMode=mixed
 Restart=on-failure
 RestartSec=5
