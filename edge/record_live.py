@@ -25,7 +25,7 @@ from vrclip.edge.events.health import Health, Modality, ModalityState
 from vrclip.edge.frames import CLOCK_REALTIME, stream_of
 from vrclip.edge.pipeline.app import Feed
 from vrclip.edge.pipeline.queues import DropOldestQueue
-from vrclip.edge.pipeline.sources import Captured, CaptureThread
+from vrclip.edge.pipeline.sources import Captured, CaptureThread, stop_side_by_side
 from vrclip.edge.record import check_session_seconds
 from vrclip.edge.recording.writer import SessionWriter
 from vrclip.edge.timebase.clock import now_ns
@@ -304,9 +304,12 @@ def _free_bytes(folder: Path) -> int:
     return shutil.disk_usage(folder).free
 
 
+#: How long `record` waits for its sensors to stop, all together.
+SENSORS_STOP_S = 2.0
+
+
 def _stop_all(threads: list[CaptureThread]) -> None:
-    for thread in threads:
-        thread.stop(timeout=2.0)
+    stop_side_by_side(threads, SENSORS_STOP_S)
 
 
 def _check_identities(identities: tuple[str, ...]) -> None:

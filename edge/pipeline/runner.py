@@ -17,7 +17,7 @@ from vrclip.edge.events.event import IdentityEvent
 from vrclip.edge.events.health import Health
 from vrclip.edge.pipeline.identify import Identifier, TrackResult
 from vrclip.edge.pipeline.queues import DropOldestQueue
-from vrclip.edge.pipeline.sources import Captured, CaptureThread, FrameSource
+from vrclip.edge.pipeline.sources import Captured, CaptureThread, FrameSource, stop_side_by_side
 from vrclip.edge.pipeline.sync import SyncedFrame, Synchronizer
 
 #: Frames each capture queue holds before it drops the oldest (about half a second of radar).
@@ -181,11 +181,7 @@ class EdgeRunner:
         """Stop every capture thread within one `CAPTURE_STOP_S` in all: one by one, each sensor whose
         read hangs would add its own wait, and systemd kills the service TimeoutStopSec after SIGTERM,
         before the recording and the event sinks (the last events) have closed."""
-        for thread in self.threads.values():
-            thread.request_stop()
-        deadline = time.monotonic() + CAPTURE_STOP_S
-        for thread in self.threads.values():
-            thread.join(max(0.0, deadline - time.monotonic()))
+        stop_side_by_side(self.threads.values(), CAPTURE_STOP_S)
 
     def _process(self, item: Captured, summary: RunSummary) -> None:
         """One radar frame through pairing, the frame hooks, the Identifier and the event sinks."""

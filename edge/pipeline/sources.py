@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -517,3 +517,14 @@ class CaptureThread:
             self._stop.wait(min(backoff, cap))
             self._touch()
             backoff = min(cap, backoff * 2)
+
+
+def stop_side_by_side(threads: Iterable[CaptureThread], budget_s: float) -> None:
+    """Stop every capture thread within `budget_s` in all: one by one, each sensor whose read hangs
+    in its driver would add its own wait, and systemd kills a service that outlasts TimeoutStopSec."""
+    threads = list(threads)
+    for thread in threads:
+        thread.request_stop()
+    deadline = time.monotonic() + budget_s
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))

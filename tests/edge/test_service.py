@@ -527,3 +527,29 @@ def test_hung_sensors_at_shutdown_cost_one_stop_timeout_together(monkeypatch: py
         release.set()
     assert summary.reason == "stop requested" and identifier.steps == 3
     assert took < 4.0, f"stopping three hung sensors took {took:.1f} s, not one timeout of 1.5 s"
+
+
+def test_record_stops_hung_sensors_side_by_side() -> None:
+    """`vrclip-edge record` stopped its sensors one by one, 2 s each: three reads hung in their
+    drivers cost 6 s after Ctrl-C. Now they stop together within one budget."""
+    from vrclip.edge.pipeline.queues import DropOldestQueue
+    from vrclip.edge.pipeline.sources import CaptureThread
+    from vrclip.edge.record_live import SENSORS_STOP_S, _stop_all
+
+    release = threading.Event()
+    health = Health(("radar", "camera", "depth"))
+    threads = [
+        CaptureThread(lambda m=m: StuckSource(m, [1], release), m, DropOldestQueue(4), health).start()
+        for m in ("radar", "camera", "depth")
+    ]
+    deadline = time.monotonic() + 10
+    while any(
+        health.snapshot()["sources"].get(m, {}).get("frames_in", 0) < 1 for m in ("radar", "camera", "depth")
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    started = time.monotonic()
+    _stop_all(threads)
+    took = time.monotonic() - started
+    release.set()
+    assert took < SENSORS_STOP_S + 1.0, took
