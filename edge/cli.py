@@ -237,7 +237,7 @@ def dataset_make(
     width: int = typer.Option(640, "--width", help="Camera frame width."),
     height: int = typer.Option(360, "--height", help="Camera frame height."),
     seed: int = typer.Option(42, "--seed"),
-    jobs: int = typer.Option(2, "--jobs", "-j", help="Worker processes."),
+    jobs: int = typer.Option(2, "--jobs", "-j", min=1, help="Worker processes."),
     config: Path | None = CONFIG_OPTION,
 ) -> None:
     """Write a synthetic VRR-like dataset: one recording per (identity, session)."""

@@ -193,6 +193,9 @@ class SessionReader:
                 f"{schema.MAX_SWEEP_POINTS}; the file is damaged"
             )
         self.freqs_hz: np.ndarray = freqs[()]
+        # The writer refuses such an axis; a damaged one would put every echo at a NaN range.
+        if not np.all(np.isfinite(self.freqs_hz)):
+            raise RecordingError(f"{where}: /radar/freqs_hz holds NaN or infinity; the file is damaged")
         channels = self._dim(radar, "channels")
         geometry_channels = self.array_geometry.n_channels
         if channels != geometry_channels:

@@ -156,6 +156,13 @@ def test_config_check_warns_when_the_array_cannot_be_swept_at_the_frame_rate(tmp
     assert result.returncode == 0 and result.stderr.strip() == ""
 
 
+def test_dataset_make_refuses_no_workers(tmp_path: Path) -> None:
+    """--jobs 0 or below was taken as 1 without a word."""
+    result = cli("dataset", "make", "--out", str(tmp_path / "ds"), "--jobs", "0")
+    assert result.returncode == 2 and "--jobs" in result.stderr
+    assert not (tmp_path / "ds").exists()
+
+
 def test_dataset_make_writes_sessions_and_resumes(tmp_path: Path) -> None:
     out = tmp_path / "ds"
     args = ("dataset", "make", "--out", str(out), "--identities", "2", "--sessions", "2", "--seconds", "0.5",

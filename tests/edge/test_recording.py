@@ -325,6 +325,19 @@ def test_a_frequency_axis_beyond_any_sweep_is_refused_before_it_is_read(tmp_path
         SessionReader(path)
 
 
+def test_a_frequency_axis_with_nan_is_refused(tmp_path: Path) -> None:
+    """The writer refuses such an axis, but the reader took a damaged one as it was: every echo of
+    the recording at a NaN range, silently."""
+    path = tmp_path / "freqs.h5"
+    _write_session(path, n=2)
+    with h5py.File(path, "r+") as f:
+        freqs = f["radar/freqs_hz"][()]
+        freqs[7] = np.nan
+        f["radar/freqs_hz"][...] = freqs
+    with pytest.raises(RecordingError, match="freqs_hz holds NaN or infinity"):
+        SessionReader(path)
+
+
 def test_text_file_missing_file_and_directory_are_refused(tmp_path: Path) -> None:
     text = tmp_path / "notes.h5"
     text.write_text("this is not a recording\n" * 100)
