@@ -325,14 +325,19 @@ class GalleryStore:
         if not space:
             return
         try:
-            with self._write() as conn:
-                row = conn.execute("SELECT value FROM meta WHERE key = 'embedding_space'").fetchone()
-                if row is None:
-                    conn.execute("INSERT INTO meta VALUES ('embedding_space', ?)", (space,))
-                    return
+            with self._write():
+                self._tie_embedding_space(space, engine)
         except sqlite3.DatabaseError as exc:
             raise self._damaged(exc) from None
-        if str(row[0]) != space:
+
+    def _tie_embedding_space(self, space: str, engine: str) -> None:
+        """Inside a write transaction: tie the gallery to `space`, or raise if it holds another
+        model's. Part of the caller's transaction, so that a write refused later (an import's name
+        clash) leaves no tie behind either."""
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'embedding_space'").fetchone()
+        if row is None:
+            self._conn.execute("INSERT INTO meta VALUES ('embedding_space', ?)", (space,))
+        elif str(row[0]) != space:
             raise GalleryError(model_mismatch(self.path, str(row[0]), engine, space))
 
     # ---- transactions --------------------------------------------------------------------------------
@@ -563,15 +568,27 @@ class GalleryStore:
             self._conn.execute("DELETE FROM identities WHERE id = ?", (ident,))
         return int(count[0])
 
-    def replace_all(self, entries: list[tuple[str, np.ndarray]], *, overwrite: bool, source: str) -> None:
+    def replace_all(
+        self,
+        entries: list[tuple[str, np.ndarray]],
+        *,
+        overwrite: bool,
+        source: str,
+        embedding_space: str = "",
+        origin: str = "",
+    ) -> None:
         """Import: write every (name, exemplars) pair in one transaction, or nothing.
 
         Without `overwrite`, an identity that already exists is an error (listing every clash) so an
         import never silently merges two different people who happen to share a name.
+        `embedding_space` (the model of the export `origin`, "" if it names none) is checked and tied
+        in the same transaction (see ensure_embedding_space), so a refused import ties nothing.
         """
         for name, _ in entries:
             validate_name(name)
         with self._write():
+            if embedding_space:
+                self._tie_embedding_space(embedding_space, origin)
             clashes = [
                 n
                 for n, _ in entries

@@ -345,6 +345,5 @@ def import_gallery(store: GalleryStore, path: str | Path, *, overwrite: bool = F
         if dim:
             store.ensure_dim(dim)
     # An export of another model's gallery must not mix into this one (see ensure_embedding_space).
-    store.ensure_embedding_space(space, str(path))
-    store.replace_all(checked, overwrite=overwrite, source="import")
+    store.replace_all(checked, overwrite=overwrite, source="import", embedding_space=space, origin=str(path))
     return len(checked)

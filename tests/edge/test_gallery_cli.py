@@ -338,3 +338,19 @@ def test_an_export_carries_its_model_and_is_not_imported_into_another_models_gal
         with pytest.raises(GalleryError, match="enrolled with model bbbbbbbbbbbb"):
             import_gallery(other, tmp_path / f"a{suffix}")
         assert other.identities() == []
+
+
+def test_a_refused_import_does_not_tie_the_gallery_to_the_exports_model(db: Path, tmp_path: Path) -> None:
+    """An import is all or nothing: one refused for a name clash tied the gallery to the export's
+    model all the same, so the service's own engine was then refused on a gallery nobody imported
+    into ("enrolled with model aaaaaaaaaaaa")."""
+    source = tmp_path / "a.sqlite"
+    with GalleryStore(source, dim=DIM) as store:
+        store.ensure_embedding_space("a" * 64, "a.onnx")
+        store.add_exemplars("alice", np.eye(DIM)[:2], budget=4)
+        export_gallery(store, tmp_path / "a.npz")
+    with GalleryStore(db) as store:  # holds alice already, and no model yet
+        with pytest.raises(GalleryError, match="already has 'alice'"):
+            import_gallery(store, tmp_path / "a.npz")
+        assert store.embedding_space is None
+        store.ensure_embedding_space("b" * 64, "b.onnx")  # the service's engine still binds it
