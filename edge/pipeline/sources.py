@@ -477,13 +477,15 @@ class CaptureThread:
                 cap = float(getattr(self._source, "reopen_max_backoff_s", self.max_backoff_s))
                 self._source.open()
                 self.health.set_modality(self.modality, ModalityState.UP)
-                backoff = 0.2
                 while not self._stop.is_set():
                     frame = self._source.read()
                     self._touch()
                     if frame is None:
                         self.ended.set()
                         return
+                    # Reset by a frame, not by the open: a sensor that opens but fails every read (a
+                    # VNA whose every sweep is NaN) was otherwise reopened every 0.2 s for good.
+                    backoff = 0.2
                     captured = Captured(frame, time.monotonic_ns())
                     if self.lossless:
                         while not self.queue.put_wait(captured, 0.25):

@@ -356,3 +356,50 @@ def test_a_radar_frame_not_later_than_the_last_keeps_the_track_and_velocity(repe
     for k in range(1, 6):
         confirmed = tracker.update(np.array([[1.0, 3.0]]), t_ns + k * dt_ns)
         assert [t.track_id for t in confirmed] == [track.track_id], "the person lost their track"
+
+
+class _OpensButFails:
+    """A sensor that opens every time and fails every read (a VNA that answers its set-up but returns
+    NaN for every sweep); `frames_first` good frames after each open, then the fault."""
+
+    opened = 0
+
+    def __init__(self, frames_first: int = 0) -> None:
+        self.left = frames_first
+
+    def open(self) -> None:
+        type(self).opened += 1
+
+    def read(self) -> RadarFrame:
+        if self.left:
+            self.left -= 1
+            return radar(0)
+        raise SensorError("every sweep is NaN")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_sensor_that_opens_but_fails_every_read_is_reopened_with_a_growing_backoff() -> None:
+    """The backoff was reset by a successful open, so a sensor that opens but never delivers (a VNA
+    whose every sweep is NaN: three dropped frames, then the radar is reopened) was reopened every
+    0.2 s for as long as the fault lasted, each time logging its reconnection and dropped frames.
+    Only a delivered frame resets it now."""
+    from vrclip.edge.events.health import Health
+
+    class Failing(_OpensButFails):
+        opened = 0
+
+    class Delivering(_OpensButFails):
+        opened = 0
+
+    health = Health()
+    failing = sources.CaptureThread(Failing, "radar", DropOldestQueue(4), health).start()
+    delivering = sources.CaptureThread(lambda: Delivering(1), "camera", DropOldestQueue(4), health).start()
+    time.sleep(2.5)
+    failing.stop()
+    delivering.stop()
+    # Waits of 0.2, 0.4, 0.8 and 1.6 s: opened at 0, 0.2, 0.6 and 1.4 s (at 0.2 s each: 13 times).
+    assert 3 <= Failing.opened <= 5, Failing.opened
+    # A sensor that delivered a frame since its last open is reopened after the shortest wait.
+    assert Delivering.opened >= 10, Delivering.opened
