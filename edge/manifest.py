@@ -361,8 +361,20 @@ def load_manifest(path: str | Path) -> EngineManifest:
         raise ManifestError(f"{path}: invalid manifest: {problems}") from e
 
 
+#: Keys added by a schema version, with the value that means "not given". quantize and build rewrite
+#: the manifest they read and keep its schema_version; written with such a key, an older manifest
+#: would be refused as unknown by the code its version number promises can read it.
+_KEYS_SINCE: dict[str, tuple[int, Any]] = {"open_set": (2, None), "embedding_space": (3, "")}
+
+
 def manifest_json(manifest: EngineManifest) -> str:
-    return json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=False) + "\n"
+    """The manifest as written: without the keys its schema version predates, where they hold nothing."""
+    omit = {
+        key
+        for key, (since, empty) in _KEYS_SINCE.items()
+        if manifest.schema_version < since and getattr(manifest, key) == empty
+    }
+    return json.dumps(manifest.model_dump(mode="json", exclude=omit), indent=2, sort_keys=False) + "\n"
 
 
 def write_manifest(path: str | Path, manifest: EngineManifest) -> Path:

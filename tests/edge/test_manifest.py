@@ -279,3 +279,20 @@ def test_a_version_1_manifest_still_opens(tmp_path) -> None:
     path.write_text(json.dumps(data))
     manifest = load_manifest(path)
     assert manifest.schema_version == 1 and manifest.open_set is None
+
+
+def test_a_schema_2_manifest_rewritten_stays_readable_by_schema_2_code(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """quantize and build rewrite the manifest they read, keeping its schema_version. A schema-2
+    manifest came back as schema 2 plus `"embedding_space": ""`, a key schema-2 code (strict, an
+    edge box not yet upgraded) refuses as unknown, where the version number promised it could read
+    the file."""
+    data = json.loads((Path(__file__).parents[2] / "models" / "vrclip-tiny.json").read_text())
+    data["schema_version"] = 2
+    data.pop("embedding_space")
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(data))
+    manifest = load_manifest(path)
+    rewritten = json.loads(write_manifest(tmp_path / "again.json", manifest).read_text())
+    assert rewritten["schema_version"] == 2
+    assert set(rewritten) <= set(data), sorted(set(rewritten) - set(data))
+    assert load_manifest(tmp_path / "again.json") == manifest
