@@ -142,6 +142,16 @@ def model_mismatch(gallery: Path | str, held: str, engine: str, space: str) -> s
     )
 
 
+def import_mismatch(gallery: Path | str, held: str, export: str, space: str) -> str:
+    """What to say when an export of one model's gallery is imported into another model's gallery:
+    the export is good, in a gallery of its own model (there is no engine to change here)."""
+    return (
+        f"{export} holds embeddings of model {space[:12]}, but gallery {gallery} was enrolled with model "
+        f"{held[:12]}: embeddings of different models cannot be matched. Import it into a new gallery "
+        f"file (`vrclip-edge gallery --db NEW.sqlite import {export}`) for an engine of model {space[:12]}"
+    )
+
+
 def normalise(embeddings: np.ndarray, dim: int | None = None) -> np.ndarray:
     """(N, D) or (D,) -> (N, D) float32 unit rows; rejects non-finite, zero or wrongly-sized vectors."""
     arr = np.asarray(embeddings, dtype=np.float64)
@@ -326,19 +336,21 @@ class GalleryStore:
             return
         try:
             with self._write():
-                self._tie_embedding_space(space, engine)
+                self._tie_embedding_space(space, engine, model_mismatch)
         except sqlite3.DatabaseError as exc:
             raise self._damaged(exc) from None
 
-    def _tie_embedding_space(self, space: str, engine: str) -> None:
+    def _tie_embedding_space(
+        self, space: str, origin: str, mismatch: Callable[[Path, str, str, str], str]
+    ) -> None:
         """Inside a write transaction: tie the gallery to `space`, or raise if it holds another
-        model's. Part of the caller's transaction, so that a write refused later (an import's name
-        clash) leaves no tie behind either."""
+        model's (`mismatch` says so: of an engine, or of an export). Part of the caller's
+        transaction, so that a write refused later (an import's name clash) leaves no tie behind."""
         row = self._conn.execute("SELECT value FROM meta WHERE key = 'embedding_space'").fetchone()
         if row is None:
             self._conn.execute("INSERT INTO meta VALUES ('embedding_space', ?)", (space,))
         elif str(row[0]) != space:
-            raise GalleryError(model_mismatch(self.path, str(row[0]), engine, space))
+            raise GalleryError(mismatch(self.path, str(row[0]), origin, space))
 
     # ---- transactions --------------------------------------------------------------------------------
 
@@ -588,7 +600,7 @@ class GalleryStore:
             validate_name(name)
         with self._write():
             if embedding_space:
-                self._tie_embedding_space(embedding_space, origin)
+                self._tie_embedding_space(embedding_space, origin, import_mismatch)
             clashes = [
                 n
                 for n, _ in entries

@@ -354,3 +354,25 @@ def test_a_refused_import_does_not_tie_the_gallery_to_the_exports_model(db: Path
             import_gallery(store, tmp_path / "a.npz")
         assert store.embedding_space is None
         store.ensure_embedding_space("b" * 64, "b.onnx")  # the service's engine still binds it
+
+
+def test_importing_another_models_export_says_what_to_do_with_the_export(tmp_path: Path) -> None:
+    """The refusal told the operator to 'enrol everyone again with this engine', naming the export
+    file as the engine: there is no engine in an import, and the export can be used, in a gallery
+    of its own model."""
+    with GalleryStore(tmp_path / "a.sqlite", dim=DIM) as store:
+        store.ensure_embedding_space("a" * 64, "a.onnx")
+        store.add_exemplars("alice", np.eye(DIM)[:2], budget=4)
+        export_gallery(store, tmp_path / "a.npz")
+    other = tmp_path / "b.sqlite"
+    with GalleryStore(other, dim=DIM) as store:
+        store.ensure_embedding_space("b" * 64, "b.onnx")
+    result = invoke(other, "import", str(tmp_path / "a.npz"))
+    assert isinstance(result.exception, GalleryError), result.output
+    text = str(result.exception)
+    assert f"{tmp_path / 'a.npz'} holds embeddings of model aaaaaaaaaaaa" in text
+    assert "enrolled with model bbbbbbbbbbbb" in text
+    assert f"gallery --db NEW.sqlite import {tmp_path / 'a.npz'}" in text
+    assert "engine" not in text.replace("engine of model", "")
+    # What it says to do works.
+    assert invoke(tmp_path / "NEW.sqlite", "import", str(tmp_path / "a.npz")).exit_code == 0
