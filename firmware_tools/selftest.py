@@ -534,8 +534,16 @@ def check_gallery(rig: Rig) -> Verdict:
             "gallery.path at that model's gallery",
             figures,
         )
-    if space and engine_space and space != engine_space:
+    if space and engine_space and space != engine_space and exemplars:
         raise CheckFailed(model_mismatch(path, space, rig.engine, engine_space), figures)
+    if space is None and engine_space and exemplars:
+        return Verdict(
+            "warn",
+            f"{path}: {len(infos)} identities, {exemplars} exemplars, enrolled before galleries recorded "
+            f"their model: the next run ties it to the model of {rig.engine}; if they were enrolled with "
+            "another model (a retrained engine), enrol them again",
+            figures,
+        )
     return Verdict(
         "pass", f"{path}: {len(infos)} identities, {exemplars} exemplars, {dim} numbers each", figures
     )

@@ -324,33 +324,45 @@ class GalleryStore:
             row = conn.execute("SELECT value FROM meta WHERE key = 'embedding_space'").fetchone()
         return str(row[0]) if row is not None else None
 
-    def ensure_embedding_space(self, space: str, engine: str) -> None:
+    def ensure_embedding_space(self, space: str, engine: str) -> int:
         """Tie the gallery to the model `space` names, or raise if it holds another model's.
 
         Embeddings of two models live in unrelated spaces even at the same length: matching one
         against the other names the wrong people, or no one, without any error. So the first engine
         that names its model (manifest `embedding_space`) ties the gallery to it, and another model's
         engine is refused. `space` "" (a manifest from before the field) checks nothing.
+
+        Returns how many exemplars the gallery held when this call tied it: exemplars enrolled before
+        galleries recorded their model, which the caller should warn about (this engine's model is
+        taken for theirs). A gallery holding no exemplar (emptied with `gallery delete`) is tied
+        again to the new model instead of refusing it.
         """
         if not space:
-            return
+            return 0
         try:
             with self._write():
-                self._tie_embedding_space(space, engine, model_mismatch)
+                return self._tie_embedding_space(space, engine, model_mismatch)
         except sqlite3.DatabaseError as exc:
             raise self._damaged(exc) from None
 
     def _tie_embedding_space(
         self, space: str, origin: str, mismatch: Callable[[Path, str, str, str], str]
-    ) -> None:
+    ) -> int:
         """Inside a write transaction: tie the gallery to `space`, or raise if it holds another
         model's (`mismatch` says so: of an engine, or of an export). Part of the caller's
-        transaction, so that a write refused later (an import's name clash) leaves no tie behind."""
+        transaction, so that a write refused later (an import's name clash) leaves no tie behind.
+        Returns the exemplars held by a gallery tied here for the first time (see
+        ensure_embedding_space)."""
         row = self._conn.execute("SELECT value FROM meta WHERE key = 'embedding_space'").fetchone()
+        held = int(self._conn.execute("SELECT count(*) FROM exemplars").fetchone()[0])
         if row is None:
             self._conn.execute("INSERT INTO meta VALUES ('embedding_space', ?)", (space,))
-        elif str(row[0]) != space:
-            raise GalleryError(mismatch(self.path, str(row[0]), origin, space))
+            return held
+        if str(row[0]) != space:
+            if held:
+                raise GalleryError(mismatch(self.path, str(row[0]), origin, space))
+            self._conn.execute("UPDATE meta SET value = ? WHERE key = 'embedding_space'", (space,))
+        return 0
 
     # ---- transactions --------------------------------------------------------------------------------
 

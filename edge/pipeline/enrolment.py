@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 
@@ -18,6 +19,8 @@ from vrclip.edge.sim.scene import SceneSpec
 
 #: How long the ZED's last person count vouches for a radar frame during enrolment.
 ZED_COUNT_VALID_NS = 500_000_000
+
+log = logging.getLogger(__name__)
 
 
 class PeopleInView:
@@ -100,11 +103,25 @@ def embedding_dim(backend: InferenceBackend) -> int:
     return manifest_embedding_dim(backend.manifest)
 
 
-def bind_gallery(store: GalleryStore, backend: InferenceBackend) -> None:
+def bind_gallery(store: GalleryStore, backend: InferenceBackend) -> str | None:
     """Check that `store` holds embeddings of `backend`'s model, and tie a new gallery to it: the
-    embedding length, and the model itself where the manifest names it (`embedding_space`)."""
+    embedding length, and the model itself where the manifest names it (`embedding_space`).
+
+    Returns (and logs) a warning when this tied a gallery whose people were enrolled before
+    galleries recorded their model: nothing can tell which model that was, so this engine's is
+    taken, and a retrained engine would then match them wrongly without a word."""
     store.ensure_dim(embedding_dim(backend))
-    store.ensure_embedding_space(backend.manifest.embedding_space, str(backend.source))
+    space = backend.manifest.embedding_space
+    held = store.ensure_embedding_space(space, str(backend.source))
+    if not held:
+        return None
+    message = (
+        f"gallery {store.path} holds {held} exemplars enrolled before galleries recorded their model; "
+        f"it is now tied to the model of {backend.source} ({space[:12]}). If they were enrolled with "
+        "another model (a retrained engine), enrol them again"
+    )
+    log.warning("%s", message)
+    return message
 
 
 def _slop(feed: Feed) -> int:

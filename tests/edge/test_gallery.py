@@ -71,6 +71,7 @@ def test_a_gallery_holds_one_models_embeddings(db: Path) -> None:
         store.ensure_embedding_space("", "old.onnx")  # a manifest from before the field: no check
         assert store.embedding_space is None
         store.ensure_embedding_space(MODEL_A, "a.onnx")
+        store.add_exemplars("alice", np.eye(DIM)[:2], budget=4)
         store.ensure_embedding_space(MODEL_A, "a.int8.onnx")  # the same model, quantised
         with pytest.raises(GalleryError) as err:
             store.ensure_embedding_space(MODEL_B, "retrained.onnx")
@@ -79,6 +80,19 @@ def test_a_gallery_holds_one_models_embeddings(db: Path) -> None:
     assert "Enrol everyone again" in text
     with GalleryStore(db) as store:
         assert store.embedding_space == MODEL_A
+
+
+def test_a_gallery_enrolled_before_it_recorded_its_model_is_tied_with_a_warning(db: Path) -> None:
+    """Nothing tells which model enrolled an older gallery: the first engine that names its model is
+    taken for it, and the caller is told how many exemplars that covered. An emptied gallery takes a
+    new model instead of refusing it."""
+    with GalleryStore(db, dim=DIM) as store:
+        store.add_exemplars("alice", np.eye(DIM)[:3], budget=4)
+        assert store.ensure_embedding_space(MODEL_A, "a.onnx") == 3
+        assert store.ensure_embedding_space(MODEL_A, "a.onnx") == 0
+        store.delete("alice")
+        assert store.ensure_embedding_space(MODEL_B, "retrained.onnx") == 0  # nothing to mismatch
+        assert store.embedding_space == MODEL_B
 
 
 def test_run_and_enrolment_refuse_a_gallery_of_another_model(db: Path) -> None:
@@ -93,8 +107,11 @@ def test_run_and_enrolment_refuse_a_gallery_of_another_model(db: Path) -> None:
         manifest=manifest.model_copy(update={"embedding_space": MODEL_B}), source=Path("retrained.onnx")
     )
     with GalleryStore(db) as store:
-        bind_gallery(store, demo)  # type: ignore[arg-type]
+        store.add_exemplars("alice", np.eye(64)[:2], budget=4)  # enrolled before galleries named a model
+        warning = bind_gallery(store, demo)  # type: ignore[arg-type]
+        assert warning is not None and "holds 2 exemplars enrolled before" in warning
         assert store.embedding_space == manifest.embedding_space != ""
+        assert bind_gallery(store, demo) is None  # type: ignore[arg-type]
         with pytest.raises(GalleryError, match=r"retrained\.onnx is model bbbbbbbbbbbb"):
             bind_gallery(store, other)  # type: ignore[arg-type]
 

@@ -418,8 +418,8 @@ def test_the_gallery_check_finds_no_gallery_another_models_gallery_and_a_good_on
     path.unlink()
     with GalleryStore(path) as store:
         store.add_exemplars("alice", np.eye(dim, dtype=np.float32)[:3], budget=32)
-    good = by_name(run_selftest(rig, only("gallery")))["gallery"]
-    assert good.status == "pass" and "1 identities, 3 exemplars" in good.detail
+    untied = by_name(run_selftest(rig, only("gallery")))["gallery"]
+    assert untied.status == "warn" and "enrolled before galleries recorded their model" in untied.detail
     # The same length, but enrolled with another model (a retrained engine): as wrong, and says so.
     with GalleryStore(path) as store:
         store.ensure_embedding_space("b" * 64, "retrained.onnx")
@@ -429,6 +429,11 @@ def test_the_gallery_check_finds_no_gallery_another_models_gallery_and_a_good_on
     path.unlink()
     with GalleryStore(path) as store:
         store.add_exemplars("alice", np.eye(dim, dtype=np.float32)[:3], budget=32)
+        store.ensure_embedding_space(
+            load_manifest(REPO / "models" / "vrclip-tiny.json").embedding_space, "demo"
+        )
+    good = by_name(run_selftest(rig, only("gallery")))["gallery"]
+    assert good.status == "pass" and "1 identities, 3 exemplars" in good.detail
     from vrclip.edge.gallery.backup import copy_gallery
 
     copy = copy_gallery(path, tmp_path / "backups", keep=3)
