@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from numpy.lib import format as npy_format
 from vrclip.edge.gallery.store import MAX_DIM, GalleryError, GalleryStore, normalise, validate_name
+from vrclip.edge.values import finite_number
 
 FORMAT = "vrclip-gallery"
 FORMAT_VERSION = 1
@@ -157,17 +158,6 @@ def _check_dim(path: Path, dim: Any) -> int:
     return dim
 
 
-def _finite_number(value: Any) -> bool:
-    """A JSON number a float can hold: not a bool, NaN or infinity, and not an integer too large for a
-    float (JSON allows integers of any length, and `math.isfinite` raises OverflowError on one)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:
-        return False
-
-
 def _read_json(path: Path) -> tuple[int, list[tuple[str, np.ndarray]], str]:
     try:
         raw = path.read_bytes()
@@ -197,7 +187,7 @@ def _read_json(path: Path) -> tuple[int, list[tuple[str, np.ndarray]], str]:
             raise GalleryError(f"{path}: identities[{i}] needs a string 'name'")
         raw = person.get("exemplars")
         if not isinstance(raw, list) or not all(
-            isinstance(row, list) and len(row) == dim and all(_finite_number(x) for x in row) for row in raw
+            isinstance(row, list) and len(row) == dim and all(finite_number(x) for x in row) for row in raw
         ):
             raise GalleryError(
                 f"{path}: identities[{i}] ({person['name']!r}): 'exemplars' must be a list of "

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from vrclip.edge.errors import ConfigError
 from vrclip.edge.imaging.drift import CouplingReference
+from vrclip.edge.values import finite_number
 
 FORMAT = "vrclip-channel-calibration"
 VERSION = 1
@@ -165,7 +166,7 @@ class ChannelCalibration:
         arrays = {}
         for key in ("gain_re", "gain_im", "delay_s"):
             values = data.get(key)
-            if not (isinstance(values, list) and all(_is_number(v) for v in values)):
+            if not (isinstance(values, list) and all(finite_number(v) for v in values)):
                 raise ConfigError(f"{source}: {key} must be a list of numbers, one per virtual channel")
             arrays[key] = np.asarray(values, dtype=np.float64)
         channels = data.get("channels")
@@ -241,8 +242,8 @@ def _sweep_of(value: object, source: str) -> tuple[float, float, int] | None:
         raise ConfigError(f"{source}: sweep must be an object with start_hz, stop_hz and points")
     start, stop, points = value.get("start_hz"), value.get("stop_hz"), value.get("points")
     if not (
-        _is_number(start)
-        and _is_number(stop)
+        finite_number(start)
+        and finite_number(stop)
         and 0 < float(start) < float(stop)  # type: ignore[arg-type]
         and isinstance(points, int)
         and not isinstance(points, bool)
@@ -252,13 +253,3 @@ def _sweep_of(value: object, source: str) -> tuple[float, float, int] | None:
             f"{source}: sweep = {value!r}; expected start_hz < stop_hz (positive Hz) and points >= 2"
         )
     return float(start), float(stop), int(points)  # type: ignore[arg-type]
-
-
-def _is_number(value: object) -> bool:
-    """A finite JSON number that fits a float64: not a bool, NaN, infinity or an integer beyond 1.8e308."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    try:
-        return math.isfinite(float(value))
-    except OverflowError:  # float(10**400): a hand-edited file, refused with its key like any bad value
-        return False

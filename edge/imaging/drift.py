@@ -15,7 +15,6 @@ harm to the image, so what is reported is how coherent the channels still are wi
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +22,7 @@ import numpy as np
 from vrclip.edge.config import SPEED_OF_LIGHT
 from vrclip.edge.errors import ConfigError
 from vrclip.edge.geometry import ArrayGeometry
+from vrclip.edge.values import finite_number
 
 #: The coupling is looked for this far (s) around where it must be: the calibration's cable delay of
 #: the channel plus its antennas' separation over c.
@@ -132,7 +132,7 @@ class CouplingReference:
             if not (
                 isinstance(values, list)
                 and len(values) == n_channels
-                and all(_is_finite_number(v) for v in values)
+                and all(finite_number(v) for v in values)
             ):
                 raise ConfigError(
                     f"{source}: coupling_reference.{key} must be {n_channels} finite numbers, one per channel"
@@ -220,14 +220,3 @@ class DriftMonitor:
 
 
 __all__ = ["CouplingReference", "Drift", "DriftMonitor", "coupling_values"]
-
-
-def _is_finite_number(value: object) -> bool:
-    """A finite JSON number that fits a float64. An integer beyond 1.8e308 (a hand-edited file) made
-    math.isfinite raise OverflowError, a traceback naming neither the file nor the key."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:
-        return False
