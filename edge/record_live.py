@@ -27,6 +27,7 @@ from vrclip.edge.pipeline.app import Feed
 from vrclip.edge.pipeline.queues import DropOldestQueue
 from vrclip.edge.pipeline.sources import Captured, CaptureThread, stop_side_by_side
 from vrclip.edge.record import check_session_seconds
+from vrclip.edge.recording.schema import MAX_PEOPLE
 from vrclip.edge.recording.writer import SessionWriter
 from vrclip.edge.timebase.clock import now_ns
 from vrclip.edge.timebase.start_protocol import wait_for_start
@@ -51,8 +52,6 @@ MIN_FREE_BYTES = 256 << 20
 #: reported): on a machine without the rig, or with a config that points at none of it, the user
 #: should not have to wait out the whole session to learn that.
 NOTHING_UP_S = 5.0
-#: Most people a session can name: the writer pads every frame's labels to this many.
-MAX_PEOPLE = 1024
 
 
 @dataclass(frozen=True)
@@ -322,7 +321,7 @@ def _check_identities(identities: tuple[str, ...]) -> None:
         if name in seen:
             raise UserError(f"--identity {name!r} is given twice; name each person once")
         seen.add(name)
-    if len(identities) > MAX_PEOPLE:
+    if len(identities) > MAX_PEOPLE:  # the writer pads every frame's labels to max(8, people)
         raise UserError(f"--identity is given {len(identities)} times; a session names at most {MAX_PEOPLE}")
 
 

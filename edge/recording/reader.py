@@ -173,9 +173,10 @@ class SessionReader:
             raise RecordingError(f"{where}: identities_json is not a JSON list of names; the file is damaged")
         self.identities: tuple[str, ...] = tuple(ids)
         k = f.attrs.get("max_people")
-        if not isinstance(k, (int, np.integer)) or not 1 <= k <= 1024:
+        if not isinstance(k, (int, np.integer)) or not 1 <= k <= schema.MAX_PEOPLE:
             raise RecordingError(
-                f"{where}: max_people is {k!r}, expected an integer 1..1024; the file is damaged"
+                f"{where}: max_people is {k!r}, expected an integer 1..{schema.MAX_PEOPLE}; "
+                "the file is damaged"
             )
         self.max_people = int(k)
 

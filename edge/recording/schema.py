@@ -85,6 +85,8 @@ MAX_FRAME_BYTES = 256 << 20
 MAX_SWEEP_POINTS = 100_001
 #: Most identities a session can name: label ids are int16.
 MAX_IDENTITIES = int(np.iinfo(np.int16).max)
+#: Most people one frame's labels can hold (`max_people`): every frame's label arrays are padded to it.
+MAX_PEOPLE = 1024
 #: Padding value of truth/ids and of truth/count meaning "no ground truth for this frame".
 NO_ID = -1
 

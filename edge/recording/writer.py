@@ -167,8 +167,8 @@ class SessionWriter:
             raise UserError("SessionWriter: identities must be distinct non-empty strings")
         if len(names) > schema.MAX_IDENTITIES:
             raise UserError(f"SessionWriter: at most {schema.MAX_IDENTITIES} identities, got {len(names)}")
-        if not 1 <= int(max_people) <= 1024:
-            raise UserError(f"SessionWriter: max_people must be in 1..1024, got {max_people}")
+        if not 1 <= int(max_people) <= schema.MAX_PEOPLE:
+            raise UserError(f"SessionWriter: max_people must be in 1..{schema.MAX_PEOPLE}, got {max_people}")
         if not 0 <= int(jpeg_quality) <= 100:
             raise UserError(f"SessionWriter: jpeg_quality must be in 0..100, got {jpeg_quality}")
         if not flush_interval_s > 0:
