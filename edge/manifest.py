@@ -54,7 +54,8 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _check_sha256(value: str) -> str:
+def check_sha256(value: str) -> str:
+    """`value` as a lower-case sha256 hex digest, or ValueError (upper-case hex is accepted)."""
     v = value.lower()
     if len(v) != 64 or any(c not in _HEX for c in v):
         raise ValueError(f"{value!r} is not a sha256 hex digest (64 hex characters)")
@@ -204,7 +205,7 @@ class TensorRTBuild(_Strict):
     @field_validator("engine_sha256", "source_onnx_sha256")
     @classmethod
     def _sha(cls, value: str) -> str:
-        return _check_sha256(value)
+        return check_sha256(value)
 
     @model_validator(mode="after")
     def _batches(self) -> TensorRTBuild:
@@ -253,12 +254,12 @@ class EngineManifest(_Strict):
     @field_validator("source_onnx_sha256")
     @classmethod
     def _sha(cls, value: str) -> str:
-        return _check_sha256(value)
+        return check_sha256(value)
 
     @field_validator("embedding_space")
     @classmethod
     def _space(cls, value: str) -> str:
-        return _check_sha256(value) if value else value
+        return check_sha256(value) if value else value
 
     @model_validator(mode="after")
     def _consistent(self) -> EngineManifest:
@@ -442,6 +443,7 @@ __all__ = [
     "TensorRTBuild",
     "TensorSpec",
     "atomic_write_bytes",
+    "check_sha256",
     "default_file_mode",
     "load_manifest",
     "manifest_json",

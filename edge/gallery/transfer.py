@@ -8,6 +8,7 @@ and the write is one transaction (all identities or none).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 from numpy.lib import format as npy_format
 from vrclip.edge.gallery.store import MAX_DIM, GalleryError, GalleryStore, normalise, validate_name
+from vrclip.edge.manifest import check_sha256
 from vrclip.edge.values import finite_number
 
 FORMAT = "vrclip-gallery"
@@ -147,9 +149,10 @@ def _check_space(path: Path, space: Any) -> str:
     """The export's model (`embedding_space`, optional: exports from before it have none)."""
     if space is None or space == "":
         return ""
-    if not isinstance(space, str) or len(space) != 64 or any(c not in "0123456789abcdef" for c in space):
-        raise GalleryError(f"{path}: 'embedding_space' must be a model's sha256 (64 hex characters)")
-    return space
+    if isinstance(space, str):
+        with contextlib.suppress(ValueError):
+            return check_sha256(space)  # as the engine manifest's embedding_space is checked
+    raise GalleryError(f"{path}: 'embedding_space' must be a model's sha256 (64 hex characters)")
 
 
 def _check_dim(path: Path, dim: Any) -> int:
