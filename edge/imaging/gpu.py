@@ -100,13 +100,15 @@ def _kernels() -> tuple[Any, Any]:
 
 
 def backprojection_tables(
-    grid: ImagingGrid, geometry: ArrayGeometry, layout: ProfileLayout
+    grid: ImagingGrid, geometry: ArrayGeometry, layout: ProfileLayout, *, shared_memory: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Channel-major (C, P) kernel tables: bin index (int32), fraction (float32), carrier (complex64).
 
-    Pure numpy, so their construction is tested without a GPU. They are built on the host first.
+    Pure numpy, so their construction is tested without a GPU. They are built on the host first;
+    `shared_memory`: the GPU they are copied to shares the host's memory (a Jetson), so both copies
+    count against it while they are uploaded.
     """
-    check_table_memory("gpu", grid, geometry.n_channels, TABLE_BYTES)
+    check_table_memory("gpu", grid, geometry.n_channels, TABLE_BYTES, copies=2 if shared_memory else 1)
     points = grid.points().reshape(-1, 3)
     n_pix, n_ch = len(points), geometry.n_channels
     bins = np.empty((n_ch, n_pix), np.int32)
@@ -124,6 +126,15 @@ def backprojection_tables(
     return bins, fracs, carriers
 
 
+def integrated_gpu(cupy: Any) -> bool:
+    """True when the current CUDA device shares the host's memory (a Jetson's integrated GPU)."""
+    try:
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        return bool(props.get("integrated", 0))
+    except Exception:  # a driver that cannot say: count the tables once, as on a discrete GPU
+        return False
+
+
 class GpuImager(Imager):
     name = "gpu"
 
@@ -134,7 +145,9 @@ class GpuImager(Imager):
 
         super().__init__(grid, geometry, freqs_hz, pad_factor)
         self._cp = cupy
-        bins, fracs, carriers = backprojection_tables(grid, geometry, self.layout)
+        bins, fracs, carriers = backprojection_tables(
+            grid, geometry, self.layout, shared_memory=integrated_gpu(cupy)
+        )
         n_pix, n_ch = bins.shape[1], self.n_channels
         self._bins = cupy.asarray(bins)
         self._fracs = cupy.asarray(fracs)

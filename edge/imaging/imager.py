@@ -88,21 +88,26 @@ def physical_memory_bytes() -> int | None:
         return None
 
 
-def check_table_memory(impl: str, grid: ImagingGrid, n_channels: int, bytes_per_entry: int) -> None:
+def check_table_memory(
+    impl: str, grid: ImagingGrid, n_channels: int, bytes_per_entry: int, *, copies: int = 1
+) -> None:
     """Refuse, before allocating, a grid whose precomputed tables would not fit in memory.
 
     The tables grow with pixels x channels, and the config lets the grid reach 2048 x 2048 (and
     3D adds a plane per `imaging.z_levels_m`): past the machine's memory that was a MemoryError
-    traceback, or an OOM kill without a word, when the runtime started.
+    traceback, or an OOM kill without a word, when the runtime started. `copies`: how many copies
+    of the tables this memory holds at once (2 for the GPU imager on a Jetson, whose GPU shares
+    the host's memory: the tables are built on the host and copied to the device).
     """
-    need = grid.n_pixels * n_channels * bytes_per_entry
+    need = grid.n_pixels * n_channels * bytes_per_entry * copies
     total = physical_memory_bytes()
     if total is None or need <= MAX_TABLE_SHARE * total:
         return
+    held = "" if copies == 1 else " (built on the host, then copied to the GPU, which shares this memory)"
     raise ConfigError(
         f"imaging grid {grid.label} x {n_channels} channels: the {impl} imager's tables need "
-        f"{need / 1e6:,.0f} MB, more than {MAX_TABLE_SHARE:.0%} of this machine's {total / 1e6:,.0f} MB; "
-        "lower imaging.nx and imaging.ny, or list fewer imaging.z_levels_m in 3D mode"
+        f"{need / 1e6:,.0f} MB{held}, more than {MAX_TABLE_SHARE:.0%} of this machine's "
+        f"{total / 1e6:,.0f} MB; lower imaging.nx and imaging.ny, or list fewer imaging.z_levels_m in 3D mode"
     )
 
 

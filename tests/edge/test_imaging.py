@@ -163,6 +163,34 @@ def test_a_grid_whose_tables_do_not_fit_in_memory_is_a_config_error(
         assert small.grid.shape == (32, 32)
 
 
+def test_on_a_jetson_the_gpu_tables_count_twice_against_the_shared_memory(
+    geometry: ArrayGeometry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Jetson's GPU shares the host's memory (8 GB on an Orin Nano or an Orin NX 8GB): the tables
+    are built on the host and copied to the device, so while they are uploaded both copies are in
+    that memory. Counted once, a grid allowed at 50 % of the memory took all of it at start, the OOM
+    kill the check is there to prevent."""
+    from types import SimpleNamespace
+
+    from vrclip.edge.imaging.gpu import integrated_gpu
+
+    monkeypatch.setattr(imager_module, "physical_memory_bytes", lambda: 64 * 2**20)
+    cfg = _cfg(128, 96)  # GPU tables 28 MB: fit in 32 MB once, not twice
+    grid = ImagingGrid.from_config(cfg)
+    layout = ProfileLayout.build(sweep_frequencies(cfg.radar.sweep), 32)
+    bins, _, _ = backprojection_tables(grid, geometry, layout)  # a discrete GPU: its own memory
+    assert bins.shape == (144, 128 * 96)
+    with pytest.raises(ConfigError, match=r"gpu imager's tables need 57 MB \(built on the host, then copied"):
+        backprojection_tables(grid, geometry, layout, shared_memory=True)
+
+    def cupy_on(integrated: int) -> SimpleNamespace:
+        runtime = SimpleNamespace(getDeviceProperties=lambda device: {"integrated": integrated})
+        return SimpleNamespace(cuda=SimpleNamespace(runtime=runtime, Device=lambda: SimpleNamespace(id=0)))
+
+    assert integrated_gpu(cupy_on(1)) and not integrated_gpu(cupy_on(0))
+    assert not integrated_gpu(SimpleNamespace())  # a CuPy that cannot say
+
+
 def test_fft_length_is_5_smooth_and_at_least_the_padded_sweep() -> None:
     for n in (201 * 8, 1001 * 8, 17, 1):
         m = next_fast_length(n)
