@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 from vrclip.edge import __version__
+from vrclip.edge.values import finite_number
 
 #: Recent latencies kept per stage for p50/p99.
 LATENCY_WINDOW = 2048
@@ -318,9 +319,12 @@ class Health:
             family(f"vrclip_{_metric_name(name)}_total", "counter", f"Count of {name}.", [("", value)])
         for label in self._stats_sources:
             by_key: dict[str, list[tuple[str, float]]] = collections.defaultdict(list)
-            for member, values in doc.get(label, {}).items():
+            section = doc.get(label, {})
+            for member, values in section.items() if isinstance(section, dict) else ():
+                if not isinstance(values, dict):  # a provider's odd shape: /status shows it, not metrics
+                    continue
                 for key, value in values.items():
-                    if isinstance(value, bool | int | float) and math.isfinite(float(value)):
+                    if isinstance(value, bool) or finite_number(value):
                         labels = f'{{{_metric_name(label)}="{_label(member)}"}}'
                         by_key[key].append((labels, float(value)))
             for key, key_samples in sorted(by_key.items()):

@@ -207,6 +207,7 @@ class StdoutSink:
         line = event.to_json() + "\n"
         with self._cond:
             if self._closing:
+                self.dropped += 1
                 return
             if len(self._lines) >= self._backlog:
                 self._lines.popleft()
@@ -228,7 +229,7 @@ class StdoutSink:
                 stream.write(line)
                 stream.flush()
                 outcome = None
-            except (OSError, ValueError) as exc:  # BrokenPipeError, or a closed stream
+            except Exception as exc:  # BrokenPipeError, a closed stream, no stdout at all (None)
                 outcome = exc
             with self._cond:
                 self._writing = False
@@ -287,7 +288,7 @@ def read_password_file(path: str) -> str:
     if len(raw) > MAX_PASSWORD_FILE_BYTES:
         raise ConfigError(f"{key}: over {MAX_PASSWORD_FILE_BYTES} bytes, not a password file")
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # -sig: an editor's byte-order mark is not part of the password
     except UnicodeDecodeError:
         raise ConfigError(f"{key}: not UTF-8 text; put the password alone on the first line") from None
     lines = text.splitlines()

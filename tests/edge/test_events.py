@@ -254,6 +254,8 @@ def test_a_blocked_stdout_never_blocks_emit_and_drops_the_oldest_lines() -> None
     # the first line was being written when the terminal paused; of the rest the newest 3 waited
     assert ids == [0, 7, 8, 9] and sink.stats()["dropped"] == 6
     sink.close()
+    sink.emit(event(10))  # after close: not written, but counted
+    assert sink.stats()["dropped"] == 7
 
 
 def test_closing_the_sinks_closes_each_even_after_one_fails() -> None:
@@ -402,6 +404,17 @@ def test_status_survives_a_provider_with_nan_or_numpy_values() -> None:
     ):
         doc = json.load(reply)
     assert doc["odd"] == {"ratio": None, "count": 3, "v": [0, 1]}
+
+
+def test_metrics_skip_what_a_provider_returns_in_an_odd_shape() -> None:
+    """/metrics read every provider's value as {member: {key: number}}: a list, a plain number or an
+    integer too large for a float made every scrape fail."""
+    health = Health()
+    health.add_stats_source("odd", lambda: {"a": [1, 2], "b": 3, "c": {"big": 10**400, "ok": 2, "up": True}})
+    health.add_stats_source("flat", lambda: [1, 2, 3])
+    samples = parse_prometheus(health.prometheus())
+    assert samples['vrclip_odd_ok{odd="c"}'] == 2 and samples['vrclip_odd_up{odd="c"}'] == 1
+    assert not any("big" in name for name in samples)
 
 
 def _handler_threads() -> list[threading.Thread]:

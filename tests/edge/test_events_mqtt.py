@@ -362,7 +362,7 @@ def test_tls_to_a_broker_whose_certificate_the_site_ca_signed(tmp_path: Path) ->
 
 def test_mqtt_login_and_tls_mistakes_are_config_errors_naming_the_key(tmp_path: Path) -> None:
     from vrclip.edge.events import build_sinks
-    from vrclip.edge.events.sinks import MqttTls
+    from vrclip.edge.events.sinks import MqttTls, read_password_file
 
     with pytest.raises(ConfigError, match=r"sinks\.mqtt\.password_file .* needs sinks\.mqtt\.username"):
         mqtt_config(1883, password_file="/etc/vrclip/mqtt-password")
@@ -373,6 +373,9 @@ def test_mqtt_login_and_tls_mistakes_are_config_errors_naming_the_key(tmp_path: 
     missing = tmp_path / "nothing-here"
     with pytest.raises(ConfigError, match=r"sinks\.mqtt\.password_file = .*nothing-here.*cannot read it"):
         build_sinks(mqtt_config(1883, username="edge", password_file=str(missing)))
+    bom = tmp_path / "bom"
+    bom.write_bytes("\ufeffs3cret\r\n".encode())  # as a Windows editor saves it
+    assert read_password_file(str(bom)) == "s3cret"
     empty = tmp_path / "empty"
     empty.write_text("\n")
     with pytest.raises(ConfigError, match="first line is empty"):
