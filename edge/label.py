@@ -248,7 +248,7 @@ def copy_recording_objects(source: Path, target: Path) -> None:
     For a recording whose writer died: HDF5 keeps such a file marked open for writing, so a byte copy
     cannot be opened to write its labels (only `h5clear`, which this project does not install, lifts
     the mark). A copy made object by object is a finished file; the samples and JPEG bytes are the
-    same values, and each stream's frame count travels with its attributes.
+    same values, and each stream's frame count travels with its `committed` dataset.
     """
     with h5py.File(source, "r", swmr=True) as src, h5py.File(target, "w", libver="latest") as dst:
         for key, value in src.attrs.items():

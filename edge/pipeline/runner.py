@@ -61,8 +61,12 @@ CAPTURE_STOP_S = 5.0
 
 
 def radar_stall_s(config: EdgeConfig) -> float:
-    """`RADAR_STALL_S`, or more where the config lets the driver wait longer between reconnections."""
-    return max(RADAR_STALL_S, config.radar.vna.reconnect_max_backoff_s + 60.0)
+    """`RADAR_STALL_S`, or more where the config lets the driver wait longer: between reconnections,
+    or within one attempt, which may wait out the VNA's timeout a few times (connecting, *IDN?, the
+    sweep set-up) and the switch controller's."""
+    vna, switch = config.radar.vna, config.radar.switch
+    attempt_s = 3 * vna.timeout_ms / 1000 + 2 * switch.timeout_ms / 1000 + 30.0
+    return max(RADAR_STALL_S, vna.reconnect_max_backoff_s + 60.0, attempt_s)
 
 
 class EdgeRunner:

@@ -553,3 +553,15 @@ def test_record_stops_hung_sensors_side_by_side() -> None:
     took = time.monotonic() - started
     release.set()
     assert took < SENSORS_STOP_S + 1.0, took
+
+
+def test_the_stall_limit_outlasts_one_reconnection_attempt_of_the_configured_instruments() -> None:
+    """The limit allowed a fixed 60 s beyond the backoff, but one attempt may wait out the VNA's
+    timeout several times (connect, *IDN?, set-up): with timeout_ms at its 600-s maximum, a radar
+    legitimately waiting got the service restarted as hung."""
+    from vrclip.edge.config import EdgeConfig
+    from vrclip.edge.pipeline.runner import RADAR_STALL_S, radar_stall_s
+
+    assert radar_stall_s(EdgeConfig()) == RADAR_STALL_S  # the defaults keep the documented 90 s
+    slow = EdgeConfig.model_validate({"radar": {"vna": {"timeout_ms": 600_000}}})
+    assert radar_stall_s(slow) >= 3 * 600
