@@ -459,9 +459,12 @@ class CaptureThread:
         self._stop.set()
         source = self._source
         if source is not None:
-            # Closing unblocks a read waiting on an instrument; a faulty sensor must not raise on shutdown.
-            with contextlib.suppress(Exception):
-                source.close()
+            # Closing unblocks a read waiting on an instrument. From a thread of its own: a driver
+            # whose close hangs too (a camera gone inside its driver call) must not hold up the
+            # other sensors' stop, nor the shutdown's deadline.
+            threading.Thread(
+                target=_close_quietly, args=(source,), name=f"close-{self.modality}", daemon=True
+            ).start()
 
     def join(self, timeout: float) -> None:
         if self._thread.is_alive():
@@ -519,6 +522,12 @@ class CaptureThread:
             self._stop.wait(min(backoff, cap))
             self._touch()
             backoff = min(cap, backoff * 2)
+
+
+def _close_quietly(source: FrameSource) -> None:
+    """Close a source at shutdown; a faulty sensor must not raise there."""
+    with contextlib.suppress(Exception):
+        source.close()
 
 
 def stop_side_by_side(threads: Iterable[CaptureThread], budget_s: float) -> None:

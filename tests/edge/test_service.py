@@ -565,3 +565,31 @@ def test_the_stall_limit_outlasts_one_reconnection_attempt_of_the_configured_ins
     assert radar_stall_s(EdgeConfig()) == RADAR_STALL_S  # the defaults keep the documented 90 s
     slow = EdgeConfig.model_validate({"radar": {"vna": {"timeout_ms": 600_000}}})
     assert radar_stall_s(slow) >= 3 * 600
+
+
+def test_a_sensor_whose_close_hangs_does_not_hold_up_the_others() -> None:
+    """Stopping closed each sensor in the stopping thread: a driver whose close() hung as well as
+    its read held up every sensor after it and the shutdown's deadline."""
+    from vrclip.edge.pipeline.queues import DropOldestQueue
+    from vrclip.edge.pipeline.sources import CaptureThread, stop_side_by_side
+
+    release = threading.Event()
+
+    class HangsOnClose(StuckSource):
+        def close(self) -> None:
+            release.wait(30)
+
+    health = Health(("radar", "camera"))
+    threads = [
+        CaptureThread(lambda m=m: HangsOnClose(m, [1], release), m, DropOldestQueue(4), health).start()
+        for m in ("radar", "camera")
+    ]
+    deadline = time.monotonic() + 10
+    while any(health.snapshot()["sources"].get(m, {}).get("frames_in", 0) < 1 for m in ("radar", "camera")):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    started = time.monotonic()
+    stop_side_by_side(threads, 1.0)
+    took = time.monotonic() - started
+    release.set()
+    assert took < 3.0, took
