@@ -334,11 +334,10 @@ def test_chained_acquisition_refuses_bad_traces_and_recovers(fault: str, message
         assert message in (source.stats.last_error or "")
 
 
-def test_the_live_pipeline_marks_the_radar_down_while_every_sweep_fails() -> None:
-    """A VNA that returns NaN on every sweep (overloaded, uncalibrated) reconnects fine each time, so
-    the runtime's radar read dropped frames forever inside one read: /status kept saying "radar up"
-    (no error) while thousands of "frame dropped" warnings a minute went to the journal. The capture
-    thread must see the fault: the radar goes down with the reason and is reopened with backoff."""
+def _radar_goes_down_and_up_again(fault: str, said: str, **vna: object) -> None:
+    """Run the runtime's radar capture on the simulated rig, act out `fault` in the VNA once frames
+    flow, and check the radar is marked down (its last error holding `said`), then up again once
+    the fault clears."""
     from vrclip.edge.config import EdgeConfig, parse_config
     from vrclip.edge.events.health import Health
     from vrclip.edge.pipeline.queues import DropOldestQueue
@@ -348,63 +347,11 @@ def test_the_live_pipeline_marks_the_radar_down_while_every_sweep_fails() -> Non
         data = EdgeConfig().model_dump(mode="json")
         data["radar"].update(
             sweep=SWEEP.model_dump(mode="json"),
-            vna={"resource": sim.vna_resource, "timeout_ms": 500, "dialect": "keysight"},
+            vna={"resource": sim.vna_resource, "timeout_ms": 500, "dialect": "keysight", **vna},
             switch={"port": sim.switch_url},
             frame_rate_hz=50.0,
         )
         config = parse_config(data, source="test")
-        health = Health(("radar",))
-        capture = CaptureThread(lambda: ScpiRadarSource(config), "radar", DropOldestQueue(4), health)
-
-        def radar() -> dict:
-            return health.snapshot()["modalities"]["radar"]
-
-        def wait_for(condition, timeout_s: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
-            deadline = time.monotonic() + timeout_s
-            while time.monotonic() < deadline:
-                if condition():
-                    return True
-                time.sleep(0.05)
-            return False
-
-        capture.start()
-        try:
-            assert wait_for(lambda: health.snapshot()["sources"].get("radar", {}).get("frames_in", 0) >= 1)
-            assert radar()["state"] == "up"
-            sim.state.vna.fault = "nan"
-            assert wait_for(lambda: radar()["state"] == "down"), radar()
-            assert "data holds nan" in radar()["last_error"]
-            sim.state.vna.fault = None
-            assert wait_for(lambda: radar()["state"] == "up"), radar()  # reopened once the fault cleared
-        finally:
-            capture.stop()
-
-
-def test_the_live_pipeline_marks_the_radar_down_while_the_vna_is_silent() -> None:
-    """A VNA that stops answering after start-up (unplugged, hung) was retried inside one read
-    without end, so /status kept showing the radar up, at 0 frames/s, where the same outage at
-    start-up shows it down. After RADAR_MAX_RECONNECT_ATTEMPTS failed reconnections the capture
-    thread marks it down with the reason, and brings it back once the VNA answers again."""
-    from vrclip.edge.config import EdgeConfig, parse_config
-    from vrclip.edge.events.health import Health
-    from vrclip.edge.pipeline.queues import DropOldestQueue
-    from vrclip.edge.pipeline.sources import CaptureThread, ScpiRadarSource
-
-    with simulator(load_geometry(), sweep_time_s=0.1e-3, clock=None) as sim:
-        data = EdgeConfig().model_dump(mode="json")
-        data["radar"].update(
-            sweep=SWEEP.model_dump(mode="json"),
-            vna={
-                "resource": sim.vna_resource,
-                "timeout_ms": 300,
-                "dialect": "keysight",
-                "reconnect_max_backoff_s": 0.2,
-            },
-            switch={"port": sim.switch_url},
-            frame_rate_hz=50.0,
-        )
-        config = parse_config(data, source="test")
-        assert ScpiRadarSource(config).reopen_max_backoff_s == 0.2
         health = Health(("radar",))
         capture = CaptureThread(lambda: ScpiRadarSource(config), "radar", DropOldestQueue(4), health)
 
@@ -423,10 +370,33 @@ def test_the_live_pipeline_marks_the_radar_down_while_the_vna_is_silent() -> Non
         try:
             assert wait_for(lambda: health.snapshot()["sources"].get("radar", {}).get("frames_in", 0) >= 1)
             assert radar()["state"] == "up"
-            sim.state.vna.fault = "silent"
+            sim.state.vna.fault = fault
             assert wait_for(lambda: radar()["state"] == "down"), radar()
-            assert radar()["last_error"]
+            assert radar()["last_error"] and said in radar()["last_error"], radar()
             sim.state.vna.fault = None
-            assert wait_for(lambda: radar()["state"] == "up"), radar()
+            assert wait_for(lambda: radar()["state"] == "up"), radar()  # reopened once the fault cleared
         finally:
             capture.stop()
+
+
+def test_the_live_pipeline_marks_the_radar_down_while_every_sweep_fails() -> None:
+    """A VNA that returns NaN on every sweep (overloaded, uncalibrated) reconnects fine each time, so
+    the runtime's radar read dropped frames forever inside one read: /status kept saying "radar up"
+    (no error) while thousands of "frame dropped" warnings a minute went to the journal. The capture
+    thread must see the fault: the radar goes down with the reason and is reopened with backoff."""
+    _radar_goes_down_and_up_again("nan", "data holds nan")
+
+
+def test_the_live_pipeline_marks_the_radar_down_while_the_vna_is_silent() -> None:
+    """A VNA that stops answering after start-up (unplugged, hung) was retried inside one read
+    without end, so /status kept showing the radar up, at 0 frames/s, where the same outage at
+    start-up shows it down. After RADAR_MAX_RECONNECT_ATTEMPTS failed reconnections the capture
+    thread marks it down with the reason, and brings it back once the VNA answers again."""
+    from vrclip.edge.config import EdgeConfig
+    from vrclip.edge.pipeline.sources import ScpiRadarSource
+
+    config = EdgeConfig.model_validate({"radar": {"vna": {"reconnect_max_backoff_s": 0.2}}})
+    assert ScpiRadarSource(config).reopen_max_backoff_s == 0.2
+    _radar_goes_down_and_up_again(
+        "silent", "no reply within 300 ms", timeout_ms=300, reconnect_max_backoff_s=0.2
+    )
