@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+#: Shortest time between two detections of a track that a velocity is learnt from (a fifth of the
+#: 10 frames/s radar's period); closer ones correct the position only.
+MIN_VELOCITY_DT_S = 0.02
+
 
 @dataclass
 class Track:
@@ -88,11 +92,12 @@ class Tracker:
         dt = (t_ns - track.last_t_ns) / 1e9 if track.last_t_ns else 0.1
         residual = measured - predicted
         track.position = predicted + self.alpha * residual
-        if dt > 0:
-            # A frame stamped like the last one (a repeated time stamp) or before it (the clock stepped
-            # back) gives no time to divide by: its residual, over a floored dt, would make a person
-            # standing still race off beyond the gate and lose their track. It corrects the position only.
-            track.velocity = track.velocity + (self.beta / max(dt, 1e-3)) * residual
+        if dt >= MIN_VELOCITY_DT_S:
+            # A frame stamped like the last one (a repeated time stamp), before it (the clock stepped
+            # back) or a moment after gives no time to divide by: its residual, over a tiny dt, would
+            # make a person standing still race off beyond the gate and lose their track. It corrects
+            # the position only.
+            track.velocity = track.velocity + (self.beta / dt) * residual
         track.hits += 1
         track.misses = 0
         track.last_t_ns = t_ns
