@@ -126,13 +126,19 @@ def _flat(table: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
+#: The config sections that shape what a session records: the radar and its array, the cameras and
+#: the room. The others (engine, gallery, sinks, paths, imaging, sync) only matter to a runtime, so
+#: editing them must not block resuming a dataset.
+DATA_SECTIONS = ("radar", "camera", "zed", "room")
+
+
 def _check_kept(path: Path, plan: SessionPlan, config: EdgeConfig, config_toml: str) -> None:
     """Refuse to keep a finished session that another run made with other settings.
 
     Resuming keeps every session file already there; one made with another --seed (another world:
-    its id-000 is someone else), camera size, rate, length or site config would be mixed silently
-    into a dataset whose index describes only this run. Config keys only one side has are skipped,
-    so sessions from an older vrclip-edge with fewer settings still resume."""
+    its id-000 is someone else), camera size, rate, length or site rig (DATA_SECTIONS of the config)
+    would be mixed silently into a dataset whose index describes only this run. Config keys only one
+    side has are skipped, so sessions from an older vrclip-edge with fewer settings still resume."""
     want = json.loads(
         json.dumps(conditions_of(_scene_spec(config, plan), plan.seconds, _extra_conditions(plan)))
     )
@@ -145,7 +151,7 @@ def _check_kept(path: Path, plan: SessionPlan, config: EdgeConfig, config_toml: 
     differ += [
         f"{key} {stored[key]!r}, not {current[key]!r}"
         for key in sorted(current.keys() & stored.keys())
-        if stored[key] != current[key]
+        if key.split(".", 1)[0] in DATA_SECTIONS and stored[key] != current[key]
     ]
     if differ:
         shown = "; ".join(differ[:6]) + (f"; and {len(differ) - 6} more" if len(differ) > 6 else "")

@@ -56,6 +56,9 @@ def test_a_rerun_with_other_settings_refuses_the_sessions_it_would_keep(tmp_path
         assert str(kept) in str(e.value) and fragment in str(e.value)
     with SessionReader(kept) as reader:
         assert reader.conditions["world_seed"] == 1 and reader.camera_size == (36, 64)
+    # A setting that does not shape the data (where the service writes its events) does not block it.
+    elsewhere = EdgeConfig.model_validate({"sinks": {"jsonl_path": "/tmp/elsewhere.jsonl"}})
+    make_dataset(first, elsewhere)
 
 
 @pytest.mark.parametrize("seconds", [float("inf"), float("nan"), 0.0])
