@@ -55,6 +55,14 @@ Background = Literal["session", "running", "none"]
 REFERENCE_RANGE_M = 3.0
 
 
+#: Largest RF window sizes a spec may ask for (the defaults: 12 frames, 8 range bins, padding 8 on
+#: the CPU and 32 on the GPU, 13 x 7 beams): far beyond any model, far below an allocation that fails.
+MAX_WINDOW_FRAMES = 1000
+MAX_WINDOW_RANGE_BINS = 4096
+MAX_WINDOW_PAD_FACTOR = 256
+MAX_WINDOW_BEAMS = 10_000
+
+
 @dataclass(frozen=True)
 class RFWindowSpec:
     """What one RF sample holds. Stored in checkpoints and engine manifests: change it, retrain."""
@@ -91,6 +99,17 @@ class RFWindowSpec:
             raise ValueError(
                 f"RF window needs frames >= 1 and range_bins >= 1, got {self.frames}, {self.range_bins}"
             )
+        # Upper bounds too: a spec comes from manifests and checkpoints, and each of these sizes the
+        # buffers the runtime allocates per track (a damaged file asking for a million frames would
+        # end in an out-of-memory kill rather than an error naming the key).
+        for key, value, most in (
+            ("frames", self.frames, MAX_WINDOW_FRAMES),
+            ("range_bins", self.range_bins, MAX_WINDOW_RANGE_BINS),
+            ("pad_factor", self.pad_factor, MAX_WINDOW_PAD_FACTOR),
+            ("beams", len(self.beam_heights_m) * max(1, len(self.beam_offsets_m)), MAX_WINDOW_BEAMS),
+        ):
+            if value > most:
+                raise ValueError(f"RF window {key} = {value}: at most {most}")
         if not (math.isfinite(self.span_m) and self.span_m > 0):
             raise ValueError(f"RF window span_m = {self.span_m}: must be a positive finite length")
         if not math.isfinite(self.centre_height_m):

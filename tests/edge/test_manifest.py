@@ -155,6 +155,8 @@ def test_rf_window_spec_must_match_the_declared_sizes() -> None:
         ("background_alpha", -1.0, "must be in \\(0, 1\\]"),
         ("beam_offsets_m", [0.0, float("nan")], "must be finite offsets"),
         ("centre_height_m", float("inf"), "must be finite"),
+        # Sizes from a damaged file: an out-of-memory kill at the first track, not an error.
+        ("beam_heights_m", [0.1] * 20_000, "beams = 20000: at most 10000"),
     ],
 )
 def test_an_rf_window_the_runtime_cannot_build_is_refused_naming_the_manifest(
@@ -166,6 +168,16 @@ def test_an_rf_window_the_runtime_cannot_build_is_refused_naming_the_manifest(
     with pytest.raises(ManifestError, match=message) as e:
         load_manifest(path)
     assert str(path) in str(e.value) and "preprocessing.rf" in str(e.value)
+
+
+def test_an_rf_window_of_absurd_size_is_refused_by_key() -> None:
+    """A checkpoint's window (training preprocessing, `vrclip-export onnx`) is checked as untrusted
+    input too; sizes had no upper bound."""
+    from vrclip.edge.rfwindow import RFWindowSpec
+
+    for key, value in (("frames", 10**6), ("range_bins", 10**6), ("pad_factor", 10**6)):
+        with pytest.raises(ValueError, match=f"RF window {key} = 1000000: at most"):
+            RFWindowSpec.from_dict({"frames": 12, "range_bins": 8, key: value})
 
 
 def test_tensor_names_are_unique_and_digests_are_sha256() -> None:
