@@ -73,6 +73,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    #: Set per host in HealthServer: AF_INET6 for an IPv6 address such as "::" or "::1".
+    address_family = socket.AF_INET
     health: Health
     #: Free connection slots (MAX_CONNECTIONS); a handler thread holds one until its client is gone.
     slots: threading.BoundedSemaphore
@@ -104,6 +106,12 @@ class _Server(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
+class _Server6(_Server):
+    """The same server on an IPv6 address (sinks.http.host = "::" serves every address of the box)."""
+
+    address_family = socket.AF_INET6
+
+
 def _refuse(request: socket.socket) -> None:
     """Answer 503 without waiting: a fresh connection's send buffer is empty, and a client that
     cannot take even that is simply closed."""
@@ -126,8 +134,9 @@ class HealthServer:
         *,
         max_connections: int = MAX_CONNECTIONS,
     ) -> None:
+        server_class = _Server6 if ":" in host else _Server
         try:
-            self._server = _Server((host, port), _Handler)
+            self._server = server_class((host, port), _Handler)
         except OSError as exc:
             raise ConfigError(
                 f"cannot serve status on {host}:{port} ({exc.strerror or exc}): change sinks.http.host / "

@@ -417,6 +417,27 @@ def test_metrics_skip_what_a_provider_returns_in_an_odd_shape() -> None:
     assert not any("big" in name for name in samples)
 
 
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
+def test_status_is_served_on_an_ipv6_address() -> None:
+    """sinks.http.host = "::1" (or "::") failed at start: the server was IPv4 only, though its URL
+    already bracketed IPv6 hosts."""
+    health = Health()
+    with (
+        HealthServer(health, "::1", 0) as server,
+        urllib.request.urlopen(server.url + "/status", timeout=5) as reply,
+    ):
+        assert server.url.startswith("http://[::1]:") and reply.status == 200
+
+
 def _handler_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if "process_request_thread" in t.name]
 
