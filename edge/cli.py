@@ -42,6 +42,7 @@ CONFIG_OPTION = typer.Option(None, "--config", "-c", help="Config TOML (default:
 def config_check(file: Path = typer.Argument(..., help="The config TOML to validate.")) -> None:
     """Validate a config file; prints every problem with its key, value and allowed range, and warns
     when the radar cannot sweep the array as fast as radar.frame_rate_hz asks."""
+    from vrclip.edge.events.sinks import mqtt_setup_problems
     from vrclip.edge.geometry import load_geometry
     from vrclip.edge.radar.budget import frame_rate_warning
 
@@ -49,6 +50,10 @@ def config_check(file: Path = typer.Argument(..., help="The config TOML to valid
     warning = frame_rate_warning(config, load_geometry(config.radar.array).n_channels)
     if warning is not None:
         typer.echo(f"warning: {file}: {warning}", err=True)
+    # Files the service reads at start, checked here too: on the edge box they must load; elsewhere
+    # (a laptop preparing the config) they may not be there yet, so these warn.
+    for problem in mqtt_setup_problems(config.sinks):
+        typer.echo(f"warning: {file}: {problem}", err=True)
     typer.echo(f"{file}: ok")
 
 

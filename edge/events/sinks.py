@@ -19,7 +19,7 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
@@ -307,6 +307,33 @@ class MqttTls:
     cert_file: str = ""
     key_file: str = ""
 
+    def check(self) -> None:
+        """Load the files as TLS will, without a broker (for `config check`); a ConfigError names the
+        one that does not load."""
+        context = ssl.create_default_context()
+        try:
+            if self.ca_file:
+                context.load_verify_locations(cafile=self.ca_file)
+            if self.cert_file:
+                context.load_cert_chain(self.cert_file, self.key_file or None)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise ConfigError(self._cannot_load(exc)) from None
+
+    def _cannot_load(self, exc: BaseException) -> str:
+        named = ", ".join(
+            f"sinks.mqtt.{key} = {value!r}"
+            for key, value in (
+                ("ca_file", self.ca_file),
+                ("cert_file", self.cert_file),
+                ("key_file", self.key_file),
+            )
+            if value
+        )
+        return (
+            f"sinks.mqtt.tls: cannot load the certificates ({named or 'the system CAs'}): {exc}; "
+            "give PEM files the service user can read"
+        )
+
     def apply(self, client: Any) -> None:
         """Set up `client` (paho) for TLS; a file that cannot be loaded is a ConfigError naming it."""
         try:
@@ -316,19 +343,7 @@ class MqttTls:
                 keyfile=self.key_file or None,
             )
         except (OSError, ssl.SSLError, ValueError) as exc:
-            named = ", ".join(
-                f"sinks.mqtt.{key} = {value!r}"
-                for key, value in (
-                    ("ca_file", self.ca_file),
-                    ("cert_file", self.cert_file),
-                    ("key_file", self.key_file),
-                )
-                if value
-            )
-            raise ConfigError(
-                f"sinks.mqtt.tls: cannot load the certificates ({named or 'the system CAs'}): {exc}; "
-                "give PEM files the service user can read"
-            ) from None
+            raise ConfigError(self._cannot_load(exc)) from None
 
 
 class MqttSink:
@@ -561,6 +576,26 @@ class EventSinks:
                 sink.close()
             except Exception:
                 self.sink_failures[sink.name] += 1
+
+
+def mqtt_setup_problems(cfg: SinksConfig) -> list[str]:
+    """What would stop the MQTT sink at start (an unreadable password file, a certificate that does
+    not load), checked without a broker, for `config check`."""
+    mqtt = cfg.mqtt
+    if not mqtt.enabled:
+        return []
+    problems = []
+    checks: list[Callable[[], object]] = []
+    if mqtt.password_file:
+        checks.append(lambda: read_password_file(mqtt.password_file))
+    if mqtt.tls:
+        checks.append(MqttTls(mqtt.ca_file, mqtt.cert_file, mqtt.key_file).check)
+    for check in checks:
+        try:
+            check()
+        except ConfigError as exc:
+            problems.append(str(exc))
+    return problems
 
 
 def build_sinks(cfg: SinksConfig, *, stdout: bool = False) -> EventSinks:

@@ -249,3 +249,18 @@ def test_an_endless_session_is_a_usage_error_not_a_traceback(tmp_path: Path, sma
         )
         assert_one_line_error(result, "--seconds inf")
         assert not out.exists()
+
+
+def test_config_check_warns_about_mqtt_files_that_would_stop_the_service(tmp_path: Path) -> None:
+    """`config check` passed a config whose password file or CA could not be read: the service then
+    failed at its start on the edge box. It now loads them as the service will, and warns."""
+    site = tmp_path / "site.toml"
+    site.write_text(
+        '[sinks.mqtt]\nenabled = true\nusername = "edge"\n'
+        f'password_file = "{tmp_path / "missing-password"}"\ntls = true\nca_file = "{tmp_path / "ca.pem"}"\n'
+    )
+    (tmp_path / "ca.pem").write_text("not a certificate")
+    result = cli("config", "check", str(site))
+    assert result.returncode == 0, result.stderr
+    assert "sinks.mqtt.password_file" in result.stderr and "cannot read it" in result.stderr
+    assert "sinks.mqtt.tls: cannot load the certificates (sinks.mqtt.ca_file" in result.stderr
