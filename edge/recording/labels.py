@@ -85,8 +85,16 @@ def unpack_truth(row: TruthRow, identities: Sequence[str], what: str) -> GroundT
             f"{what}: ground-truth identity index {ids.tolist()} is outside the identity table "
             f"(0..{len(identities) - 1}); the file is damaged"
         )
+    positions = np.array(row.positions[:k], dtype=np.float32)
+    if not np.isfinite(positions).all():
+        # A person the row counts as present has a place; NaN or infinity there would score and
+        # train against a position that does not exist.
+        raise RecordingError(
+            f"{what}: ground-truth position {positions.tolist()} of a person present is not finite; "
+            "the file is damaged"
+        )
     return GroundTruth(
         identities=tuple(identities[i] for i in ids),
-        positions=np.array(row.positions[:k], dtype=np.float32),
+        positions=positions,
         visible=np.array(row.visible[:k], dtype=np.bool_),
     )

@@ -393,6 +393,21 @@ def test_bad_frames_and_labels_are_refused(tmp_path: Path) -> None:
         _assert_truth_equal(r.radar(0).truth, f.truth)
 
 
+def test_a_label_with_a_nan_position_for_someone_present_is_refused(tmp_path: Path) -> None:
+    """A damaged label row counting a person present at a NaN position was returned as it was: wrong
+    labels, silently."""
+    path = tmp_path / "s.h5"
+    _write_session(path, n=3)
+    with h5py.File(path, "r+") as f:
+        positions = f["radar/truth/positions"][()]
+        positions[1, 0] = np.nan
+        f["radar/truth/positions"][...] = positions
+    with SessionReader(path) as r:
+        r.radar(0)
+        with pytest.raises(RecordingError, match=r"radar frame 1: ground-truth position .* not finite"):
+            r.radar(1)
+
+
 def test_corrupt_jpeg_names_the_frame(tmp_path: Path) -> None:
     path = tmp_path / "s.h5"
     _write_session(path, n=3)
