@@ -116,9 +116,15 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def validate_name(name: str) -> str:
-    """Return `name` if it can be an identity name, else raise GalleryError saying why."""
+    """`name` in the form the gallery stores it (Unicode NFC) if it can be an identity name, else
+    raise GalleryError saying why.
+
+    NFC because the same name can arrive as different code points: "José" typed on one keyboard
+    ends in one character, pasted from elsewhere in "e" plus a combining accent. Stored as given,
+    they were two people who look alike on every screen."""
     if not isinstance(name, str) or not name:
         raise GalleryError("identity name must not be empty")
+    name = unicodedata.normalize("NFC", name)
     if name != name.strip():
         raise GalleryError(f"identity name {name!r} has leading or trailing whitespace")
     if len(name) > MAX_NAME_LENGTH:
@@ -431,7 +437,13 @@ class GalleryStore:
     # ---- reading -------------------------------------------------------------------------------------
 
     def _identity_id(self, name: str) -> int:
-        row = self._conn.execute("SELECT id FROM identities WHERE name = ?", (name,)).fetchone()
+        # The stored form (NFC, see validate_name), then the name as given: galleries written before
+        # names were normalised may hold another form.
+        row = None
+        for form in dict.fromkeys((unicodedata.normalize("NFC", name), name)):
+            row = self._conn.execute("SELECT id FROM identities WHERE name = ?", (form,)).fetchone()
+            if row is not None:
+                break
         if row is None:
             known = [r[0] for r in self._conn.execute("SELECT name FROM identities ORDER BY name LIMIT 11")]
             hint = ", ".join(known[:10]) + (", ..." if len(known) > 10 else "") if known else "none"
@@ -514,7 +526,7 @@ class GalleryStore:
     # ---- writing -------------------------------------------------------------------------------------
 
     def add_identity(self, name: str) -> IdentityInfo:
-        validate_name(name)
+        name = validate_name(name)
         now = time.time_ns()
         with self._write():
             if self._conn.execute("SELECT 1 FROM identities WHERE name = ?", (name,)).fetchone():
@@ -530,7 +542,7 @@ class GalleryStore:
         """Add embeddings to `name` in ONE transaction, applying the budget policy to each in turn."""
         if budget < 1:
             raise GalleryError(f"exemplar budget must be at least 1, got {budget}")
-        validate_name(name)
+        name = validate_name(name)
         vectors = normalise(embeddings, self._dim)
         if self._dim is None:
             self.ensure_dim(vectors.shape[1])
@@ -572,7 +584,7 @@ class GalleryStore:
         return AddResult(stored=True, replaced=replaced, exemplars=count + 1)
 
     def rename(self, old: str, new: str) -> None:
-        validate_name(new)
+        new = validate_name(new)
         with self._write():
             ident = self._identity_id(old)
             taken = self._conn.execute("SELECT 1 FROM identities WHERE name = ?", (new,)).fetchone()
@@ -608,8 +620,7 @@ class GalleryStore:
         `embedding_space` (the model of the export `origin`, "" if it names none) is checked and tied
         in the same transaction (see ensure_embedding_space), so a refused import ties nothing.
         """
-        for name, _ in entries:
-            validate_name(name)
+        entries = [(validate_name(name), vectors) for name, vectors in entries]
         with self._write():
             if embedding_space:
                 self._tie_embedding_space(embedding_space, origin, import_mismatch)

@@ -14,6 +14,7 @@ import math
 import os
 import tempfile
 import time
+import unicodedata
 import zipfile
 import zlib
 from collections import Counter
@@ -315,7 +316,8 @@ def import_gallery(store: GalleryStore, path: str | Path, *, overwrite: bool = F
             "(`vrclip-edge gallery export FILE.npz`) and import that"
         )
     dim, entries, space = _read_json(path) if kind == "json" else _read_npz(path)
-    counts = Counter(name for name, _ in entries)
+    # Two spellings of one name (NFC and decomposed) are one person: compare the stored form.
+    counts = Counter(unicodedata.normalize("NFC", name) for name, _ in entries)
     duplicates = sorted(n for n, c in counts.items() if c > 1)
     if duplicates:
         raise GalleryError(f"{path}: identities listed twice: {', '.join(map(repr, duplicates))}")

@@ -169,6 +169,19 @@ def test_bad_identity_names_are_refused(db: Path, name: str) -> None:
         store.add_exemplars(name, np.ones(DIM), budget=2)
 
 
+def test_one_name_typed_two_ways_is_one_identity(db: Path) -> None:
+    """ "José" composed (one character) and decomposed ("e" + combining accent) look the same on every
+    screen; stored as given they were two identities, and rename/delete of one missed the other."""
+    composed, decomposed = "Jos\u00e9", "Jose\u0301"
+    with GalleryStore(db, dim=DIM) as store:
+        store.add_exemplars(decomposed, np.eye(DIM)[:1], budget=4)
+        store.add_exemplars(composed, np.eye(DIM)[1:2], budget=4)
+        assert [i.name for i in store.identities()] == [composed]
+        assert len(store.exemplars(decomposed)) == 2
+        store.rename(decomposed, "Jos\u00e9 M")
+        assert store.delete("Jose\u0301 M") == 2
+
+
 def test_rename_and_delete(db: Path, centres: np.ndarray) -> None:
     with GalleryStore(db, dim=DIM) as store:
         store.add_exemplars("alice", centres[0], budget=4)

@@ -96,6 +96,12 @@ def test_import_is_all_or_nothing_and_checks_everything(db: Path, tmp_path: Path
         variant("reserved", lambda d: d["identities"][1].update(name="unknown")): "reserved",
         variant("short", lambda d: d["identities"][1]["exemplars"][0].pop()): "12 finite numbers",
         variant("twice", lambda d: d["identities"].append(d["identities"][0])): "listed twice",
+        variant(
+            "twice-spelt",
+            lambda d: d["identities"].extend(
+                [{**d["identities"][0], "name": "Jos\u00e9"}, {**d["identities"][0], "name": "Jose\u0301"}]
+            ),
+        ): "listed twice",
         variant("version", lambda d: d.update(version=9)): "version 9",
         variant("version-true", lambda d: d.update(version=True)): "version True",
         variant("zero", lambda d: d["identities"][0].update(exemplars=[[0.0] * DIM])): "zero norm",
