@@ -7,6 +7,7 @@ is driven by radar frames; a camera or ZED that is down only removes its modalit
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from vrclip.edge.pipeline.sync import SyncedFrame, Synchronizer
 
 #: Frames each capture queue holds before it drops the oldest (about half a second of radar).
 QUEUE_FRAMES = {"radar": 6, "camera": 4, "depth": 4}
+
+log = logging.getLogger(__name__)
 
 
 class StopSignal(Protocol):
@@ -120,7 +123,8 @@ class EdgeRunner:
         self.sync = Synchronizer(slop_ns)
         self.lossless = lossless
         self._latest: dict[str, int] = {}
-        self.warn = warn
+        # Without a caller's warn (enrolment, the benchmark) the warning still reaches stderr.
+        self.warn = warn or (lambda message: log.warning("%s", message))
         self._step_errors_in_a_row = 0
         self._warned_errors: set[str] = set()
 
@@ -212,7 +216,7 @@ class EdgeRunner:
         self.health.count("step_errors")
         self._step_errors_in_a_row += 1
         kind = type(exc).__name__
-        if self.warn is not None and kind not in self._warned_errors:
+        if kind not in self._warned_errors:
             self._warned_errors.add(kind)
             self.warn(
                 f"processing a radar frame failed ({kind}: {exc}); the frame is skipped and the run goes "

@@ -477,6 +477,18 @@ def test_a_step_that_keeps_raising_ends_the_run_with_its_error(monkeypatch: pyte
     assert health.counters["step_errors"] == 5
 
 
+def test_step_errors_are_told_also_without_a_callers_warn(caplog: pytest.LogCaptureFixture) -> None:
+    """Enrolment and the pipeline benchmark build their runner without `warn`: a frame skipped for an
+    error was counted there but never said."""
+    import logging
+
+    identifier = FailingIdentifier(fail={2})
+    runner = EdgeRunner(identifier, {"radar": lambda: Radar([1_000_000])}, Health(("radar",)), slop_ns=0)  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING):
+        runner.run(threading.Event(), duration_s=60, max_frames=4)
+    assert "engine failed on frame 2" in caplog.text
+
+
 class StuckSource(Radar):
     """A sensor whose read hangs after its healthy frames and is not woken by close() (a USB camera
     gone away inside its driver call)."""
