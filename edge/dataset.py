@@ -211,7 +211,13 @@ def make_dataset(
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:
-                path = future.result()
+                try:
+                    path = future.result()
+                except BaseException:
+                    # The sessions not started yet would only delay the error (leaving the pool waits
+                    # for every one of them); those running finish, and a rerun resumes.
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
                 done += 1
                 if progress:
                     progress(done, len(plans), path)

@@ -86,3 +86,30 @@ def test_a_session_length_that_is_not_a_positive_number_is_refused_by_name(
     finally:
         feed.close()
     assert not out.exists()
+
+
+def _failing_first_session(config_toml: str, plan, out_dir: str) -> str:  # type: ignore[no-untyped-def]
+    """Stands in for the worker: notes that it ran; the first session fails."""
+    with open(Path(out_dir) / "ran.txt", "a") as log:
+        log.write(plan.path + "\n")
+    if plan.path.startswith("id-000/session-00"):
+        raise RuntimeError("worker failed (test)")
+    import time
+
+    time.sleep(0.2)
+    return plan.path
+
+
+def test_a_failing_session_stops_the_sessions_not_started_yet(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """When one worker failed, leaving the pool still waited for every pending session before the
+    error showed: minutes of rendering on a large dataset for nothing."""
+    import vrclip.edge.dataset as dataset_module
+
+    monkeypatch.setattr(dataset_module, "_make_session", _failing_first_session)
+    out = tmp_path / "ds"
+    out.mkdir()
+    request = DatasetRequest(out, identities=4, sessions=3, seconds=0.5, jobs=1, rate_hz=4.0)
+    with pytest.raises(RuntimeError, match="worker failed"):
+        make_dataset(request, EdgeConfig())
+    ran = (out / "ran.txt").read_text().split()
+    assert len(ran) <= 3, ran  # the failing one and what was already under way, not all 12
