@@ -465,6 +465,24 @@ def _prepare_one(args: tuple[SessionInfo, PrepSpec, str]) -> str:
     return session.name
 
 
+def session_ids(sessions: Sequence[SessionInfo]) -> dict[str, str]:
+    """{session name: its recording's session_id}: what tells one dataset's recordings from another's
+    with the same file names (`dataset make` with another seed writes the same names)."""
+    ids = {}
+    for session in sessions:
+        with SessionReader(session.path) as reader:
+            ids[session.name] = reader.session_id
+    return ids
+
+
+def other_recordings(saved: Any, now: dict[str, str]) -> list[str]:
+    """The session names whose recording is not the one `saved` ({name: session_id}, from a
+    checkpoint; anything else, from an older checkpoint, checks nothing) recorded."""
+    if not isinstance(saved, dict):
+        return []
+    return sorted(name for name, sid in now.items() if name in saved and sid and saved[name] != sid)
+
+
 def load_tracks(
     sessions: Sequence[SessionInfo],
     spec: PrepSpec,

@@ -30,6 +30,8 @@ from vrclip.export.data import (
     discover_sessions,
     load_tracks,
     make_batch,
+    other_recordings,
+    session_ids,
     split_samples,
 )
 from vrclip.export.metrics import classification_scores, confusion_matrix, cosine_distance, evaluate_ranking
@@ -202,6 +204,15 @@ def _test_index(data: dict[str, Any], tracks: list[Track], frames: int, where: s
             f"the checkpoint was trained on sessions this dataset lacks (first: {absent[0]}); "
             "evaluate on the "
             "dataset the model was trained on, or its test part would overlap the training data"
+        )
+    sessions = list({t.session.name: t.session for t in tracks}.values())
+    replaced = other_recordings(data.get("session_ids"), session_ids(sessions))
+    if replaced:
+        raise DatasetError(
+            f"this dataset holds other recordings under the session names the checkpoint was trained on "
+            f"(first: {replaced[0]}; {len(replaced)} in all): another dataset, or one made again with "
+            "other settings; its test part would be scored against another world's people. Evaluate "
+            "on the dataset the model was trained on"
         )
     _, test = split_samples(tracks, segments, frames)
     return test

@@ -52,7 +52,9 @@ from vrclip.export.data import (
     discover_sessions,
     load_tracks,
     make_batch,
+    other_recordings,
     recorded_channels,
+    session_ids,
     split_samples,
 )
 from vrclip.export.model import (
@@ -451,6 +453,7 @@ class Trainer:
         self.tracks: list[Track] = []
         self.classes: list[str] = []
         self.segments: list[Segment] = []
+        self.session_ids: dict[str, str] = {}
 
     # ------------------------------------------------------------------------------------ data
     def prepare(self, prep_progress: Callable[[int, int, str], None] | None = None) -> None:
@@ -461,6 +464,7 @@ class Trainer:
         cache = cfg.cache or Path(cfg.dataset) / ".vrclip-cache"
         self.prep = prep
         self.tracks = load_tracks(sessions, prep, cache, cfg.jobs, prep_progress)
+        self.session_ids = session_ids(sessions)
         self.classes = sorted({t.identity for t in self.tracks})
         if len(self.classes) < 2:
             raise UserError(
@@ -514,6 +518,8 @@ class Trainer:
             "prep": self.prep.to_dict(),
             "classes": list(self.classes),
             "segments": [asdict(s) for s in self.segments],
+            # Which recordings those names were: another dataset can reuse every file name.
+            "session_ids": dict(self.session_ids),
             "train_config": self.cfg.to_dict(),
             "model": model.state_dict(),
         }
@@ -554,6 +560,13 @@ class Trainer:
         settings give on this dataset, breaking the promise (module docstring) that a resumed run
         equals one that ran through. So stop, and let the user restore the dataset or restart.
         """
+        replaced = other_recordings(data.get("session_ids"), self.session_ids)
+        if replaced:
+            raise CheckpointError(
+                f"{path}: {self.cfg.dataset} holds other recordings under the names this run trained on "
+                f"(first: {replaced[0]}; {len(replaced)} in all): another dataset, or one made again. "
+                "Restore the dataset the run started on to resume, or pass --restart to train afresh"
+            )
         saved = data.get("segments")
         mine = [asdict(s) for s in self.segments]
         if saved == mine:

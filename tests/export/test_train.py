@@ -234,6 +234,19 @@ def test_training_writes_checkpoints_and_resumes_bit_identically_after_a_kill(
     assert 0.3 <= open_set.threshold <= 0.95 and "report.json" in open_set.source
     assert (tmp_path / "eval" / "tsne-fused.png").stat().st_size > 1000
 
+    # The same file names holding other recordings (another `dataset make`): refused, not scored.
+    assert set(reference["session_ids"]) == {t.name for t in discover_sessions(small_dataset)}
+    other_world = dict(reference)
+    first = sorted(reference["session_ids"])[0]
+    other_world["session_ids"] = {**reference["session_ids"], first: "f" * 32}
+    save_atomic(
+        {k: v for k, v in other_world.items() if k not in ("format", "version")}, tmp_path / "other.pt"
+    )
+    with pytest.raises(DatasetError, match=f"other recordings under the session names.*first: {first}"):
+        evaluate(
+            EvalConfig(tmp_path / "other.pt", small_dataset, cache=tmp_path / "cache"), log=lambda _: None
+        )
+
     # A damaged checkpoint, a missing one, and one whose weights do not fit its configuration.
     broken = tmp_path / "broken.pt"
     broken.write_bytes((tmp_path / "a" / FINAL_NAME).read_bytes()[:5000])
