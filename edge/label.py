@@ -12,7 +12,7 @@ stream (a real rig cannot tell an occluder from the person; the gate learns from
 Frames with no confirmed track, or with two or more (someone else walked in), stay unlabelled: the
 trainer skips them. The output is a copy of the recording with only its labels and identity list
 changed; radar samples and JPEG bytes are copied bit for bit. A recording whose recorder died (still
-marked open by it, and unchanged for RECORDER_QUIET_S) is labelled too, over the frames it flushed.
+marked open by it, and held open by no process) is labelled too, over the frames it flushed.
 """
 
 from __future__ import annotations
@@ -36,9 +36,10 @@ from vrclip.edge.manifest import default_file_mode
 from vrclip.edge.pipeline.tracker import Tracker
 from vrclip.edge.recording.reader import SessionReader
 from vrclip.edge.recording.schema import CAMERA, NO_ID, RADAR
+from vrclip.edge.recording.writers import writers_of
 
-#: A file still marked open by its writer but unchanged this long (s) belongs to a recorder that
-#: died: a live recorder flushes at least every second.
+#: Where the processes holding a file cannot be listed: a file still marked open by its writer but
+#: unchanged this long (s) belongs to a recorder that died (a live recorder flushes every second).
 RECORDER_QUIET_S = 10.0
 
 #: Camera or depth frames between labelled radar frames further apart than this stay unlabelled
@@ -163,12 +164,7 @@ def label_recording(
     with SessionReader(source) as reader:
         recorder_died = reader.live
         if reader.live:
-            quiet_s = time.time() - source.stat().st_mtime
-            if quiet_s < RECORDER_QUIET_S:
-                raise RecordingError(
-                    f"{source}: is being recorded (marked open by its writer, changed {quiet_s:.0f} s "
-                    "ago); label it once the recording has finished"
-                )
+            _refuse_if_being_recorded(source)
         if identity is None:
             if len(reader.identities) != 1:
                 named = ", ".join(reader.identities) or "nobody"
@@ -240,6 +236,25 @@ def label_recording(
         streams.get(CAMERA, 0),
         recorder_died,
     )
+
+
+def _refuse_if_being_recorded(source: Path) -> None:
+    """A file marked open by its SWMR writer is being recorded, or its recorder died. The processes
+    holding it open for writing tell which; where they cannot be listed (another user's processes),
+    a file changed within RECORDER_QUIET_S counts as being recorded."""
+    writers = writers_of(source)
+    if writers:
+        raise RecordingError(
+            f"{source}: is being recorded (process {', '.join(map(str, writers))} holds it open for "
+            "writing); label it once the recording has finished"
+        )
+    if writers is None:
+        quiet_s = time.time() - source.stat().st_mtime
+        if quiet_s < RECORDER_QUIET_S:
+            raise RecordingError(
+                f"{source}: is being recorded (marked open by its writer, changed {quiet_s:.0f} s ago); "
+                "label it once the recording has finished"
+            )
 
 
 def copy_recording_objects(source: Path, target: Path) -> None:

@@ -225,39 +225,42 @@ def test_a_disk_that_fills_while_labelling_is_one_error_line(walk: Path, tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rig.h5"]
 
 
-def _as_if_its_recorder_died(path: Path) -> None:
-    """Mark `path` open by a SWMR writer that then dies (kill -9), as a crashed `record` leaves it."""
-    import sys
-
-    script = (
-        "import os, signal, sys, h5py\n"
-        "f = h5py.File(sys.argv[1], 'r+', libver='latest')\n"
-        "f.swmr_mode = True\n"
-        "f.flush()\n"
-        "os.kill(os.getpid(), signal.SIGKILL)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, timeout=60)
-    assert done.returncode == -9, done.stderr
-
-
 def test_a_recording_whose_recorder_died_is_labelled_and_one_being_recorded_is_not(
     walk: Path, tmp_path: Path
 ) -> None:
     """A crashed recorder leaves its file marked open; `label` told the user to run h5clear, which
-    this project does not install. Now the frames it flushed are labelled into a finished copy; a
-    file its recorder is still writing (changed in the last seconds) is refused."""
-    import os
-    import time
+    this project does not install. Now the frames it flushed are labelled into a finished copy at
+    once (no process holds the file); a file a live recorder holds open is refused, naming it."""
+    import sys
 
     rig = tmp_path / "rig.h5"
     _strip_labels(walk, rig, ["alice"])
-    _as_if_its_recorder_died(rig)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, h5py\n"
+            "f = h5py.File(sys.argv[1], 'r+', libver='latest')\n"
+            "f.swmr_mode = True\n"
+            "f.flush()\n"
+            "print('open', flush=True)\n"
+            "sys.stdin.readline()\n",
+            str(rig),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        with pytest.raises(RecordingError, match=f"is being recorded \\(process {holder.pid} holds it open"):
+            label_recording(rig, tmp_path / "too-soon.h5")
+    finally:
+        holder.kill()
+        holder.wait(30)
+    # Killed (as kill -9 leaves a recorder): still marked open, held by nobody, labelled at once.
     with SessionReader(rig) as reader:
         assert reader.live
-    with pytest.raises(RecordingError, match="is being recorded"):
-        label_recording(rig, tmp_path / "too-soon.h5")
-    long_ago = time.time() - 60
-    os.utime(rig, (long_ago, long_ago))
     out = tmp_path / "labelled.h5"
     result = label_recording(rig, out)
     assert result.recorder_died and result.labelled >= 0.85 * result.radar_frames
@@ -266,3 +269,28 @@ def test_a_recording_whose_recorder_died_is_labelled_and_one_being_recorded_is_n
         assert got.counts == original.counts
         np.testing.assert_array_equal(got.radar(5).s21, original.radar(5).s21)
         np.testing.assert_array_equal(got.camera(3).rgb, original.camera(3).rgb)
+
+
+def test_writers_of_lists_only_processes_holding_the_file_open_for_writing(tmp_path: Path) -> None:
+    import sys
+
+    from vrclip.edge.recording.writers import writers_of
+
+    target = tmp_path / "f.bin"
+    target.write_bytes(b"x")
+    assert writers_of(target) == []
+    script = "import sys; f = open(sys.argv[1], sys.argv[2]); print('open', flush=True); sys.stdin.readline()"
+    for mode, writes in (("rb", False), ("ab", True)):
+        holder = subprocess.Popen(
+            [sys.executable, "-c", script, str(target), mode],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+            assert writers_of(target) == ([holder.pid] if writes else [])
+        finally:
+            holder.kill()
+            holder.wait(30)
+    assert writers_of(target, proc=tmp_path / "no-proc") is None

@@ -1,0 +1,71 @@
+"""Which processes hold a file open for writing (Linux /proc), to tell a recording being made from
+one whose recorder died: both stay marked open by their SWMR writer.
+
+A file's modification time cannot tell them apart: a recorder whose sensors are all down writes
+nothing for a while, and a recording just copied with `cp` looks freshly written. The kernel knows
+who holds the file: each /proc/PID/fd entry links to the open file, and /proc/PID/fdinfo gives the
+flags it was opened with.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_ACCESS_MODE = os.O_ACCMODE
+_READ_ONLY = os.O_RDONLY
+
+
+def writers_of(path: Path, proc: Path = Path("/proc")) -> list[int] | None:
+    """PIDs of the other processes holding `path` open for writing; None when that cannot be told
+    (no /proc, or a process whose open files this user may not read: another user's, run as
+    non-root)."""
+    if not proc.is_dir():
+        return None
+    try:
+        target = os.stat(path)
+    except OSError:
+        return None
+    found: list[int] = []
+    complete = True
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            fds = list((entry / "fd").iterdir())
+        except FileNotFoundError:
+            continue  # the process ended meanwhile
+        except PermissionError:
+            complete = False
+            continue
+        except OSError:
+            continue
+        for fd in fds:
+            if _writes_to(entry, fd, target):
+                found.append(int(entry.name))
+                break
+    if not found and not complete:
+        return None
+    return found
+
+
+def _writes_to(process: Path, fd: Path, target: os.stat_result) -> bool:
+    """Whether descriptor `fd` of `process` is `target` (same device and inode), opened to write."""
+    try:
+        opened = os.stat(fd)  # follows the link to the open file, even when renamed
+    except OSError:
+        return False
+    if (opened.st_dev, opened.st_ino) != (target.st_dev, target.st_ino):
+        return False
+    try:
+        info = (process / "fdinfo" / fd.name).read_text()
+    except OSError:
+        return True  # held, mode unknown: count it as a writer (refusing is the safe side)
+    for line in info.splitlines():
+        if line.startswith("flags:"):
+            flags = int(line.split()[1], 8)
+            return (flags & _ACCESS_MODE) != _READ_ONLY
+    return True
+
+
+__all__ = ["writers_of"]
