@@ -12,6 +12,7 @@ person is recognised from the next frame on.
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import threading
 import time
@@ -84,8 +85,12 @@ class LiveEnrolment:
             self._expire()
             if self._session is not None and not self._session.progress.done:
                 running = self._session.progress
+                # From the clock: the progress's elapsed_s is only brought up to date when a session
+                # ends, so a refusal read from it always said "0 of N s". Rounded up, so that trying
+                # again after the time said does not meet the same refusal.
+                left = math.ceil(max(0.0, self._remaining(self._session)))
                 raise EnrolmentBusy(
-                    f"{running.name!r} is being enrolled ({running.elapsed_s:.0f} of {running.seconds:g} s); "
+                    f"{running.name!r} is being enrolled ({left} s of {running.seconds:g} s left); "
                     "one person at a time: try again when it is done"
                 )
             if self._session is not None and not self._session.released:

@@ -85,6 +85,17 @@ def test_one_enrolment_at_a_time_and_a_cancelled_one_keeps_its_exemplars(store: 
     assert {i.name: i.exemplars for i in store.identities()} == {"alice": 1}
 
 
+def test_a_refused_enrolment_says_how_long_the_running_one_has_left(store: GalleryStore) -> None:
+    clock = FakeClock()
+    live = LiveEnrolment(store, budget=32, clock=clock)
+    live.start("alice", 10)
+    live.offer(1, [unit(1)])
+    clock.now = 3.5
+    live.offer(1, [unit(2)])  # the run loop's offers did not move the elapsed time the refusal read
+    with pytest.raises(EnrolmentBusy, match=r"'alice' is being enrolled \(7 s of 10 s left\)"):
+        live.start("bob", 10)
+
+
 @pytest.mark.parametrize(
     ("name", "seconds", "said"),
     [("", 5, "must not be empty"), ("unknown", 5, "unknown"), ("x", 0.5, "1 to 600"), ("x", "5", "1 to 600")],
