@@ -5,7 +5,9 @@ walking. A model trained on a 10 frames/s radar and run at 6 frames/s sees windo
 long, with gait and motion it never saw: on the simulated rig that is the SCPI path (~6 frames/s)
 against the dataset's 10, and the radio side of the identification is visibly weaker there. The
 runtime cannot resample echoes in time (the phase does not interpolate), so it says so instead,
-once per departure and once on recovery.
+once per departure and once on recovery. Recovery asks for half the tolerance: a rate that hovers at
+the tolerance (a loaded box's SCPI path near 7.5 frames/s against 10) would otherwise warn and
+recover again at every wobble of its median.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from vrclip.edge.manifest import EngineManifest
 
 #: Relative departure from the training rate that is reported.
 DEFAULT_TOLERANCE = 0.25
+#: Share of the tolerance a departed rate must come back within before its recovery is reported.
+RECOVERY_SHARE = 0.5
 #: Frame intervals the measured rate is the median of.
 DEFAULT_WINDOW = 50
 
@@ -67,7 +71,8 @@ class RadarRateCheck:
         measured, expected = self.measured_hz, self.expected_hz
         if measured is None or expected is None:
             return None
-        off = abs(measured - expected) > self.tolerance * expected
+        departure = abs(measured - expected) / expected
+        off = departure > self.tolerance * (RECOVERY_SHARE if self.off else 1.0)
         if off == self.off:
             return None
         self.off = off
@@ -83,4 +88,11 @@ class RadarRateCheck:
         )
 
 
-__all__ = ["DEFAULT_TOLERANCE", "DEFAULT_WINDOW", "RadarRateCheck", "median_rate_hz", "training_frame_rate"]
+__all__ = [
+    "DEFAULT_TOLERANCE",
+    "DEFAULT_WINDOW",
+    "RECOVERY_SHARE",
+    "RadarRateCheck",
+    "median_rate_hz",
+    "training_frame_rate",
+]

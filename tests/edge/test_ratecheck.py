@@ -40,3 +40,17 @@ def test_a_few_stalls_and_a_clock_step_do_not_trip_it() -> None:
         if note is not None:
             notes.append(note)
     assert notes == []
+
+
+def test_a_rate_hovering_at_the_tolerance_is_reported_once_not_at_every_wobble() -> None:
+    # The demo on a loaded 2-core box: the median wandered between 7.4 and 7.6 frames/s against 10,
+    # and every crossing of 7.5 printed "delivers 7.5 frames/s" or "back near (7.5 of 10.0)" again.
+    check = RadarRateCheck(10.0, tolerance=0.25, window=20)
+    notes, t = [], 0
+    for _ in range(4):
+        for rate in (7.3, 7.7):
+            more, t = feed(check, rate, 40, t)
+            notes += more
+    assert len(notes) == 1 and "7.3 frames/s" in notes[0]
+    more, t = feed(check, 9.5, 40, t)
+    assert len(more) == 1 and "back near" in more[0]
