@@ -57,6 +57,12 @@ def channels(
     target = out if out is not None else Path(cfg.paths.calibration_file)
     if target.is_dir():
         raise UserError(f"{target}: is a directory; give the calibration a file name (--out FILE.json)")
+    if not simulate:
+        # The service's drift warning names this command while the service holds the VNA and the
+        # switch: said now, before the wizard reconfigures the sweep under it or fails on a sensor.
+        from vrclip.edge.service.presence import refuse_if_service_runs
+
+        refuse_if_service_runs(cfg.paths.control_socket)
     console = Console(stderr=True)
     x, y, z = reflector
     bar = progress_bar()

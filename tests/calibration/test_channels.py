@@ -180,6 +180,29 @@ def test_wizard_without_a_rig_says_which_instrument_it_could_not_reach(tmp_path:
     assert not out.exists()
 
 
+def test_a_running_service_is_named_before_the_wizard_touches_the_radar(tmp_path: Path) -> None:
+    """The service's drift warning sends the operator to `vrclip-calibrate channels` while the service
+    holds the VNA and the switch: the wizard says so before it measures, as `record` and the
+    self-test do, rather than reconfiguring the sweep under the running service."""
+    from vrclip.edge.gallery.store import GalleryStore
+    from vrclip.edge.pipeline.live_enrolment import LiveEnrolment
+    from vrclip.edge.service.control import ControlServer
+
+    sock = tmp_path / "control.sock"
+    toml = tmp_path / "edge.toml"
+    toml.write_text(f'[paths]\ncontrol_socket = "{sock}"\n')
+    out = tmp_path / "calibration.json"
+    with GalleryStore(tmp_path / "g.sqlite") as store, ControlServer(sock, LiveEnrolment(store, 32)):
+        done = subprocess.run(
+            [console_script("vrclip-calibrate"), "channels", "--reflector", "0.4", "3.2", "1.1", "--yes",
+             "-c", str(toml), "--out", str(out)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"vrclip-edge is running (it answers on {sock}) and holds the rig's sensors" in done.stderr
+    assert "Step 1 of 2" not in done.stderr and not out.exists()
+
+
 def test_the_simulated_rig_draws_fresh_noise_for_each_step(monkeypatch: pytest.MonkeyPatch) -> None:
     """The reflector minus the empty room keeps the noise of both measurements, as on a real rig
     (both steps once drew the very same noise, so their difference came out noise-free)."""
