@@ -353,6 +353,17 @@ class PathsConfig(Section):
     #: control socket. The service's RuntimeDirectory (/run/vrclip) holds it.
     control_socket: str = "/run/vrclip/control.sock"
 
+    @field_validator("calibration_file")
+    @classmethod
+    def _calibration_named(cls, value: str) -> str:
+        # Empty read as the current folder, and `run` failed with "Is a directory" naming no key.
+        if not value.strip():
+            raise ValueError(
+                'paths.calibration_file = "": name the radar calibration file, e.g. '
+                '"/etc/vrclip/calibration.json" (`vrclip-calibrate channels` writes it)'
+            )
+        return value
+
     @field_validator("control_socket")
     @classmethod
     def _socket_path_fits(cls, value: str) -> str:

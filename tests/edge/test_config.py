@@ -124,3 +124,10 @@ def test_four_distortion_coefficients_are_k1_k2_p1_p2(tmp_path: Path) -> None:
     site = tmp_path / "site.toml"
     site.write_text("[camera]\ndistortion = [-0.1, 0.02, 0.001, -0.002]\n")
     assert load_config(site).camera.distortion == (-0.1, 0.02, 0.001, -0.002, 0.0)
+
+
+def test_an_empty_calibration_file_path_is_refused_naming_the_key() -> None:
+    """`paths.calibration_file = ""` passed the check, and `run` then failed with
+    "error: .: cannot read channel calibration: [Errno 21] Is a directory"."""
+    with pytest.raises(ConfigError, match=r"paths\.calibration_file"):
+        parse_config({"paths": {"calibration_file": ""}}, source="site.toml")
