@@ -253,7 +253,8 @@ def _refuse_if_being_recorded(source: Path) -> None:
         if quiet_s < RECORDER_QUIET_S:
             raise RecordingError(
                 f"{source}: is being recorded (marked open by its writer, changed {quiet_s:.0f} s ago); "
-                "label it once the recording has finished"
+                "label it once the recording has finished, or, if its recorder died, once the file has "
+                f"been unchanged for {RECORDER_QUIET_S:.0f} s"
             )
 
 
