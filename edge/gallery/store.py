@@ -436,19 +436,29 @@ class GalleryStore:
 
     # ---- reading -------------------------------------------------------------------------------------
 
+    def _find_id(self, name: str) -> int | None:
+        """The id of identity `name` typed in any Unicode form, None if there is none.
+
+        The stored form (NFC, see validate_name) is looked up first. Galleries written before names
+        were normalised may hold a name in another form, and it must still be that one person (to
+        enrol, rename, delete or import over), however it is typed now: so, failing that, every
+        stored name is compared in NFC (only when the name is new; galleries hold hundreds of names)."""
+        nfc = unicodedata.normalize("NFC", name)
+        row = self._conn.execute("SELECT id FROM identities WHERE name = ?", (nfc,)).fetchone()
+        if row is not None:
+            return int(row[0])
+        for ident, stored in self._conn.execute("SELECT id, name FROM identities ORDER BY id"):
+            if isinstance(stored, str) and unicodedata.normalize("NFC", stored) == nfc:
+                return int(ident)
+        return None
+
     def _identity_id(self, name: str) -> int:
-        # The stored form (NFC, see validate_name), then the name as given: galleries written before
-        # names were normalised may hold another form.
-        row = None
-        for form in dict.fromkeys((unicodedata.normalize("NFC", name), name)):
-            row = self._conn.execute("SELECT id FROM identities WHERE name = ?", (form,)).fetchone()
-            if row is not None:
-                break
-        if row is None:
+        ident = self._find_id(name)
+        if ident is None:
             known = [r[0] for r in self._conn.execute("SELECT name FROM identities ORDER BY name LIMIT 11")]
             hint = ", ".join(known[:10]) + (", ..." if len(known) > 10 else "") if known else "none"
             raise GalleryError(f"no identity {name!r} in gallery {self.path} (known: {hint})")
-        return int(row[0])
+        return ident
 
     def identities(self) -> list[IdentityInfo]:
         with self._read():
@@ -529,7 +539,7 @@ class GalleryStore:
         name = validate_name(name)
         now = time.time_ns()
         with self._write():
-            if self._conn.execute("SELECT 1 FROM identities WHERE name = ?", (name,)).fetchone():
+            if self._find_id(name) is not None:
                 raise GalleryError(f"identity {name!r} already exists in gallery {self.path}")
             self._conn.execute(
                 "INSERT INTO identities (name, created_ns, updated_ns) VALUES (?, ?, ?)", (name, now, now)
@@ -549,8 +559,8 @@ class GalleryStore:
         results: list[AddResult] = []
         with self._write():
             now = time.time_ns()
-            row = self._conn.execute("SELECT id FROM identities WHERE name = ?", (name,)).fetchone()
-            if row is None:
+            found = self._find_id(name)
+            if found is None:
                 if not create:
                     self._identity_id(name)  # raises with the list of known names
                 cur = self._conn.execute(
@@ -558,7 +568,7 @@ class GalleryStore:
                 )
                 ident = int(cur.lastrowid or 0)
             else:
-                ident = int(row[0])
+                ident = found
             for vector in vectors:
                 results.append(self._add_one(ident, vector, budget, source, now))
                 now += 1  # keeps insertion order even within one nanosecond tick
@@ -587,8 +597,10 @@ class GalleryStore:
         new = validate_name(new)
         with self._write():
             ident = self._identity_id(old)
-            taken = self._conn.execute("SELECT 1 FROM identities WHERE name = ?", (new,)).fetchone()
-            if old != new and taken:
+            # Taken by another identity: renaming one to another form of its own name is allowed
+            # (it brings a name an older version stored decomposed to the stored form).
+            taken = self._find_id(new)
+            if taken is not None and taken != ident:
                 raise GalleryError(f"cannot rename {old!r} to {new!r}: {new!r} already exists in {self.path}")
             self._conn.execute(
                 "UPDATE identities SET name = ?, updated_ns = ? WHERE id = ?", (new, time.time_ns(), ident)
@@ -624,11 +636,7 @@ class GalleryStore:
         with self._write():
             if embedding_space:
                 self._tie_embedding_space(embedding_space, origin, import_mismatch)
-            clashes = [
-                n
-                for n, _ in entries
-                if self._conn.execute("SELECT 1 FROM identities WHERE name = ?", (n,)).fetchone()
-            ]
+            clashes = [n for n, _ in entries if self._find_id(n) is not None]
             if clashes and not overwrite:
                 raise GalleryError(
                     f"gallery {self.path} already has {', '.join(map(repr, clashes))}: "
@@ -636,7 +644,9 @@ class GalleryStore:
                 )
             now = time.time_ns()
             for name, vectors in entries:
-                self._conn.execute("DELETE FROM identities WHERE name = ?", (name,))
+                existing = self._find_id(name)  # in whatever form an older version stored it
+                if existing is not None:
+                    self._conn.execute("DELETE FROM identities WHERE id = ?", (existing,))
                 cur = self._conn.execute(
                     "INSERT INTO identities (name, created_ns, updated_ns) VALUES (?, ?, ?)", (name, now, now)
                 )

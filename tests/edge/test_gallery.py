@@ -182,6 +182,35 @@ def test_one_name_typed_two_ways_is_one_identity(db: Path) -> None:
         assert store.delete("Jose\u0301 M") == 2
 
 
+def test_a_name_stored_decomposed_by_an_older_version_stays_one_identity(db: Path) -> None:
+    """A gallery written before names were normalised may hold "José" decomposed. Enrolling or
+    importing that person again (typed either way) made a second "José" beside it, the look-alike
+    pair normalising was meant to end; show/delete of the name typed composed did not find it, and an
+    enrolment that must be new merged into an existing person typed the other way."""
+    composed, decomposed = "Jos\u00e9", "Jose\u0301"
+    with GalleryStore(db, dim=DIM) as store:
+        store.add_exemplars("alice", np.eye(DIM)[:1], budget=4)
+        with store._write():  # as an older version stored it
+            store._conn.execute("UPDATE identities SET name = ? WHERE name = 'alice'", (decomposed,))
+        for typed in (decomposed, composed):
+            store.add_exemplars(typed, np.eye(DIM)[1:2] + 0.5 * np.eye(DIM)[2 + len(typed) % 2], budget=4)
+        assert [(i.name, i.exemplars) for i in store.identities()] == [(decomposed, 3)]
+        assert store.info(composed).exemplars == 3
+        with pytest.raises(GalleryError, match="already exists"):
+            store.add_identity(composed)
+        with pytest.raises(GalleryError, match="already has"):
+            store.replace_all([(composed, np.eye(DIM)[3:4])], overwrite=False, source="import")
+        store.add_exemplars("bob", np.eye(DIM)[4:5], budget=4)
+        with pytest.raises(GalleryError, match="already exists"):
+            store.rename("bob", composed)
+        store.rename(decomposed, composed)  # an operator may bring the stored form up to date
+        assert [i.name for i in store.identities()] == [composed, "bob"]
+        store.replace_all([(decomposed, np.eye(DIM)[3:4])], overwrite=True, source="import")
+        assert [(i.name, i.exemplars) for i in store.identities()] == [(composed, 1), ("bob", 1)]
+    with pytest.raises(GalleryError, match="already enrolled"):
+        Enroller(GalleryStore(db), decomposed, must_be_new=True)
+
+
 def test_rename_and_delete(db: Path, centres: np.ndarray) -> None:
     with GalleryStore(db, dim=DIM) as store:
         store.add_exemplars("alice", centres[0], budget=4)
