@@ -6,6 +6,7 @@ up to its last flush.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Callable
@@ -71,6 +72,19 @@ def simulated_calibration(rig: SimulatedRig) -> dict:
     }
 
 
+def simulated_session_id(config_toml: str, conditions: str, start_ns: int, streams: tuple[str, ...]) -> str:
+    """The session_id of a simulated recording: a digest of what determines its content, not a random one.
+
+    The simulator is deterministic for its settings, so the same settings write the same recording,
+    and a checkpoint that records its sessions' ids (`vrclip-export train`) must accept a dataset
+    made again with the same options (on another box, after deleting it), while refusing one made
+    with others (another seed: other people under the same file names)."""
+    digest = hashlib.sha256(
+        json.dumps([config_toml, conditions, int(start_ns), list(streams)]).encode("utf-8")
+    ).hexdigest()
+    return digest[:32]
+
+
 def record_simulated(
     config: EdgeConfig,
     request: RecordRequest,
@@ -83,14 +97,17 @@ def record_simulated(
     rig = SimulatedRig(config, request.spec, start_ns=request.start_ns, streams=request.streams)
     total = rig.frame_count(request.seconds)
     cam = config.camera
+    config_toml = config_to_toml(config)
+    conditions = json.dumps(conditions_of(request.spec, request.seconds, request.extra_conditions))
     writer = SessionWriter(
         request.out,
-        config_toml=config_to_toml(config),
+        session_id=simulated_session_id(config_toml, conditions, rig.start_ns, request.streams),
+        config_toml=config_toml,
         geometry=rig.geometry.to_dict(),
         freqs_hz=rig.freqs_hz,
         radar_channels=rig.geometry.n_channels,
         calibration=simulated_calibration(rig),
-        conditions=json.dumps(conditions_of(request.spec, request.seconds, request.extra_conditions)),
+        conditions=conditions,
         identities=list(request.spec.people),
         camera_size=(cam.height, cam.width) if "camera" in request.streams else None,
         depth_size=(

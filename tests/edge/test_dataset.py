@@ -61,6 +61,24 @@ def test_a_rerun_with_other_settings_refuses_the_sessions_it_would_keep(tmp_path
     make_dataset(first, elsewhere)
 
 
+def test_a_dataset_made_again_with_the_same_settings_holds_the_same_recordings(tmp_path: Path) -> None:
+    """The simulator is deterministic for a seed, so `dataset make` run again with the same options
+    (on another box, after deleting the folder) writes the same recordings. A checkpoint records each
+    session's session_id and refuses a dataset holding other recordings under its names: with a
+    random id per file, the same dataset made again was refused as if it were another world's."""
+    tiny = {"identities": 1, "sessions": 1, "seconds": 0.5, "jobs": 1, "rate_hz": 4.0}
+    name = Path("id-000") / "session-00_day_none.h5"
+    made = {}
+    for out, seed in (("a", 1), ("b", 1), ("c", 2)):
+        make_dataset(
+            DatasetRequest(tmp_path / out, seed=seed, camera_width=64, camera_height=36, **tiny), EdgeConfig()
+        )
+        with SessionReader(tmp_path / out / name) as reader:
+            made[out] = (reader.session_id, reader.radar(1).s21)
+    assert made["a"][0] == made["b"][0] and made["a"][0] != made["c"][0]
+    np.testing.assert_array_equal(made["a"][1], made["b"][1])
+
+
 @pytest.mark.parametrize("seconds", [float("inf"), float("nan"), 0.0])
 def test_a_session_length_that_is_not_a_positive_number_is_refused_by_name(
     seconds: float, tmp_path: Path
