@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import TaskID
 from vrclip.calibration.camera_pose import PoseFit
 from vrclip.edge.cli_support import make_app, progress_bar, run
-from vrclip.edge.config import EdgeConfig, load_config
+from vrclip.edge.config import EMPTY_CALIBRATION_FILE, EdgeConfig, load_config
 from vrclip.edge.errors import UserError
 from vrclip.edge.geometry import load_geometry
 
@@ -54,6 +54,8 @@ def channels(
     from vrclip.calibration.wizard import run_wizard
 
     cfg = load_config(config)
+    if out is None and not cfg.paths.calibration_file.strip():
+        raise UserError(f"{EMPTY_CALIBRATION_FILE}, or pass --out FILE.json")
     target = out if out is not None else Path(cfg.paths.calibration_file)
     if target.is_dir():
         raise UserError(f"{target}: is a directory; give the calibration a file name (--out FILE.json)")

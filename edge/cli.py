@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 from vrclip.edge.cli_support import make_app, progress_bar, run
-from vrclip.edge.config import EdgeConfig, config_to_toml, load_config
+from vrclip.edge.config import EMPTY_CALIBRATION_FILE, EdgeConfig, config_to_toml, load_config
 from vrclip.edge.errors import UserError
 from vrclip.edge.gallery.cli import gallery_app
 from vrclip.edge.imaging.bench import bench_app
@@ -54,6 +54,8 @@ def config_check(file: Path = typer.Argument(..., help="The config TOML to valid
     # (a laptop preparing the config) they may not be there yet, so these warn.
     for problem in mqtt_setup_problems(config.sinks):
         typer.echo(f"warning: {file}: {problem}", err=True)
+    if not config.paths.calibration_file.strip():  # the real rig refuses it; simulated runs never read it
+        typer.echo(f"warning: {file}: {EMPTY_CALIBRATION_FILE}", err=True)
     typer.echo(f"{file}: ok")
 
 

@@ -345,6 +345,17 @@ class SinksConfig(Section):
 MAX_SOCKET_PATH_BYTES = 107
 
 
+#: What an empty paths.calibration_file is told. It is refused where the real rig reads the file
+#: (`run`, the self-test, the calibration wizard; read as the current folder it failed with "Is a
+#: directory", naming no key) and warned about by `config check`, not when a config is parsed: the
+#: simulated rig never reads it, and the config stored in every recording is parsed again to replay,
+#: label and train on it.
+EMPTY_CALIBRATION_FILE = (
+    'paths.calibration_file = "": name the radar calibration file, e.g. "/etc/vrclip/calibration.json" '
+    "(`vrclip-calibrate channels` writes it)"
+)
+
+
 class PathsConfig(Section):
     data_dir: str = "/var/lib/vrclip"
     recordings_dir: str = "/var/lib/vrclip/recordings"
@@ -352,17 +363,6 @@ class PathsConfig(Section):
     #: Where `vrclip-edge run` listens for local commands (`vrclip-edge enroll --service`); empty: no
     #: control socket. The service's RuntimeDirectory (/run/vrclip) holds it.
     control_socket: str = "/run/vrclip/control.sock"
-
-    @field_validator("calibration_file")
-    @classmethod
-    def _calibration_named(cls, value: str) -> str:
-        # Empty read as the current folder, and `run` failed with "Is a directory" naming no key.
-        if not value.strip():
-            raise ValueError(
-                'paths.calibration_file = "": name the radar calibration file, e.g. '
-                '"/etc/vrclip/calibration.json" (`vrclip-calibrate channels` writes it)'
-            )
-        return value
 
     @field_validator("control_socket")
     @classmethod

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 from vrclip.edge.config import (
+    EMPTY_CALIBRATION_FILE,
     MAX_SOCKET_PATH_BYTES,
     EdgeConfig,
     PathsConfig,
@@ -24,7 +25,7 @@ from vrclip.edge.config import (
     parse_config,
 )
 from vrclip.edge.crops import camera_from_config
-from vrclip.edge.errors import UserError
+from vrclip.edge.errors import ConfigError, UserError
 from vrclip.edge.events.event import IdentityEvent
 from vrclip.edge.events.health import Health
 from vrclip.edge.gallery.matcher import Matcher, resolve_threshold
@@ -105,6 +106,8 @@ def configured_calibration(
     """`load_rig_calibration` of paths.calibration_file for this config's sweep: only the built-in
     default location may be absent (a rig set up with the defaults, not calibrated yet)."""
     path = config.paths.calibration_file
+    if not path.strip():
+        raise ConfigError(EMPTY_CALIBRATION_FILE)
     default = PathsConfig.model_fields["calibration_file"].default
     return load_rig_calibration(path, n_channels, may_be_absent=path == default, sweep=config.radar.sweep)
 

@@ -126,8 +126,30 @@ def test_four_distortion_coefficients_are_k1_k2_p1_p2(tmp_path: Path) -> None:
     assert load_config(site).camera.distortion == (-0.1, 0.02, 0.001, -0.002, 0.0)
 
 
-def test_an_empty_calibration_file_path_is_refused_naming_the_key() -> None:
+def test_an_empty_calibration_file_path_is_refused_where_the_real_rig_reads_it(tmp_path: Path) -> None:
     """`paths.calibration_file = ""` passed the check, and `run` then failed with
-    "error: .: cannot read channel calibration: [Errno 21] Is a directory"."""
-    with pytest.raises(ConfigError, match=r"paths\.calibration_file"):
-        parse_config({"paths": {"calibration_file": ""}}, source="site.toml")
+    "error: .: cannot read channel calibration: [Errno 21] Is a directory". Refusing it when the
+    config is parsed went too far: the simulated rig never reads the file, and the config stored in
+    every recording is parsed again to replay, label and train on it, so recordings made with such a
+    config became unreadable. The real rig refuses it, naming the key, and `config check` warns."""
+    from vrclip.edge.pipeline.app import configured_calibration
+    from vrclip.edge.record import RecordRequest, record_simulated
+    from vrclip.edge.recording.reader import SessionReader
+    from vrclip.edge.sim.scene import SceneSpec
+
+    from tests.edge.test_cli import cli
+
+    config = parse_config(
+        {"paths": {"calibration_file": ""}, "camera": {"width": 64, "height": 36}}, source="site.toml"
+    )
+    with pytest.raises(ConfigError, match=r'paths\.calibration_file = "": name the radar calibration file'):
+        configured_calibration(config, 144)
+    recording = tmp_path / "sim.h5"
+    record_simulated(config, RecordRequest(recording, 0.3, SceneSpec(config.room, people=("alice",))))
+    with SessionReader(recording) as reader:
+        assert reader.edge_config().paths.calibration_file == ""
+    site = tmp_path / "site.toml"
+    site.write_text('[paths]\ncalibration_file = ""\n')
+    result = cli("config", "check", str(site))
+    assert result.returncode == 0 and "warning: " in result.stderr, result.stderr
+    assert 'paths.calibration_file = "": name the radar calibration file' in result.stderr
