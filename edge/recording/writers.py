@@ -20,7 +20,7 @@ def writers_of(path: Path, proc: Path = Path("/proc")) -> list[int] | None:
     """PIDs of the other processes holding `path` open for writing; None when that cannot be told
     (no /proc, or a process whose open files this user may not read: another user's, run as
     non-root)."""
-    if not proc.is_dir():
+    if not proc.is_dir() or (os.geteuid() != 0 and _hides_processes(proc)):
         return None
     try:
         target = os.stat(path)
@@ -47,6 +47,24 @@ def writers_of(path: Path, proc: Path = Path("/proc")) -> list[int] | None:
     if not found and not complete:
         return None
     return found
+
+
+def _hides_processes(proc: Path) -> bool:
+    """Whether `proc` is mounted with hidepid: other users' processes are then not merely unreadable
+    but absent, and an empty scan would say nobody holds the file."""
+    try:
+        lines = (proc / "self" / "mountinfo").read_text().splitlines()
+    except OSError:
+        return True  # cannot tell what is hidden: treat the scan as incomplete
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 5 or fields[4] != str(proc) or " - " not in line:
+            continue
+        options = line.split(" - ", 1)[1].split()[-1].split(",")
+        for option in options:
+            if option.startswith("hidepid=") and option.split("=", 1)[1] not in ("0", "off"):
+                return True
+    return False
 
 
 def _writes_to(process: Path, fd: Path, target: os.stat_result) -> bool:

@@ -294,3 +294,22 @@ def test_writers_of_lists_only_processes_holding_the_file_open_for_writing(tmp_p
             holder.kill()
             holder.wait(30)
     assert writers_of(target, proc=tmp_path / "no-proc") is None
+
+
+def test_writers_of_cannot_tell_when_proc_hides_other_users_processes(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """With /proc mounted hidepid=2, another user's recorder is absent from the scan, not unreadable:
+    the scan looked complete and said nobody held the file, so a live recording looked dead."""
+    import os
+
+    from vrclip.edge.recording.writers import writers_of
+
+    proc = tmp_path / "proc"
+    (proc / "self").mkdir(parents=True)
+    target = tmp_path / "f.bin"
+    target.write_bytes(b"x")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    mountinfo = "22 26 0:21 / {} rw,nosuid shared:13 - proc proc rw,{}\n"
+    (proc / "self" / "mountinfo").write_text(mountinfo.format(proc, "hidepid=invisible"))
+    assert writers_of(target, proc=proc) is None
+    (proc / "self" / "mountinfo").write_text(mountinfo.format(proc, "hidepid=0"))
+    assert writers_of(target, proc=proc) == []
