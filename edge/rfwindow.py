@@ -61,6 +61,8 @@ MAX_WINDOW_FRAMES = 1000
 MAX_WINDOW_RANGE_BINS = 4096
 MAX_WINDOW_PAD_FACTOR = 256
 MAX_WINDOW_BEAMS = 10_000
+#: ... and all of them together, per track and sample (the default: 12 x 8 x 91 = 8,736).
+MAX_WINDOW_VALUES = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,13 @@ class RFWindowSpec:
         ):
             if value > most:
                 raise ValueError(f"RF window {key} = {value}: at most {most}")
+        beams = len(self.beam_heights_m) * max(1, len(self.beam_offsets_m))
+        values = self.frames * self.range_bins * max(1, beams)
+        if values > MAX_WINDOW_VALUES:
+            raise ValueError(
+                f"RF window of {self.frames} frames x {self.range_bins} range bins x {beams} beams = "
+                f"{values} values per track: at most {MAX_WINDOW_VALUES}"
+            )
         if not (math.isfinite(self.span_m) and self.span_m > 0):
             raise ValueError(f"RF window span_m = {self.span_m}: must be a positive finite length")
         if not math.isfinite(self.centre_height_m):

@@ -178,6 +178,12 @@ def test_an_rf_window_of_absurd_size_is_refused_by_key() -> None:
     for key, value in (("frames", 10**6), ("range_bins", 10**6), ("pad_factor", 10**6)):
         with pytest.raises(ValueError, match=f"RF window {key} = 1000000: at most"):
             RFWindowSpec.from_dict({"frames": 12, "range_bins": 8, key: value})
+    # Each size within its bound, all together ~41 GB per track.
+    heights = [0.1 * i for i in range(100)]
+    with pytest.raises(ValueError, match=r"values per track: at most"):
+        RFWindowSpec.from_dict(
+            {"frames": 1000, "range_bins": 4096, "beam_heights_m": heights, "beam_offsets_m": [0.0]}
+        )
 
 
 def test_tensor_names_are_unique_and_digests_are_sha256() -> None:
