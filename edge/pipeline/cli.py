@@ -294,14 +294,20 @@ def enroll(
         "--service",
         help="Enrol through the running service (paths.control_socket): it keeps identifying meanwhile.",
     ),
+    record: Path | None = typer.Option(
+        None,
+        "--record",
+        help="Also record what the enrolment saw to this new file (.h5), to enrol the person again "
+        "with a retrained engine later (--replay FILE) without them.",
+    ),
 ) -> None:
     """Enrol NAME: collect embeddings while exactly one person is in view (other frames are rejected)."""
     config = load_config(config_path)
     if service:
-        if simulate or replay is not None or engine is not None or db is not None:
+        if simulate or replay is not None or engine is not None or db is not None or record is not None:
             raise UserError(
                 "--service enrols with the running service's sensors, engine and gallery; "
-                "leave out --simulate, --replay, --engine and --db"
+                "leave out --simulate, --replay, --engine, --db and --record"
             )
         _enrol_through_service(config, name, seconds)
         return
@@ -322,13 +328,23 @@ def enroll(
     stop = threading.Event()
     try:
         report = enrol_from_feed(
-            feed, backend, store, name, seconds, budget=config.gallery.exemplar_budget, stop=stop
+            feed,
+            backend,
+            store,
+            name,
+            seconds,
+            budget=config.gallery.exemplar_budget,
+            stop=stop,
+            record=record,
         )
     finally:
         store.close()
         backend.close()
         feed.close()
     _print_report(name, report.stored, report.offered, report.rejected, report.redundant)
+    if report.recorded is not None:
+        frames = ", ".join(f"{n} {stream}" for stream, n in report.recorded.items())
+        typer.echo(f"recorded {record}: {frames} frames; enrol again later with --replay {record}")
 
 
 def _enrol_through_service(config: EdgeConfig, name: str, seconds: float) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 from vrclip.edge.config import EdgeConfig
 from vrclip.edge.gallery.enrol import Enroller
@@ -49,6 +50,8 @@ class EnrolmentReport:
     rejected: int
     stored: int
     redundant: int
+    #: Frames written per stream when the enrolment was recorded (`record`), else None.
+    recorded: dict[str, int] | None = None
 
 
 def enrol_from_feed(
@@ -60,11 +63,22 @@ def enrol_from_feed(
     *,
     budget: int = 32,
     stop: threading.Event | None = None,
+    record: Path | None = None,
 ) -> EnrolmentReport:
     """Run `feed` for `seconds` and offer each frame's embedding; frames without exactly one track are
-    rejected. Commits as it goes, so an interrupted enrolment keeps what it had accepted."""
+    rejected. Commits as it goes, so an interrupted enrolment keeps what it had accepted.
+
+    `record`: also write the frames the enrolment saw to this new recording, as `run --record`
+    does. A gallery holds one model's embeddings; with the recording, the person can be enrolled
+    again with a retrained engine (`enroll NAME --replay FILE`) without coming back."""
+    from vrclip.edge.pipeline.recorder import FrameRecorder
+
     bind_gallery(store, backend)
     health = health_for(feed)
+    recorder = None
+    if record is not None:
+        # A margin over `seconds`: the run loop may take a frame or two past its duration.
+        recorder = FrameRecorder(feed, record, seconds + 5.0, health, identities=(name,), warn=log.warning)
     identifier = make_identifier(feed, backend, count=health.count)
     enroller = Enroller(store, name, budget)
     people_in_view = PeopleInView(identifier)
@@ -79,14 +93,24 @@ def enrol_from_feed(
         feed.sources,
         health,
         slop_ns=_slop(feed),
+        on_frame=recorder.offer if recorder is not None else None,
         on_results=offer,
         lossless=feed.lossless,
     )
-    with enroller:
-        summary = runner.run(stop or threading.Event(), duration_s=seconds)
-    identifier.close()
+    try:
+        with enroller:
+            summary = runner.run(stop or threading.Event(), duration_s=seconds)
+    finally:
+        recorded = recorder.close() if recorder is not None else None
+        identifier.close()
     return EnrolmentReport(
-        name, summary.frames, enroller.offered, enroller.rejected, enroller.stored, enroller.redundant
+        name,
+        summary.frames,
+        enroller.offered,
+        enroller.rejected,
+        enroller.stored,
+        enroller.redundant,
+        recorded,
     )
 
 

@@ -42,6 +42,7 @@ from vrclip.edge.pipeline.app import (
 from vrclip.edge.pipeline.enrolment import enrol_from_feed
 from vrclip.edge.pipeline.runner import EdgeRunner
 from vrclip.edge.record import RecordRequest, record_simulated
+from vrclip.edge.recording.reader import SessionReader
 from vrclip.edge.sim.scene import SceneSpec
 
 from tests.scripts import console_script
@@ -319,6 +320,34 @@ def test_replay_runs_to_the_end_of_the_recording(engine: Path, config: EdgeConfi
         f.attrs["config_toml"] = "[camera\nwidth = 3"
     with pytest.raises(RecordingError, match=r"s\.h5: its stored config is unreadable"):
         replay_feed(path, paced=False)
+
+
+def test_an_enrolment_recorded_can_be_enrolled_again_from_its_recording(
+    engine: Path, config: EdgeConfig, tmp_path: Path
+) -> None:
+    """A gallery holds one model's embeddings: after a retrained engine, everyone had to come back
+    to be enrolled again. `enroll --record FILE` keeps what the enrolment saw, and `enroll --replay
+    FILE` enrols the person from it into a new gallery, without them."""
+    recording = tmp_path / "enrol-a.h5"
+    feed = simulated_feed(config, SceneSpec(people=("a",), seed=3), scpi=False)
+    backend = open_engine(engine, "onnxruntime")
+    try:
+        with GalleryStore(tmp_path / "old.sqlite") as store:
+            first = enrol_from_feed(feed, backend, store, "a", 3.0, record=recording)
+    finally:
+        feed.close()
+    assert first.stored > 0 and first.recorded is not None and first.recorded["radar"] >= 20
+    with SessionReader(recording) as reader:
+        assert reader.identities == ("a",) and reader.count("camera") > 0
+    replay = replay_feed(recording, paced=False)
+    try:
+        with GalleryStore(tmp_path / "new.sqlite") as store:
+            again = enrol_from_feed(replay, backend, store, "a", 60.0)
+            assert again.stored > 0 and [i.name for i in store.identities()] == ["a"]
+    finally:
+        backend.close()
+        replay.close()
+    assert again.frames == first.recorded["radar"]  # every recorded frame went through again
 
 
 def test_enrolment_rejects_frames_with_two_people(engine: Path, config: EdgeConfig, tmp_path: Path) -> None:
