@@ -9,7 +9,6 @@ the whole session, so every `commit_every` accepted embeddings are committed on 
 
 from __future__ import annotations
 
-import unicodedata
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,10 +47,7 @@ class Enroller:
         self.name = validate_name(name)
         self.budget = int(budget)
         self.commit_every = int(commit_every)
-        # Compared in the stored form: "José" typed decomposed is the enrolled (NFC) "José".
-        if must_be_new and any(
-            unicodedata.normalize("NFC", info.name) == self.name for info in store.identities()
-        ):
+        if must_be_new and store.has_identity(self.name):
             raise GalleryError(f"identity {name!r} is already enrolled in {store.path}; choose another name")
         self._pending: list[np.ndarray] = []
         self.offered = 0

@@ -452,6 +452,11 @@ class GalleryStore:
                 return int(ident)
         return None
 
+    def has_identity(self, name: str) -> bool:
+        """Whether `name` (typed in any Unicode form, see `_find_id`) is enrolled."""
+        with self._read():
+            return self._find_id(name) is not None
+
     def _identity_id(self, name: str) -> int:
         ident = self._find_id(name)
         if ident is None:

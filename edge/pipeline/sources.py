@@ -517,8 +517,7 @@ class CaptureThread:
             finally:
                 source, self._source = self._source, None
                 if source is not None:
-                    with contextlib.suppress(Exception):
-                        source.close()
+                    _close_quietly(source)
             self._stop.wait(min(backoff, cap))
             self._touch()
             backoff = min(cap, backoff * 2)
