@@ -307,6 +307,16 @@ class MqttTls:
     cert_file: str = ""
     key_file: str = ""
 
+    @classmethod
+    def of(cls, mqtt: Any) -> MqttTls | None:
+        """The TLS settings of `[sinks.mqtt]`, None with `tls = false` (keys a config object lacks
+        read as their defaults)."""
+        if not getattr(mqtt, "tls", False):
+            return None
+        return cls(
+            getattr(mqtt, "ca_file", ""), getattr(mqtt, "cert_file", ""), getattr(mqtt, "key_file", "")
+        )
+
     def check(self) -> None:
         """Load the files as TLS will, without a broker (for `config check`); a ConfigError names the
         one that does not load."""
@@ -588,8 +598,9 @@ def mqtt_setup_problems(cfg: SinksConfig) -> list[str]:
     checks: list[Callable[[], object]] = []
     if mqtt.password_file:
         checks.append(lambda: read_password_file(mqtt.password_file))
-    if mqtt.tls:
-        checks.append(MqttTls(mqtt.ca_file, mqtt.cert_file, mqtt.key_file).check)
+    tls = MqttTls.of(mqtt)
+    if tls is not None:
+        checks.append(tls.check)
     for check in checks:
         try:
             check()
@@ -615,13 +626,6 @@ def build_sinks(cfg: SinksConfig, *, stdout: bool = False) -> EventSinks:
         mqtt = cfg.mqtt
         username = getattr(mqtt, "username", "")
         password_file = getattr(mqtt, "password_file", "")
-        tls = (
-            MqttTls(
-                getattr(mqtt, "ca_file", ""), getattr(mqtt, "cert_file", ""), getattr(mqtt, "key_file", "")
-            )
-            if getattr(mqtt, "tls", False)
-            else None
-        )
         sinks.append(
             MqttSink(
                 mqtt.host,
@@ -631,7 +635,7 @@ def build_sinks(cfg: SinksConfig, *, stdout: bool = False) -> EventSinks:
                 client_id=getattr(mqtt, "client_id", ""),
                 username=username,
                 password=read_password_file(password_file) if password_file else None,
-                tls=tls,
+                tls=MqttTls.of(mqtt),
             )
         )
     return EventSinks(sinks)
