@@ -104,15 +104,15 @@ class RFWindowSpec:
         # Upper bounds too: a spec comes from manifests and checkpoints, and each of these sizes the
         # buffers the runtime allocates per track (a damaged file asking for a million frames would
         # end in an out-of-memory kill rather than an error naming the key).
+        beams = len(self.beam_heights_m) * max(1, len(self.beam_offsets_m))
         for key, value, most in (
             ("frames", self.frames, MAX_WINDOW_FRAMES),
             ("range_bins", self.range_bins, MAX_WINDOW_RANGE_BINS),
             ("pad_factor", self.pad_factor, MAX_WINDOW_PAD_FACTOR),
-            ("beams", len(self.beam_heights_m) * max(1, len(self.beam_offsets_m)), MAX_WINDOW_BEAMS),
+            ("beams", beams, MAX_WINDOW_BEAMS),
         ):
             if value > most:
                 raise ValueError(f"RF window {key} = {value}: at most {most}")
-        beams = len(self.beam_heights_m) * max(1, len(self.beam_offsets_m))
         values = self.frames * self.range_bins * max(1, beams)
         if values > MAX_WINDOW_VALUES:
             raise ValueError(
