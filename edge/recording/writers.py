@@ -41,7 +41,7 @@ def writers_of(path: Path, proc: Path = Path("/proc")) -> list[int] | None:
         except OSError:
             continue
         for fd in fds:
-            if _writes_to(entry, fd, target):
+            if _writes_to(entry, fd, path.name, target):
                 found.append(int(entry.name))
                 break
     if not found and not complete:
@@ -67,8 +67,16 @@ def _hides_processes(proc: Path) -> bool:
     return False
 
 
-def _writes_to(process: Path, fd: Path, target: os.stat_result) -> bool:
-    """Whether descriptor `fd` of `process` is `target` (same device and inode), opened to write."""
+def _writes_to(process: Path, fd: Path, name: str, target: os.stat_result) -> bool:
+    """Whether descriptor `fd` of `process` is `target` (same device and inode), opened to write.
+
+    Only a descriptor whose link names a file called `name` is stat'ed: stat follows the link into
+    the open file's filesystem, and a process holding a file on a hung NFS or FUSE mount would block
+    the whole scan there. Reading the link itself does not touch that filesystem; the kernel keeps
+    the name current when the file is renamed. A target with several hard links may be open under
+    another name, so then every descriptor is stat'ed."""
+    if target.st_nlink <= 1 and not _link_names(fd, name):
+        return False
     try:
         opened = os.stat(fd)  # follows the link to the open file, even when renamed
     except OSError:
@@ -84,6 +92,15 @@ def _writes_to(process: Path, fd: Path, target: os.stat_result) -> bool:
             flags = int(line.split()[1], 8)
             return (flags & _ACCESS_MODE) != _READ_ONLY
     return True
+
+
+def _link_names(fd: Path, name: str) -> bool:
+    """Whether the /proc fd link `fd` points at a file called `name` (also once deleted)."""
+    try:
+        link = os.readlink(fd)
+    except OSError:
+        return False
+    return os.path.basename(link.removesuffix(" (deleted)")) == name
 
 
 __all__ = ["writers_of"]

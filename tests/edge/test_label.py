@@ -313,3 +313,38 @@ def test_writers_of_cannot_tell_when_proc_hides_other_users_processes(tmp_path: 
     assert writers_of(target, proc=proc) is None
     (proc / "self" / "mountinfo").write_text(mountinfo.format(proc, "hidepid=0"))
     assert writers_of(target, proc=proc) == []
+
+
+def test_writers_of_reads_only_the_links_of_unrelated_descriptors(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Stat'ing every open file of every process follows each link into its filesystem, where a file
+    on a hung NFS or FUSE mount blocks the scan: descriptors naming another file are not stat'ed."""
+    import os
+
+    from vrclip.edge.recording.writers import writers_of
+
+    proc = tmp_path / "proc"
+    (proc / "self").mkdir(parents=True)
+    mountinfo = "22 26 0:21 / {} rw,nosuid shared:13 - proc proc rw\n"
+    (proc / "self" / "mountinfo").write_text(mountinfo.format(proc))
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    target = tmp_path / "walk.h5"
+    target.write_bytes(b"x")
+    hung = tmp_path / "nfs" / "elsewhere.bin"
+    hung.parent.mkdir()
+    hung.write_bytes(b"y")
+    for pid, opened in (("4242", hung), ("4343", target)):
+        (proc / pid / "fd").mkdir(parents=True)
+        (proc / pid / "fdinfo").mkdir()
+        (proc / pid / "fd" / "3").symlink_to(opened)
+        (proc / pid / "fdinfo" / "3").write_text("pos:\t0\nflags:\t0100001\n")
+    stat = os.stat
+    followed: list[str] = []
+
+    def recording_stat(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        followed.append(str(path))
+        return stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", recording_stat)
+    assert writers_of(target, proc=proc) == [4343]
+    assert str(proc / "4242" / "fd" / "3") not in followed
+    assert str(proc / "4343" / "fd" / "3") in followed
