@@ -60,8 +60,11 @@ class Synchronizer:
             gap = abs(frame.t_ns - radar.t_ns)
             if gap <= self.slop_ns and (best_gap is None or gap < best_gap):
                 best_index, best_gap = i, gap
-        # Frames older than the chosen one (or older than the slop) can never pair with a later radar frame.
+        # Frames stamped no later than the chosen one (or older than the slop) can never pair with a
+        # later radar frame. By stamp, not by place in the buffer: a frame delivered out of order sits
+        # before an older one and may still be the best partner of the next radar frame.
         horizon = radar.t_ns - self.slop_ns
+        chosen_t = None if best_index is None else buffer[best_index].t_ns
         keep: deque = deque()
         chosen = None
         for i, frame in enumerate(buffer):
@@ -70,7 +73,7 @@ class Synchronizer:
             elif frame.clock != radar.clock:
                 self.stats.clock_mismatch += 1
                 self.stats.dropped[name] += 1
-            elif (best_index is not None and i < best_index) or frame.t_ns < horizon:
+            elif (chosen_t is not None and frame.t_ns <= chosen_t) or frame.t_ns < horizon:
                 self.stats.dropped[name] += 1
             else:
                 keep.append(frame)

@@ -98,6 +98,19 @@ def test_sync_pairs_nearest_within_slop_and_uses_each_frame_once() -> None:
     assert sync.stats.dropped["depth"] == 1
 
 
+def test_sync_keeps_a_newer_frame_delivered_before_the_chosen_one() -> None:
+    """A camera frame can arrive out of order (driver retries, a USB hiccup): it sits in the buffer
+    before an older frame, and is still the best partner of the next radar frame."""
+    sync = Synchronizer(slop_ns=30 * MS)
+    for t in (90, 60):
+        sync.add(camera(t))
+    first = sync.pair(radar(60))
+    assert first.camera is not None and first.camera.t_ns == 60 * MS
+    second = sync.pair(radar(90))
+    assert second.camera is not None and second.camera.t_ns == 90 * MS
+    assert sync.stats.dropped["camera"] == 0
+
+
 def test_sync_never_pairs_across_clocks() -> None:
     sync = Synchronizer(slop_ns=30 * MS)
     sync.add(camera(0, clock="OTHER"))
