@@ -477,10 +477,11 @@ def session_ids(sessions: Sequence[SessionInfo]) -> dict[str, str]:
 
 def other_recordings(saved: Any, now: dict[str, str]) -> list[str]:
     """The session names whose recording is not the one `saved` ({name: session_id}, from a
-    checkpoint; anything else, from an older checkpoint, checks nothing) recorded."""
+    checkpoint; anything else, from an older checkpoint, checks nothing) recorded. A session with no
+    id on either side (a recording made before recordings carried one) checks nothing either."""
     if not isinstance(saved, dict):
         return []
-    return sorted(name for name, sid in now.items() if name in saved and sid and saved[name] != sid)
+    return sorted(name for name, sid in now.items() if sid and saved.get(name) and saved[name] != sid)
 
 
 def load_tracks(

@@ -669,3 +669,14 @@ def test_the_train_command_line_defaults_are_the_recipe_defaults(tmp_path: Path)
         assert parameter.default.default == getattr(cfg, field), option
         checked += 1
     assert checked >= 20
+
+
+def test_a_session_saved_without_an_id_checks_nothing() -> None:
+    """A checkpoint trained on recordings made before they carried a session id stored "" for them;
+    the same recording given an id later (relabelled, copied by a newer version) is still the one
+    trained on as far as anyone can tell, and must not be refused."""
+    from vrclip.export.data import other_recordings
+
+    assert other_recordings({"s0": "", "s1": "a" * 32}, {"s0": "b" * 32, "s1": "a" * 32}) == []
+    assert other_recordings({"s0": "", "s1": "a" * 32}, {"s0": "b" * 32, "s1": "c" * 32}) == ["s1"]
+    assert other_recordings(None, {"s0": "b" * 32}) == []
