@@ -76,7 +76,7 @@ class LiveEnrolment:
     # ----------------------------------------------------------------- control thread
     def start(self, name: str, seconds: float) -> int:
         """Begin enrolling `name` for `seconds`; returns the ticket `wait` and `cancel` take."""
-        validate_name(name)
+        name = validate_name(name)  # progress and refusals show the name as the gallery stores it
         if not (isinstance(seconds, int | float) and 1.0 <= float(seconds) <= MAX_ENROL_SECONDS):
             raise UserError(f"seconds {seconds!r}: enrol for 1 to {MAX_ENROL_SECONDS:g} seconds")
         with self._changed:

@@ -85,6 +85,17 @@ def test_one_enrolment_at_a_time_and_a_cancelled_one_keeps_its_exemplars(store: 
     assert {i.name: i.exemplars for i in store.identities()} == {"alice": 1}
 
 
+def test_progress_names_the_person_as_the_gallery_stores_them(store: GalleryStore) -> None:
+    """A name typed decomposed ("e" plus a combining accent) is stored composed (NFC); the progress
+    the client reads named it as typed, a name that then matched nothing in `gallery list`."""
+    live = LiveEnrolment(store, budget=32, clock=FakeClock())
+    ticket = live.start("Jose\u0301", 5)
+    live.offer(1, [unit(1)])
+    assert live.wait(ticket, 0.0).name == "Jos\u00e9"
+    live.cancel(ticket)
+    assert [i.name for i in store.identities()] == ["Jos\u00e9"]
+
+
 def test_a_refused_enrolment_says_how_long_the_running_one_has_left(store: GalleryStore) -> None:
     clock = FakeClock()
     live = LiveEnrolment(store, budget=32, clock=clock)
