@@ -68,6 +68,17 @@ MAX_SIGMA = {
     # 20 ms of a walk at 1.4 m/s is 3 cm: about as much as the position's own limit.
     "lag_ms": 20.0,
 }
+#: Seconds of walk (first to last camera frame fitted) below which the fit is not trusted. The standard
+#: errors count every silhouette as an independent measurement, but the radar track each one is
+#: compared with is off by 5-7 cm, and that error changes slowly (it is correlated over about a
+#: second: ~10 radar frames, ~30 camera frames). A short walk averages only a few independent track
+#: errors, the pose absorbs them (camera x against yaw, height against pitch), and the fit lands
+#: several of its own standard errors off while they all stay under MAX_SIGMA: on simulated 4-s
+#: walk, x 0.25 m and yaw 3.6 degrees off at 8 standard errors, accepted; its crops overlapped the
+#: true pose's by an IoU down to 0.47 away from the walk. The simulated 12-s walks that pass cropped
+#: at 0.77 or better everywhere in the room, though their pose can still be 3-5 standard errors off
+#: along directions the crops hardly feel (tests/calibration/test_camera_pose.py).
+MIN_WALK_S = 10.0
 #: A residual RMS above this share of the image height means the silhouettes did not follow the track.
 MAX_RMS_FRACTION = 0.03
 #: Where the fit starts the nearer foot's reach towards the camera (m).
@@ -180,6 +191,8 @@ class PoseFit:
     lag_ms: float = 0.0
     #: The recording's own camera.latency_ms: its camera times already had it taken off.
     recorded_latency_ms: float = 0.0
+    #: Seconds from the first to the last camera frame fitted; NaN where the frames had no times.
+    walk_s: float = math.nan
 
     @property
     def latency_ms(self) -> float:
@@ -189,6 +202,11 @@ class PoseFit:
     def undetermined(self) -> list[str]:
         """The pose parameters the walk did not pin down (standard error above its limit)."""
         return [name for name, limit in MAX_SIGMA.items() if not self.sigma[name] <= limit]  # NaN fails
+
+    def too_short(self) -> bool:
+        """True when the walk was too short for its radar track's slowly changing error to average
+        out (MIN_WALK_S): the standard errors then understate how far off the pose is."""
+        return self.walk_s < MIN_WALK_S  # NaN (no frame times) is not judged
 
     def poor_match(self) -> bool:
         """True when the silhouettes do not follow the radar track under any pose."""
@@ -421,6 +439,7 @@ def fit_pose(obs: Observations, start: CameraPose) -> PoseFit:
     if not fit_lag:
         sigma.append(0.0)  # no times to fit it from: taken as 0
     pose, _, h, lag = unpack(result.x)
+    walk_s = math.nan if obs.camera_t_s is None else float(np.ptp(obs.camera_t_s[usable]))
     return PoseFit(
         pose,
         h,
@@ -430,6 +449,7 @@ def fit_pose(obs: Observations, start: CameraPose) -> PoseFit:
         obs.tracked,
         obs.height,
         lag,
+        walk_s=walk_s,
     )
 
 

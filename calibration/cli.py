@@ -165,7 +165,7 @@ def camera(
     frames against the radar (latency_ms) from a walk: the radar's track says where the person stood,
     the camera's frames where it saw them. Check the result with
     `vrclip-calibrate crops RECORDING --config SITE.toml`."""
-    from vrclip.calibration.camera_pose import measure_camera_pose, with_pose, write_pose
+    from vrclip.calibration.camera_pose import MIN_WALK_S, measure_camera_pose, with_pose, write_pose
 
     _need_config_to_write(write, config, "the pose")
     start = load_config(config) if config is not None else None
@@ -192,11 +192,18 @@ def camera(
             "right, across everything the camera sees, and record again",
             err=True,
         )
+    if fit.too_short():
+        typer.echo(
+            f"warning: the walk lasted only {fit.walk_s:.1f} s; the radar track's error averages out only "
+            f"over {MIN_WALK_S:.0f} s or more, so the pose can be further off than its standard errors "
+            "say; walk near and far, left and right, for longer, and record again",
+            err=True,
+        )
     if write:
         assert config is not None and start is not None
         _write_measurement(
             config,
-            bool(undetermined or fit.poor_match()),
+            bool(undetermined or fit.poor_match() or fit.too_short()),
             "the camera pose",
             lambda: write_pose(config, with_pose(start, fit)),
         )

@@ -315,3 +315,30 @@ def test_the_cameras_time_offset_is_measured_and_written(walk: Path, tmp_path: P
         f.attrs["config_toml"] = toml.replace("latency_ms = 0.0", "latency_ms = 30.0")
     again = measure_camera_pose(late, start)
     assert with_pose(start, again).camera.latency_ms == pytest.approx(round(30.0 + again.lag_ms, 1))
+
+
+def test_a_short_walk_whose_fit_is_off_by_many_standard_errors_is_not_written(tmp_path: Path) -> None:
+    """On a simulated 4-s walk the fit landed 0.25 m (x) and 3.6 degrees (yaw) from the true pose, at
+    8 of its own standard errors, all of which stayed under their limits: `--write` accepted it. The
+    standard errors count each silhouette as independent, but the radar track they are compared with is
+    off by 5-7 cm in an error that changes over about a second; 4 s average only a few of those, and the
+    pose absorbs them. Such a walk is refused, with the reason; the 12-s walk (`walk`) is written."""
+    cfg = EdgeConfig.model_validate({"camera": {**SIZE, **TRUE_POSE}})
+    short = tmp_path / "short.h5"
+    record_simulated(cfg, RecordRequest(short, 4.0, SceneSpec(room=cfg.room, people=("alice",), seed=15)))
+    site = tmp_path / "site.toml"
+    site.write_text("[camera]\nwidth = 320\nheight = 180\n")
+    fit = measure_camera_pose(short, load_config(site))
+    off = [
+        abs(fit.pose.position_m[0] - TRUE_POSE["position_m"][0]) / fit.sigma["x_m"],
+        abs(fit.pose.yaw_deg - TRUE_POSE["yaw_deg"]) / fit.sigma["yaw_deg"],
+    ]
+    assert min(off) > 4.0 and not fit.undetermined(), "the bias this guards against, reproduced"
+    done = subprocess.run(
+        [console_script("vrclip-calibrate"), "camera", str(short), "--config", str(site), "--write"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode != 0 and "the walk lasted only 3.6 s" in done.stderr, done.stderr
+    assert "position_m" not in site.read_text() and not site.with_name("site.toml.prev").exists()
+    assert fit.too_short() and fit.walk_s < 4.0
