@@ -75,7 +75,7 @@ def radar_track(
         else None
     )
     imaging = ImagingPipeline(config, reader.array_geometry, calibration)
-    tracker = Tracker()
+    tracker = Tracker(frame_period_s=1.0 / config.radar.frame_rate_hz)
     n = reader.count(RADAR)
     positions = np.full((n, 2), np.nan)
     crowded = 0

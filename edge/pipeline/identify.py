@@ -119,7 +119,7 @@ class Identifier:
         self.backend = backend
         self.feeds = ModelFeeds(backend.manifest)
         self.imaging = ImagingPipeline(config, geometry, calibration)
-        self.tracker = Tracker()
+        self.tracker = Tracker(frame_period_s=1.0 / config.radar.frame_rate_hz)
         self.extractor = RFWindowExtractor(self.feeds.window, geometry, freqs_hz, calibration)
         #: Engines read and write floor positions centred on the array (what they were trained on).
         self._array_centre = self.extractor.array_xy.astype(np.float32)

@@ -7,14 +7,20 @@ person leaving the room frees its id. Positions are smoothed with an alpha-beta 
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+from vrclip.edge.pipeline.ratecheck import median_rate_hz
 
-#: Shortest time between two detections of a track that a velocity is learnt from (a fifth of the
-#: 10 frames/s radar's period); closer ones correct the position only.
-MIN_VELOCITY_DT_S = 0.02
+#: Shortest time between two detections of a track that a velocity is learnt from, as a share of the
+#: radar's frame period (20 ms at 10 frames/s, 0.2 ms at 1000); closer ones correct the position only.
+MIN_VELOCITY_SHARE = 0.2
+#: Frame intervals the tracker's frame period is the median of.
+PERIOD_WINDOW = 50
+#: Shortest frame period the tracker goes by: radar.frame_rate_hz allows up to 1000 frames/s.
+MIN_FRAME_PERIOD_S = 1e-3
 
 
 @dataclass
@@ -40,7 +46,15 @@ class Tracker:
         beta: float = 0.2,
         max_tracks: int = 64,
         coast_frames: int = 2,
+        frame_period_s: float = 0.1,
     ) -> None:
+        """`frame_period_s` is the configured radar frame period (1 / radar.frame_rate_hz); it is
+        used until two frame intervals have been seen, then the median of the last ones is."""
+        if not (np.isfinite(frame_period_s) and frame_period_s > 0):
+            raise ValueError(
+                f"tracker frame_period_s must be a positive number of seconds, got {frame_period_s!r}: "
+                "pass 1 / radar.frame_rate_hz"
+            )
         self.gate_m = gate_m
         self.confirm_hits = confirm_hits
         self.max_misses = max_misses
@@ -52,10 +66,30 @@ class Tracker:
         self.coast_frames = coast_frames
         self.tracks: list[Track] = []
         self._next_id = 1
+        self._period_s = float(frame_period_s)
+        self._intervals: collections.deque[int] = collections.deque(maxlen=PERIOD_WINDOW)
+        self._last_frame_ns: int | None = None
+
+    @property
+    def frame_period_s(self) -> float:
+        """The radar's frame period as its stamps show it: the median of the last frame intervals, so
+        a late frame or a clock step does not move it, and a radar that sweeps slower or faster than
+        configured is tracked at its real rate. The configured period until two intervals are known."""
+        return self._period_s
+
+    def _observe_frame(self, t_ns: int) -> None:
+        last, self._last_frame_ns = self._last_frame_ns, int(t_ns)
+        if last is None or t_ns <= last:
+            return  # the first frame, a repeated stamp or a clock step back: no interval
+        self._intervals.append(int(t_ns) - last)
+        rate = median_rate_hz(self._intervals)
+        if rate is not None:
+            self._period_s = max(1.0 / rate, MIN_FRAME_PERIOD_S)
 
     def update(self, detections: np.ndarray, t_ns: int) -> list[Track]:
         """Associate (K,2) detections at time t_ns; returns the confirmed tracks after the update."""
         detections = np.asarray(detections, dtype=np.float64).reshape(-1, 2)
+        self._observe_frame(t_ns)
         predicted = []
         for track in self.tracks:
             dt = max(0.0, (t_ns - track.last_t_ns) / 1e9) if track.last_t_ns else 0.0
@@ -89,14 +123,15 @@ class Tracker:
         return self.confirmed()
 
     def _correct(self, track: Track, predicted: np.ndarray, measured: np.ndarray, t_ns: int) -> None:
-        dt = (t_ns - track.last_t_ns) / 1e9 if track.last_t_ns else 0.1
+        dt = (t_ns - track.last_t_ns) / 1e9 if track.last_t_ns else self.frame_period_s
         residual = measured - predicted
         track.position = predicted + self.alpha * residual
-        if dt >= MIN_VELOCITY_DT_S:
+        if dt >= MIN_VELOCITY_SHARE * self.frame_period_s:
             # A frame stamped like the last one (a repeated time stamp), before it (the clock stepped
             # back) or a moment after gives no time to divide by: its residual, over a tiny dt, would
             # make a person standing still race off beyond the gate and lose their track. It corrects
-            # the position only.
+            # the position only. "A moment" is relative to the frame period: a fixed 20 ms learnt no
+            # velocity at all from a radar running at 50 frames/s or more.
             track.velocity = track.velocity + (self.beta / dt) * residual
         track.hits += 1
         track.misses = 0

@@ -375,6 +375,42 @@ def test_a_radar_frame_not_later_than_the_last_keeps_the_track_and_velocity(repe
         assert [t.track_id for t in confirmed] == [track.track_id], "the person lost their track"
 
 
+@pytest.mark.parametrize("rate_hz", [3.5, 10.0, 60.0, 200.0, 1000.0])
+def test_the_tracker_learns_a_walkers_velocity_at_any_configured_frame_rate(rate_hz: float) -> None:
+    """radar.frame_rate_hz may be up to 1000: a walker (1.4 m/s) must get their velocity at every
+    allowed rate, not only where a frame period is above a fixed 20 ms (below 50 frames/s)."""
+    tracker = Tracker()
+    dt_ns = round(1e9 / rate_hz)
+    for k in range(60):
+        tracker.update(np.array([[1.4 * k * dt_ns / 1e9, 3.0]]), (k + 1) * dt_ns)
+    (track,) = tracker.tracks
+    assert track.velocity == pytest.approx([1.4, 0.0], abs=0.1)
+
+
+@pytest.mark.parametrize("period_s", [0.0, -0.1, float("nan")])
+def test_a_tracker_refuses_a_frame_period_that_is_not_a_positive_time(period_s: float) -> None:
+    with pytest.raises(ValueError, match=r"frame_period_s .* radar.frame_rate_hz"):
+        Tracker(frame_period_s=period_s)
+
+
+@pytest.mark.parametrize("rate_hz", [10.0, 1000.0])
+def test_a_radar_frame_a_moment_after_the_last_learns_no_velocity_at_any_rate(rate_hz: float) -> None:
+    """A frame a twentieth of a frame period after the last (a driver's double delivery) gives too
+    little time to divide its 10 cm range jitter by, at 10 and at 1000 frames/s alike: a person
+    standing still must neither race off (more than 10 cm a frame) nor lose their track."""
+    tracker = Tracker()
+    dt_ns = round(1e9 / rate_hz)
+    for k in range(10):
+        tracker.update(np.array([[1.0, 3.0]]), (k + 1) * dt_ns)
+    (track,) = tracker.tracks
+    tracker.update(np.array([[1.0, 3.1]]), 10 * dt_ns + dt_ns // 20)  # the odd frame
+    assert np.linalg.norm(track.velocity) * dt_ns / 1e9 < 0.1, f"standing still got {track.velocity} m/s"
+    t_ns = track.last_t_ns
+    for k in range(1, 6):
+        confirmed = tracker.update(np.array([[1.0, 3.0]]), t_ns + k * dt_ns)
+        assert [t.track_id for t in confirmed] == [track.track_id], "the person lost their track"
+
+
 class _OpensButFails:
     """A sensor that opens every time and fails every read (a VNA that answers its set-up but returns
     NaN for every sweep); `frames_first` good frames after each open, then the fault."""
