@@ -3,6 +3,16 @@
 Detections come from the radar heatmap every frame; a track is confirmed after a few hits so a
 clutter blip does not produce an identity event, and it is dropped after a few misses so a
 person leaving the room frees its id. Positions are smoothed with an alpha-beta filter.
+
+Gaps. A detection more than GAP_FRAMES frame periods after a track's last update is a gap: the radar
+was away (a VNA reconnecting) or its stamps jumped ahead (NTP stepping the clock). How far the person
+moved meanwhile is unknown, so the prediction stops at GAP_FRAMES periods of motion instead of
+extrapolating the velocity over the whole gap (an hour's clock step put a walker kilometres away, so
+every person came back under a new id), and the gate widens at walking pace over the rest of the
+gap, up to `max_gap_gate_m`: whoever stands that near the track's capped prediction keeps its id.
+A gap teaches no velocity (its stamps may not be the time that passed). The track timeout is counted
+in radar frames, not stamps: a track ends after `max_misses` frames in a row without a detection,
+gap or not, so a track nobody is near after an outage still ends, a few frames later.
 """
 
 from __future__ import annotations
@@ -21,6 +31,11 @@ MIN_VELOCITY_SHARE = 0.2
 PERIOD_WINDOW = 50
 #: Shortest frame period the tracker goes by: radar.frame_rate_hz allows up to 1000 frames/s.
 MIN_FRAME_PERIOD_S = 1e-3
+#: Frame periods since a track's last update beyond which a detection is a gap (see the module
+#: docstring); up to it a frame or two may have been dropped, which the prediction covers.
+GAP_FRAMES = 3
+#: Pace at which the gate widens over a gap, beyond its first GAP_FRAMES periods (a brisk walk).
+WALKING_SPEED_M_S = 1.5
 
 
 @dataclass
@@ -47,9 +62,11 @@ class Tracker:
         max_tracks: int = 64,
         coast_frames: int = 2,
         frame_period_s: float = 0.1,
+        max_gap_gate_m: float = 1.5,
     ) -> None:
         """`frame_period_s` is the configured radar frame period (1 / radar.frame_rate_hz); it is
-        used until two frame intervals have been seen, then the median of the last ones is."""
+        used until two frame intervals have been seen, then the median of the last ones is.
+        `max_gap_gate_m` bounds the gate after a gap (module docstring)."""
         if not (np.isfinite(frame_period_s) and frame_period_s > 0):
             raise ValueError(
                 f"tracker frame_period_s must be a positive number of seconds, got {frame_period_s!r}: "
@@ -64,6 +81,7 @@ class Tracker:
         #: A confirmed track stays reported through this many missed detections (a far or partly
         #: shadowed person drops below the CFAR threshold now and then), at its predicted position.
         self.coast_frames = coast_frames
+        self.max_gap_gate_m = max(max_gap_gate_m, gate_m)
         self.tracks: list[Track] = []
         self._next_id = 1
         self._period_s = float(frame_period_s)
@@ -90,17 +108,19 @@ class Tracker:
         """Associate (K,2) detections at time t_ns; returns the confirmed tracks after the update."""
         detections = np.asarray(detections, dtype=np.float64).reshape(-1, 2)
         self._observe_frame(t_ns)
-        predicted = []
+        predicted, gates = [], []
+        horizon_s = self._gap_after_s()
         for track in self.tracks:
             dt = max(0.0, (t_ns - track.last_t_ns) / 1e9) if track.last_t_ns else 0.0
-            predicted.append(track.predict(dt))
+            predicted.append(track.predict(min(dt, horizon_s)))
+            gates.append(self._gate(dt, horizon_s))
         assigned_tracks: set[int] = set()
         assigned_dets: set[int] = set()
         if self.tracks and len(detections):
             cost = np.linalg.norm(np.asarray(predicted)[:, None, :] - detections[None, :, :], axis=-1)
             rows, cols = linear_sum_assignment(cost)
             for r, c in zip(rows, cols, strict=True):
-                if cost[r, c] <= self.gate_m:
+                if cost[r, c] <= gates[r]:
                     self._correct(self.tracks[r], predicted[r], detections[c], t_ns)
                     assigned_tracks.add(r)
                     assigned_dets.add(c)
@@ -122,16 +142,28 @@ class Tracker:
                 self._next_id += 1
         return self.confirmed()
 
+    def _gap_after_s(self) -> float:
+        """Time since a track's last update beyond which the next detection is a gap."""
+        return GAP_FRAMES * self.frame_period_s
+
+    def _gate(self, dt_s: float, horizon_s: float) -> float:
+        """The association gate for a track last updated dt_s ago: gate_m, widened over a gap at
+        walking pace up to max_gap_gate_m (the person may have moved; no farther than that is kept)."""
+        if dt_s <= horizon_s:
+            return self.gate_m
+        return min(self.gate_m + WALKING_SPEED_M_S * (dt_s - horizon_s), self.max_gap_gate_m)
+
     def _correct(self, track: Track, predicted: np.ndarray, measured: np.ndarray, t_ns: int) -> None:
         dt = (t_ns - track.last_t_ns) / 1e9 if track.last_t_ns else self.frame_period_s
         residual = measured - predicted
         track.position = predicted + self.alpha * residual
-        if dt >= MIN_VELOCITY_SHARE * self.frame_period_s:
+        if MIN_VELOCITY_SHARE * self.frame_period_s <= dt <= self._gap_after_s():
             # A frame stamped like the last one (a repeated time stamp), before it (the clock stepped
             # back) or a moment after gives no time to divide by: its residual, over a tiny dt, would
             # make a person standing still race off beyond the gate and lose their track. It corrects
             # the position only. "A moment" is relative to the frame period: a fixed 20 ms learnt no
-            # velocity at all from a radar running at 50 frames/s or more.
+            # velocity at all from a radar running at 50 frames/s or more. A gap teaches none either:
+            # its residual is against a capped prediction, over a time its stamps may not measure.
             track.velocity = track.velocity + (self.beta / dt) * residual
         track.hits += 1
         track.misses = 0

@@ -411,6 +411,57 @@ def test_a_radar_frame_a_moment_after_the_last_learns_no_velocity_at_any_rate(ra
         assert [t.track_id for t in confirmed] == [track.track_id], "the person lost their track"
 
 
+def _walk(tracker: Tracker, rate_hz: float, frames: int = 20) -> tuple[int, int]:
+    """A person walking along x at 1.4 m/s, seen every frame; returns (track id, last stamp ns)."""
+    dt_ns = round(1e9 / rate_hz)
+    for k in range(frames):
+        tracker.update(np.array([[1.4 * k * dt_ns / 1e9, 3.0]]), (k + 1) * dt_ns)
+    (track,) = tracker.tracks
+    return track.track_id, frames * dt_ns
+
+
+@pytest.mark.parametrize("rate_hz", [3.5, 10.0])
+def test_a_forward_clock_step_keeps_every_walkers_track_id(rate_hz: float) -> None:
+    """NTP steps the clock an hour ahead between two radar frames: the walker moved one step, not an
+    hour's walk, so they keep their track (and identity) instead of coming back under a new id."""
+    tracker = Tracker()
+    track_id, t_ns = _walk(tracker, rate_hz)
+    dt_ns, step_m = round(1e9 / rate_hz), 1.4 / rate_hz
+    t_ns += 3600 * 10**9
+    for k in range(20, 26):
+        confirmed = tracker.update(np.array([[k * step_m, 3.0]]), t_ns + (k - 20) * dt_ns)
+        assert [t.track_id for t in confirmed] == [track_id], f"frame {k - 20} after the step"
+    assert [t.track_id for t in tracker.tracks] == [track_id], "no second track for the same person"
+
+
+def test_a_radar_outage_keeps_the_id_of_a_person_found_near_where_they_were() -> None:
+    """The radar is gone for 5 s (a VNA reconnecting); the walker took a few more steps and stopped
+    1.2 m further on. A 5 s extrapolation (7 m) must not lose them: they keep their track id."""
+    tracker = Tracker()
+    track_id, t_ns = _walk(tracker, 10.0)
+    stop = np.array([[1.4 * 19 * 0.1 + 1.2, 3.0]])
+    t_ns += 5 * 10**9
+    for k in range(5):
+        confirmed = tracker.update(stop, t_ns + k * 100 * MS)
+        assert [t.track_id for t in confirmed] == [track_id], f"frame {k} after the outage"
+
+
+def test_after_an_outage_a_track_with_nobody_near_still_ends_after_its_missed_frames() -> None:
+    """The widened gate is bounded: a person found 4 m from the track after an outage is someone new
+    (a new id), and the old track, detected in none of the frames since, ends after max_misses of
+    them, exactly as without an outage."""
+    tracker = Tracker(max_misses=5)
+    track_id, t_ns = _walk(tracker, 10.0)
+    elsewhere = np.array([[1.4 * 19 * 0.1 + 4.0, 3.0]])
+    t_ns += 5 * 10**9
+    for k in range(7):
+        tracker.update(elsewhere, t_ns + k * 100 * MS)
+        old = [t for t in tracker.tracks if t.track_id == track_id]
+        assert bool(old) == (k < 5), f"frame {k} after the outage: old track {'kept' if old else 'ended'}"
+    assert track_id not in {t.track_id for t in tracker.confirmed()}
+    assert len(tracker.confirmed()) == 1
+
+
 class _OpensButFails:
     """A sensor that opens every time and fails every read (a VNA that answers its set-up but returns
     NaN for every sweep); `frames_first` good frames after each open, then the fault."""
