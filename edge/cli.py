@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import signal
 import socket
 import threading
@@ -146,9 +147,16 @@ def record(
     elapsed = time.perf_counter() - started
     summary = ", ".join(f"{n} {stream}" for stream, n in counts.items())
     if interrupt.is_set():
-        typer.echo(f"stopped early: {out} keeps {summary} frames", err=True)
+        typer.echo(f"stopped early: {out} keeps {summary} frames{_replaced_note(out)}", err=True)
         raise typer.Exit(130)
     typer.echo(f"wrote {out}: {summary} frames in {elapsed:.1f} s")
+
+
+def _replaced_note(out: Path) -> str:
+    """Where `record --overwrite` keeps the file that a cut-short session was to replace (the writer
+    sets it aside as `<name>.replaced-<random>`), as a clause for the message; "" when none is."""
+    kept = sorted(out.parent.glob(f"{glob.escape(out.name)}.replaced-*"))
+    return f"; the file it was to replace is kept as {', '.join(map(str, kept))}" if kept else ""
 
 
 def _ctrl_c_flag() -> contextlib.AbstractContextManager[ShutdownFlag | threading.Event]:
@@ -176,6 +184,8 @@ def _record_rig(
     refuse_if_service_runs(cfg.paths.control_socket)
     from vrclip.edge.record_live import NOTHING_UP_S, LiveRecordRequest, record_feed, time_server_start
 
+    # With --overwrite the writer sets the old file aside and puts it back if nothing is recorded.
+    replacing = out.exists() or out.is_symlink()
     feed = hardware_feed(cfg)
     for warning in feed.warnings:
         typer.echo(f"warning: {warning}", err=True)
@@ -204,20 +214,25 @@ def _record_rig(
         typer.echo(line)
     missing = result.missing()
     if len(missing) == len(result.frames):
-        out.unlink(missing_ok=True)
+        if replacing:
+            kept = f"no new file was kept and {out} is still the file it was to replace"
+        else:
+            out.unlink(missing_ok=True)
+            kept = "no file was kept"
         if result.error is not None:
-            raise UserError(f"{result.error}; nothing was recorded, so no file was kept")
+            raise UserError(f"{result.error}; nothing was recorded, so {kept}")
         if result.stopped_early and not result.nothing_up:
-            typer.echo("nothing was recorded before the interruption, so no file was kept", err=True)
+            typer.echo(f"nothing was recorded before the interruption, so {kept}", err=True)
             raise typer.Exit(130)
         given_up = f" within {NOTHING_UP_S:g} s of the start" if result.nothing_up else ""
         raise UserError(
-            f"no sensor delivered a frame{given_up} (faults above), so no file was kept; check "
+            f"no sensor delivered a frame{given_up} (faults above), so {kept}; check "
             "the rig's cables and the config's [radar], [camera] and [zed] sections, or record the "
             "simulated rig with --simulate"
         )
     how = "stopped early after" if result.stopped_early else "recorded"
-    typer.echo(f"wrote {out}: {how} {result.seconds:.1f} s")
+    aside = _replaced_note(out) if result.stopped_early else ""
+    typer.echo(f"wrote {out}: {how} {result.seconds:.1f} s{aside}")
     if result.error is not None:
         typer.echo(f"error: {result.error}; the file holds what was recorded before", err=True)
         raise typer.Exit(1)

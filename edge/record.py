@@ -128,5 +128,6 @@ def record_simulated(
             if progress is not None:
                 progress(done, total)
             if stop is not None and stop():
+                writer.mark_cut_short()
                 break
         return dict(writer.counts)

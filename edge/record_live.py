@@ -263,6 +263,8 @@ def record_feed(
         except RecordingError as exc:  # the disk refused a write: the session ends, the file is kept
             error, stopped_early = str(exc), True
         finally:
+            if stopped_early:
+                writer.mark_cut_short()
             try:
                 writer.close()
             except RecordingError as exc:

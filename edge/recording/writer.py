@@ -2,8 +2,16 @@
 
 The writer creates the complete layout up front, switches the file to SWMR and then only appends, so
 readers can follow the file live and a writer killed at any instant leaves a file that opens with every
-frame up to its last flush. It writes to the final path directly: a temp-file-and-rename scheme would
-lose the whole session on a crash, which is exactly what recording must survive.
+frame up to its last flush. It writes to the final path directly: with a temp-file-and-rename scheme a
+crash would leave the session under a name no reader follows and the user does not know, and a live
+reader of the final path would see nothing until the end.
+
+Replacing a file (``overwrite=True``) must not lose the old one either, so the old file is not deleted
+up front: it is renamed aside to ``<name>.replaced-<random>`` next to it (not ``*.h5``, so dataset
+scans skip it) and deleted only once the new recording has closed cleanly with at least one frame. A
+new recording that holds no frame gives way to the old one again; one whose close failed, whose
+``with`` body raised or that was cut short (`mark_cut_short`: Ctrl-C) keeps the old one aside (both
+are on disk); after a kill both are on disk too.
 
 Durability is bounded in time: besides explicit ``flush()``, the writer flushes whenever a write finds
 the last flush older than ``flush_interval_s``, and a background thread flushes frames left pending
@@ -15,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 import time
 import uuid
@@ -50,6 +59,23 @@ def _keep_unclosed(path: Path, writer: SessionWriter) -> None:
     """Keep `writer`, and with it its HDF5 handles, for the life of the process (see below)."""
     with _UNCLOSED_LOCK:
         _UNCLOSED.append((path, writer))
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename `path` to a new sibling `<name>.replaced-<random>` (same folder: an atomic rename, no
+    copy) and return that name; the caller deletes or restores it once its replacement is settled."""
+    while True:
+        aside = path.with_name(f"{path.name}.replaced-{uuid.uuid4().hex[:8]}")
+        if not (aside.exists() or aside.is_symlink()):
+            break
+    try:
+        os.replace(path, aside)
+    except OSError as exc:
+        raise RecordingError(
+            f"{path}: cannot set the existing file aside to replace it ({exc.strerror or exc}); check "
+            "that its folder is writable, or choose another path"
+        ) from exc
+    return aside
 
 
 def _creation_refused(path: Path, exc: BaseException) -> RecordingError:
@@ -220,6 +246,11 @@ class SessionWriter:
         if dep:
             self._streams[DEPTH] = _Stream(DEPTH, clocks[DEPTH], schema.depth_specs(*dep, self._max_people))
 
+        #: Where the file this recording replaces is kept until the recording has finished (None when
+        #: it replaces nothing, or once that file has been deleted or put back); see the module doc.
+        self.replaced: Path | None = None
+        #: The ``with`` body raised, or the owner said so (`mark_cut_short`): the replaced file is kept.
+        self._cut_short = False
         self._file = self._create(overwrite, attrs, freqs)
         self._cond = threading.Condition(threading.Lock())
         self._dirty = False
@@ -241,18 +272,39 @@ class SessionWriter:
                 raise UserError(f"{p}: file already exists; choose another path or pass overwrite=True")
             if p.is_dir():
                 raise UserError(f"{p}: is a directory, not a recording; choose another path")
-            # Unlink rather than truncate: a reader still holding the old session keeps a consistent file.
-            p.unlink()
+            # Renamed, never truncated: a reader still holding the old session keeps a consistent file.
+            self.replaced = _set_aside(p)
         try:
             f = h5py.File(p, "x", libver="latest")
-        except FileExistsError as e:  # another process created it since the check above
-            raise RecordingError(f"{p}: cannot create the recording ({e})") from e
+        except FileExistsError as e:  # another process created it since the check above: theirs stays
+            aside = f"; the file it was to replace is kept as {self.replaced}" if self.replaced else ""
+            raise RecordingError(f"{p}: cannot create the recording ({e}){aside}") from e
         except OSError as e:
             # The path was free a moment ago: what is there now is this attempt's empty start. On a
             # read-only disk the removal fails too (EROFS even for no file); the error below says why.
             with contextlib.suppress(OSError):
                 p.unlink(missing_ok=True)
+            self._put_back()
             raise _creation_refused(p, e) from e
+        try:
+            self._lay_out(f, attrs, freqs)
+        except BaseException:
+            self._put_back()  # _lay_out removed the new file
+            raise
+        return f
+
+    def _put_back(self) -> None:
+        """Return the set-aside file to its path (nothing new is kept there). Never raises: a failure
+        leaves it where it is, under its `.replaced-` name."""
+        if self.replaced is not None:
+            with contextlib.suppress(OSError):
+                os.replace(self.replaced, self.path)
+                self.replaced = None
+
+    def _lay_out(self, f: h5py.File, attrs: dict[str, Any], freqs: np.ndarray) -> None:
+        """Create every attribute, group and dataset, then switch to SWMR; on failure the new file is
+        removed (and its handles kept if HDF5 cannot close it)."""
+        p = self.path
         try:
             f.attrs.update(attrs)
             for s in self._streams.values():
@@ -302,7 +354,6 @@ class SessionWriter:
             if not isinstance(exc, _HDF5_WRITE_ERRORS):
                 raise
             raise _creation_refused(p, exc) from exc
-        return f
 
     # ----------------------------------------------------------------------------------- writing
     def write(self, frame: RadarFrame | CameraFrame | DepthFrame) -> None:
@@ -520,9 +571,32 @@ class SessionWriter:
                     # of the process, which the command line ends past HDF5's exit handler.
                     _keep_unclosed(self.path, self)
         if self._error is not None:
-            raise RecordingError(f"{self.path}: a background flush failed: {self._error}") from self._error
+            failure = RecordingError(f"{self.path}: a background flush failed: {self._error}")
+            failure.__cause__ = self._error
+        self._settle_replaced(keep=failure is not None or self._cut_short)
         if failure is not None:
+            if self.replaced is not None:
+                failure.add_note(f"the file it replaces is kept as {self.replaced}")
             raise failure
+
+    def mark_cut_short(self) -> None:
+        """Say that this session ends before its time (Ctrl-C, a nearly full disk): its frames are
+        kept, and so is the file it replaces (see the module doc), since the user asked to replace
+        that file with a whole session."""
+        self._cut_short = True
+
+    def _settle_replaced(self, *, keep: bool) -> None:
+        """Decide the fate of the file this recording replaces, once the recording is closed: deleted
+        when the new one holds frames and finished cleanly, put back when it holds none, else kept
+        aside (see the module doc)."""
+        if self.replaced is None:
+            return
+        if not any(self.counts.values()):
+            self._put_back()  # the new recording holds nothing: the old one is worth more
+        elif not keep:
+            with contextlib.suppress(OSError):  # still aside, and named so, if it cannot be deleted
+                self.replaced.unlink(missing_ok=True)
+                self.replaced = None
 
     def __enter__(self) -> SessionWriter:
         return self
@@ -531,4 +605,8 @@ class SessionWriter:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         # Close even when the body failed: the frames recorded so far are the point of a recording.
+        # The file it replaces is kept too then: the new one may have been cut short.
+        self._cut_short = self._cut_short or exc is not None
         self.close()
+        if exc is not None and self.replaced is not None:
+            exc.add_note(f"{self.path}: the file this recording replaces is kept as {self.replaced}")

@@ -6,6 +6,7 @@ writer process put in the file bit for bit without any channel back from that pr
 Run as ``python recording_child.py MODE PATH``:
 - ``kill``: write frames of all three streams forever (up to a cap), flushing after every 3 and
   printing ``flushed N``; the test kills it with SIGKILL mid-write.
+- ``kill-overwrite``: as ``kill``, replacing the recording already at PATH (``overwrite=True``).
 - ``live``: write 5 frames, flush, print ``flushed 5``; on a stdin line write 4 more WITHOUT flushing
   (the writer's timer must make them visible), print ``wrote 9``; on the next line close, print ``closed``.
 """
@@ -109,9 +110,9 @@ def write_all(w: SessionWriter, i: int) -> None:
 
 
 def main(mode: str, path: str) -> None:
-    if mode == "kill":
+    if mode in ("kill", "kill-overwrite"):
         # Only explicit flushes: whatever the kill catches after "flushed N" must not be counted.
-        w = open_writer(path, flush_interval_s=3600.0)
+        w = open_writer(path, flush_interval_s=3600.0, overwrite=mode == "kill-overwrite")
         for i in range(KILL_CAP):
             write_all(w, i)
             if (i + 1) % 3 == 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
@@ -59,6 +60,56 @@ def test_record_simulated_session_and_inspect_it(tmp_path: Path, small_config: P
     replaced = cli("record", "--simulate", "--seconds", "1", "--out", str(out), "--config", str(small_config),
                    "--overwrite")  # fmt: skip
     assert replaced.returncode == 0, replaced.stderr
+
+
+def test_record_overwrite_that_fails_midway_keeps_the_old_recording(
+    tmp_path: Path, small_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`record --overwrite` deleted the old recording before the new one existed: a run that failed
+    half-way left the user only its half. The old file is now kept aside, byte for byte."""
+    from typer.testing import CliRunner
+    from vrclip.edge.cli import app
+    from vrclip.edge.sim.rig import SimulatedRig
+
+    out = tmp_path / "s.h5"
+    recorded = cli("record", "--simulate", "--seconds", "1", "--out", str(out), "--config", str(small_config))
+    assert recorded.returncode == 0, recorded.stderr
+    before = out.read_bytes()
+    real = SimulatedRig.frames
+
+    def failing(self: SimulatedRig, duration_s: float) -> Iterator[object]:
+        for i, frame in enumerate(real(self, duration_s)):
+            if i == 4:
+                raise RuntimeError("the simulator crashed")
+            yield frame
+
+    monkeypatch.setattr(SimulatedRig, "frames", failing)
+    args = ["record", "--simulate", "--seconds", "2", "--overwrite", "--out", str(out)]
+    result = CliRunner().invoke(app, [*args, "--config", str(small_config)])
+    assert isinstance(result.exception, RuntimeError), result.output
+    [old] = tmp_path.glob("s.h5.replaced-*")
+    assert old.read_bytes() == before
+    with SessionReader(out) as reader:  # and what the failed run recorded is kept too
+        assert reader.counts["radar"] >= 1
+
+
+def test_record_overwrite_stopped_by_ctrl_c_keeps_the_old_recording(
+    tmp_path: Path, small_config: Path
+) -> None:
+    """Ctrl-C cuts the new session short: its frames are kept, and the whole old session is too."""
+    from vrclip.edge.config import load_config
+    from vrclip.edge.record import RecordRequest, record_simulated
+    from vrclip.edge.sim.scene import SceneSpec
+
+    out = tmp_path / "s.h5"
+    recorded = cli("record", "--simulate", "--seconds", "1", "--out", str(out), "--config", str(small_config))
+    assert recorded.returncode == 0, recorded.stderr
+    before = out.read_bytes()
+    request = RecordRequest(out, 2.0, SceneSpec(people=("person-00",)), overwrite=True)
+    counts = record_simulated(load_config(small_config), request, stop=lambda: True)
+    assert counts["radar"] + counts["camera"] + counts["depth"] == 1
+    [old] = tmp_path.glob("s.h5.replaced-*")
+    assert old.read_bytes() == before
 
 
 def test_inspect_reads_time_stamps_not_radar_frames(

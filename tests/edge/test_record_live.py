@@ -514,12 +514,17 @@ def test_record_command_reports_a_full_disk_after_the_streams_and_keeps_the_file
     assert "radar:" in result.output and "stopped early after" in result.output
     assert "free on its disk" in result.output and "the file holds what was recorded" in result.output
     with SessionReader(out) as reader:
-        assert reader.count("radar") > 0
+        first = reader.counts
+        assert first["radar"] > 0
 
-    monkeypatch.setattr(record_live, "_free_bytes", lambda folder: 0)  # full before the first frame
+    # Full before the first frame: the --overwrite run records nothing, and the recording it was to
+    # replace is still there (it was deleted before the new one had a frame, then the empty new one).
+    monkeypatch.setattr(record_live, "_free_bytes", lambda folder: 0)
     result = runner.invoke(app, [*args, "--overwrite", "-c", str(_cli_config(tmp_path))])
-    assert result.exit_code != 0 and "no file was kept" in str(result.exception)
-    assert not out.exists()
+    assert result.exit_code != 0 and "no new file was kept" in str(result.exception)
+    with SessionReader(out) as reader:
+        assert reader.counts == first
+    assert list(tmp_path.glob("site.h5.replaced-*")) == []
 
 
 def test_record_command_interrupted_before_any_frame_says_so(

@@ -361,6 +361,94 @@ def test_overwrite_is_refused_unless_asked(tmp_path: Path) -> None:
     _write_session(path, n=1, overwrite=True)
     with SessionReader(path) as r:
         assert r.counts["radar"] == 1
+    assert _set_aside(path) == [], "a replacement that finished cleanly leaves no old file behind"
+
+
+def _set_aside(path: Path) -> list[Path]:
+    """The files a writer replacing `path` set aside (`<name>.replaced-<random>`)."""
+    return sorted(path.parent.glob(f"{path.name}.replaced-*"))
+
+
+def _assert_old_session(path: Path, n: int) -> None:
+    """`path` is the n-frame session `_write_session` wrote, whole and exact."""
+    with SessionReader(path) as r:
+        assert not r.live and r.counts == dict.fromkeys(("radar", "camera", "depth"), n)
+        _assert_frames_match(r, n)
+
+
+def test_overwrite_that_fails_midway_keeps_the_old_recording(tmp_path: Path) -> None:
+    """The old recording was deleted before the new one was made: a replacement that failed half-way
+    left only the half-made one. Now both stay on disk, and the error says where the old one is."""
+    path = tmp_path / "s.h5"
+    _write_session(path, n=5)
+    with (
+        pytest.raises(RuntimeError, match="the sensor died") as e,
+        child.open_writer(path, overwrite=True) as w,
+    ):
+        child.write_all(w, 0)
+        child.write_all(w, 1)
+        raise RuntimeError("the sensor died")
+    [old] = _set_aside(path)
+    _assert_old_session(old, 5)
+    assert any(str(old) in note for note in e.value.__notes__)
+    with SessionReader(path) as r:  # the frames the failed run did record are kept as well
+        assert r.counts["radar"] == 2
+
+
+def test_overwrite_cut_short_keeps_the_old_recording(tmp_path: Path) -> None:
+    """Ctrl-C (the recorders call mark_cut_short) keeps what was recorded and the file it replaces."""
+    path = tmp_path / "s.h5"
+    _write_session(path, n=5)
+    with child.open_writer(path, overwrite=True) as w:
+        child.write_all(w, 0)
+        w.mark_cut_short()
+    [old] = _set_aside(path)
+    _assert_old_session(old, 5)
+    with SessionReader(path) as r:
+        assert r.counts["radar"] == 1
+
+
+def test_overwrite_killed_mid_write_keeps_the_old_recording(tmp_path: Path) -> None:
+    path = tmp_path / "s.h5"
+    _write_session(path, n=5)
+    proc = _spawn("kill-overwrite", path)
+    try:
+        flushed = int(_expect_line(proc, "flushed").split()[1])
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    [old] = _set_aside(path)
+    _assert_old_session(old, 5)
+    with SessionReader(path) as r:  # the killed replacement, as any killed recording
+        assert r.live and r.counts["radar"] >= flushed
+
+
+def test_overwrite_that_records_nothing_puts_the_old_recording_back(tmp_path: Path) -> None:
+    path = tmp_path / "s.h5"
+    _write_session(path, n=5)
+    with child.open_writer(path, overwrite=True) as w:
+        assert w.replaced is not None and w.replaced.is_file()  # aside while the new one is made
+    assert _set_aside(path) == []
+    _assert_old_session(path, 5)
+
+
+def test_overwrite_whose_file_cannot_be_created_puts_the_old_recording_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "s.h5"
+    _write_session(path, n=5)
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(h5py, "File", refused)
+        with pytest.raises(RecordingError, match="No space left"):
+            child.open_writer(path, overwrite=True)
+    assert _set_aside(path) == []
+    _assert_old_session(path, 5)
 
 
 def test_frame_on_another_clock_is_refused(tmp_path: Path) -> None:
