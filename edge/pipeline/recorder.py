@@ -55,7 +55,10 @@ class FrameRecorder:
         self.seconds = seconds
         self.health = health
         self.warn = warn
-        conditions = {"source": "vrclip-edge run", "people": list(identities), "seconds": seconds}
+        # The cap, not a length: the run may end (stop, --duration, a full disk) long before it, and
+        # the conditions are fixed when the file is made (SWMR cannot rewrite them later). The real
+        # length is in the frames' time stamps (`vrclip-edge inspect` shows it).
+        conditions = {"source": "vrclip-edge run", "people": list(identities), "max_seconds": seconds}
         self.writer = feed_writer(feed, self.path, identities=identities, conditions=conditions)
         self.queue: DropOldestQueue[SyncedFrame] = DropOldestQueue(QUEUE_FRAMES)
         self._last_t_ns: int | None = None

@@ -53,6 +53,7 @@ def test_frames_offered_for_the_duration_are_written_and_replayable(feed: Feed, 
     with SessionReader(tmp_path / "run.h5") as reader:
         assert reader.counts == written
         assert reader.identities == PEOPLE and reader.conditions["source"] == "vrclip-edge run"
+        assert reader.conditions["max_seconds"] == 1.0
         assert reader.radar(0).t_ns == frames[0].radar.t_ns
         assert reader.camera(0).truth is not None
     replay = replay_feed(tmp_path / "run.h5", paced=False)  # what `run --replay` reads
@@ -60,6 +61,22 @@ def test_frames_offered_for_the_duration_are_written_and_replayable(feed: Feed, 
     radar.open()
     assert radar.read().t_ns == frames[0].radar.t_ns
     radar.close()
+
+
+def test_a_run_stopped_before_its_cap_does_not_claim_the_cap_as_its_length(
+    feed: Feed, tmp_path: Path
+) -> None:
+    """--record-seconds is a cap: the file claimed `seconds: 60` for a run stopped after 0.5 s. Its
+    length is its frames' time span; the conditions keep the cap under its own name."""
+    frames = _synced(feed, 10)  # 20 frames/s: 0.5 s
+    recorder = FrameRecorder(feed, tmp_path / "run.h5", 60.0, Health(tuple(feed.sources)), identities=PEOPLE)
+    for synced in frames:
+        recorder.offer(synced)
+    recorder.close()
+    with SessionReader(tmp_path / "run.h5") as reader:
+        assert "seconds" not in reader.conditions and reader.conditions["max_seconds"] == 60.0
+        t = reader.times("radar")
+        assert len(t) == 10 and (int(t[-1]) - int(t[0])) / 1e9 == pytest.approx(0.45, abs=0.02)
 
 
 def test_a_slow_disk_drops_frames_instead_of_holding_up_the_pipeline(
