@@ -263,9 +263,12 @@ def dataset_make(
     config: Path | None = CONFIG_OPTION,
 ) -> None:
     """Write a synthetic VRR-like dataset: one recording per (identity, session)."""
-    from vrclip.edge.dataset import DatasetRequest, make_dataset
+    from vrclip.edge.dataset import DatasetRequest, make_dataset, short_session_warning
 
     request = DatasetRequest(out, identities, sessions, seconds, seed, jobs, width, height, rate)
+    warning = short_session_warning(seconds)
+    if warning is not None:
+        typer.echo(f"warning: {warning}", err=True)
     started = time.perf_counter()
     with progress_bar() as bar:
         task = bar.add_task("sessions", total=identities * sessions)

@@ -24,6 +24,9 @@ from vrclip.edge.recording.reader import SessionReader
 from vrclip.edge.sim.scene import LIGHTING_PRESETS, OCCLUSION_PRESETS, SceneSpec
 
 INDEX_NAME = "dataset.json"
+#: The training segment `vrclip-export train` draws per identity by default (its --segment-seconds):
+#: one contiguous, fully labelled stretch of one session, so a shorter session cannot hold it.
+TRAINING_SEGMENT_S = 10.0
 #: Condition cycle: every identity gets the hard cases (dark, occluded) as well as the easy one.
 CONDITIONS: tuple[tuple[str, str], ...] = (
     ("day", "none"),
@@ -79,6 +82,22 @@ def plan_sessions(request: DatasetRequest) -> list[SessionPlan]:
             path = f"{name}/session-{s:02d}_{lighting}_{occlusion}.h5"
             plans.append(SessionPlan(name, s, lighting, occlusion, seed, request.seconds, path, request.seed))
     return plans
+
+
+def short_session_warning(seconds: float) -> str | None:
+    """A warning for sessions too short for the trainer's default segment, else None.
+
+    A warning, not a refusal: short datasets have their uses (a smoke test of the whole chain in
+    seconds, calibration recordings for `vrclip-export quantize`, training with a lower
+    --segment-seconds), but a user who meant to train with the defaults should learn it now, not
+    after making the whole dataset."""
+    if seconds >= TRAINING_SEGMENT_S:
+        return None
+    return (
+        f"--seconds {seconds:g}: sessions shorter than the {TRAINING_SEGMENT_S:g}-s training segment; "
+        f"`vrclip-export train` refuses this dataset unless given --segment-seconds {seconds:g} or less "
+        f"(give --seconds {TRAINING_SEGMENT_S + 2:g} or more to train with the defaults)"
+    )
 
 
 def dataset_config(request: DatasetRequest, base: EdgeConfig) -> EdgeConfig:

@@ -16,6 +16,7 @@ from rich.progress import (
     TextColumn,
 )
 from vrclip.edge.cli_support import progress_bar
+from vrclip.edge.dataset import TRAINING_SEGMENT_S
 
 console = Console(stderr=True)
 
@@ -45,7 +46,9 @@ def train(
     warmup: float = typer.Option(0.1, "--warmup", help="Fraction of steps of linear warm-up."),
     min_lr: float = typer.Option(1e-6, "--min-lr", help="Learning rate at the end of the cosine decay."),
     seed: int = typer.Option(42, "--seed"),
-    segment_seconds: float = typer.Option(10.0, "--segment-seconds", help="Training segment per identity."),
+    segment_seconds: float = typer.Option(
+        TRAINING_SEGMENT_S, "--segment-seconds", help="Training segment per identity."
+    ),
     frames: int = typer.Option(12, "--frames", help="Radar frames per RF sample (T)."),
     rf_input: str = typer.Option(
         "beams", "--rf-input", help="RF encoder input: beams (heights x offsets around the person) or pairs."

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from vrclip.edge.crops import CropSpec
+from vrclip.edge.dataset import TRAINING_SEGMENT_S
 from vrclip.edge.errors import UserError
 from vrclip.edge.rfwindow import RFWindowSpec
 from vrclip.export.cca import cca_loss
@@ -97,7 +98,7 @@ class TrainConfig:
     warmup: float = 0.1
     min_lr: float = 1e-6
     seed: int = 42
-    segment_seconds: float = 10.0
+    segment_seconds: float = TRAINING_SEGMENT_S
     frames: int = 12
     #: What the RF encoder sees: "beams" (every pair summed in phase at a grid of heights and
     #: cross-range offsets around the person, `BEAM_HEIGHTS_M` x `BEAM_OFFSETS_M`) or "pairs" (each

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 from vrclip.edge.config import EdgeConfig
 from vrclip.edge.crops import camera_from_config
-from vrclip.edge.dataset import DatasetRequest, dataset_config, make_dataset
+from vrclip.edge.dataset import (
+    TRAINING_SEGMENT_S,
+    DatasetRequest,
+    dataset_config,
+    make_dataset,
+    short_session_warning,
+)
 from vrclip.edge.errors import UserError
 from vrclip.edge.recording.reader import SessionReader
 
@@ -131,3 +137,20 @@ def test_a_failing_session_stops_the_sessions_not_started_yet(tmp_path: Path, mo
         make_dataset(request, EdgeConfig())
     ran = (out / "ran.txt").read_text().split()
     assert len(ran) <= 3, ran  # the failing one and what was already under way, not all 12
+
+
+def test_sessions_shorter_than_the_training_segment_are_warned_about_at_make_time(tmp_path: Path) -> None:
+    """`vrclip-export train` refused such a dataset only after it had been made (possibly hours of
+    rendering); `dataset make` now says so first. It still makes it: short sessions serve smoke tests,
+    quantisation calibration and training with a lower --segment-seconds."""
+    from typer.testing import CliRunner
+    from vrclip.edge.cli import app
+
+    args = ["dataset", "make", "--identities", "1", "--sessions", "1", "--rate", "4", "-j", "1"]
+    short = CliRunner().invoke(app, [*args, "--seconds", "0.5", "--out", str(tmp_path / "short")])
+    assert short.exit_code == 0, short.output
+    assert "warning: --seconds 0.5" in short.stderr and "10-s training segment" in short.stderr
+    assert "--segment-seconds 0.5 or less" in short.stderr
+    assert (tmp_path / "short" / "dataset.json").is_file()
+    assert short_session_warning(TRAINING_SEGMENT_S) is None and short_session_warning(12.0) is None
+    assert short_session_warning(9.9) is not None
