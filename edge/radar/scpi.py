@@ -7,7 +7,9 @@ message that the caller wraps with the instrument and command.
 
 from __future__ import annotations
 
+import math
 import re
+from typing import NoReturn
 
 import numpy as np
 from vrclip.edge.radar.dialects import ByteOrder, DataFormat
@@ -16,7 +18,23 @@ from vrclip.edge.radar.dialects import ByteOrder, DataFormat
 #: bound keeps a corrupt header from making the driver try to read gigabytes.
 MAX_BLOCK_BYTES = 64 * 1024 * 1024
 
-_ERROR_RE = re.compile(r'^\s*([+-]?\d+)\s*,\s*"(.*)"\s*$')
+#: SCPI error codes lie in -32768..32767; a longer digit run is garbage, not a code to convert.
+_ERROR_RE = re.compile(r'^\s*([+-]?\d{1,9})\s*,\s*"(.*)"\s*$', re.ASCII)
+
+#: IEEE 488.2 <NR1>/<NR2>/<NR3> numeric response data: "21", "-0.5", "+1.000000000000E+09". Python's
+#: float() accepts far more ("1_000", "infinity", "nan", Unicode digits, padding with any whitespace),
+#: and each of those from an instrument means a broken or hostile reply.
+_DECIMAL = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
+_DECIMAL_RE = re.compile(_DECIMAL, re.ASCII)
+
+#: The non-finite mnemonics an instrument (and the simulator, via Python's "E" format) may put in an
+#: ASCII trace, spelt exactly as sent. Accepted only where the caller asks, so that the trace check
+#: can report them as data faults (overload, no calibration) rather than as garbled replies.
+_NON_FINITE = {"NAN": math.nan, "INF": math.inf, "+INF": math.inf, "-INF": -math.inf}
+
+#: A whole ASCII trace in one match (C speed; a per-value check costs 5x the float conversion).
+_ASCII_FIELD = rf"[ \t]*{_DECIMAL}[ \t]*|NAN|[+-]?INF"
+_ASCII_TRACE_RE = re.compile(rf"(?:{_ASCII_FIELD})(?:,(?:{_ASCII_FIELD}))*", re.ASCII)
 
 #: Standard SCPI error texts (SCPI-99 vol. 2, chapter 21) used by the simulator.
 SCPI_ERRORS: dict[int, str] = {
@@ -93,30 +111,53 @@ def encode_real(values: np.ndarray, data_format: DataFormat, byte_order: ByteOrd
     return np.ascontiguousarray(values, dtype=value_dtype(data_format, byte_order)).tobytes()
 
 
+def parse_number(text: str, *, allow_non_finite: bool = False) -> float:
+    """One SCPI decimal number (NR1, NR2 or NR3, spaces around it allowed) -> float.
+
+    Raises ValueError naming the text for anything else, and for a number too large for a float
+    ("1E999"). With allow_non_finite, the mnemonics NAN, INF, -INF (exactly so: upper case, no padding)
+    give NaN and infinities.
+    """
+    field = text.strip(" \t")
+    if _DECIMAL_RE.fullmatch(field):
+        value = float(field)
+        if math.isinf(value):
+            raise ValueError(f"{text[:32]!r} is beyond the range of a 64-bit float")
+        return value
+    if allow_non_finite and text in _NON_FINITE:
+        return _NON_FINITE[text]
+    raise ValueError(f"{text[:32]!r} is not an SCPI decimal number (NR1/NR2/NR3, e.g. -1.5E-03)")
+
+
 def parse_ascii(text: str) -> np.ndarray:
     """Comma-separated numbers (`FORM ASC`) -> float64 values; NaN/inf are parsed and left to the caller."""
-    body = text.strip()
+    body = text.strip(" \t")
     if not body:
         return np.zeros(0, dtype=np.float64)
     fields = body.split(",")
-    try:
-        return np.array([float(f) for f in fields], dtype=np.float64)
-    except ValueError:
-        bad = next(f for f in fields if not _is_float(f))
-        raise ValueError(f"ASCII data holds {bad.strip()[:32]!r}, which is not a number") from None
+    if _ASCII_TRACE_RE.fullmatch(body) is None:
+        _raise_first_bad(fields)
+    # Every field is now a decimal number or a mnemonic, both of which float() reads as SCPI means.
+    values = np.array(fields, dtype=np.float64)
+    overflowed = [i for i in np.flatnonzero(np.isinf(values)).tolist() if fields[i] not in _NON_FINITE]
+    if overflowed:  # "1E999": a decimal number too large for a float, not an INF the instrument meant
+        _raise_first_bad([fields[i] for i in overflowed], overflowed)
+    return values
+
+
+def _raise_first_bad(fields: list[str], indices: list[int] | None = None) -> NoReturn:
+    """Raise the ValueError of the first field parse_number refuses, naming its position."""
+    for i, field in zip(indices or range(len(fields)), fields, strict=True):
+        try:
+            parse_number(field, allow_non_finite=True)
+        except ValueError as exc:
+            raise ValueError(f"ASCII data value {i}: {exc}") from None
+    raise ValueError("ASCII data is not a comma-separated list of SCPI decimal numbers")
 
 
 def encode_ascii(values: np.ndarray) -> bytes:
     """Nine significant digits: enough for float32 values to survive the round trip exactly."""
     return ",".join(f"{v:.8E}" for v in np.asarray(values, dtype=np.float64).tolist()).encode("ascii")
-
-
-def _is_float(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def parse_error(text: str) -> tuple[int, str]:

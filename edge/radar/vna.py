@@ -17,7 +17,6 @@ What it guarantees, because a silently wrong sweep is worse than no sweep:
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -710,13 +709,10 @@ class VnaDriver:
         """Query a finite number; any other reply (text, NaN, infinity) is a VnaProtocolError naming it."""
         reply = self._query(command)
         try:
-            value = float(reply)
-        except ValueError:
-            value = None
-        if value is None or not math.isfinite(value):
+            return scpi.parse_number(reply)
+        except ValueError as exc:
             self.close()
-            raise VnaProtocolError(self.device, command, f"expected a finite number, got {reply[:40]!r}")
-        return value
+            raise VnaProtocolError(self.device, command, f"expected a finite number: {exc}") from None
 
     def _set_timeout(self, timeout_ms: int) -> None:
         def apply(inst: Any) -> None:

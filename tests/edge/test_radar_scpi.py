@@ -134,8 +134,42 @@ def test_ascii_values() -> None:
     text = scpi.encode_ascii(values).decode()
     np.testing.assert_array_equal(scpi.parse_ascii(text).astype(np.float32), values.astype(np.float32))
     assert np.isnan(scpi.parse_ascii("1,NAN")[1])
-    with pytest.raises(ValueError, match="'abc', which is not a number"):
+    assert scpi.parse_ascii("-INF, +1.5E-03 ,.5,2.").tolist() == [-np.inf, 1.5e-3, 0.5, 2.0]
+    with pytest.raises(ValueError, match="value 1: 'abc' is not an SCPI decimal number"):
         scpi.parse_ascii("1,abc,3")
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("21", 21.0), ("+21", 21.0), ("-0.5", -0.5), (".5", 0.5), ("1.", 1.0), ("+1.000000000000E+09", 1e9),
+     ("2e-3", 2e-3), (" 7 ", 7.0)],
+)  # fmt: skip
+def test_scpi_numbers_are_accepted(text: str, value: float) -> None:
+    assert scpi.parse_number(text) == value
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["1_000", " inf", "nan", "NAN", "-Infinity", "1e999", "-1E+400", "0x10", "\u0661\u0662", "1e", "e5", ".",
+     "+-1", "1.0.0", "", "1 2", "NINF", "\x0c1", "1\n", "9" * 400],
+)  # fmt: skip
+def test_what_float_accepts_but_scpi_does_not_is_refused(text: str) -> None:
+    """Python's float() takes all of these (or gives inf); an instrument never sends them."""
+    with pytest.raises(ValueError, match=r"is not an SCPI decimal number|beyond the range") as info:
+        scpi.parse_number(text)
+    assert repr(text[:32]) in str(info.value)
+
+
+def test_non_finite_mnemonics_only_where_asked() -> None:
+    assert np.isnan(scpi.parse_number("NAN", allow_non_finite=True))
+    for loose in ("nan", " INF", "Infinity"):  # what float() would also take
+        with pytest.raises(ValueError, match="not an SCPI decimal number"):
+            scpi.parse_number(loose, allow_non_finite=True)
+    assert scpi.parse_number("-INF", allow_non_finite=True) == -np.inf
+    with pytest.raises(ValueError, match="beyond the range"):
+        scpi.parse_number("1e999", allow_non_finite=True)  # a number, just too large: not a mnemonic
+    with pytest.raises(ValueError, match="value 2: '1_0'"):
+        scpi.parse_ascii("1,2,1_0")
 
 
 def test_error_entries() -> None:
@@ -147,6 +181,9 @@ def test_error_entries() -> None:
     assert scpi.format_error(-113, "FOO") == '-113,"Undefined header;FOO"'
     with pytest.raises(ValueError):
         scpi.parse_error("OK")
+    for garbage in ("9" * 4000 + ',"x"', '\u0661,"x"'):  # a 4000-digit code; an Arabic-Indic digit
+        with pytest.raises(ValueError, match="is not of the form"):
+            scpi.parse_error(garbage)
 
 
 def test_dialect_setup_commands() -> None:

@@ -187,6 +187,10 @@ def test_instrument_with_another_identity() -> None:
         ("SENS1:FREQ:STAR?", "NAN"),
         ("SENS1:FREQ:STOP?", "-INF"),
         ("SENS1:FREQ:STOP?", "9.9E+999"),
+        # float() reads these as 21 points and 1 GHz; no instrument sends them.
+        ("SENS1:SWE:POIN?", "2_1"),
+        ("SENS1:FREQ:STAR?", "1_000_000_000"),
+        ("SENS1:FREQ:STAR?", "\x0b1E+09"),
     ],
 )
 def test_unusable_readback_is_a_protocol_error_naming_the_query(query: str, reply: str) -> None:
@@ -199,6 +203,21 @@ def test_unusable_readback_is_a_protocol_error_naming_the_query(query: str, repl
         assert peer.resource in str(info.value) and "E5080B" in str(info.value)
         assert repr(reply) in str(info.value) or f"got {reply}" in str(info.value)  # what it answered
         assert not isinstance(info.value, RadarSetupError)  # a glitch: the reconnect loop retries it
+        assert not vna.connected
+
+
+@pytest.mark.parametrize("bad", ["1_0", " inf", "0x1", "1e999"])
+def test_ascii_trace_value_float_would_take_is_a_protocol_error(bad: str) -> None:
+    """ "1_0" once became 10.0 and "1e999" an infinity reported as an overloaded instrument."""
+    values = ["1.0E-01"] * (2 * KEYSIGHT_SWEEP.points)
+    values[5] = bad
+    replies = {**KEYSIGHT_REPLIES, "SENS1:SWE:MODE SING;*OPC?": "1", "CALC1:DATA? SDATA": ",".join(values)}
+    with ScriptedVna(replies) as peer:
+        vna = VnaDriver(peer.resource, "keysight", KEYSIGHT_SWEEP, timeout_ms=1000, data_format="ascii")
+        vna.connect()
+        with pytest.raises(VnaProtocolError, match=f"value 5: {bad!r}") as info:
+            vna.measure()
+        assert info.value.command == "CALC1:DATA? SDATA" and peer.resource in str(info.value)
         assert not vna.connected
 
 
