@@ -160,6 +160,22 @@ def encode_ascii(values: np.ndarray) -> bytes:
     return ",".join(f"{v:.8E}" for v in np.asarray(values, dtype=np.float64).tolist()).encode("ascii")
 
 
+#: Response message terminators accepted after a reply: NL (IEEE 488.2 8.5) and the CR NL that some
+#: instruments send on raw sockets. Every read path of the driver accepts exactly these two.
+TERMINATORS = (b"\r\n", b"\n")
+
+#: `*OPC?` answers 1 when the operation is complete; "+1" is the same NR1 with its optional sign.
+OPC_COMPLETE = ("1", "+1")
+
+
+def strip_terminator(raw: bytes) -> bytes:
+    """`raw` without its "\n" or "\r\n" terminator; ValueError naming the ending when it has neither."""
+    for end in TERMINATORS:
+        if raw.endswith(end):
+            return raw[: -len(end)]
+    raise ValueError(f"reply {raw[-40:]!r} does not end with '\\n' or '\\r\\n'")
+
+
 def parse_error(text: str) -> tuple[int, str]:
     """`-113,"Undefined header"` -> (-113, 'Undefined header'). Raises ValueError if not of that form."""
     match = _ERROR_RE.match(text)

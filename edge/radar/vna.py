@@ -54,6 +54,8 @@ MAX_SHORT_REPLY = 4096
 MAX_ERROR_DRAIN = 64
 #: Bytes of one ASCII value at most ("-1.23456789E-012" plus separator) when bounding ASCII replies.
 _ASCII_BYTES_PER_VALUE = 32
+#: Longest valid `*OPC?` reply read on the raw path: "+1\r\n".
+_MAX_OPC_BYTES = 4
 #: Frequency read-back tolerance: instruments round settings to their synthesiser resolution.
 _FREQ_TOLERANCE_HZ = 1.0
 
@@ -388,8 +390,11 @@ class VnaDriver:
         self._read_opc_reply()
 
     def _read_opc_reply(self) -> None:
-        reply = self._read_line(self.dialect.trigger, MAX_SHORT_REPLY)
-        if reply.strip().lstrip("+") != "1":
+        self._check_opc(self._read_line(self.dialect.trigger, MAX_SHORT_REPLY))
+
+    def _check_opc(self, reply: str) -> None:
+        """Refuse any sweep-complete reply but "1" / "+1" (terminator already removed), on every path."""
+        if reply not in scpi.OPC_COMPLETE:
             self.close()
             raise VnaProtocolError(
                 self.device, self.dialect.trigger, f"expected *OPC? reply '1', got {reply[:40]!r}"
@@ -487,14 +492,20 @@ class VnaDriver:
         )
 
     def _read_opc_exact(self) -> None:
-        """The sweep-complete reply, "1\n" (or "+1\n"), read by length with the terminator check off."""
+        """The sweep-complete reply ("1" or "+1", then "\n" or "\r\n") with the terminator check off.
+
+        Two bytes first (all of the common "1\n"), then byte by byte up to the longest valid reply,
+        "+1\r\n": a reply that has not ended by then is refused without reading into the trace behind it.
+        """
         command = self.dialect.trigger
         reply = self._io(command, lambda inst: inst.read_bytes(2))
-        if reply == b"+1":
-            reply += self._io(command, lambda inst: inst.read_bytes(1))[:1]
-        if reply.lstrip(b"+") != b"1\n":
-            self.close()
-            raise VnaProtocolError(self.device, command, f"expected *OPC? reply '1', got {reply[:40]!r}")
+        while not reply.endswith(b"\n") and len(reply) < _MAX_OPC_BYTES:
+            reply += self._io(command, lambda inst: inst.read_bytes(1))
+        try:
+            text = scpi.strip_terminator(reply).decode("ascii")
+        except (ValueError, UnicodeDecodeError):
+            text = reply.decode("ascii", "backslashreplace")
+        self._check_opc(text)
 
     def _receive_block_exact(self) -> np.ndarray:
         """One binary trace (header, payload, terminator) in a single read of its known length."""
@@ -598,21 +609,34 @@ class VnaDriver:
         return length
 
     def _decode_block_body(self, command: str, body: bytes, length: int) -> np.ndarray:
-        """payload + terminator -> values, checking the terminator."""
+        """payload + first terminator byte -> values, checking the terminator ("\n" or "\r\n")."""
         if len(body) != length + 1:
             self.close()
             raise VnaProtocolError(
                 self.device, command, f"truncated block: {len(body) - 1} of {length} data bytes"
             )
-        if body[-1:] != b"\n":
+        end = body[-1:]
+        if end == b"\r":  # CR NL: the NL is still to come
+            end += self._read_block_end(command, length)
+        if end not in scpi.TERMINATORS:
             self.close()
             raise VnaProtocolError(
                 self.device,
                 command,
-                f"block does not end after its header's {length} bytes (found {body[-1:]!r}, not the "
+                f"block does not end after its header's {length} bytes (found {end!r}, not the "
                 "terminator): it is longer than announced, or truncated and followed by the next reply",
             )
         return self._guarded(command, lambda: scpi.decode_real(body[:-1], self.data_format, self.byte_order))
+
+    def _read_block_end(self, command: str, length: int) -> bytes:
+        """The byte after a block's trailing CR, which must be NL; a silence there is a malformed block."""
+        try:
+            return bytes(self._io(command, lambda inst: inst.read_bytes(1)))
+        except VnaTimeoutError:
+            raise VnaProtocolError(
+                self.device, command, f"block does not end after its header's {length} bytes: "
+                f"'\\r' came, but no '\\n' within {self._timeout_now_ms} ms",
+            ) from None  # fmt: skip
 
     def _read_ascii(self, command: str) -> np.ndarray:
         limit = 2 * self.sweep.points * _ASCII_BYTES_PER_VALUE + 64
@@ -685,6 +709,7 @@ class VnaDriver:
         return data
 
     def _read_line(self, command: str, limit: int) -> str:
+        """One text reply without its terminator ("\n" or "\r\n"), at most `limit` bytes."""
         raw = self._io(command, lambda inst: inst.read_bytes(limit, break_on_termchar=True))
         if not raw.endswith(b"\n"):
             self.close()
@@ -696,7 +721,7 @@ class VnaDriver:
                 self.device, command, f"reply {raw[:40]!r} ended without the '\\n' terminator"
             )
         try:
-            return raw[:-1].rstrip(b"\r").decode("ascii")
+            return scpi.strip_terminator(raw).decode("ascii")
         except UnicodeDecodeError:
             self.close()
             raise VnaProtocolError(self.device, command, f"reply is not ASCII text: {raw[:40]!r}") from None

@@ -26,10 +26,15 @@ KEYSIGHT_REPLIES = {
 
 
 class ScriptedVna:
-    """Serve `replies` (query -> reply line, without the terminator) on 127.0.0.1 until closed."""
+    """Serve `replies` (query -> reply, without the terminator) on 127.0.0.1 until closed.
 
-    def __init__(self, replies: dict[str, str]) -> None:
+    A reply is text (ASCII) or bytes (a binary block); `terminator` follows every one: b"\n" as
+    IEEE 488.2 says, b"\r\n" as some instruments send, or anything a broken one might.
+    """
+
+    def __init__(self, replies: dict[str, str | bytes], terminator: bytes = b"\n") -> None:
         self.replies = dict(replies)
+        self.terminator = terminator
         #: Every program message received, in order.
         self.received: list[str] = []
         script = self
@@ -41,14 +46,16 @@ class ScriptedVna:
                     script.received.append(message)
                     reply = script.replies.get(message)
                     if reply is not None:
-                        self.wfile.write(reply.encode("ascii") + b"\n")
+                        data = reply.encode("ascii") if isinstance(reply, str) else reply
+                        self.wfile.write(data + script.terminator)
 
         class Server(socketserver.ThreadingTCPServer):
             daemon_threads = True
             allow_reuse_address = True
 
         self._server = Server(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # A short poll interval: close() waits for the serve loop to notice, 0.5 s by default per peer.
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,), daemon=True)
         self._thread.start()
 
     @property

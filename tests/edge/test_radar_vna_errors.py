@@ -10,8 +10,10 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 from vrclip.edge.config import SweepConfig
+from vrclip.edge.radar import scpi
 from vrclip.edge.radar.errors import (
     RadarSetupError,
     VnaConnectionError,
@@ -265,3 +267,63 @@ def test_reconnect_gets_past_a_garbled_idn(radar: SimulatedRadar, rs_model) -> N
         assert [type(e) for e in failures] == [VnaProtocolError]
     finally:
         vna.close()
+
+
+# --- terminators: "\n" (IEEE 488.2) and "\r\n" (some instruments) on every read path ---------------
+
+KEYSIGHT_TRIGGER, KEYSIGHT_DATA = "SENS1:SWE:MODE SING;*OPC?", "CALC1:DATA? SDATA"
+TRACE = (np.arange(2 * KEYSIGHT_SWEEP.points, dtype=np.float32) - 7.5) / 4
+
+
+def trace_reply(data_format: str) -> str | bytes:
+    """The scripted trace in `data_format` (big-endian REAL, the keysight dialect's default)."""
+    if data_format == "ascii":
+        return scpi.encode_ascii(TRACE).decode()
+    return scpi.encode_block(scpi.encode_real(TRACE, data_format, "norm"))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("terminator", [b"\n", b"\r\n"])
+@pytest.mark.parametrize("opc", ["1", "+1"])
+@pytest.mark.parametrize("data_format", ["real32", "real64", "ascii"])
+@pytest.mark.parametrize("sweeps", [0, 1, 3])  # 0: measure(); n: acquire_chained(n) (hardware stepping)
+def test_every_read_path_accepts_both_terminators(terminator, opc, data_format, sweeps) -> None:
+    """*OPC? answered "1\r\n" was refused on the chained raw-socket path, and a block ending "\r\n" on all."""
+    replies = {**KEYSIGHT_REPLIES, KEYSIGHT_TRIGGER: opc, KEYSIGHT_DATA: trace_reply(data_format)}
+    expected = TRACE.view(np.complex64)
+    with ScriptedVna(replies, terminator=terminator) as peer:
+        vna = VnaDriver(peer.resource, "keysight", KEYSIGHT_SWEEP, timeout_ms=1000, data_format=data_format)
+        with vna:
+            got = vna.acquire_chained(sweeps) if sweeps else vna.measure()[None]
+            assert got.shape == (max(sweeps, 1), KEYSIGHT_SWEEP.points)
+            for trace in got:
+                np.testing.assert_array_equal(trace, expected)
+            # Nothing was left in the stream: the next exchange reads its own reply.
+            np.testing.assert_array_equal(vna.measure(), expected)
+            assert vna.drain_errors() == []
+
+
+@pytest.mark.parametrize("opc", ["0", "11", "1XYZ", "++1", " 1", "1\r\r", "\r"])
+@pytest.mark.parametrize("sweeps", [0, 2])
+def test_anything_but_1_to_opc_is_refused_on_every_path(opc: str, sweeps: int) -> None:
+    replies = {**KEYSIGHT_REPLIES, KEYSIGHT_TRIGGER: opc, KEYSIGHT_DATA: trace_reply("real32")}
+    with ScriptedVna(replies) as peer:
+        vna = VnaDriver(peer.resource, "keysight", KEYSIGHT_SWEEP, timeout_ms=300)
+        vna.connect()
+        with pytest.raises(VnaProtocolError, match=r"expected \*OPC\? reply '1'") as info:
+            vna.acquire_chained(sweeps) if sweeps else vna.measure()
+        assert info.value.command == KEYSIGHT_TRIGGER and peer.resource in str(info.value)
+        assert not vna.connected
+
+
+@pytest.mark.parametrize("end", [b"\r", b"\rX", b"X", b"\r\r\n", b""])
+@pytest.mark.parametrize("sweeps", [0, 1])
+def test_block_followed_by_anything_but_a_terminator_is_refused(end: bytes, sweeps: int) -> None:
+    with ScriptedVna(KEYSIGHT_REPLIES) as peer:
+        vna = VnaDriver(peer.resource, "keysight", KEYSIGHT_SWEEP, timeout_ms=300)
+        vna.connect()
+        peer.terminator = b""  # from here on, each reply carries its own ending
+        peer.replies.update({KEYSIGHT_TRIGGER: b"1\n", KEYSIGHT_DATA: trace_reply("real32") + end})  # type: ignore[operator]
+        with pytest.raises(VnaProtocolError, match=r"block does not end|truncated") as info:
+            vna.acquire_chained(sweeps) if sweeps else vna.measure()
+        assert info.value.command == KEYSIGHT_DATA and peer.resource in str(info.value)
+        assert not vna.connected
