@@ -56,6 +56,9 @@ MAX_ERROR_DRAIN = 64
 _ASCII_BYTES_PER_VALUE = 32
 #: Longest valid `*OPC?` reply read on the raw path: "+1\r\n".
 _MAX_OPC_BYTES = 4
+#: SCPI-99 vol. 1, 7.2.1.5: instruments report INF as 9.9E37, NINF as -9.9E37 and NAN as 9.91E37. No
+#: S21 value comes near; and a value beyond float32's 3.4E38 would silently become inf in the trace.
+_SCPI_NOT_A_NUMBER = 9.9e37
 #: Frequency read-back tolerance: instruments round settings to their synthesiser resolution.
 _FREQ_TOLERANCE_HZ = 1.0
 
@@ -541,14 +544,14 @@ class VnaDriver:
                 self.device, command,
                 f"got {values.size} values, expected {expected} (re/im of {self.sweep.points} points)",
             )  # fmt: skip
-        finite = np.isfinite(values)
-        if not finite.all():
-            bad = int(np.flatnonzero(~finite)[0])
+        usable = np.abs(values) < _SCPI_NOT_A_NUMBER  # False for NaN and infinities too
+        if not usable.all():
+            bad = int(np.flatnonzero(~usable)[0])
             self.close()
             raise VnaDataError(
                 self.device, command,
-                f"data holds {values[bad]} at value {bad} (point {bad // 2}); the instrument is overloaded "
-                "or uncalibrated",
+                f"data holds {values[bad]} at value {bad} (point {bad // 2}), not a reading (NaN, infinity "
+                "or SCPI's 9.9E37 marker for them); the instrument is overloaded or uncalibrated",
             )  # fmt: skip
         return values.astype(np.float32).view(np.complex64)
 

@@ -327,3 +327,23 @@ def test_block_followed_by_anything_but_a_terminator_is_refused(end: bytes, swee
             vna.acquire_chained(sweeps) if sweeps else vna.measure()
         assert info.value.command == KEYSIGHT_DATA and peer.resource in str(info.value)
         assert not vna.connected
+
+
+@pytest.mark.parametrize(
+    ("data_format", "value"),
+    [("real64", 1e300), ("real64", -4e38), ("ascii", 9.91e37), ("ascii", -9.9e37), ("real32", 9.9e37)],
+)
+def test_scpi_nan_markers_and_values_beyond_float32_are_refused(data_format: str, value: float) -> None:
+    """9.91E37 (SCPI's NaN) once passed as a reading; 1e300 in REAL,64 became inf in the complex64 trace."""
+    trace = TRACE.astype(np.float64)
+    trace[3] = value
+    reply = scpi.encode_ascii(trace).decode() if data_format == "ascii" else (
+        scpi.encode_block(scpi.encode_real(trace, data_format, "norm"))  # type: ignore[arg-type]
+    )  # fmt: skip
+    replies = {**KEYSIGHT_REPLIES, KEYSIGHT_TRIGGER: "1", KEYSIGHT_DATA: reply}
+    with ScriptedVna(replies) as peer:
+        vna = VnaDriver(peer.resource, "keysight", KEYSIGHT_SWEEP, timeout_ms=300, data_format=data_format)
+        vna.connect()
+        with pytest.raises(VnaDataError, match=r"at value 3 \(point 1\), not a reading") as info:
+            vna.measure()
+        assert info.value.command == KEYSIGHT_DATA and not vna.connected
