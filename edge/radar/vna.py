@@ -49,6 +49,8 @@ from vrclip.edge.radar.errors import (
 
 #: Longest reply to a short query (*IDN?, *OPC?, SYST:ERR?, read-backs). Real ones are < 200 bytes.
 MAX_SHORT_REPLY = 4096
+#: Longest `*IDN?` reply accepted. IEEE 488.2 (10.14) allows 72 characters; some firmware sends more.
+MAX_IDN_CHARS = 256
 #: An instrument with a full error queue answers SCPI's 32-entry queue, then "0,No error". A
 #: misbehaving one could answer errors forever; the bound turns that into a clear error.
 MAX_ERROR_DRAIN = 64
@@ -282,6 +284,15 @@ class VnaDriver:
     def _identify(self) -> None:
         idn = self._query("*IDN?")
         fields = [f.strip() for f in idn.split(",")]
+        if len(idn) > MAX_IDN_CHARS or not idn.isprintable():
+            # The IDN names the device in every later error, log line and /status: control characters
+            # (terminal escapes) or kilobytes of text there are a broken reply, not an identity.
+            self.close()
+            raise VnaProtocolError(
+                self.device, "*IDN?",
+                f"reply {idn[:80]!r} ({len(idn)} characters) is not a printable identity of at most "
+                f"{MAX_IDN_CHARS} characters (a link glitch?); if it persists, check radar.vna.resource",
+            )  # fmt: skip
         if len(fields) < 2 or not fields[0] or not fields[1]:
             # Garbled or empty: a glitch of the link or an instrument still booting, not proof of a wrong
             # instrument, so a protocol error (retried) rather than an identity error (permanent).

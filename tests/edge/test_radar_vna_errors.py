@@ -252,6 +252,20 @@ def test_garbled_idn_is_a_retryable_protocol_error(radar: SimulatedRadar, rs_mod
     assert not vna.connected
 
 
+@pytest.mark.parametrize(
+    "idn",
+    ["Keysight Technologies,E5080B,MY59100001,\x1b[2J\x1b[31mA.15", KEYSIGHT_IDN + "," + "x" * 300],
+)
+def test_idn_with_control_characters_or_kilobytes_is_a_protocol_error(idn: str) -> None:
+    """Such an IDN was accepted and then named the device in every error, log line and /status."""
+    with ScriptedVna({**KEYSIGHT_REPLIES, "*IDN?": idn}) as peer:
+        vna = VnaDriver(peer.resource, "keysight", KEYSIGHT_SWEEP, timeout_ms=1000)
+        with pytest.raises(VnaProtocolError, match="is not a printable identity of at most 256") as info:
+            vna.connect()
+        assert info.value.command == "*IDN?" and vna.idn == "" and not vna.connected
+        assert not isinstance(info.value, RadarSetupError)
+
+
 def test_reconnect_gets_past_a_garbled_idn(radar: SimulatedRadar, rs_model) -> None:
     radar.state.vna.model = replace(rs_model, idn="")
     failures: list[BaseException] = []
