@@ -4,6 +4,13 @@ Everything the model needs is derived from the engine manifest (crop size, RF wi
 so a new engine package reconfigures the runtime without code changes. Embeddings are averaged per
 track (normalised running mean) before matching: one frame can be dark or occluded, a track's
 history rarely is all of the time.
+
+A track's history ends at a gap (a radar outage or a forward clock step, see `pipeline.tracker`): the
+tracker keeps the id of whoever it finds near the track afterwards, but its RF window would feed the
+engine frames seconds apart as if consecutive, and its embedding mean and name may be another
+person's. So the track starts afresh, as a new one does: no result and no identity event until its
+RF window holds T frames from after the gap, and then an event at once with the name those frames
+give (even if it is the same name as before).
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ class TrackState:
     last_event_ns: int = 0
     last_identity: str | None = None
     samples: int = 0
+    #: The track's gap count (Track.gaps) this history began at: when it changes the history ends.
+    gaps: int = 0
 
 
 @dataclass(frozen=True)
@@ -154,8 +163,9 @@ class Identifier:
             if track.misses > self.tracker.coast_frames:
                 continue
             state = self.tracks.get(track.track_id)
-            if state is None:
-                state = self.tracks[track.track_id] = TrackState(RFSequence(self.feeds.window.frames))
+            if state is None or state.gaps != track.gaps:
+                # A new track, or one that came through a gap: its history starts here (module doc).
+                state = self.tracks[track.track_id] = self._new_state(track)
             state.rf.push(self.extractor.gate(profiles, track.position))
             state.positions.append(track.position.copy())
             if state.rf.ready and track.hits >= self.tracker.confirm_hits:
@@ -163,6 +173,9 @@ class Identifier:
         results = self._infer(ready, synced)
         events = self._events(results, synced) if self.match is not None else []
         return results, events
+
+    def _new_state(self, track: Track) -> TrackState:
+        return TrackState(RFSequence(self.feeds.window.frames), gaps=track.gaps)
 
     def _crop(self, synced: SyncedFrame, position: np.ndarray) -> tuple[np.ndarray, bool]:
         if synced.camera is None or self.camera is None:

@@ -13,6 +13,12 @@ gap, up to `max_gap_gate_m`: whoever stands that near the track's capped predict
 A gap teaches no velocity (its stamps may not be the time that passed). The track timeout is counted
 in radar frames, not stamps: a track ends after `max_misses` frames in a row without a detection,
 gap or not, so a track nobody is near after an outage still ends, a few frames later.
+
+A track counts the gaps it came through (`Track.gaps`): a frame that reaches it more than GAP_FRAMES
+periods after its last update, with a detection or coasting, adds one. Whoever keeps history per
+track (the RF window and embedding mean of `pipeline.identify`) compares the count with the one they
+last saw and starts that history afresh when it changed: the frames before the gap are seconds away
+from those after it, and the person near the prediction may be someone else.
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ class Track:
     hits: int = 1
     misses: int = 0
     last_t_ns: int = 0
+    #: Gaps (module docstring) this track came through; history kept per track ends at each.
+    gaps: int = 0
 
     def predict(self, dt_s: float) -> np.ndarray:
         return self.position + self.velocity * dt_s
@@ -114,6 +122,8 @@ class Tracker:
             dt = max(0.0, (t_ns - track.last_t_ns) / 1e9) if track.last_t_ns else 0.0
             predicted.append(track.predict(min(dt, horizon_s)))
             gates.append(self._gate(dt, horizon_s))
+            if dt > horizon_s:
+                track.gaps += 1  # detected or coasting: this frame is the first after a gap
         assigned_tracks: set[int] = set()
         assigned_dets: set[int] = set()
         if self.tracks and len(detections):

@@ -462,6 +462,33 @@ def test_after_an_outage_a_track_with_nobody_near_still_ends_after_its_missed_fr
     assert len(tracker.confirmed()) == 1
 
 
+def test_a_track_counts_the_gaps_it_came_through_detected_or_coasting() -> None:
+    """Per-track history (the RF window, the embedding mean) must end at a gap, so the tracker says
+    which frames came after one: a late frame or two is no gap; a 5 s outage is, whether the first
+    frame after it finds the person or the track coasts through it; an hour's clock step is too."""
+    tracker = Tracker(max_misses=5)
+    track_id, t_ns = _walk(tracker, 10.0)
+    (track,) = tracker.tracks
+    assert track.gaps == 0, "frames every period are no gap"
+    here, on = np.array([[1.4 * 19 * 0.1, 3.0]]), np.array([[1.4 * 19 * 0.1 + 1.0, 3.0]])
+    t_ns += 250 * MS  # two frames dropped: within GAP_FRAMES periods
+    tracker.update(here, t_ns)
+    assert track.gaps == 0, "a dropped frame or two is no gap"
+    t_ns += 5 * 10**9
+    tracker.update(on, t_ns)  # found 1 m on after a 5 s outage
+    assert [t.track_id for t in tracker.confirmed()] == [track_id] and track.gaps == 1
+    tracker.update(on, t_ns + 100 * MS)
+    assert track.gaps == 1, "only the first frame after the gap is one"
+    t_ns += 5 * 10**9
+    tracker.update(np.zeros((0, 2)), t_ns)  # nobody detected in the first frame after the outage
+    assert track.misses == 1 and track.gaps == 2, "a track coasting through a gap counts it too"
+    tracker.update(on, t_ns + 100 * MS)
+    assert track.misses == 0 and track.gaps == 2
+    tracker.update(on, t_ns + 100 * MS + 3600 * 10**9)  # NTP steps an hour ahead
+    assert track.gaps == 3
+    assert [t.track_id for t in tracker.tracks] == [track_id]
+
+
 class _OpensButFails:
     """A sensor that opens every time and fails every read (a VNA that answers its set-up but returns
     NaN for every sweep); `frames_first` good frames after each open, then the fault."""

@@ -591,3 +591,86 @@ def test_a_clock_stepped_back_does_not_silence_a_tracked_person(engine: Path, co
     assert before, "the person was identified before the step"
     assert len(set(before)) == 1, before
     assert after.count(before[-1]) >= 2, f"events of the tracked person after the step: {after}"
+
+
+class ScriptedPerson:
+    """A backend that answers with the embedding of whoever the test says stands there (`who`)."""
+
+    def __init__(self, inner, people: dict[str, np.ndarray]) -> None:  # type: ignore[no-untyped-def]
+        self.inner = inner
+        self.people = people
+        self.who = next(iter(people))
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self.inner, name)
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = {k: np.array(v, copy=True) for k, v in self.inner.infer(feeds).items()}
+        out["embedding"] = np.tile(self.people[self.who], (len(out["embedding"]), 1))
+        return out
+
+    def match(self, embeddings: np.ndarray):  # type: ignore[no-untyped-def]
+        """The gallery: the nearest of `people` by cosine."""
+        from vrclip.edge.gallery.matcher import Match
+
+        names = list(self.people)
+        scores = embeddings @ np.stack([self.people[n] for n in names]).T
+        return [Match(names[int(np.argmax(s))], float(np.max(s)), names[int(np.argmax(s))]) for s in scores]
+
+
+def test_after_a_radar_outage_a_track_is_named_from_fresh_frames_only(
+    engine: Path, config: EdgeConfig
+) -> None:
+    """Alice stands still for 3 s; the radar is gone for 5 s; then Bob stands 1 m from where she was.
+    The tracker keeps the track's id (he is within its widened gate), but its RF window and
+    embedding mean start afresh: no result or event until T frames from after the outage, and no
+    event calling Bob Alice."""
+    from types import SimpleNamespace
+
+    from vrclip.edge.pipeline.sync import SyncedFrame
+
+    feed = simulated_feed(config, SceneSpec(people=("a",), seed=3), scpi=False)
+    inner = open_engine(engine, "onnxruntime")
+    dim = int(inner.manifest.outputs[0].sample_shape[0])
+    alice, bob = np.zeros(dim, np.float32), np.zeros(dim, np.float32)
+    alice[0], bob[1] = 1.0, 1.0
+    backend = ScriptedPerson(inner, {"alice": alice, "bob": bob})
+    identifier = make_identifier(feed, backend, match=backend.match)
+    standing = {"at": (0.5, 3.0)}
+    identifier.imaging.process = lambda s21: SimpleNamespace(  # type: ignore[method-assign]
+        detections=[SimpleNamespace(x_m=standing["at"][0], y_m=standing["at"][1])]
+    )
+    radar_source = feed.sources["radar"]()
+    radar_source.open()
+    period_ns = round(1e9 / config.radar.frame_rate_hz)
+    frames = SPEC.frames
+
+    def step(t_ns: int) -> tuple[list, list]:  # type: ignore[type-arg]
+        radar = dataclasses.replace(radar_source.read(), t_ns=t_ns)
+        return identifier.step(SyncedFrame(radar, None, None))
+
+    try:
+        t0 = 10**18
+        before = [e for k in range(24) for e in step(t0 + k * period_ns)[1]]
+        assert {e.identity for e in before} == {"alice"}
+        (track_id,) = {e.track_id for e in before}
+        standing["at"], backend.who = (1.5, 3.0), "bob"
+        t1 = t0 + 23 * period_ns + 5 * 10**9
+        after: list[tuple[int, list]] = []  # type: ignore[type-arg]
+        for k in range(16):
+            results, events = step(t1 + k * period_ns)
+            after.append((k, events))
+            if k == 0:
+                state = identifier.tracks[track_id]
+                assert not state.rf.ready and state.embedding_sum is None and state.samples == 0
+            if k < frames - 1:
+                assert not results and not events, f"frame {k} after the outage used pre-outage frames"
+    finally:
+        radar_source.close()
+        identifier.close()
+        inner.close()
+        feed.close()
+    assert [t.track_id for t in identifier.tracker.confirmed()] == [track_id], "the tracker kept the id"
+    named = [(k, e.identity) for k, events in after for e in events if e.track_id == track_id]
+    assert named and named[0] == (frames - 1, "bob"), f"named at once from fresh frames: {named}"
+    assert {name for _, name in named} == {"bob"}, f"Bob was called Alice after the outage: {named}"
