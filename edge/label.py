@@ -10,9 +10,15 @@ the crop box at that frame's position falls in the camera image, as the simulato
 stream (a real rig cannot tell an occluder from the person; the gate learns from what the crop shows).
 
 Frames with no confirmed track, or with two or more (someone else walked in), stay unlabelled: the
-trainer skips them. The output is a copy of the recording with only its labels and identity list
-changed; radar samples and JPEG bytes are copied bit for bit. A recording whose recorder died (still
-marked open by it, and held open by no process) is labelled too, over the frames it flushed.
+trainer skips them. A track that came through a gap (a radar outage or a forward clock step, see
+`pipeline.tracker`) is labelled again as a new track would be, from its `confirm_hits`-th detection
+after the gap: the tracker keeps its id, but its first position after the gap is partly its own guess,
+and the frames left unlabelled end the labelled run there, so no training segment (nor RF window)
+joins frames seconds apart as if consecutive.
+
+The output is a copy of the recording with only its labels and identity list changed; radar
+samples and JPEG bytes are copied bit for bit. A recording whose recorder died (still marked open
+by it, and held open by no process) is labelled too, over the frames it flushed.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from vrclip.edge.errors import RecordingError, UserError
 from vrclip.edge.imaging.calibration import ChannelCalibration
 from vrclip.edge.imaging.pipeline import ImagingPipeline
 from vrclip.edge.manifest import default_file_mode
-from vrclip.edge.pipeline.tracker import Tracker
+from vrclip.edge.pipeline.tracker import Track, Tracker
 from vrclip.edge.recording.reader import SessionReader
 from vrclip.edge.recording.schema import CAMERA, NO_ID, RADAR
 from vrclip.edge.recording.writers import writers_of
@@ -64,6 +70,27 @@ class LabelResult:
     recorder_died: bool = False
 
 
+class FreshTracks:
+    """The tracks to label in a frame: detected in it, with `confirm_hits` detections counted from
+    the track's start or its last gap (`Track.gaps`), whichever is later (see the module doc)."""
+
+    def __init__(self, confirm_hits: int) -> None:
+        self.confirm_hits = confirm_hits
+        #: Per live track: its gap count and its hits before the first frame after its last gap
+        #: (rebuilt every frame from the tracker's tracks, so it holds no ended track).
+        self._since: dict[int, tuple[int, int]] = {}
+
+    def select(self, tracks: list[Track]) -> list[Track]:
+        since = {}
+        for track in tracks:
+            gaps, hits = self._since.get(track.track_id, (0, 0))
+            if track.gaps != gaps:  # this frame is the first after a gap: count from its detection
+                gaps, hits = track.gaps, track.hits - (1 if track.misses == 0 else 0)
+            since[track.track_id] = (gaps, hits)
+        self._since = since
+        return [t for t in tracks if t.misses == 0 and t.hits - since[t.track_id][1] >= self.confirm_hits]
+
+
 def radar_track(
     reader: SessionReader, progress: Callable[[int, int], None] | None = None
 ) -> tuple[np.ndarray, int]:
@@ -76,6 +103,7 @@ def radar_track(
     )
     imaging = ImagingPipeline(config, reader.array_geometry, calibration)
     tracker = Tracker(frame_period_s=1.0 / config.radar.frame_rate_hz)
+    fresh = FreshTracks(tracker.confirm_hits)
     n = reader.count(RADAR)
     positions = np.full((n, 2), np.nan)
     crowded = 0
@@ -83,7 +111,8 @@ def radar_track(
         for i, frame in enumerate(reader.iter_radar()):
             detections = imaging.process(frame.s21).detections
             found = np.array([[d.x_m, d.y_m] for d in detections], np.float64).reshape(-1, 2)
-            confirmed = [t for t in tracker.update(found, frame.t_ns) if t.misses == 0]
+            tracker.update(found, frame.t_ns)
+            confirmed = fresh.select(tracker.tracks)
             if len(confirmed) == 1:
                 positions[i] = confirmed[0].position
             elif len(confirmed) > 1:

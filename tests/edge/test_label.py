@@ -348,3 +348,43 @@ def test_writers_of_reads_only_the_links_of_unrelated_descriptors(tmp_path: Path
     assert writers_of(target, proc=proc) == [4343]
     assert str(proc / "4242" / "fd" / "3") not in followed
     assert str(proc / "4343" / "fd" / "3") in followed
+
+
+def test_after_a_radar_outage_the_track_is_labelled_again_as_a_new_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """She walks for 2 s, the radar is gone for 5 s, then she stands 1.2 m further on. The tracker
+    keeps her id, but the frames right after the outage stay unlabelled, as a new track's first
+    frames do: the first position there is partly the track's guess (0.3 m off), and a labelled
+    run joining frames 5 s apart would give the trainer segments and RF windows across the outage."""
+    from types import SimpleNamespace
+
+    from vrclip.edge import label
+
+    walk = [(1.4 * k * 0.1, 3.0) for k in range(20)]
+    stop = (walk[-1][0] + 1.2, 3.0)
+    where = walk + [stop] * 8
+    times = [(k + 1) * 10**8 for k in range(20)] + [20 * 10**8 + 5 * 10**9 + k * 10**8 for k in range(8)]
+
+    class Imaging:
+        def __init__(self, *args: object) -> None:
+            self.imager = SimpleNamespace(close=lambda: None)
+
+        def process(self, s21: int) -> SimpleNamespace:
+            x, y = where[s21]
+            return SimpleNamespace(detections=[SimpleNamespace(x_m=x, y_m=y)])
+
+    reader = SimpleNamespace(
+        edge_config=EdgeConfig,
+        calibration=None,
+        array_geometry=None,
+        count=lambda stream: len(where),
+        iter_radar=lambda: (SimpleNamespace(s21=i, t_ns=t) for i, t in enumerate(times)),
+    )
+    monkeypatch.setattr(label, "ImagingPipeline", Imaging)
+    positions, crowded = label.radar_track(reader)  # type: ignore[arg-type]
+    labelled = np.isfinite(positions).all(axis=1)
+    assert crowded == 0
+    assert labelled.tolist() == [False] * 2 + [True] * 18 + [False] * 2 + [True] * 6
+    error = np.linalg.norm(positions[22:] - np.array(stop), axis=1)
+    assert error.max() < 0.1, f"labels after the outage are where she stands: {error}"
