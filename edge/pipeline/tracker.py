@@ -54,6 +54,10 @@ class Track:
     last_t_ns: int = 0
     #: Gaps (module docstring) this track came through; history kept per track ends at each.
     gaps: int = 0
+    #: The gate a gap widened, kept while the track coasts on after it (0 once detected again): when
+    #: the person is missed in the first frame after an outage, the next frame is no gap by its
+    #: stamps, and the plain gate would lose them though they are just as far from the prediction.
+    gap_gate_m: float = 0.0
 
     def predict(self, dt_s: float) -> np.ndarray:
         return self.position + self.velocity * dt_s
@@ -121,9 +125,10 @@ class Tracker:
         for track in self.tracks:
             dt = max(0.0, (t_ns - track.last_t_ns) / 1e9) if track.last_t_ns else 0.0
             predicted.append(track.predict(min(dt, horizon_s)))
-            gates.append(self._gate(dt, horizon_s))
             if dt > horizon_s:
                 track.gaps += 1  # detected or coasting: this frame is the first after a gap
+                track.gap_gate_m = max(track.gap_gate_m, self._gate(dt, horizon_s))
+            gates.append(max(self._gate(dt, horizon_s), track.gap_gate_m))
         assigned_tracks: set[int] = set()
         assigned_dets: set[int] = set()
         if self.tracks and len(detections):
@@ -177,6 +182,7 @@ class Tracker:
             track.velocity = track.velocity + (self.beta / dt) * residual
         track.hits += 1
         track.misses = 0
+        track.gap_gate_m = 0.0
         track.last_t_ns = t_ns
 
     def confirmed(self) -> list[Track]:

@@ -446,6 +446,22 @@ def test_a_radar_outage_keeps_the_id_of_a_person_found_near_where_they_were() ->
         assert [t.track_id for t in confirmed] == [track_id], f"frame {k} after the outage"
 
 
+def test_a_person_missed_in_the_first_frame_after_an_outage_keeps_the_widened_gate() -> None:
+    """The first frame after the outage misses the walker (CFAR, a shadow); the next one finds them
+    1.2 m on. By its stamps that frame is no gap (the coasting track was updated a period before), but
+    they are as far from the prediction as they were: the gap's gate holds until they are found."""
+    tracker = Tracker()
+    track_id, t_ns = _walk(tracker, 10.0)
+    stop = np.array([[1.4 * 19 * 0.1 + 1.2, 3.0]])
+    t_ns += 5 * 10**9
+    tracker.update(np.zeros((0, 2)), t_ns)
+    for k in range(1, 5):
+        confirmed = tracker.update(stop, t_ns + k * 100 * MS)
+        assert [t.track_id for t in confirmed] == [track_id], f"frame {k} after the outage"
+    (track,) = tracker.tracks
+    assert track.gap_gate_m == 0.0, "found again: back to the plain gate"
+
+
 def test_after_an_outage_a_track_with_nobody_near_still_ends_after_its_missed_frames() -> None:
     """The widened gate is bounded: a person found 4 m from the track after an outage is someone new
     (a new id), and the old track, detected in none of the frames since, ends after max_misses of
