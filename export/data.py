@@ -13,6 +13,14 @@ the end frame e of T consecutive frames of a track: RF frames e-T+1..e, crop and
 The split follows the published protocol: per identity one random contiguous segment (10 s) of one
 random session is the training set; everything not overlapping it is the test set. The segment is
 drawn only where the person is labelled throughout, so nobody is left without training samples.
+
+Radar time breaks. A recording made on site can hold a radar outage (a VNA reconnecting: seconds with
+no frames) or an NTP clock step forward or back. A frame interval that is not positive, or longer than
+GAP_FRAMES typical frame periods (the tracker's rule, `pipeline.tracker`), is a break: neither a
+sample's T frames nor a training segment spans one, so no RF window feeds the model frames seconds (or
+an hour) apart as if consecutive, and a segment's 10 s are counted in frames of one unbroken run.
+A clock step back is no reason to refuse the recording any more: camera frames are paired within the
+camera's own runs of rising stamps (`_pair_camera`).
 """
 
 from __future__ import annotations
@@ -23,12 +31,15 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from vrclip.edge.crops import CropSpec, camera_from_config, crop_person
 from vrclip.edge.errors import ConfigError, RecordingError, UserError
+from vrclip.edge.pipeline.tracker import GAP_FRAMES
 from vrclip.edge.recording.reader import SessionReader
 from vrclip.edge.rfwindow import RFWindowExtractor, RFWindowSpec
 
@@ -120,10 +131,65 @@ class Track:
     def labelled(self) -> np.ndarray:
         return np.all(np.isfinite(self.position), axis=1)
 
+    @cached_property
+    def breaks(self) -> np.ndarray:
+        """(n,) bool: the interval from the frame before is a radar time break (`radar_breaks`)."""
+        return radar_breaks(self.t_ns)
+
     def rate_hz(self) -> float:
-        if self.frames < 2:
+        """Frames per second: the median interval within unbroken runs (an outage or a clock step
+        says nothing about the radar's rate; without breaks this is the median of all intervals)."""
+        steps = np.diff(self.t_ns)[~self.breaks[1:]]
+        if steps.size == 0:
             return 0.0
-        return float(1e9 / np.median(np.diff(self.t_ns)))
+        return float(1e9 / np.median(steps))
+
+    def longest_unbroken(self) -> int:
+        """Frames in the longest run without a radar time break (all of them when there is none)."""
+        return _longest_true_run(~self.breaks[1:]) + 1 if self.frames else 0
+
+
+def radar_breaks(t_ns: np.ndarray) -> np.ndarray:
+    """(n,) bool, True at frame i when the interval from frame i-1 is a break: not positive (the
+    clock stepped back or stood still) or over GAP_FRAMES typical frame periods (an outage, or the
+    clock stepped forward). The typical period is the median of the positive intervals, so one
+    hour's step or a few stamps standing still do not move it."""
+    t = np.asarray(t_ns, np.int64)
+    breaks = np.zeros(t.size, bool)
+    if t.size < 2:
+        return breaks
+    steps = np.diff(t)
+    forward = steps[steps > 0]
+    period = float(np.median(forward)) if forward.size else 0.0
+    breaks[1:] = (steps <= 0) | (steps > GAP_FRAMES * period)
+    return breaks
+
+
+def _longest_true_run(flags: np.ndarray) -> int:
+    """Length of the longest run of True in `flags` (0 when there is none)."""
+    edges = np.diff(np.concatenate([[0], np.asarray(flags, np.int8), [0]]))
+    starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    return int((stops - starts).max()) if starts.size else 0
+
+
+def break_report(tracks: Sequence[Track]) -> list[str]:
+    """Log lines: each recording's radar time breaks, by kind, or one line saying there were none."""
+    lines = []
+    sessions: dict[str, Track] = {}
+    for tr in tracks:  # the tracks of one session share its radar stamps
+        sessions.setdefault(tr.session.name, tr)
+    for tr in sessions.values():
+        count = int(tr.breaks.sum())
+        if count:
+            back = int((np.diff(tr.t_ns)[tr.breaks[1:]] <= 0).sum())
+            lines.append(
+                f"{tr.session.path}: {count} radar time break(s) ({count - back} outage or clock step "
+                f"forward, {back} clock step back or stamp standing still); no RF window or training "
+                f"segment spans one (longest unbroken run: {tr.longest_unbroken()} of {tr.frames} frames)"
+            )
+    if not lines:
+        lines.append(f"radar time breaks: none in {len(sessions)} recording(s)")
+    return lines
 
 
 # -------------------------------------------------------------------------------------- the index
@@ -192,7 +258,30 @@ def recorded_channels(sessions: Sequence[SessionInfo]) -> int:
 
 # ---------------------------------------------------------------------------------- preprocessing
 def _pair_camera(radar_t: np.ndarray, camera_t: np.ndarray) -> np.ndarray:
-    """Index of the nearest camera frame for every radar frame, -1 where none lies within the slop."""
+    """Index of the nearest camera frame for every radar frame, -1 where none lies within the slop
+    or where it is ambiguous.
+
+    The camera's stamps step back with the clock (one clock stamps both streams), so they are split
+    into runs of non-decreasing stamps, each searched on its own. A radar frame near frames of two
+    runs has a stamp the clock showed twice (before and after a step back): which of the two moments
+    it was taken at is unknown, so it gets no camera frame (its RGB counts as absent) rather than
+    perhaps one taken seconds away from its RF window.
+    """
+    starts = np.flatnonzero(np.diff(camera_t) < 0) + 1
+    if starts.size == 0:
+        return _pair_sorted(radar_t, camera_t)
+    bounds = np.concatenate([[0], starts, [camera_t.size]])
+    pair = np.full(radar_t.shape, -1, np.int64)
+    found = np.zeros(radar_t.shape, np.int64)
+    for a, b in pairwise(bounds):
+        j = _pair_sorted(radar_t, camera_t[a:b])
+        found += j >= 0
+        pair = np.where(j >= 0, j + a, pair)
+    return np.where(found == 1, pair, -1)
+
+
+def _pair_sorted(radar_t: np.ndarray, camera_t: np.ndarray) -> np.ndarray:
+    """`_pair_camera` over camera stamps that never go back (a binary search needs them sorted)."""
     if camera_t.size == 0:
         return np.full(radar_t.shape, -1, np.int64)
     j = np.clip(np.searchsorted(camera_t, radar_t), 1, max(camera_t.size - 1, 1))
@@ -261,10 +350,8 @@ def preprocess_session(session: SessionInfo, spec: PrepSpec) -> list[dict[str, n
             t_parts.append(t)
         background = (calibrated_sum / n).astype(np.complex64)
         t_ns = np.concatenate(t_parts).astype(np.int64)
-        _require_increasing(t_ns, "radar", where, strict=True)
-        cam_t = _camera_times(reader, cam_n)
-        _require_increasing(cam_t, "camera", where, strict=False)
-        pair = _pair_camera(t_ns, cam_t)
+        _require_radar_clock(t_ns, where)
+        pair = _pair_camera(t_ns, _camera_times(reader, cam_n))
         tracks = []
         for ident_index, identity in enumerate(reader.identities):
             position, _ = _positions_of(truth, ident_index)
@@ -349,21 +436,21 @@ def _require_plausible_positions(position: np.ndarray, stream: str, identity: st
         )
 
 
-def _require_increasing(t_ns: np.ndarray, stream: str, where: str, *, strict: bool) -> None:
-    """Refuse a stream whose time stamps go back (or, `strict`, stand still) from frame to frame.
+def _require_radar_clock(t_ns: np.ndarray, where: str) -> None:
+    """Refuse radar stamps that mostly do not advance: a damaged timing dataset, not a clock step.
 
-    The radar's frame rate is its median step (a zero step made the split divide by zero), and camera
-    frames are paired with radar frames by binary search over their stamps, which pairs wrong frames,
-    silently, when the stamps are out of order.
+    A clock step back or an outage is a break the split keeps windows and segments from spanning
+    (`radar_breaks`), but the frame rate is the median interval within unbroken runs: with most
+    intervals zero or negative there is no rate to count the training segment's seconds in.
     """
     steps = np.diff(t_ns)
-    bad = steps <= 0 if strict else steps < 0
-    if bad.any():
-        i = int(np.argmax(bad)) + 1
+    if steps.size and np.median(steps) <= 0:
+        i = int(np.argmax(steps <= 0)) + 1
         raise DatasetError(
-            f"{where}: {stream} frame {i} is time-stamped {int(t_ns[i])} ns, not after frame {i - 1} "
-            f"({int(t_ns[i - 1])} ns); the {stream} clock stepped back or stood still, or the file is "
-            "damaged - re-record the session or leave it out of the dataset"
+            f"{where}: radar frame {i} is time-stamped {int(t_ns[i])} ns, not after frame {i - 1} "
+            f"({int(t_ns[i - 1])} ns), and so are {int((steps <= 0).sum())} of its {steps.size} frame "
+            "intervals: the radar stamps do not advance, the file is damaged - re-record the session "
+            "or leave it out of the dataset"
         )
 
 
@@ -556,15 +643,21 @@ class SampleIndex:
 
 
 def labelled_starts(track: Track, length: int) -> np.ndarray:
-    """Start frames of every `length`-frame run of `track` that is labelled throughout (ascending).
+    """Start frames of every `length`-frame run of `track` that is labelled throughout and spans no
+    radar time break (ascending).
 
     A training segment must lie where the person is labelled: samples need labelled frames, so a
     segment drawn over frames where they had left the room would give that identity no training data.
+    Across a break the frames are not consecutive in time (module docstring).
     """
     if length < 1 or track.frames < length:
         return np.zeros(0, np.int64)
     unlabelled = np.concatenate([[0], np.cumsum(~track.labelled, dtype=np.int64)])
-    return np.flatnonzero(unlabelled[length:] == unlabelled[:-length]).astype(np.int64)
+    # breaks[k]: breaks among frames 0..k-1; a run s..s+length-1 must hold none at s+1..s+length-1.
+    breaks = np.concatenate([[0], np.cumsum(track.breaks, dtype=np.int64)])
+    whole = unlabelled[length:] == unlabelled[:-length]
+    unbroken = breaks[length:] == breaks[1 : track.frames - length + 2]
+    return np.flatnonzero(whole & unbroken).astype(np.int64)
 
 
 def choose_segments(tracks: Sequence[Track], seconds: float, frames: int, seed: int) -> list[Segment]:
@@ -574,6 +667,7 @@ def choose_segments(tracks: Sequence[Track], seconds: float, frames: int, seed: 
     drawn among that session's fully labelled runs. Where every frame is labelled this makes exactly
     the random calls (and so picks exactly the segments) the published split always made: the
     session by `rng.integers(len(candidates))`, the start by `rng.integers(frames - need + 1)`.
+    No run spans a radar time break, and `seconds` is counted in frames at the rate within runs.
     """
     rng = np.random.default_rng(seed)
     by_identity: dict[str, list[int]] = {}
@@ -586,17 +680,20 @@ def choose_segments(tracks: Sequence[Track], seconds: float, frames: int, seed: 
         for i in by_identity[identity]:
             tr = tracks[i]
             need = max(frames, round(seconds * tr.rate_hz()))
-            if tr.frames >= need:
+            if tr.longest_unbroken() >= need:
                 long_enough = True
                 starts = labelled_starts(tr, need)
                 if starts.size:
                     candidates.append((i, need, starts))
         if not long_enough:
-            longest = max(by_identity[identity], key=lambda i: tracks[i].frames)
+            longest = max(by_identity[identity], key=lambda i: tracks[i].longest_unbroken())
             tr = tracks[longest]
+            run = tr.longest_unbroken()
+            broken = int(tr.breaks.sum())
+            between = f" in a row between its {broken} radar time breaks" if broken else ""
             raise DatasetError(
-                f"{identity}: its longest recording {tr.session.path} has {tr.frames} radar frames "
-                f"({tr.frames / max(tr.rate_hz(), 1e-9):.1f} s) but the training segment needs {seconds:g} s "
+                f"{identity}: its longest recording {tr.session.path} has {run} radar frames{between} "
+                f"({run / max(tr.rate_hz(), 1e-9):.1f} s) but the training segment needs {seconds:g} s "
                 f"(and at least T = {frames} frames); record longer sessions or lower --segment-seconds"
             )
         if not candidates:
@@ -614,12 +711,13 @@ def choose_segments(tracks: Sequence[Track], seconds: float, frames: int, seed: 
 
 
 def _longest_labelled_run(tracks: Sequence[Track], indices: Sequence[int]) -> tuple[int, int]:
-    """(track index, length) of the longest run of labelled frames among `indices` (for errors)."""
+    """(track index, length) of the longest run of labelled frames, spanning no radar time break,
+    among `indices` (for errors)."""
     best, best_run = indices[0], 0
     for i in indices:
         run = longest = 0
-        for ok in tracks[i].labelled:
-            run = run + 1 if ok else 0
+        for ok, broken in zip(tracks[i].labelled, tracks[i].breaks, strict=True):
+            run = (1 if broken else run + 1) if ok else 0
             longest = max(longest, run)
         if longest > best_run:
             best, best_run = i, longest
@@ -627,14 +725,12 @@ def _longest_labelled_run(tracks: Sequence[Track], indices: Sequence[int]) -> tu
 
 
 def all_samples(tracks: Sequence[Track], frames: int) -> SampleIndex:
-    """Every (track, end) whose T frames are all labelled."""
+    """Every (track, end) whose T frames are all labelled and span no radar time break."""
     ti, ends = [], []
     for i, tr in enumerate(tracks):
-        ok = tr.labelled.astype(np.int64)
         if tr.frames < frames:
             continue
-        run = np.convolve(ok, np.ones(frames, np.int64), mode="valid")  # run[k] covers k..k+T-1
-        good = np.flatnonzero(run == frames) + frames - 1
+        good = labelled_starts(tr, frames) + frames - 1
         ti.append(np.full(good.size, i, np.int64))
         ends.append(good.astype(np.int64))
     if not ti:
@@ -729,11 +825,13 @@ __all__ = [
     "SessionInfo",
     "Track",
     "all_samples",
+    "break_report",
     "choose_segments",
     "discover_sessions",
     "load_tracks",
     "make_batch",
     "preprocess_session",
+    "radar_breaks",
     "recorded_channels",
     "split_samples",
 ]

@@ -49,6 +49,7 @@ from vrclip.export.data import (
     PrepSpec,
     Segment,
     Track,
+    break_report,
     choose_segments,
     discover_sessions,
     load_tracks,
@@ -465,6 +466,8 @@ class Trainer:
         cache = cfg.cache or Path(cfg.dataset) / ".vrclip-cache"
         self.prep = prep
         self.tracks = load_tracks(sessions, prep, cache, cfg.jobs, prep_progress)
+        for line in break_report(self.tracks):
+            self.log(line)
         self.session_ids = session_ids(sessions)
         self.classes = sorted({t.identity for t in self.tracks})
         if len(self.classes) < 2:
