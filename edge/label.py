@@ -136,8 +136,33 @@ def interpolate(
 ) -> np.ndarray:
     """(M, 2) positions at `t_other`, linear between the two labelled radar frames around each time;
     NaN where those are more than `max_gap` ns apart (default `max_gap_ns(t_radar)`) or either side
-    is missing."""
+    is missing.
+
+    Radar stamps that go back (NTP stepping the clock back during the recording) split the radar
+    frames into runs, each interpolated on its own. A time that falls within two runs' spans is one
+    the clock showed twice: which side of the step its frame was taken on cannot be told from its
+    stamp, so it stays unlabelled rather than get a position from the other side (a crop cut where
+    the person was not)."""
     gap = max_gap_ns(t_radar) if max_gap is None else max_gap
+    t_radar = np.asarray(t_radar, np.int64)
+    t_other = np.asarray(t_other, np.int64)
+    starts = np.flatnonzero(np.diff(t_radar) <= 0) + 1
+    if starts.size == 0:
+        return _interpolate_run(t_radar, positions, t_other, gap)
+    out = np.full((len(t_other), 2), np.nan)
+    covering = np.zeros(len(t_other), np.int64)
+    for run in np.split(np.arange(len(t_radar)), starts):
+        t_run = t_radar[run]
+        covering += (t_other >= t_run[0]) & (t_other <= t_run[-1])
+        got = _interpolate_run(t_run, positions[run], t_other, gap)
+        found = np.isfinite(got).all(axis=1)
+        out[found] = got[found]
+    out[covering > 1] = np.nan
+    return out
+
+
+def _interpolate_run(t_radar: np.ndarray, positions: np.ndarray, t_other: np.ndarray, gap: int) -> np.ndarray:
+    """`interpolate` over radar stamps that only go forward."""
     out = np.full((len(t_other), 2), np.nan)
     labelled = np.isfinite(positions).all(axis=1)
     t = t_radar[labelled]

@@ -106,6 +106,23 @@ def test_interpolation_bridges_short_gaps_only() -> None:
     assert np.isnan(got[1:]).all(), "no extrapolation, no bridging of a 0.9 s gap"
 
 
+def test_a_clock_step_back_labels_each_side_from_its_own_radar_frames() -> None:
+    """NTP steps the clock back 0.5 s mid-walk: the radar stamps go 0..1.9 s, then 1.4..3.3 s again.
+    A camera time the clock showed twice cannot be placed and stays unlabelled; times shown once get
+    the position of their own side of the step (before: searched as if sorted, wrong positions)."""
+    period = 100_000_000
+    t = np.concatenate([np.arange(20), np.arange(14, 34)]).astype(np.int64) * period
+    walk_x = np.arange(40) * 0.14  # the walker moves on in frame order, whatever the stamps say
+    p = np.stack([walk_x, np.full(40, 2.0)], axis=1)
+    cam = np.array([5, 12, 16.5, 25, 30]) * period
+    got = interpolate(t, p, cam.astype(np.int64))
+    np.testing.assert_allclose(got[[0, 1]], [[0.7, 2.0], [1.68, 2.0]], atol=1e-9)
+    assert np.isnan(got[2]).all(), "1.65 s was shown twice: unlabelled"
+    np.testing.assert_allclose(
+        got[[3, 4]], [[(25 - 14 + 20) * 0.14, 2.0], [(30 - 14 + 20) * 0.14, 2.0]], atol=1e-9
+    )
+
+
 def test_a_slow_radar_still_labels_the_camera_frames_between_its_frames() -> None:
     """A real VNA may sweep the array only ~3.5 times a second: frames 286 ms apart are neighbours,
     not a gap, and the camera frames between them get positions."""
