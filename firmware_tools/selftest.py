@@ -28,7 +28,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -295,6 +295,49 @@ def _copies_report(copies: list[int], health: Any, geometry: ArrayGeometry) -> s
         f"{'; '.join(named)}: the switch matrix does not select their ports (check its relays and the "
         "controller's wiring to them)"
     )
+
+
+def disarm_switch(config: EdgeConfig) -> str | None:
+    """Stop a hardware-stepped controller stepping, on a connection of its own; None when done, else
+    what to do by hand.
+
+    The radar check arms the controller (radar.switch.step = "trigger") and RadarSource leaves it
+    armed when it closes, as the service expects to re-arm it. After the self-test, though, comes a
+    technician typing `SEL <tx> <rx>` from `vrclip-firmware channels`, which an armed controller
+    refuses (ERR 106), and every pulse of the VNA's trigger output would still move the switch.
+    """
+    from vrclip.edge.radar.errors import RadarError
+    from vrclip.edge.radar.switch import SwitchClient
+
+    switch = SwitchClient.from_config(config.radar.switch)
+    try:
+        switch.connect()
+        switch.disarm()
+    except RadarError as exc:
+        return (
+            f"the controller may still be armed for hardware stepping ({exc}); send it DISARM, or "
+            "power-cycle it, before selecting pairs by hand"
+        )
+    finally:
+        switch.close()
+    return None
+
+
+def run_radar_check(rig: Rig, check: Callable[[], Verdict], timeout_s: float) -> CheckResult:
+    """The radar check, then the controller disarmed whatever happened: a pass, a failure, a
+    hang or Ctrl-C. A controller that cannot be disarmed turns a pass into a warning naming it."""
+    if rig.config.radar.switch.step != "trigger":
+        return run_bounded("radar", check, timeout_s)
+    try:
+        result = run_bounded("radar", check, timeout_s)
+    except KeyboardInterrupt:
+        disarm_switch(rig.config)  # best effort: the interrupt is what the user asked for
+        raise
+    problem = disarm_switch(rig.config)
+    if problem is None:
+        return result
+    status: Status = "fail" if result.status == "fail" else "warn"
+    return replace(result, status=status, detail=f"{result.detail}; {problem}")
 
 
 def _by_port(channels: list[int], geometry: ArrayGeometry) -> tuple[list[str], list[int]]:
@@ -652,7 +695,10 @@ def run_selftest(
             continue
         if announce is not None:
             announce(name)
-        results[name] = run_bounded(name, plan[name], options.timeout_s)
+        if name == "radar":
+            results[name] = run_radar_check(rig, plan[name], options.timeout_s)
+        else:
+            results[name] = run_bounded(name, plan[name], options.timeout_s)
     return [results[n] for n in CHECKS]
 
 

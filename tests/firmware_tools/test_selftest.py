@@ -516,3 +516,46 @@ def test_sweeps_too_short_to_judge_channels_are_a_warning_not_an_unexpected_erro
         radar = check_radar_result(rig)
     assert radar.status == "warn", radar.detail
     assert "channel health not judged" in radar.detail and "radar.sweep.points is 5" in radar.detail
+
+
+TRIGGER = {**FAST, "radar": {"switch": {"step": "trigger"}}}
+
+
+def switch_takes_a_hand_selection(rig: Rig) -> bool:
+    """What a technician does next with `vrclip-firmware channels`: `SEL 1 1` on a fresh connection.
+    An armed controller refuses it (ERR 106)."""
+    from vrclip.edge.radar.errors import SwitchReplyError
+    from vrclip.edge.radar.switch import SwitchClient
+
+    with SwitchClient.from_config(rig.config.radar.switch) as switch:
+        try:
+            switch.select(1, 1)
+        except SwitchReplyError as exc:
+            assert exc.code == 106, exc
+            return False
+    return True
+
+
+def test_the_radar_check_leaves_a_hardware_stepped_switch_disarmed() -> None:
+    """With radar.switch.step = "trigger" the radar check arms the controller to step on the VNA's
+    pulses; left armed, it refuses every `SEL` a technician types afterwards."""
+    with simulated_rig(EdgeConfig.model_validate(TRIGGER), DEMO_ENGINE) as rig:
+        radar = check_radar_result(rig)
+        assert radar.status == "pass", radar.detail
+        assert switch_takes_a_hand_selection(rig)
+
+
+def test_ctrl_c_during_the_radar_check_still_disarms_the_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vrclip.edge.radar.source import RadarSource
+
+    read_frame = RadarSource.read_frame
+
+    def interrupted(self):  # type: ignore[no-untyped-def]
+        read_frame(self)  # armed by now
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(RadarSource, "read_frame", interrupted)
+    with simulated_rig(EdgeConfig.model_validate(TRIGGER), DEMO_ENGINE) as rig:
+        with pytest.raises(KeyboardInterrupt):
+            check_radar_result(rig)
+        assert switch_takes_a_hand_selection(rig)
