@@ -44,12 +44,18 @@ def selftest(
     timeout: float = typer.Option(
         60.0, "--timeout", min=1.0, max=3600.0, help="Seconds after which a check that hangs fails."
     ),
-    skip: str = typer.Option("", "--skip", help="Checks to leave out, comma-separated (e.g. engine,depth)."),
+    skip: str = typer.Option(
+        "", "--skip", help="Checks to leave out, comma-separated (e.g. camera,depth; names above)."
+    ),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the results here as JSON."),
 ) -> None:
     """Check every part of the rig through the runtime's drivers: switch controller, VNA, whole radar
-    frames (and which channels are dead), calibration file, camera, ZED and engine. Exits 1 if a
-    check fails. Run it after cabling, before `vrclip-calibrate`, and after any hardware change."""
+    frames (and which channels are dead), calibration file, camera, ZED, engine, gallery, free disk
+    and clock sync. Exits 1 if a check fails. Run it after cabling, before `vrclip-calibrate`, and
+    after any hardware change.
+
+    Checks (--skip names): switch, vna, radar, calibration, camera, depth, engine, gallery, disk, clock.
+    """
     from vrclip.firmware_tools.selftest import (
         SelfTestOptions,
         format_results,

@@ -16,7 +16,10 @@ The checks:
   all channels of a port fail, by port;
 - calibration: `paths.calibration_file` is there, valid, and measured with this sweep;
 - camera / depth: frames come, at the configured size and rate, not black, not frozen;
-- engine: the engine package opens, fits this rig (channels, window), and runs one sample.
+- engine: the engine package opens, fits this rig (channels, window), and runs one sample;
+- gallery: `gallery.path` opens, is undamaged, and holds this engine's embeddings;
+- disk: free space where the service writes;
+- clock: the kernel says the system clock is synchronised.
 """
 
 from __future__ import annotations

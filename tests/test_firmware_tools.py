@@ -26,3 +26,13 @@ def test_channels_prints_the_port_indices_the_controller_takes() -> None:
     uploaded = format_sequence(load_geometry().pairs).split(" ", 2)[2].split(";")
     assert [f"{tx},{rx}" for _, tx, rx, _ in rows] == uploaded
     assert [int(channel) for channel, *_ in rows] == list(range(len(uploaded)))
+
+
+def test_selftest_help_names_every_check_as_skip_takes_it() -> None:
+    """`--skip` takes check names; the help is where a site engineer looks them up."""
+    from vrclip.firmware_tools.selftest import CHECKS
+
+    result = CliRunner().invoke(app, ["selftest", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert f"Checks (--skip names): {', '.join(CHECKS)}." in text
