@@ -135,13 +135,21 @@ def run_bounded(name: str, check: Callable[[], Verdict], timeout_s: float) -> Ch
 
 # --------------------------------------------------------------------------------------- the radar
 def check_switch(rig: Rig) -> Verdict:
+    from vrclip.edge.radar.errors import SwitchConnectionError, SwitchTimeoutError
     from vrclip.edge.radar.switch import SwitchClient
 
     switch = SwitchClient.from_config(rig.config.radar.switch)
     pairs = np.asarray(rig.geometry.pairs).reshape(-1, 2)
     need_tx, need_rx = int(pairs[:, 0].max()) + 1, int(pairs[:, 1].max()) + 1
     try:
-        switch.connect()
+        try:
+            switch.connect()
+        except (SwitchConnectionError, SwitchTimeoutError) as exc:
+            # The driver says what happened; the installer needs to know what to check.
+            raise CheckFailed(
+                f"{exc}; check that the controller is powered and cabled, and that radar.switch.port "
+                f"({switch.port!r}) is its address"
+            ) from None
         n_tx, n_rx = switch.size()
         figures = {"version": switch.version, "ports": [n_tx, n_rx], "port": switch.port}
         if need_tx > n_tx or need_rx > n_rx:
@@ -163,6 +171,7 @@ def check_switch(rig: Rig) -> Verdict:
 
 def check_vna(rig: Rig) -> Verdict:
     from vrclip.edge.radar.budget import frame_rate_warning
+    from vrclip.edge.radar.errors import VnaConnectionError, VnaTimeoutError
     from vrclip.edge.radar.vna import VnaDriver
 
     radar = rig.config.radar
@@ -170,6 +179,13 @@ def check_vna(rig: Rig) -> Verdict:
     try:
         vna.connect()  # identifies the model, sets the sweep up and reads it back
         idn = vna.idn
+    except (VnaConnectionError, VnaTimeoutError) as exc:
+        if vna.idn:  # it answered *IDN?: reachable, and the driver's message says what broke
+            raise
+        raise CheckFailed(
+            f"{exc}; check that the VNA is on and on the network (or bus), and that radar.vna.resource "
+            f"({radar.vna.resource!r}) names it"
+        ) from None
     finally:
         vna.close()
     sweep = radar.sweep

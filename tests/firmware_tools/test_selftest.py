@@ -559,3 +559,23 @@ def test_ctrl_c_during_the_radar_check_still_disarms_the_switch(monkeypatch: pyt
         with pytest.raises(KeyboardInterrupt):
             check_radar_result(rig)
         assert switch_takes_a_hand_selection(rig)
+
+
+def test_an_instrument_that_cannot_be_reached_is_named_with_its_config_key(tmp_path: Path) -> None:
+    """'Connection refused' alone does not say what to check: the report names the key to fix."""
+    port = refused_port()
+    config = EdgeConfig.model_validate(
+        {
+            "radar": {
+                "vna": {"resource": f"TCPIP0::127.0.0.1::{port}::SOCKET", "timeout_ms": 500},
+                "switch": {"port": f"tcp://127.0.0.1:{port}", "timeout_ms": 500},
+            }
+        }
+    )
+    only = SelfTestOptions(skip=tuple(c for c in CHECKS if c not in ("switch", "vna")))
+    results = by_name(run_selftest(hardware_rig(config, "unused"), only))
+    switch, vna = results["switch"], results["vna"]
+    assert switch.status == vna.status == "fail"
+    assert f"radar.switch.port ('tcp://127.0.0.1:{port}')" in switch.detail, switch.detail
+    assert "powered" in switch.detail
+    assert f"radar.vna.resource ('TCPIP0::127.0.0.1::{port}::SOCKET')" in vna.detail, vna.detail
