@@ -15,6 +15,7 @@ import annotated_types
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from vrclip.edge.errors import ConfigError
+from vrclip.edge.textfiles import MAX_CONFIG_BYTES, read_text_capped
 from vrclip.edge.timebase.start_protocol import DEFAULT_PORT as DEFAULT_TIME_SERVER_PORT
 
 #: Where the systemd unit expects the config.
@@ -477,7 +478,7 @@ def load_config(path: str | Path | None) -> EdgeConfig:
         return EdgeConfig()
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text_capped(path, MAX_CONFIG_BYTES)
     except FileNotFoundError:
         raise ConfigError(
             f"{path}: no such config file (write one with `vrclip-edge config show > {path}`)"

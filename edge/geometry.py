@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from vrclip.edge.config import SPEED_OF_LIGHT, ArrayConfig
 from vrclip.edge.errors import ConfigError
+from vrclip.edge.textfiles import MAX_GEOMETRY_BYTES, read_text_capped
 
 BUILTIN_PREFIX = "builtin:"
 #: Two antennas closer than this (metres) are one position: no two real elements are a millimetre apart.
@@ -153,7 +154,7 @@ def _read_geometry_text(spec: str) -> tuple[str, str]:
         return resource.read_text(encoding="utf-8"), spec
     path = Path(spec)
     try:
-        return path.read_text(encoding="utf-8"), str(path)
+        return read_text_capped(path, MAX_GEOMETRY_BYTES), str(path)
     except OSError as exc:
         raise ConfigError(f"radar.array.geometry_file = {spec!r}: cannot read it ({exc})") from None
     except UnicodeDecodeError as exc:

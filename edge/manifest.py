@@ -28,6 +28,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from vrclip.edge.errors import UserError
 from vrclip.edge.rfwindow import RFWindowSpec
+from vrclip.edge.textfiles import MAX_MANIFEST_BYTES, read_text_capped
 
 #: Schema version this code writes and the newest it reads. 2 added `open_set` (the model's open-set
 #: threshold), which a version-1 reader would reject as an unknown key instead of asking for an upgrade;
@@ -336,7 +337,7 @@ def load_manifest(path: str | Path) -> EngineManifest:
             "written by the export (re-export the model) and updated by `vrclip-export build`"
         )
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(read_text_capped(path, MAX_MANIFEST_BYTES))
     except (OSError, ValueError, RecursionError) as e:
         # ValueError: JSONDecodeError and UnicodeDecodeError, and also what json raises on its own
         # for an integer of thousands of digits; RecursionError: nesting too deep to parse.

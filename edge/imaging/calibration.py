@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from vrclip.edge.errors import ConfigError
 from vrclip.edge.imaging.drift import CouplingReference
+from vrclip.edge.textfiles import MAX_CALIBRATION_BYTES, read_text_capped
 from vrclip.edge.values import finite_number
 
 FORMAT = "vrclip-channel-calibration"
@@ -193,7 +194,7 @@ class ChannelCalibration:
         """Read and validate a calibration file; `n_channels` checks it fits the array in use."""
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            text = read_text_capped(path, MAX_CALIBRATION_BYTES)
         except FileNotFoundError:
             raise ConfigError(
                 f"{path}: no channel calibration file; measure it with `vrclip-calibrate channels "
