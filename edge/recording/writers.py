@@ -26,6 +26,9 @@ def writers_of(path: Path, proc: Path = Path("/proc")) -> list[int] | None:
         target = os.stat(path)
     except OSError:
         return None
+    # The fd links name the file itself: a symlink the caller passed (latest.h5 -> the session) is
+    # resolved to it, or no descriptor would match by name.
+    name = os.path.basename(os.path.realpath(path))
     found: list[int] = []
     complete = True
     for entry in proc.iterdir():
@@ -41,7 +44,7 @@ def writers_of(path: Path, proc: Path = Path("/proc")) -> list[int] | None:
         except OSError:
             continue
         for fd in fds:
-            if _writes_to(entry, fd, path.name, target):
+            if _writes_to(entry, fd, name, target):
                 found.append(int(entry.name))
                 break
     if not found and not complete:

@@ -313,6 +313,32 @@ def test_writers_of_lists_only_processes_holding_the_file_open_for_writing(tmp_p
     assert writers_of(target, proc=tmp_path / "no-proc") is None
 
 
+def test_writers_of_finds_the_writer_of_a_recording_named_through_a_symlink(tmp_path: Path) -> None:
+    """/proc's fd links name the file itself, not the symlink the user passed (`latest.h5 ->
+    2024-05-01.h5`): matching the links against the symlink's name skipped the recorder, so a live
+    recording looked like one whose recorder died."""
+    import sys
+
+    from vrclip.edge.recording.writers import writers_of
+
+    target = tmp_path / "sessions" / "2024-05-01.h5"
+    target.parent.mkdir()
+    target.write_bytes(b"x")
+    latest = tmp_path / "latest.h5"
+    latest.symlink_to(target)
+    script = "import sys; f = open(sys.argv[1], 'ab'); print('open', flush=True); sys.stdin.readline()"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script, str(target)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        assert writers_of(latest) == [holder.pid]
+        assert writers_of(target) == [holder.pid]
+    finally:
+        holder.kill()
+        holder.wait(30)
+
+
 def test_writers_of_cannot_tell_when_proc_hides_other_users_processes(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """With /proc mounted hidepid=2, another user's recorder is absent from the scan, not unreadable:
     the scan looked complete and said nobody held the file, so a live recording looked dead."""
