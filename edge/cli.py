@@ -266,7 +266,7 @@ def dataset_make(
     from vrclip.edge.dataset import DatasetRequest, make_dataset, short_session_warning
 
     request = DatasetRequest(out, identities, sessions, seconds, seed, jobs, width, height, rate)
-    warning = short_session_warning(seconds)
+    warning = short_session_warning(seconds, rate)
     if warning is not None:
         typer.echo(f"warning: {warning}", err=True)
     started = time.perf_counter()

@@ -10,6 +10,7 @@ A `dataset.json` index lists every session with its identity and conditions.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tomllib
 from collections.abc import Callable
@@ -27,6 +28,9 @@ INDEX_NAME = "dataset.json"
 #: The training segment `vrclip-export train` draws per identity by default (its --segment-seconds):
 #: one contiguous, fully labelled stretch of one session, so a shorter session cannot hold it.
 TRAINING_SEGMENT_S = 10.0
+#: Radar frames per RF sample (T) `vrclip-export train` uses by default (its --frames): the segment
+#: holds at least this many frames, whatever --segment-seconds says.
+TRAINING_FRAMES = 12
 #: Condition cycle: every identity gets the hard cases (dark, occluded) as well as the easy one.
 CONDITIONS: tuple[tuple[str, str], ...] = (
     ("day", "none"),
@@ -84,18 +88,26 @@ def plan_sessions(request: DatasetRequest) -> list[SessionPlan]:
     return plans
 
 
-def short_session_warning(seconds: float) -> str | None:
+def short_session_warning(seconds: float, rate_hz: float) -> str | None:
     """A warning for sessions too short for the trainer's default segment, else None.
 
     A warning, not a refusal: short datasets have their uses (a smoke test of the whole chain in
     seconds, calibration recordings for `vrclip-export quantize`, training with a lower
     --segment-seconds), but a user who meant to train with the defaults should learn it now, not
-    after making the whole dataset."""
+    after making the whole dataset. A session of fewer radar frames than one RF sample (T) is
+    refused whatever --segment-seconds says, so then the warning names --frames too."""
     if seconds >= TRAINING_SEGMENT_S:
         return None
+    frames = math.ceil(seconds * rate_hz - 1e-9)  # as many as the simulated rig records
+    needs = f"--segment-seconds {seconds:g} or less"
+    if frames < TRAINING_FRAMES:
+        needs += (
+            f" and --frames {frames} or less (each session holds {frames} radar frames at {rate_hz:g} Hz, "
+            f"fewer than the {TRAINING_FRAMES} of one RF sample)"
+        )
     return (
         f"--seconds {seconds:g}: sessions shorter than the {TRAINING_SEGMENT_S:g}-s training segment; "
-        f"`vrclip-export train` refuses this dataset unless given --segment-seconds {seconds:g} or less "
+        f"`vrclip-export train` refuses this dataset unless given {needs} "
         f"(give --seconds {TRAINING_SEGMENT_S + 2:g} or more to train with the defaults)"
     )
 

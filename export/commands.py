@@ -16,7 +16,7 @@ from rich.progress import (
     TextColumn,
 )
 from vrclip.edge.cli_support import progress_bar
-from vrclip.edge.dataset import TRAINING_SEGMENT_S
+from vrclip.edge.dataset import TRAINING_FRAMES, TRAINING_SEGMENT_S
 
 console = Console(stderr=True)
 
@@ -49,7 +49,7 @@ def train(
     segment_seconds: float = typer.Option(
         TRAINING_SEGMENT_S, "--segment-seconds", help="Training segment per identity."
     ),
-    frames: int = typer.Option(12, "--frames", help="Radar frames per RF sample (T)."),
+    frames: int = typer.Option(TRAINING_FRAMES, "--frames", help="Radar frames per RF sample (T)."),
     rf_input: str = typer.Option(
         "beams", "--rf-input", help="RF encoder input: beams (heights x offsets around the person) or pairs."
     ),

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from vrclip.edge.crops import CropSpec
-from vrclip.edge.dataset import TRAINING_SEGMENT_S
+from vrclip.edge.dataset import TRAINING_FRAMES, TRAINING_SEGMENT_S
 from vrclip.edge.errors import UserError
 from vrclip.edge.rfwindow import RFWindowSpec
 from vrclip.export.cca import cca_loss
@@ -100,7 +100,7 @@ class TrainConfig:
     min_lr: float = 1e-6
     seed: int = 42
     segment_seconds: float = TRAINING_SEGMENT_S
-    frames: int = 12
+    frames: int = TRAINING_FRAMES
     #: What the RF encoder sees: "beams" (every pair summed in phase at a grid of heights and
     #: cross-range offsets around the person, `BEAM_HEIGHTS_M` x `BEAM_OFFSETS_M`) or "pairs" (each
     #: Tx/Rx pair's own window). Beams carry the person's reflectivity against height, which does not

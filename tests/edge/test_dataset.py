@@ -9,6 +9,7 @@ import pytest
 from vrclip.edge.config import EdgeConfig
 from vrclip.edge.crops import camera_from_config
 from vrclip.edge.dataset import (
+    TRAINING_FRAMES,
     TRAINING_SEGMENT_S,
     DatasetRequest,
     dataset_config,
@@ -150,7 +151,20 @@ def test_sessions_shorter_than_the_training_segment_are_warned_about_at_make_tim
     short = CliRunner().invoke(app, [*args, "--seconds", "0.5", "--out", str(tmp_path / "short")])
     assert short.exit_code == 0, short.output
     assert "warning: --seconds 0.5" in short.stderr and "10-s training segment" in short.stderr
-    assert "--segment-seconds 0.5 or less" in short.stderr
+    assert "--segment-seconds 0.5 or less and --frames 2 or less" in short.stderr
     assert (tmp_path / "short" / "dataset.json").is_file()
-    assert short_session_warning(TRAINING_SEGMENT_S) is None and short_session_warning(12.0) is None
-    assert short_session_warning(9.9) is not None
+    assert (
+        short_session_warning(TRAINING_SEGMENT_S, 10.0) is None and short_session_warning(12.0, 10.0) is None
+    )
+    assert short_session_warning(9.9, 10.0) is not None
+
+
+def test_the_short_session_warning_names_frames_only_when_a_session_holds_fewer_than_one_rf_sample() -> None:
+    """The trainer's segment is at least T = TRAINING_FRAMES radar frames whatever --segment-seconds
+    says: a 0.5-s session at 4 Hz (2 frames) was told a lower --segment-seconds would do, which train
+    still refused."""
+    few = short_session_warning(0.5, 4.0)
+    assert few is not None and "--segment-seconds 0.5 or less and --frames 2 or less" in few
+    assert f"fewer than the {TRAINING_FRAMES} of one RF sample" in few
+    enough = short_session_warning(1.2, 10.0)  # 12 frames: one RF sample
+    assert enough is not None and "--segment-seconds 1.2 or less (" in enough and "--frames" not in enough
