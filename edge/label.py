@@ -139,7 +139,8 @@ def interpolate(
     is missing.
 
     Radar stamps that go back (NTP stepping the clock back during the recording) split the radar
-    frames into runs, each interpolated on its own. A time that falls within two runs' spans is one
+    frames into runs, each interpolated on its own; a time within one run's span takes its position
+    from that run only. A time that falls within two runs' spans is one
     the clock showed twice: which side of the step its frame was taken on cannot be told from its
     stamp, so it stays unlabelled rather than get a position from the other side (a crop cut where
     the person was not)."""
@@ -149,15 +150,16 @@ def interpolate(
     starts = np.flatnonzero(np.diff(t_radar) <= 0) + 1
     if starts.size == 0:
         return _interpolate_run(t_radar, positions, t_other, gap)
+    runs = np.split(np.arange(len(t_radar)), starts)
+    spans = [(t_other >= t_radar[run[0]]) & (t_other <= t_radar[run[-1]]) for run in runs]
+    covering = np.sum(spans, axis=0)
     out = np.full((len(t_other), 2), np.nan)
-    covering = np.zeros(len(t_other), np.int64)
-    for run in np.split(np.arange(len(t_radar)), starts):
-        t_run = t_radar[run]
-        covering += (t_other >= t_run[0]) & (t_other <= t_run[-1])
-        got = _interpolate_run(t_run, positions[run], t_other, gap)
-        found = np.isfinite(got).all(axis=1)
-        out[found] = got[found]
-    out[covering > 1] = np.nan
+    for run, span in zip(runs, spans, strict=True):
+        got = _interpolate_run(t_radar[run], positions[run], t_other, gap)
+        # A time within one run's span is that run's alone: a run with one labelled frame would
+        # otherwise lend it a position from beyond its span, from the other side of the step.
+        ours = np.isfinite(got).all(axis=1) & ((covering == 1) & span | (covering == 0))
+        out[ours] = got[ours]
     return out
 
 

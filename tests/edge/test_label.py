@@ -123,6 +123,19 @@ def test_a_clock_step_back_labels_each_side_from_its_own_radar_frames() -> None:
     )
 
 
+def test_after_a_clock_step_back_a_time_shown_once_is_never_labelled_from_the_other_side() -> None:
+    """The clock steps back to 1.45 s after 1.9 s, and the walker is labelled in just the first
+    radar frame after the step. A camera frame at 1.42 s was taken before the step (the clock showed
+    that time once, before it): its position comes from the frames around it then (x = 1.988 m), not
+    from the one labelled frame after the step, 30 ms away by its stamp but taken later (x = 2.8 m)."""
+    period = 100_000_000
+    t = np.concatenate([np.arange(20) * period, 1_450_000_000 + np.arange(20) * period]).astype(np.int64)
+    p = np.stack([np.arange(40) * 0.14, np.full(40, 2.0)], axis=1)
+    p[21:] = np.nan  # after the step only its first frame is labelled
+    got = interpolate(t, p, np.array([1_420_000_000], np.int64))
+    np.testing.assert_allclose(got, [[14.2 * 0.14, 2.0]], atol=1e-9)
+
+
 def test_a_slow_radar_still_labels_the_camera_frames_between_its_frames() -> None:
     """A real VNA may sweep the array only ~3.5 times a second: frames 286 ms apart are neighbours,
     not a gap, and the camera frames between them get positions."""
