@@ -14,11 +14,13 @@ A gap teaches no velocity (its stamps may not be the time that passed). The trac
 in radar frames, not stamps: a track ends after `max_misses` frames in a row without a detection,
 gap or not, so a track nobody is near after an outage still ends, a few frames later.
 
-A track counts the gaps it came through (`Track.gaps`): a frame that reaches it more than GAP_FRAMES
-periods after its last update, with a detection or coasting, adds one. Whoever keeps history per
-track (the RF window and embedding mean of `pipeline.identify`) compares the count with the one they
-last saw and starts that history afresh when it changed: the frames before the gap are seconds away
-from those after it, and the person near the prediction may be someone else.
+A track counts the long gaps it came through (`Track.gaps`): a frame that reaches it more than
+GAP_FRAMES periods and at least HISTORY_GAP_S after its last update, with a detection or coasting,
+adds one. Whoever keeps history per track (the RF window and embedding mean of `pipeline.identify`)
+compares the count with the one they last saw and starts that history afresh when it changed: the
+frames before the gap are seconds away from those after it, and the person near the prediction may
+be someone else. Shorter gaps are frames the pipeline dropped under load (its queues drop the oldest
+frame by design): resetting a name on each of those made a busy box keep renaming people.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ MIN_FRAME_PERIOD_S = 1e-3
 #: Frame periods since a track's last update beyond which a detection is a gap (see the module
 #: docstring); up to it a frame or two may have been dropped, which the prediction covers.
 GAP_FRAMES = 3
+#: Shortest gap that ends a track's history (module docstring): in a second a person walks 1.4 m, far
+#: enough for another to step into the gate; a few dropped frames on a busy box are not that.
+HISTORY_GAP_S = 1.0
 #: Pace at which the gate widens over a gap, beyond its first GAP_FRAMES periods (a brisk walk).
 WALKING_SPEED_M_S = 1.5
 
@@ -52,7 +57,7 @@ class Track:
     hits: int = 1
     misses: int = 0
     last_t_ns: int = 0
-    #: Gaps (module docstring) this track came through; history kept per track ends at each.
+    #: Long gaps (module docstring) this track came through; history kept per track ends at each.
     gaps: int = 0
     #: The gate a gap widened, kept while the track coasts on after it (0 once detected again): when
     #: the person is missed in the first frame after an outage, the next frame is no gap by its
@@ -126,8 +131,9 @@ class Tracker:
             dt = max(0.0, (t_ns - track.last_t_ns) / 1e9) if track.last_t_ns else 0.0
             predicted.append(track.predict(min(dt, horizon_s)))
             if dt > horizon_s:
-                track.gaps += 1  # detected or coasting: this frame is the first after a gap
                 track.gap_gate_m = max(track.gap_gate_m, self._gate(dt, horizon_s))
+                if dt >= HISTORY_GAP_S:
+                    track.gaps += 1  # detected or coasting: this frame is the first after a long gap
             gates.append(max(self._gate(dt, horizon_s), track.gap_gate_m))
         assigned_tracks: set[int] = set()
         assigned_dets: set[int] = set()
