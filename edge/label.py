@@ -43,6 +43,7 @@ from vrclip.edge.pipeline.tracker import Track, Tracker
 from vrclip.edge.recording.reader import SessionReader
 from vrclip.edge.recording.schema import CAMERA, NO_ID, RADAR
 from vrclip.edge.recording.writers import writers_of
+from vrclip.edge.timebase.clock_runs import clock_runs, run_owner
 
 #: Where the processes holding a file cannot be listed: a file still marked open by its writer but
 #: unchanged this long (s) belongs to a recorder that died (a live recorder flushes every second).
@@ -139,27 +140,24 @@ def interpolate(
     is missing.
 
     Radar stamps that go back (NTP stepping the clock back during the recording) split the radar
-    frames into runs, each interpolated on its own; a time within one run's span takes its position
-    from that run only. A time that falls within two runs' spans is one
-    the clock showed twice: which side of the step its frame was taken on cannot be told from its
-    stamp, so it stays unlabelled rather than get a position from the other side (a crop cut where
-    the person was not)."""
+    frames into runs, each interpolated on its own; a time takes its position from the run that
+    owns it only (`timebase.clock_runs.run_owner`). A time within one run's span is that run's
+    alone (a run with one labelled frame would otherwise lend it a position from the other side of
+    the step); a time that falls within two runs' spans is one the clock showed twice: which side
+    of the step its frame was taken on cannot be told from its stamp, so it stays unlabelled rather
+    than get a position from the other side (a crop cut where the person was not)."""
     gap = max_gap_ns(t_radar) if max_gap is None else max_gap
     t_radar = np.asarray(t_radar, np.int64)
     t_other = np.asarray(t_other, np.int64)
-    starts = np.flatnonzero(np.diff(t_radar) <= 0) + 1
-    if starts.size == 0:
+    runs = clock_runs(t_radar)
+    if len(runs) <= 1:
         return _interpolate_run(t_radar, positions, t_other, gap)
-    runs = np.split(np.arange(len(t_radar)), starts)
-    spans = [(t_other >= t_radar[run[0]]) & (t_other <= t_radar[run[-1]]) for run in runs]
-    covering = np.sum(spans, axis=0)
+    got = [_interpolate_run(t_radar[run], positions[run], t_other, gap) for run in runs]
+    owner = run_owner(t_radar, runs, t_other, [np.isfinite(g).all(axis=1) for g in got])
     out = np.full((len(t_other), 2), np.nan)
-    for run, span in zip(runs, spans, strict=True):
-        got = _interpolate_run(t_radar[run], positions[run], t_other, gap)
-        # A time within one run's span is that run's alone: a run with one labelled frame would
-        # otherwise lend it a position from beyond its span, from the other side of the step.
-        ours = np.isfinite(got).all(axis=1) & ((covering == 1) & span | (covering == 0))
-        out[ours] = got[ours]
+    for k, positions_k in enumerate(got):
+        ours = owner == k
+        out[ours] = positions_k[ours]
     return out
 
 

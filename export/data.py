@@ -20,7 +20,7 @@ GAP_FRAMES typical frame periods (the tracker's rule, `pipeline.tracker`), is a 
 sample's T frames nor a training segment spans one, so no RF window feeds the model frames seconds (or
 an hour) apart as if consecutive, and a segment's 10 s are counted in frames of one unbroken run.
 A clock step back is no reason to refuse the recording any more: camera frames are paired within the
-camera's own runs of rising stamps (`_pair_camera`).
+camera's own runs between steps back (`_pair_camera`, `edge.timebase.clock_runs`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ from vrclip.edge.errors import ConfigError, RecordingError, UserError
 from vrclip.edge.pipeline.tracker import GAP_FRAMES
 from vrclip.edge.recording.reader import SessionReader
 from vrclip.edge.rfwindow import RFWindowExtractor, RFWindowSpec
+from vrclip.edge.timebase.clock_runs import clock_runs, run_owner
 
 #: Bump when the cached arrays change meaning, so stale caches are rebuilt rather than misread.
 #: 3: a crop whose box lies wholly outside the image is no longer marked ok (`crop_person`).
@@ -262,22 +262,23 @@ def _pair_camera(radar_t: np.ndarray, camera_t: np.ndarray) -> np.ndarray:
     or where it is ambiguous.
 
     The camera's stamps step back with the clock (one clock stamps both streams), so they are split
-    into runs of non-decreasing stamps, each searched on its own. A radar frame near frames of two
-    runs has a stamp the clock showed twice (before and after a step back): which of the two moments
-    it was taken at is unknown, so it gets no camera frame (its RGB counts as absent) rather than
-    perhaps one taken seconds away from its RF window.
+    into runs (`clock_runs`), each searched on its own, and a radar frame takes its camera frame from
+    the run that owns its time only (`run_owner`). A radar frame within one run's span was taken on
+    that side of the step: a frame of the other run within the slop of it was taken seconds away
+    from its RF window. A radar frame within two runs' spans has a stamp the clock showed twice
+    (before and after a step back): which of the two moments it was taken at is unknown, so it gets
+    no camera frame (its RGB counts as absent).
     """
-    starts = np.flatnonzero(np.diff(camera_t) < 0) + 1
-    if starts.size == 0:
+    runs = clock_runs(camera_t)
+    if len(runs) <= 1:
         return _pair_sorted(radar_t, camera_t)
-    bounds = np.concatenate([[0], starts, [camera_t.size]])
+    got = [_pair_sorted(radar_t, camera_t[run]) for run in runs]
+    owner = run_owner(camera_t, runs, radar_t, [j >= 0 for j in got])
     pair = np.full(radar_t.shape, -1, np.int64)
-    found = np.zeros(radar_t.shape, np.int64)
-    for a, b in pairwise(bounds):
-        j = _pair_sorted(radar_t, camera_t[a:b])
-        found += j >= 0
-        pair = np.where(j >= 0, j + a, pair)
-    return np.where(found == 1, pair, -1)
+    for k, (run, j) in enumerate(zip(runs, got, strict=True)):
+        ours = owner == k
+        pair[ours] = j[ours] + run.start
+    return pair
 
 
 def _pair_sorted(radar_t: np.ndarray, camera_t: np.ndarray) -> np.ndarray:

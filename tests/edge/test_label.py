@@ -136,6 +136,29 @@ def test_after_a_clock_step_back_a_time_shown_once_is_never_labelled_from_the_ot
     np.testing.assert_allclose(got, [[14.2 * 0.14, 2.0]], atol=1e-9)
 
 
+def test_a_repeated_radar_stamp_is_a_broken_frame_not_a_clock_step() -> None:
+    """A radar frame stamped again with its predecessor's time (200 ms twice) is no step back: the
+    clock showed no stretch of time twice, so a camera frame at that instant is labelled (before: the
+    repeat split the runs and 200 ms counted as shown twice, unlabelled)."""
+    t = np.array([0, 100, 200, 200, 300], np.int64) * 1_000_000
+    p = np.stack([np.array([0.0, 0.1, 0.2, 0.2, 0.3]), np.full(5, 2.0)], axis=1)
+    got = interpolate(t, p, np.array([150, 200, 250], np.int64) * 1_000_000)
+    np.testing.assert_allclose(got, [[0.15, 2.0], [0.2, 2.0], [0.25, 2.0]], atol=1e-9)
+
+
+def test_a_time_outside_both_runs_near_a_frame_of_each_stays_unlabelled() -> None:
+    """The clock steps back from 0.3 s to 0 s; before the step only the frame at 0.2 s is labelled,
+    after it only the one at 0.1 s. A camera time of 0.15 s lies in neither run's span and within half
+    a gap of both frames: it came before the first run or after the second, which is unknown, so it
+    stays unlabelled (before: the later run's position won)."""
+    t = np.array([200, 300, 0, 100], np.int64) * 1_000_000
+    p = np.array([[1.0, 2.0], [np.nan, np.nan], [np.nan, np.nan], [3.0, 2.0]])
+    assert np.isnan(interpolate(t, p, np.array([150_000_000], np.int64))).all()
+    only_before = p.copy()
+    only_before[3] = np.nan
+    np.testing.assert_allclose(interpolate(t, only_before, np.array([150_000_000], np.int64)), [[1.0, 2.0]])
+
+
 def test_a_slow_radar_still_labels_the_camera_frames_between_its_frames() -> None:
     """A real VNA may sweep the array only ~3.5 times a second: frames 286 ms apart are neighbours,
     not a gap, and the camera frames between them get positions."""

@@ -20,6 +20,7 @@ from vrclip.export.data import (
     DatasetError,
     SessionInfo,
     Track,
+    _pair_camera,
     all_samples,
     break_report,
     choose_segments,
@@ -180,6 +181,19 @@ def test_frames_whose_stamps_the_clock_showed_twice_get_no_camera_frame(
         changed = np.flatnonzero(~same)
         assert changed.size and set(changed) <= set(range(12 - 6, 12 + 6)), changed
         np.testing.assert_array_equal(a["rf"], b["rf"])
+
+
+def test_a_radar_frame_before_a_step_back_never_pairs_with_a_camera_frame_from_after_it() -> None:
+    """The clock steps back from 1.9 s to 1.45 s, and the camera dropped its frames at 1.4 and 1.5 s
+    before the step. A radar frame at 1.42 s was taken before the step (the clock showed that time
+    once, before it): no camera frame of its own lies within the slop, so it gets none, not the first
+    frame after the step, 30 ms away by its stamp but taken half a second later (before: that one)."""
+    before = np.delete(np.arange(20), [14, 15]) * PERIOD_NS
+    after = 1_450_000_000 + np.arange(20) * PERIOD_NS
+    camera = np.concatenate([before, after]).astype(np.int64)
+    radar = np.array([1_000_000_000, 1_420_000_000, 1_620_000_000, 3_040_000_000], np.int64)
+    pair = _pair_camera(radar, camera)
+    assert pair.tolist() == [10, -1, -1, before.size + 16]  # 1.62 s was shown twice: no pair either
 
 
 def test_training_prepares_recordings_with_breaks_and_says_how_many(
