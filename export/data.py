@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -695,20 +696,37 @@ def choose_segments(tracks: Sequence[Track], seconds: float, frames: int, seed: 
             raise DatasetError(
                 f"{identity}: its longest recording {tr.session.path} has {run} radar frames{between} "
                 f"({run / max(tr.rate_hz(), 1e-9):.1f} s) but the training segment needs {seconds:g} s "
-                f"(and at least T = {frames} frames); record longer sessions or lower --segment-seconds"
+                f"(and at least T = {frames} frames); record longer sessions or "
+                f"{_shorter_segment(run, tr.rate_hz(), seconds, frames)}"
             )
         if not candidates:
             best, run = _longest_labelled_run(tracks, by_identity[identity])
+            shorter = _shorter_segment(run, tracks[best].rate_hz(), seconds, frames)
             raise DatasetError(
                 f"{identity}: no recording labels them for {seconds:g} s in a row (at least T = {frames} "
                 f"frames), so the split has no training segment for them; their longest labelled run is "
                 f"{run} radar frames in {tracks[best].session.path}; record a session where they stay in "
-                "view of the labels that long, or lower --segment-seconds"
+                f"view of the labels that long, or {shorter}"
             )
         i, need, starts = candidates[int(rng.integers(len(candidates)))]
         start = int(starts[int(rng.integers(starts.size))])
         segments.append(Segment(identity, tracks[i].session.name, start, start + need))
     return segments
+
+
+def _shorter_segment(run: int, rate_hz: float, seconds: float, frames: int) -> str:
+    """Advice for a segment that does not fit in `run` frames: which limits to lower, and how far.
+
+    A segment is max(T, `seconds` at the rate) frames, so lowering --segment-seconds alone does
+    nothing when T (--frames) is what exceeds the run, and lowering --frames alone does nothing when
+    the seconds do: name each option that binds, with the largest value that fits."""
+    lower = []
+    if round(seconds * rate_hz) > run:
+        fits = math.floor(run / max(rate_hz, 1e-9) * 100 + 1e-6) / 100  # round(fits * rate) <= run
+        lower.append(f"--segment-seconds {fits:g} or less")
+    if frames > run:
+        lower.append(f"--frames {run} or less")
+    return "lower " + " and ".join(lower)
 
 
 def _longest_labelled_run(tracks: Sequence[Track], indices: Sequence[int]) -> tuple[int, int]:

@@ -114,6 +114,31 @@ def test_ten_seconds_are_counted_within_a_run_not_across_an_outage() -> None:
     assert labelled_starts(tracks[1], 71).tolist() == list(range(80 - 71 + 1))
 
 
+@pytest.mark.parametrize(
+    ("frames", "labelled", "seconds", "advice"),
+    [
+        (10, slice(None), 0.5, "lower --frames 10 or less"),
+        (50, slice(None), 10.0, "lower --segment-seconds 5 or less"),
+        (8, slice(None), 10.0, "lower --segment-seconds 0.8 or less and --frames 8 or less"),
+        (100, slice(0, 9), 0.5, "lower --frames 9 or less"),
+    ],
+    ids=["T binds", "the seconds bind", "both bind", "T binds the labelled run"],
+)
+def test_a_too_short_segment_names_each_option_that_binds(
+    frames: int, labelled: slice, seconds: float, advice: str
+) -> None:
+    """The segment is max(T, seconds at the rate) frames: with T = 12 and a 10-frame recording,
+    'lower --segment-seconds' (all the error said before) cannot help, --frames must go down. Each
+    advice names the largest value that fits, and following it lets the split draw a segment."""
+    tracks = [track("bob", "s1", stamps(frames, {}), labelled)]
+    with pytest.raises(DatasetError, match="record") as error:
+        choose_segments(tracks, seconds, 12, 42)
+    assert str(error.value).endswith(advice)
+    fit_seconds = float(advice.split("--segment-seconds ")[1].split()[0]) if "seconds" in advice else seconds
+    fit_frames = int(advice.split("--frames ")[1].split()[0]) if "--frames" in advice else 12
+    assert choose_segments(tracks, fit_seconds, fit_frames, 42)
+
+
 def test_break_report_counts_each_recordings_breaks() -> None:
     t = stamps(600, JUMPS)
     lines = break_report([track("a", "s1", t), track("b", "s1", t), track("a", "s2", stamps(50, {}))])
