@@ -88,6 +88,28 @@ def plan_sessions(request: DatasetRequest) -> list[SessionPlan]:
     return plans
 
 
+def session_frames(seconds: float, rate_hz: float) -> int:
+    """Radar frames a simulated session of `seconds` at `rate_hz` holds (one at 0 s, one per period)."""
+    return math.ceil(seconds * rate_hz - 1e-9)
+
+
+def segment_frames(rate_hz: float) -> int:
+    """Radar frames `vrclip-export train`'s default segment takes at `rate_hz`: TRAINING_SEGMENT_S
+    counted in frames at the recorded rate, and at least T (`export.data.choose_segments`)."""
+    return max(TRAINING_FRAMES, round(TRAINING_SEGMENT_S * rate_hz))
+
+
+def shortest_training_seconds(rate_hz: float) -> float:
+    """The shortest --seconds (to 0.1 s) whose sessions train with the defaults: they hold
+    `segment_frames`. At 10 Hz that is 10 s (100 frames; 9.9 s hold 99); the trainer counts the
+    segment in frames, so at 4 Hz 9.8 s (40 frames) do, and below 1.2 Hz the T frames take longer."""
+    need = segment_frames(rate_hz)
+    seconds = math.floor((need - 1) / rate_hz * 10) / 10  # holds need - 1 frames at most
+    while session_frames(seconds, rate_hz) < need:
+        seconds = round(seconds + 0.1, 1)
+    return seconds
+
+
 def short_session_warning(seconds: float, rate_hz: float) -> str | None:
     """A warning for sessions too short for the trainer's default segment, else None.
 
@@ -95,20 +117,26 @@ def short_session_warning(seconds: float, rate_hz: float) -> str | None:
     seconds, calibration recordings for `vrclip-export quantize`, training with a lower
     --segment-seconds), but a user who meant to train with the defaults should learn it now, not
     after making the whole dataset. A session of fewer radar frames than one RF sample (T) is
-    refused whatever --segment-seconds says, so then the warning names --frames too."""
-    if seconds >= TRAINING_SEGMENT_S:
+    refused whatever --segment-seconds says, so then the warning names --frames too. The --seconds
+    it advises is the shortest that trains with the defaults (the trainer's own rule, in frames),
+    not a guess with a margin: a user sizing a long render by it pays for no seconds nobody needs."""
+    if not (math.isfinite(rate_hz) and rate_hz > 0):
+        return None  # the rate itself is refused, with its own message, when the config is built
+    frames = session_frames(seconds, rate_hz)
+    if frames >= segment_frames(rate_hz):
         return None
-    frames = math.ceil(seconds * rate_hz - 1e-9)  # as many as the simulated rig records
-    needs = f"--segment-seconds {seconds:g} or less"
+    needs = []
+    if frames < round(TRAINING_SEGMENT_S * rate_hz):
+        needs.append(f"--segment-seconds {seconds:g} or less")
     if frames < TRAINING_FRAMES:
-        needs += (
-            f" and --frames {frames} or less (each session holds {frames} radar frames at {rate_hz:g} Hz, "
-            f"fewer than the {TRAINING_FRAMES} of one RF sample)"
+        needs.append(
+            f"--frames {frames} or less ({frames} are fewer than the {TRAINING_FRAMES} of one RF sample)"
         )
     return (
-        f"--seconds {seconds:g}: sessions shorter than the {TRAINING_SEGMENT_S:g}-s training segment; "
-        f"`vrclip-export train` refuses this dataset unless given {needs} "
-        f"(give --seconds {TRAINING_SEGMENT_S + 2:g} or more to train with the defaults)"
+        f"--seconds {seconds:g}: sessions hold {frames} radar frames at {rate_hz:g} Hz, too few for the "
+        f"{TRAINING_SEGMENT_S:g}-s training segment ({segment_frames(rate_hz)} frames at that rate); "
+        f"`vrclip-export train` refuses this dataset unless given {' and '.join(needs)} "
+        f"(give --seconds {shortest_training_seconds(rate_hz):g} or more to train with the defaults)"
     )
 
 

@@ -14,7 +14,10 @@ from vrclip.edge.dataset import (
     DatasetRequest,
     dataset_config,
     make_dataset,
+    segment_frames,
+    session_frames,
     short_session_warning,
+    shortest_training_seconds,
 )
 from vrclip.edge.errors import UserError
 from vrclip.edge.recording.reader import SessionReader
@@ -168,3 +171,27 @@ def test_the_short_session_warning_names_frames_only_when_a_session_holds_fewer_
     assert f"fewer than the {TRAINING_FRAMES} of one RF sample" in few
     enough = short_session_warning(1.2, 10.0)  # 12 frames: one RF sample
     assert enough is not None and "--segment-seconds 1.2 or less (" in enough and "--frames" not in enough
+
+
+def test_the_short_session_warning_advises_the_shortest_seconds_that_train() -> None:
+    """A 9.9-s dataset at 10 Hz was told '--seconds 12 or more', though 10 s hold the 10-s segment
+    (100 frames, all the trainer asks at 10 Hz); a 10-s one at 1 Hz got no warning at all, though its
+    10 frames are fewer than T = 12 and train refuses it. The trainer counts the segment in frames,
+    so at 4 Hz 9.8 s (40 frames) are enough and draw no warning."""
+    warning = short_session_warning(9.9, 10.0)
+    assert warning is not None and "give --seconds 10 or more" in warning
+    slow = short_session_warning(10.0, 1.0)
+    assert slow is not None and "--frames 10 or less" in slow and "give --seconds 11.1 or more" in slow
+    assert "--segment-seconds" not in slow
+    assert short_session_warning(9.8, 4.0) is None
+    assert "give --seconds 9.8 or more" in (short_session_warning(9.7, 4.0) or "")
+
+
+@pytest.mark.parametrize("rate", [30.0, 12.5, 10.0, 4.0, 1.2, 1.0, 0.7, 0.5])
+def test_the_advised_seconds_are_the_shortest_that_hold_the_training_segment(rate: float) -> None:
+    shortest = shortest_training_seconds(rate)
+    assert session_frames(shortest, rate) >= segment_frames(rate) >= TRAINING_FRAMES
+    assert short_session_warning(shortest, rate) is None
+    less = round(shortest - 0.1, 1)
+    assert session_frames(less, rate) < segment_frames(rate)
+    assert short_session_warning(less, rate) is not None

@@ -16,6 +16,12 @@ pytest.importorskip("torch")
 pytest.importorskip("open_clip")
 
 import h5py
+from vrclip.edge.dataset import (
+    TRAINING_FRAMES,
+    TRAINING_SEGMENT_S,
+    session_frames,
+    shortest_training_seconds,
+)
 from vrclip.export.data import (
     DatasetError,
     SessionInfo,
@@ -137,6 +143,21 @@ def test_a_too_short_segment_names_each_option_that_binds(
     fit_seconds = float(advice.split("--segment-seconds ")[1].split()[0]) if "seconds" in advice else seconds
     fit_frames = int(advice.split("--frames ")[1].split()[0]) if "--frames" in advice else 12
     assert choose_segments(tracks, fit_seconds, fit_frames, 42)
+
+
+@pytest.mark.parametrize("rate", [10.0, 4.0, 1.0, 0.7])
+def test_dataset_makes_advised_seconds_are_what_train_needs_with_the_defaults(rate: float) -> None:
+    """`dataset make` advises the shortest --seconds that trains with the defaults: sessions that
+    long give a segment, 0.1 s shorter are refused (the trainer's rule, not a margin guessed apart)."""
+    period = round(1e9 / rate)
+
+    def recorded(seconds: float) -> list[Track]:
+        return [track("bob", "s1", np.arange(session_frames(seconds, rate), dtype=np.int64) * period)]
+
+    shortest = shortest_training_seconds(rate)
+    assert choose_segments(recorded(shortest), TRAINING_SEGMENT_S, TRAINING_FRAMES, 42)
+    with pytest.raises(DatasetError, match="bob: its longest recording"):
+        choose_segments(recorded(round(shortest - 0.1, 1)), TRAINING_SEGMENT_S, TRAINING_FRAMES, 42)
 
 
 def test_break_report_counts_each_recordings_breaks() -> None:
