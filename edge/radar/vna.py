@@ -17,6 +17,7 @@ What it guarantees, because a silently wrong sweep is worse than no sweep:
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -69,6 +70,42 @@ def _visa_errors() -> tuple[type[BaseException], type[BaseException]]:
     import pyvisa.errors
 
     return pyvisa.errors.VisaIOError, pyvisa.errors.InvalidSession
+
+
+class _PeerClosed(ConnectionAbortedError):
+    """The instrument ended the TCP connection (end of stream where a reply was awaited)."""
+
+
+class _HangupAwareSocket(socket.socket):
+    """A socket whose `recv` raises `_PeerClosed` at end of stream instead of returning b"".
+
+    pyvisa-py's raw-socket session reads by select() + recv() and takes an empty recv for "no data
+    yet". After the instrument closes the connection (a VNA that serves one client at a time, a
+    restart), select reports the socket readable forever: the read spins at full CPU until the
+    timeout, then reports the instrument as busy or hung. Raising here ends it at once, and the
+    driver names it for what it is.
+    """
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        data = super().recv(bufsize, flags)
+        if not data and bufsize > 0:
+            raise _PeerClosed("end of stream")
+        return data
+
+
+def _watch_for_hangup(inst: Any) -> None:
+    """Swap the pyvisa-py raw-socket session's socket for a `_HangupAwareSocket` on the same
+    descriptor. Other backends and resource kinds (pyvisa-sim, HiSLIP, USB) are left as they are:
+    their sessions hold no plain socket."""
+    sessions = getattr(getattr(inst, "visalib", None), "sessions", None)
+    session = sessions.get(inst.session) if isinstance(sessions, dict) else None
+    sock = getattr(session, "interface", None)
+    if type(sock) is not socket.socket:
+        return
+    timeout = sock.gettimeout()
+    watched = _HangupAwareSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
+    watched.settimeout(timeout)
+    session.interface = watched
 
 
 class VnaDriver:
@@ -280,6 +317,7 @@ class VnaDriver:
             raise VnaConnectionError(self.device, None, f"cannot open: {exc}") from None
         except Exception as exc:  # pyvisa-py raises a bare Exception when a socket cannot be created
             raise VnaConnectionError(self.device, None, f"cannot open: {exc}") from None
+        _watch_for_hangup(self._inst)
 
     def _identify(self) -> None:
         idn = self._query("*IDN?")
@@ -689,6 +727,14 @@ class VnaDriver:
                     f"no reply within {self._timeout_now_ms} ms; is the instrument busy or hung?",
                 ) from None
             raise VnaConnectionError(self.device, command, f"VISA I/O error: {exc}") from None
+        except ConnectionError as exc:  # end of stream (see _HangupAwareSocket), reset, broken pipe
+            self.close()
+            how = "" if isinstance(exc, _PeerClosed) else f" ({exc})"
+            raise VnaConnectionError(
+                self.device, command,
+                f"the instrument closed the connection{how}; does it serve one client at a time "
+                "(another program connected to it), or did it restart?",
+            ) from None  # fmt: skip
         except (invalid, OSError) as exc:
             self.close()
             raise VnaConnectionError(self.device, command, f"connection lost: {exc}") from None

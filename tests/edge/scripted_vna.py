@@ -3,7 +3,8 @@
 The TCP simulator (vrclip.edge.radar.sim_vna) always answers read-backs with the setting it holds; to see
 how the driver copes with a read-back of "NAN" or "21.5" a test needs an instrument that says exactly that.
 Setting commands are accepted silently and `SYST:ERR?` answers "No error" unless the script says otherwise;
-a query the script does not know gets no reply (the driver then times out).
+a query the script does not know gets no reply (the driver then times out). A message in `hang_up_on`
+makes the peer send that entry's bytes (a partial reply, or nothing) and close the connection.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class ScriptedVna:
         self.terminator = terminator
         #: Every program message received, in order.
         self.received: list[str] = []
+        #: message -> bytes sent before closing the connection on receiving it.
+        self.hang_up_on: dict[str, bytes] = {}
         script = self
 
         class Handler(socketserver.StreamRequestHandler):
@@ -44,6 +47,9 @@ class ScriptedVna:
                 for raw in self.rfile:
                     message = raw.decode("ascii", "replace").strip()
                     script.received.append(message)
+                    if message in script.hang_up_on:
+                        self.wfile.write(script.hang_up_on[message])
+                        return  # the server closes the connection
                     reply = script.replies.get(message)
                     if reply is not None:
                         data = reply.encode("ascii") if isinstance(reply, str) else reply

@@ -7,6 +7,7 @@ scripted peer for read-backs no simulated model gives (tests/edge/scripted_vna.p
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -361,3 +362,43 @@ def test_scpi_nan_markers_and_values_beyond_float32_are_refused(data_format: str
         with pytest.raises(VnaDataError, match=r"at value 3 \(point 1\), not a reading") as info:
             vna.measure()
         assert info.value.command == KEYSIGHT_DATA and not vna.connected
+
+
+# --- an instrument that closes the connection, on every read path ----------------------------------
+
+BLOCK = trace_reply("real32")
+assert isinstance(BLOCK, bytes)
+
+
+@pytest.mark.parametrize(
+    ("data_format", "sweeps", "message", "sent"),
+    [
+        ("real32", None, "*IDN?", b""),  # connect(): the first reply
+        ("real32", None, "SENS1:SWE:POIN?", b""),  # connect(): a read-back
+        ("real32", 0, KEYSIGHT_TRIGGER, b""),  # measure(): the sweep-complete reply
+        ("real32", 0, KEYSIGHT_DATA, b""),  # measure(): the block header
+        ("real32", 0, KEYSIGHT_DATA, BLOCK[:30]),  # measure(): inside the block's payload
+        ("real32", 0, KEYSIGHT_DATA, BLOCK + b"\r"),  # measure(): between CR and NL
+        ("ascii", 0, KEYSIGHT_DATA, b"0.25,1.5,"),  # measure(): inside an ASCII trace
+        ("real32", 2, KEYSIGHT_TRIGGER, b""),  # acquire_chained(): the sweep-complete reply
+        ("real32", 2, KEYSIGHT_TRIGGER, b"+"),  # acquire_chained(): inside it
+        ("real32", 1, KEYSIGHT_DATA, BLOCK[:30]),  # acquire_chained(): inside the exact-length block
+    ],
+)
+def test_an_instrument_that_closes_the_connection_is_named_at_once(
+    data_format: str, sweeps: int | None, message: str, sent: bytes
+) -> None:
+    """A VNA that serves one client, or restarts, closes the socket: pyvisa-py read that as "no data
+    yet" until the timeout, and the driver blamed a busy or hung instrument 5 s later."""
+    replies = {**KEYSIGHT_REPLIES, KEYSIGHT_TRIGGER: "1", KEYSIGHT_DATA: trace_reply(data_format)}
+    with ScriptedVna(replies) as peer:
+        vna = VnaDriver(peer.resource, "keysight", KEYSIGHT_SWEEP, timeout_ms=3000, data_format=data_format)
+        peer.hang_up_on[message] = sent
+        started = time.monotonic()
+        with pytest.raises(VnaConnectionError, match="the instrument closed the connection") as info:
+            vna.connect()
+            vna.acquire_chained(sweeps) if sweeps else vna.measure()
+        assert time.monotonic() - started < 1.0  # not the 3-s timeout
+        assert info.value.command == message and peer.resource in str(info.value)
+        assert not isinstance(info.value, RadarSetupError)  # the runtime reconnects, as for any link fault
+        assert not vna.connected

@@ -579,3 +579,27 @@ def test_an_instrument_that_cannot_be_reached_is_named_with_its_config_key(tmp_p
     assert f"radar.switch.port ('tcp://127.0.0.1:{port}')" in switch.detail, switch.detail
     assert "powered" in switch.detail
     assert f"radar.vna.resource ('TCPIP0::127.0.0.1::{port}::SOCKET')" in vna.detail, vna.detail
+
+
+def test_a_vna_that_hangs_up_is_reported_as_closing_the_connection() -> None:
+    """A VNA that accepts the connection and closes it (one client at a time, another program holds
+    it) was reported after the whole timeout as "no reply ...; is the instrument busy or hung?"."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+
+    def hang_up() -> None:
+        with server:
+            peer, _ = server.accept()
+            peer.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    port = server.getsockname()[1]
+    config = EdgeConfig.model_validate(
+        {"radar": {"vna": {"resource": f"TCPIP0::127.0.0.1::{port}::SOCKET", "timeout_ms": 3000}}}
+    )
+    started = time.monotonic()
+    vna = by_name(run_selftest(hardware_rig(config, "unused"), only("vna")))["vna"]
+    assert time.monotonic() - started < 2.0
+    assert vna.status == "fail"
+    assert "the instrument closed the connection" in vna.detail and "busy or hung" not in vna.detail
