@@ -102,6 +102,19 @@ class Rig:
         """The array, read once for all the checks that need it."""
         return load_geometry(self.config.radar.array)
 
+    def geometry_problem(self) -> str | None:
+        """Why the array geometry cannot be read (naming radar.array.geometry_file), or None.
+
+        A check whose own part answered uses it to say so, and what it could not judge, instead of
+        failing with the geometry's error as if its part were at fault.
+        """
+        try:
+            self.geometry  # noqa: B018 (reading the property is the check)
+        except UserError as exc:
+            where = "" if "radar.array.geometry_file" in str(exc) else " (radar.array.geometry_file)"
+            return f"the array geometry{where} cannot be read: {exc}"
+        return None
+
 
 def run_bounded(name: str, check: Callable[[], Verdict], timeout_s: float) -> CheckResult:
     """Run one check in a thread of its own, so a driver call that hangs (an OpenCV read of an
@@ -139,8 +152,9 @@ def check_switch(rig: Rig) -> Verdict:
     from vrclip.edge.radar.switch import SwitchClient
 
     switch = SwitchClient.from_config(rig.config.radar.switch)
-    pairs = np.asarray(rig.geometry.pairs).reshape(-1, 2)
-    need_tx, need_rx = int(pairs[:, 0].max()) + 1, int(pairs[:, 1].max()) + 1
+    # This check owns the array geometry (the switching sequence the controller runs): it fails
+    # naming the file, while checks of parts that answered say only what they could not judge.
+    problem = rig.geometry_problem()
     try:
         try:
             switch.connect()
@@ -148,10 +162,18 @@ def check_switch(rig: Rig) -> Verdict:
             # The driver says what happened; the installer needs to know what to check.
             raise CheckFailed(
                 f"{exc}; check that the controller is powered and cabled, and that radar.switch.port "
-                f"({switch.port!r}) is its address"
+                f"({switch.port!r}) is its address" + (f"; and {problem}" if problem else "")
             ) from None
         n_tx, n_rx = switch.size()
         figures = {"version": switch.version, "ports": [n_tx, n_rx], "port": switch.port}
+        if problem is not None:
+            raise CheckFailed(
+                f"controller at {switch.port} answers (protocol {switch.version}, {n_tx} Tx x {n_rx} Rx "
+                f"ports), but {problem}",
+                figures,
+            )
+        pairs = np.asarray(rig.geometry.pairs).reshape(-1, 2)
+        need_tx, need_rx = int(pairs[:, 0].max()) + 1, int(pairs[:, 1].max()) + 1
         if need_tx > n_tx or need_rx > n_rx:
             raise CheckFailed(
                 f"controller at {switch.port} has {n_tx} Tx x {n_rx} Rx ports but the array geometry "
@@ -194,6 +216,10 @@ def check_vna(rig: Rig) -> Verdict:
         f"{idn} at {radar.vna.resource}: accepts {sweep.start_hz / 1e9:g}-{sweep.stop_hz / 1e9:g} GHz, "
         f"{sweep.points} points, IF bandwidth {sweep.if_bandwidth_hz:g} Hz"
     )
+    problem = rig.geometry_problem()
+    if problem is not None:
+        # The VNA answered; only the frame rate, which depends on the channel count, is unjudged.
+        return Verdict("warn", f"{detail}; radar.frame_rate_hz not judged: {problem}", figures)
     warning = frame_rate_warning(rig.config, rig.geometry.n_channels)
     if warning is not None:
         return Verdict("warn", f"{detail}; but {warning}", figures)

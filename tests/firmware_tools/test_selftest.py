@@ -603,3 +603,28 @@ def test_a_vna_that_hangs_up_is_reported_as_closing_the_connection() -> None:
     assert time.monotonic() - started < 2.0
     assert vna.status == "fail"
     assert "the instrument closed the connection" in vna.detail and "busy or hung" not in vna.detail
+
+
+def test_a_bad_geometry_file_fails_the_switch_check_and_not_the_vna(tmp_path: Path) -> None:
+    """The geometry file broke every check that reads it, the vna check too although the VNA had
+    answered: the installer was sent to the VNA for a typo in the array file."""
+    from vrclip.edge.radar.simulated import SimulatedRadar
+
+    bad = tmp_path / "array.toml"
+    bad.write_text("tx = [\n")
+    with SimulatedRadar() as sim:
+        for switch_url, said in (
+            (sim.switch_url, "controller at"),  # it answered: said, then the geometry
+            (f"tcp://127.0.0.1:{refused_port()}", "check that the controller is powered"),
+        ):
+            config = EdgeConfig.model_validate(
+                {"radar": {"vna": {"resource": sim.vna_resource}, "array": {"geometry_file": str(bad)},
+                           "switch": {"port": switch_url, "timeout_ms": 500}}}
+            )  # fmt: skip
+            results = by_name(run_selftest(hardware_rig(config, "unused"), only("switch", "vna", "radar")))
+            switch, vna = results["switch"], results["vna"]
+            assert switch.status == "fail" and f"{bad}: not valid TOML" in switch.detail, switch.detail
+            assert "radar.array.geometry_file" in switch.detail and said in switch.detail
+            assert vna.status == "warn" and vna.figures["idn"] in vna.detail, vna.detail
+            assert "radar.frame_rate_hz not judged: the array geometry" in vna.detail
+            assert results["radar"].detail == "needs the switch first"
