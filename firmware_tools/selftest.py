@@ -116,9 +116,38 @@ class Rig:
         return None
 
 
-def run_bounded(name: str, check: Callable[[], Verdict], timeout_s: float) -> CheckResult:
+class Cancel:
+    """What the runner tells a check that ran out of time. Its thread, stuck in a driver call, goes
+    on once the call returns; hooks the check registered (`on_cancel`) stop it acting on the rig
+    after the self-test moved on: the radar check's source would reconnect and re-arm the
+    controller after the self-test disarmed it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._hooks: list[Callable[[], None]] = []
+        self.cancelled = False
+
+    def on_cancel(self, hook: Callable[[], None]) -> None:
+        """Call `hook` when cancelled (at once if that happened already)."""
+        with self._lock:
+            if not self.cancelled:
+                self._hooks.append(hook)
+                return
+        hook()
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            hooks, self._hooks = self._hooks, []
+        for hook in hooks:
+            hook()
+
+
+def run_bounded(
+    name: str, check: Callable[[], Verdict], timeout_s: float, on_timeout: Callable[[], None] | None = None
+) -> CheckResult:
     """Run one check in a thread of its own, so a driver call that hangs (an OpenCV read of an
-    unplugged camera) costs `timeout_s`, not the whole self-test."""
+    unplugged camera) costs `timeout_s`, not the whole self-test. `on_timeout` runs when it does."""
     outcome: list[Verdict | BaseException] = []
 
     def work() -> None:
@@ -133,6 +162,8 @@ def run_bounded(name: str, check: Callable[[], Verdict], timeout_s: float) -> Ch
     worker.join(timeout_s)
     seconds = round(time.monotonic() - started, 3)
     if not outcome:
+        if on_timeout is not None:
+            on_timeout()
         return CheckResult(name, "fail", f"no answer within {timeout_s:g} s: the {name} hangs", seconds)
     got = outcome[0]
     if isinstance(got, Verdict):
@@ -226,8 +257,9 @@ def check_vna(rig: Rig) -> Verdict:
     return Verdict("pass", detail, figures)
 
 
-def check_radar(rig: Rig, frames: int) -> Verdict:
-    """Whole frames through the real drivers, their rate, and the health of every channel."""
+def check_radar(rig: Rig, frames: int, cancel: Cancel | None = None) -> Verdict:
+    """Whole frames through the real drivers, their rate, and the health of every channel.
+    `cancel` stops the source (no reconnection, no arming) if the check runs out of time."""
     from vrclip.edge.radar.errors import RadarError
     from vrclip.edge.radar.source import RadarSource
 
@@ -235,6 +267,8 @@ def check_radar(rig: Rig, frames: int) -> Verdict:
     source = RadarSource.from_config(
         rig.config, geometry=geometry, max_reconnect_attempts=1, max_dropped_frames=2
     )
+    if cancel is not None:
+        cancel.on_cancel(source.cancel)
     try:
         source.open()
         sweeps, started = [], time.monotonic()
@@ -368,14 +402,19 @@ def disarm_switch(config: EdgeConfig) -> str | None:
     return None
 
 
-def run_radar_check(rig: Rig, check: Callable[[], Verdict], timeout_s: float) -> CheckResult:
+def run_radar_check(rig: Rig, check: Callable[[], Verdict], timeout_s: float, cancel: Cancel) -> CheckResult:
     """The radar check, then the controller disarmed whatever happened: a pass, a failure, a
-    hang or Ctrl-C. A controller that cannot be disarmed turns a pass into a warning naming it."""
+    hang or Ctrl-C. A controller that cannot be disarmed turns a pass into a warning naming it.
+
+    `cancel` (the one `check` registers its source with) is cancelled before disarming after a
+    hang or Ctrl-C: the check's thread, still stuck in a driver call, cannot arm it again later.
+    """
     if rig.config.radar.switch.step != "trigger":
-        return run_bounded("radar", check, timeout_s)
+        return run_bounded("radar", check, timeout_s, on_timeout=cancel.cancel)
     try:
-        result = run_bounded("radar", check, timeout_s)
+        result = run_bounded("radar", check, timeout_s, on_timeout=cancel.cancel)
     except KeyboardInterrupt:
+        cancel.cancel()
         disarm_switch(rig.config)  # best effort: the interrupt is what the user asked for
         raise
     problem = disarm_switch(rig.config)
@@ -717,10 +756,11 @@ def run_selftest(
     rig: Rig, options: SelfTestOptions, announce: Callable[[str], None] | None = None
 ) -> list[CheckResult]:
     """Every check in order; `announce(name)` before each (for a progress line)."""
+    radar_cancel = Cancel()
     plan: dict[str, Callable[[], Verdict]] = {
         "switch": lambda: check_switch(rig),
         "vna": lambda: check_vna(rig),
-        "radar": lambda: check_radar(rig, options.frames),
+        "radar": lambda: check_radar(rig, options.frames, radar_cancel),
         "calibration": lambda: check_calibration(rig),
         "camera": lambda: check_camera(rig, options.camera_seconds),
         "depth": lambda: check_depth(rig, options.camera_seconds),
@@ -741,7 +781,7 @@ def run_selftest(
         if announce is not None:
             announce(name)
         if name == "radar":
-            results[name] = run_radar_check(rig, plan[name], options.timeout_s)
+            results[name] = run_radar_check(rig, plan[name], options.timeout_s, radar_cancel)
         else:
             results[name] = run_bounded(name, plan[name], options.timeout_s)
     return [results[n] for n in CHECKS]

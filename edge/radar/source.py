@@ -102,6 +102,8 @@ class RadarSource:
         self._seq = 0
         self._closed = threading.Event()
         self._lock = threading.Lock()
+        #: Held while the controller is armed, so that cancel() returns only once no ARM is in flight.
+        self._arming = threading.Lock()
         self._next_start_ns: int | None = None
         self._ever_connected = False
         self._prepared = False
@@ -153,6 +155,19 @@ class RadarSource:
             finally:
                 self._lock.release()
 
+    def cancel(self) -> None:
+        """Stop for good from another thread without waiting for the frame in progress, which
+        `close()` does (up to 30 s). For an owner that gave up on a reader stuck in a driver call:
+        once the call returns, the reader neither reconnects nor arms the controller, and
+        `read_frame()` returns None. Returns once no arming is in flight, so a DISARM the caller
+        sends next lands after any ARM of this source. The reader's thread still closes the source.
+        """
+        self._closed.set()
+        # An ARM in flight ends within the controller's timeout; a little more sees it through.
+        wait_s = getattr(self.switch, "timeout_ms", 1000) / 1e3 + 1.0
+        if self._arming.acquire(timeout=wait_s):
+            self._arming.release()
+
     @property
     def closed(self) -> bool:
         return self._closed.is_set()
@@ -166,13 +181,17 @@ class RadarSource:
 
     def _connect_once(self) -> None:
         self._prepared = False
+        self._refuse_if_closed()
         try:
             self.switch.connect()
             self.switch.prepare(np.asarray(self._pairs))
             self.vna.connect()
             if self.step == "trigger":
                 # Armed last: the VNA's setup holds its sweep, so no stray pulse steps the switch.
-                self._check_pair(0, self.switch.arm())
+                with self._arming:
+                    # cancel() may have come while connecting: its caller may have disarmed already.
+                    self._refuse_if_closed()
+                    self._check_pair(0, self.switch.arm())
                 self._steps_expected = 0
         except BaseException:
             self.vna.close()
@@ -180,6 +199,11 @@ class RadarSource:
             raise
         self._prepared = True
         self._ever_connected = True
+
+    def _refuse_if_closed(self) -> None:
+        """A (re)connection after close() or cancel() would act on instruments the owner let go of."""
+        if self._closed.is_set():
+            raise RadarError(self.switch.device, None, "the radar source was closed; not connecting")
 
     def _reconnect(self) -> None:
         """Reconnect both instruments with backoff; setup errors and close() end it by raising."""

@@ -628,3 +628,48 @@ def test_a_bad_geometry_file_fails_the_switch_check_and_not_the_vna(tmp_path: Pa
             assert vna.status == "warn" and vna.figures["idn"] in vna.detail, vna.detail
             assert "radar.frame_rate_hz not judged: the array geometry" in vna.detail
             assert results["radar"].detail == "needs the switch first"
+
+
+@pytest.mark.parametrize("stuck_in", ["a sweep", "the reconnection"])
+def test_a_radar_check_that_timed_out_cannot_arm_the_switch_after_the_disarm(
+    monkeypatch: pytest.MonkeyPatch, stuck_in: str
+) -> None:
+    """The check's thread, stuck in a driver call when its time ran out, went on once the call
+    returned: it dropped the frame, reconnected and armed the controller again after the self-test
+    had disarmed it, so the technician's `SEL` was refused. Stuck in a sweep, the frame is dropped
+    when it returns (a reconnection follows); stuck in that reconnection, it is about to arm."""
+    from vrclip.edge.radar.errors import SwitchProtocolError
+    from vrclip.edge.radar.source import RadarSource
+    from vrclip.edge.radar.switch import SwitchClient
+
+    release = threading.Event()
+    acquire, prepare = RadarSource._acquire, SwitchClient.prepare
+    calls = {"acquire": 0, "prepare": 0}
+
+    def stuck_acquire(self):  # type: ignore[no-untyped-def]
+        calls["acquire"] += 1
+        if calls["acquire"] == 1:
+            if stuck_in == "a sweep":
+                release.wait(30)
+            raise SwitchProtocolError("switch x", "POS?", "controller missed trigger pulses")
+        return acquire(self)
+
+    def stuck_prepare(self, pairs):  # type: ignore[no-untyped-def]
+        calls["prepare"] += 1
+        if calls["prepare"] == 2 and stuck_in == "the reconnection":
+            release.wait(30)
+        return prepare(self, pairs)
+
+    monkeypatch.setattr(RadarSource, "_acquire", stuck_acquire)
+    monkeypatch.setattr(SwitchClient, "prepare", stuck_prepare)
+    only_radar = tuple(c for c in CHECKS if c not in ("switch", "vna", "radar"))
+    with simulated_rig(EdgeConfig.model_validate(TRIGGER), DEMO_ENGINE) as rig:
+        options = SelfTestOptions(**{**QUICK.__dict__, "timeout_s": 1.0, "skip": only_radar})
+        radar = by_name(run_selftest(rig, options))["radar"]
+        assert radar.detail.startswith("no answer within 1 s"), radar.detail
+        release.set()  # the driver call returns, after the self-test disarmed the controller
+        for worker in threading.enumerate():
+            if worker.name == "selftest-radar":
+                worker.join(10)
+                assert not worker.is_alive()
+        assert switch_takes_a_hand_selection(rig)
