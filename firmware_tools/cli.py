@@ -47,7 +47,12 @@ def selftest(
     skip: str = typer.Option(
         "", "--skip", help="Checks to leave out, comma-separated (e.g. camera,depth; names above)."
     ),
-    json_out: Path | None = typer.Option(None, "--json", help="Also write the results here as JSON."),
+    json_out: Path | None = typer.Option(
+        None,
+        "--json",
+        help="Also write the results here as JSON. Checked before the checks run: not a folder, in an "
+        "existing writable folder (not created).",
+    ),
 ) -> None:
     """Check every part of the rig through the runtime's drivers: switch controller, VNA, whole radar
     frames (and which channels are dead), calibration file, camera, ZED, engine, gallery, free disk
@@ -58,6 +63,7 @@ def selftest(
     """
     from vrclip.firmware_tools.selftest import (
         SelfTestOptions,
+        check_report_path,
         format_results,
         hardware_rig,
         run_selftest,
@@ -72,6 +78,8 @@ def selftest(
         timeout_s=timeout,
         skip=tuple(s.strip() for s in skip.split(",") if s.strip()),
     )
+    if json_out is not None:
+        check_report_path(json_out)  # now, not after minutes of checks
 
     def announce(name: str) -> None:
         typer.echo(f"checking {name} ...", err=True)

@@ -28,6 +28,7 @@ import contextlib
 import functools
 import json
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -838,11 +839,38 @@ def hardware_rig(config: EdgeConfig, engine: str | None) -> Rig:
     )
 
 
+def check_report_path(path: Path) -> None:
+    """Refuse a report path that cannot be written, before any check runs: a folder, a parent folder
+    that is missing (never created: a typo there would put the report where nobody looks) or one
+    that takes no new file. Nothing is written at `path`; what only the write can tell (a full
+    disk) is still reported at the end, after the results were printed."""
+    path = Path(path)
+    parent = path.absolute().parent
+    problem = None
+    try:
+        if path.is_dir():
+            problem = f"it is a folder; give a file name, e.g. {path / 'selftest.json'}"
+        elif not parent.exists():
+            problem = f"the folder {parent} does not exist; create it first or choose another folder"
+        elif not parent.is_dir():
+            problem = f"{parent} is not a folder"
+        else:
+            # The report is written beside its final name and renamed: that is what must work here.
+            with tempfile.TemporaryFile(dir=parent):
+                pass
+    except OSError as exc:
+        problem = f"cannot create a file in {parent} ({exc.strerror or exc}); choose a writable folder"
+    if problem is not None:
+        raise UserError(f"cannot write the self-test report to {path}: {problem}")
+
+
 def write_report(path: Path, results: list[CheckResult]) -> Path:
     """The results as JSON, written atomically (a crash leaves the old report or none). A path that
-    cannot be written is the user's to fix: a UserError naming it, not a traceback."""
+    cannot be written is the user's to fix: a UserError naming it, not a traceback. The path is
+    checked again (`check_report_path`): a folder removed since the start is not created again."""
     from vrclip.edge.manifest import atomic_write_bytes
 
+    check_report_path(path)
     doc = {
         "passed": not any(r.status == "fail" for r in results),
         "checks": [r.to_dict() for r in results],
@@ -864,6 +892,7 @@ __all__ = [
     "CheckResult",
     "Rig",
     "SelfTestOptions",
+    "check_report_path",
     "format_results",
     "hardware_rig",
     "run_selftest",

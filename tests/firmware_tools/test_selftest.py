@@ -341,18 +341,54 @@ def test_a_camera_whose_frames_carry_one_timestamp_is_reported_not_a_crash() -> 
 
 
 def test_a_report_that_cannot_be_written_is_one_line_naming_the_file(tmp_path: Path) -> None:
-    (tmp_path / "not-a-folder").write_text("")
-    out = tmp_path / "not-a-folder" / "selftest.json"
+    """A write that fails only at the end (a full disk; here a file size limit of 0) is one line,
+    after the results were printed: they are what the installer needs."""
+    out = tmp_path / "selftest.json"
+    args = [
+        str(console_script("vrclip-firmware")),
+        "selftest",
+        "--skip",
+        ",".join(CHECKS),
+        "--json",
+        str(out),
+    ]
     done = subprocess.run(
-        [str(console_script("vrclip-firmware")), "selftest", "--skip", ",".join(CHECKS), "--json", str(out)],
+        ["bash", "-c", 'ulimit -f 0 && exec "$0" "$@"', *args], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"error: cannot write the self-test report to {out}: File too large" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert "calibration  SKIP" in done.stdout  # the results were printed before
+    assert list(tmp_path.iterdir()) == []  # no partial report, no temporary file left
+
+
+@pytest.mark.parametrize(
+    ("out", "said"),
+    [
+        ("{tmp}", "it is a folder; give a file name, e.g. {tmp}/selftest.json"),
+        ("{tmp}/reports/2024/r.json", "the folder {tmp}/reports/2024 does not exist; create it first"),
+        ("{tmp}/a-file/r.json", "{tmp}/a-file is not a folder"),
+        ("/sys/selftest.json", "cannot create a file in /sys (Permission denied); choose a writable folder"),
+    ],
+)
+def test_a_report_path_that_cannot_be_written_is_refused_before_the_checks(
+    tmp_path: Path, out: str, said: str
+) -> None:
+    """The report path was tried only after every check had run (minutes with a rig), and a missing
+    folder was created on the way, so a typo put the report where nobody would look."""
+    (tmp_path / "a-file").write_text("")
+    out, said = out.format(tmp=tmp_path), said.format(tmp=tmp_path)
+    skip = ",".join(c for c in CHECKS if c != "clock")
+    done = subprocess.run(
+        [str(console_script("vrclip-firmware")), "selftest", "--skip", skip, "--json", out],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert done.returncode == 2, done.stderr
-    assert f"error: cannot write the self-test report to {out}" in done.stderr
-    assert "Traceback" not in done.stderr
-    assert "calibration  SKIP" in done.stdout  # the results were printed before
+    assert f"error: cannot write the self-test report to {out}: {said}" in done.stderr
+    assert "checking" not in done.stderr and done.stdout == ""  # nothing ran
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing written or created
 
 
 @pytest.mark.parametrize(
