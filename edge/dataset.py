@@ -104,8 +104,14 @@ def shortest_training_seconds(rate_hz: float) -> float:
     `segment_frames`. At 10 Hz that is 10 s (100 frames; 9.9 s hold 99); the trainer counts the
     segment in frames, so at 4 Hz 9.8 s (40 frames) do, and below 1.2 Hz the T frames take longer."""
     need = segment_frames(rate_hz)
-    seconds = math.floor((need - 1) / rate_hz * 10) / 10  # holds need - 1 frames at most
-    while session_frames(seconds, rate_hz) < need:
+    # Closed form, not a search in 0.1-s steps from a shorter length: at a rate of 1e-16 Hz (the
+    # config takes any positive rate) that search never ended, 0.1 s being below the float's
+    # resolution there. A session holds `need` frames once seconds * rate - 1e-9 > need - 1; the
+    # few steps after it only absorb float rounding, and end however far that is.
+    seconds = (math.floor((need - 1 + 1e-9) / rate_hz * 10) + 1) / 10
+    for _ in range(3):
+        if session_frames(seconds, rate_hz) >= need:
+            break
         seconds = round(seconds + 0.1, 1)
     return seconds
 
@@ -120,8 +126,12 @@ def short_session_warning(seconds: float, rate_hz: float) -> str | None:
     refused whatever --segment-seconds says, so then the warning names --frames too. The --seconds
     it advises is the shortest that trains with the defaults (the trainer's own rule, in frames),
     not a guess with a margin: a user sizing a long render by it pays for no seconds nobody needs."""
-    if not (math.isfinite(rate_hz) and rate_hz > 0):
-        return None  # the rate itself is refused, with its own message, when the config is built
+    if not (math.isfinite(seconds) and seconds > 0 and math.isfinite(rate_hz) and rate_hz > 0):
+        # Refused with their own messages (check_session_seconds, the config) once the dataset is
+        # planned: no warning about sessions of -50 frames first, and no OverflowError on `inf`.
+        return None
+    if not math.isfinite(seconds * rate_hz * TRAINING_SEGMENT_S):
+        return None  # a rate far beyond the config's range, refused there: no frame count to judge
     frames = session_frames(seconds, rate_hz)
     if frames >= segment_frames(rate_hz):
         return None

@@ -195,3 +195,27 @@ def test_the_advised_seconds_are_the_shortest_that_hold_the_training_segment(rat
     less = round(shortest - 0.1, 1)
     assert session_frames(less, rate) < segment_frames(rate)
     assert short_session_warning(less, rate) is not None
+
+
+@pytest.mark.parametrize("seconds", ["inf", "nan", "0", "-5"])
+def test_a_bad_seconds_gets_its_refusal_not_a_traceback_nor_a_warning(tmp_path: Path, seconds: str) -> None:
+    """The short-session warning ran before --seconds was checked: `inf` ended in an OverflowError
+    traceback (`nan` a ValueError) again, and -5 first drew a warning about sessions of -50 frames."""
+    from typer.testing import CliRunner
+    from vrclip.edge.cli import app
+
+    args = ["dataset", "make", "--identities", "1", "--sessions", "1", "--seconds", seconds]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "ds")])
+    assert isinstance(result.exception, UserError), result.exception
+    assert "a positive, finite number of seconds" in str(result.exception)
+    assert "warning" not in result.output
+    assert short_session_warning(float(seconds), 10.0) is None
+
+
+def test_the_short_session_warning_ends_at_rates_the_config_takes_and_beyond() -> None:
+    """The advice searched up in 0.1-s steps: at 1e-16 Hz (radar.frame_rate_hz takes any positive
+    rate) the step was below the float's resolution and `dataset make` spun for ever; at 1e308 Hz
+    the frame count overflowed. The rate is refused afterwards, with its own message."""
+    tiny = short_session_warning(12.0, 1e-16)
+    assert tiny is not None and "--frames 0 or less" in tiny
+    assert short_session_warning(12.0, 1e308) is None
