@@ -446,7 +446,17 @@ def check_calibration(rig: Rig) -> Verdict:
     if rig.simulated:
         return Verdict("pass", "the simulated rig carries its own calibration")
     path = rig.config.paths.calibration_file
-    calibration, warning = configured_calibration(rig.config, rig.geometry.n_channels)
+    # The switch check owns the array geometry: unreadable, it leaves only the file's channel count
+    # unjudged here, not the whole file failed with the geometry's error.
+    problem = rig.geometry_problem()
+    calibration, warning = configured_calibration(rig.config, None if problem else rig.geometry.n_channels)
+    if problem is not None:
+        said = warning or (
+            f"{path}: no calibration"
+            if calibration is None
+            else f"{path}: {calibration.n_channels} channels, measured with this sweep"
+        )
+        return Verdict("warn", f"{said}; its channel count not judged: {problem}", {"path": path})
     if calibration is None or warning is not None:
         return Verdict("warn", warning or f"{path}: no calibration", {"path": path})
     return Verdict(
@@ -566,16 +576,20 @@ def check_engine(rig: Rig) -> Verdict:
 
     config = rig.config
     require_engine_exists(config, rig.engine)
+    # The switch check owns the array geometry: unreadable, it leaves only the engine's fit to the
+    # array unjudged here; the engine still opens and runs a sample.
+    problem = rig.geometry_problem()
     backend = open_backend(config, rig.engine)
     try:
-        # What `run` builds around the engine: refuses an engine made for another array or window.
-        Identifier(
-            config,
-            rig.geometry,
-            sweep_frequencies(config.radar.sweep),
-            backend,
-            camera=camera_from_config(config),
-        )
+        if problem is None:
+            # What `run` builds around the engine: refuses an engine made for another array or window.
+            Identifier(
+                config,
+                rig.geometry,
+                sweep_frequencies(config.radar.sweep),
+                backend,
+                camera=camera_from_config(config),
+            )
         feeds = {spec.name: np.zeros(spec.concrete(1), spec.numpy_dtype) for spec in backend.inputs}
         started = time.perf_counter()
         backend.infer(feeds)
@@ -584,12 +598,14 @@ def check_engine(rig: Rig) -> Verdict:
     finally:
         backend.close()
     figures = {**described, "latency_ms": round(latency_ms, 2)}
-    return Verdict(
-        "pass",
-        f"{described.get('model')} on {described.get('backend')} ({backend.source}): fits this rig, "
-        f"one sample in {latency_ms:.0f} ms",
-        figures,
-    )
+    engine = f"{described.get('model')} on {described.get('backend')} ({backend.source})"
+    if problem is not None:
+        return Verdict(
+            "warn",
+            f"{engine}: one sample in {latency_ms:.0f} ms; its fit to this rig not judged: {problem}",
+            figures,
+        )
+    return Verdict("pass", f"{engine}: fits this rig, one sample in {latency_ms:.0f} ms", figures)
 
 
 # ---------------------------------------------------------------------------------------- gallery

@@ -77,9 +77,10 @@ class Feed:
 
 
 def load_rig_calibration(
-    path: str | Path, n_channels: int, *, may_be_absent: bool = False, sweep: SweepConfig | None = None
+    path: str | Path, n_channels: int | None, *, may_be_absent: bool = False, sweep: SweepConfig | None = None
 ) -> tuple[ChannelCalibration | None, str | None]:
-    """(calibration, warning) for the real rig from `path` (paths.calibration_file).
+    """(calibration, warning) for the real rig from `path` (paths.calibration_file); `n_channels`
+    None leaves its channel count unchecked (the self-test, when the array geometry cannot be read).
 
     A missing, unreadable or invalid file raises the ConfigError naming it: a typo in the path must
     not run the rig uncalibrated unnoticed. Only with `may_be_absent` (the built-in default location,
@@ -101,7 +102,7 @@ def load_rig_calibration(
 
 
 def configured_calibration(
-    config: EdgeConfig, n_channels: int
+    config: EdgeConfig, n_channels: int | None
 ) -> tuple[ChannelCalibration | None, str | None]:
     """`load_rig_calibration` of paths.calibration_file for this config's sweep: only the built-in
     default location may be absent (a rig set up with the defaults, not calibrated yet)."""

@@ -709,3 +709,24 @@ def test_a_radar_check_that_timed_out_cannot_arm_the_switch_after_the_disarm(
                 worker.join(10)
                 assert not worker.is_alive()
         assert switch_takes_a_hand_selection(rig)
+
+
+def test_a_bad_geometry_file_leaves_the_calibration_and_the_engine_checks_standing(tmp_path: Path) -> None:
+    """The switch check owns the array geometry; the calibration and engine checks failed with the
+    geometry's error too (the vna check's bug, fixed only there), though the calibration file was
+    valid and the engine ran: the installer was sent to them for a typo in the array file."""
+    from vrclip.edge.imaging.calibration import ChannelCalibration
+
+    bad = tmp_path / "array.toml"
+    bad.write_text("tx = [\n")
+    calibration = tmp_path / "calibration.json"
+    ChannelCalibration.identity(144).save(calibration)
+    config = EdgeConfig.model_validate(
+        {"radar": {"array": {"geometry_file": str(bad)}}, "paths": {"calibration_file": str(calibration)}}
+    )
+    results = by_name(run_selftest(hardware_rig(config, DEMO_ENGINE), only("calibration", "engine")))
+    said = {"calibration": "144 channels, measured with this sweep", "engine": "one sample in"}
+    for name, result in ((n, results[n]) for n in said):
+        assert result.status == "warn" and said[name] in result.detail, result.detail
+        assert "not judged: the array geometry (radar.array.geometry_file) cannot be read" in result.detail
+        assert f"{bad}: not valid TOML" in result.detail
