@@ -722,7 +722,11 @@ def _shorter_segment(run: int, rate_hz: float, seconds: float, frames: int) -> s
     the seconds do: name each option that binds, with the largest value that fits."""
     lower = []
     if round(seconds * rate_hz) > run:
-        fits = math.floor(run / max(rate_hz, 1e-9) * 100 + 1e-6) / 100  # round(fits * rate) <= run
+        exact = run / max(rate_hz, 1e-9)
+        # Two significant digits at least, not two decimals: 5 frames at 1000 frames/s (the config's
+        # top rate) are 0.005 s, which two decimals floored to "0", a value train refuses.
+        digits = max(2, 1 - math.floor(math.log10(exact))) if exact > 0 else 2
+        fits = math.floor(exact * 10**digits + 1e-6) / 10**digits  # round(fits * rate) <= run
         lower.append(f"--segment-seconds {fits:g} or less")
     if frames > run:
         lower.append(f"--frames {run} or less")

@@ -145,6 +145,16 @@ def test_a_too_short_segment_names_each_option_that_binds(
     assert choose_segments(tracks, fit_seconds, fit_frames, 42)
 
 
+def test_the_advised_segment_seconds_are_never_zero_at_high_rates() -> None:
+    """The advice was floored to two decimals: 5 frames at 1000 frames/s (radar.frame_rate_hz's top)
+    were told '--segment-seconds 0 or less', which train refuses (must be positive)."""
+    tracks = [track("bob", "s1", np.arange(5, dtype=np.int64) * 1_000_000)]
+    with pytest.raises(DatasetError, match="record") as error:
+        choose_segments(tracks, 10.0, 12, 42)
+    assert str(error.value).endswith("lower --segment-seconds 0.005 or less and --frames 5 or less")
+    assert choose_segments(tracks, 0.005, 5, 42)
+
+
 @pytest.mark.parametrize("rate", [10.0, 4.0, 1.0, 0.7])
 def test_dataset_makes_advised_seconds_are_what_train_needs_with_the_defaults(rate: float) -> None:
     """`dataset make` advises the shortest --seconds that trains with the defaults: sessions that
