@@ -59,3 +59,25 @@ def test_the_on_site_steps_name_existing_commands_and_options_and_the_site_confi
         assert not unknown, f"{line!r}: {unknown} not options of {' '.join(path)}"
         if tuple(path[:2]) in NEED_CONFIG:
             assert "--config" in words, f"{line!r}: runs on the built-in defaults, not the site config"
+
+
+def _seconds(words: list[str], default: float) -> float:
+    """The --seconds a command line gives, or the option's default."""
+    return float(words[words.index("--seconds") + 1]) if "--seconds" in words else default
+
+
+def test_the_on_site_recordings_are_long_enough_for_what_reads_them() -> None:
+    """A walk for `vrclip-calibrate camera` under MIN_WALK_S is refused, and a session for training
+    needs a labelled run of the trainer's whole segment (the labeller leaves a track's first frames
+    unlabelled): `record`'s 10-s default is too short for both, so the steps must give --seconds, at
+    least the 15 s the camera section asks of a walk."""
+    from vrclip.calibration.camera_pose import MIN_WALK_S
+    from vrclip.edge.dataset import TRAINING_SEGMENT_S
+
+    record = _apps()["vrclip-edge"].commands["record"]
+    default = next(p.default for p in record.params if p.name == "seconds")
+    least = 1.5 * max(MIN_WALK_S, TRAINING_SEGMENT_S)
+    lines = [line.split() for line in _on_site_commands() if line.startswith("vrclip-edge record ")]
+    assert len(lines) >= 2, "the walk and the training sessions"
+    for words in lines:
+        assert _seconds(words, default) >= least, f"{' '.join(words)!r}: record {least:g} s or more"
