@@ -10,11 +10,12 @@ the crop box at that frame's position falls in the camera image, as the simulato
 stream (a real rig cannot tell an occluder from the person; the gate learns from what the crop shows).
 
 Frames with no confirmed track, or with two or more (someone else walked in), stay unlabelled: the
-trainer skips them. A track that came through a gap (a radar outage or a forward clock step, see
-`pipeline.tracker`) is labelled again as a new track would be, from its `confirm_hits`-th detection
-after the gap: the tracker keeps its id, but its first position after the gap is partly its own guess,
-and the frames left unlabelled end the labelled run there, so no training segment (nor RF window)
-joins frames seconds apart as if consecutive.
+trainer skips them. A track that came through a gap of a second or more (a radar outage or a forward
+clock step: `Track.gaps`, see `pipeline.tracker`) is labelled again as a new track would be, from its
+`confirm_hits`-th detection after the gap: the tracker keeps its id, but its first position after the
+gap is partly its own guess, and the frames left unlabelled end the labelled run there, so no training
+segment (nor RF window) joins frames seconds apart as if consecutive. Shorter gaps (frames dropped)
+keep their labels; the trainer itself ends runs at any gap over 3 frame periods (`radar_breaks`).
 
 The output is a copy of the recording with only its labels and identity list changed; radar
 samples and JPEG bytes are copied bit for bit. A recording whose recorder died (still marked open
