@@ -78,7 +78,15 @@ def enrol_from_feed(
     recorder = None
     if record is not None:
         # A margin over `seconds`: the run loop may take a frame or two past its duration.
-        recorder = FrameRecorder(feed, record, seconds + 5.0, health, identities=(name,), warn=log.warning)
+        recorder = FrameRecorder(
+            feed,
+            record,
+            seconds + 5.0,
+            health,
+            identities=(name,),
+            warn=log.warning,
+            source="vrclip-edge enroll",
+        )
     identifier = make_identifier(feed, backend, count=health.count)
     enroller = Enroller(store, name, budget)
     people_in_view = PeopleInView(identifier)

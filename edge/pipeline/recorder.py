@@ -50,7 +50,10 @@ class FrameRecorder:
         *,
         identities: tuple[str, ...] = (),
         warn: Callable[[str], None] | None = None,
+        source: str = "vrclip-edge run",
     ) -> None:
+        """`source` names the command in the recording's conditions (`inspect` shows it), so a file
+        kept from an enrolment is not taken for one of a run."""
         self.path = Path(path)
         self.seconds = seconds
         self.health = health
@@ -58,7 +61,7 @@ class FrameRecorder:
         # The cap, not a length: the run may end (stop, --duration, a full disk) long before it, and
         # the conditions are fixed when the file is made (SWMR cannot rewrite them later). The real
         # length is in the frames' time stamps (`vrclip-edge inspect` shows it).
-        conditions = {"source": "vrclip-edge run", "people": list(identities), "max_seconds": seconds}
+        conditions = {"source": source, "people": list(identities), "max_seconds": seconds}
         self.writer = feed_writer(feed, self.path, identities=identities, conditions=conditions)
         self.queue: DropOldestQueue[SyncedFrame] = DropOldestQueue(QUEUE_FRAMES)
         self._last_t_ns: int | None = None

@@ -339,6 +339,7 @@ def test_an_enrolment_recorded_can_be_enrolled_again_from_its_recording(
     assert first.stored > 0 and first.recorded is not None and first.recorded["radar"] >= 20
     with SessionReader(recording) as reader:
         assert reader.identities == ("a",) and reader.count("camera") > 0
+        assert reader.conditions["source"] == "vrclip-edge enroll"
     replay = replay_feed(recording, paced=False)
     try:
         with GalleryStore(tmp_path / "new.sqlite") as store:
