@@ -24,7 +24,6 @@ from vrclip.edge.sim.radar import sweep_frequencies  # noqa: E402
 from vrclip.export.checkpoint import load_checkpoint, model_from_checkpoint, save_atomic  # noqa: E402
 from vrclip.export.data import (  # noqa: E402
     DatasetError,
-    SessionInfo,
     Track,
     choose_segments,
     discover_sessions,
@@ -49,6 +48,8 @@ from vrclip.export.train import (  # noqa: E402
     shifted_position,
     warmup_cosine,
 )
+
+from tests.export.test_time_breaks import track  # noqa: E402
 
 
 def config(dataset: Path, out: Path, **kw) -> TrainConfig:
@@ -423,20 +424,7 @@ def test_training_is_deterministic_in_data_split(small_dataset: Path, tmp_path: 
 
 def _track(identity: str, session: str, frames: int, labelled: slice) -> Track:
     """A 10 Hz track whose person is labelled only in `labelled` (NaN positions elsewhere)."""
-    position = np.full((frames, 2), np.nan, np.float32)
-    position[labelled] = 1.0
-    return Track(
-        SessionInfo(Path(session), session, "day", "none"),
-        identity,
-        np.arange(frames, dtype=np.int64) * 100_000_000,
-        position,
-        position,
-        np.ones(frames, bool),
-        np.ones(frames, bool),
-        np.zeros((frames, 1, 1, 3), np.uint8),
-        np.zeros((frames, 1, 1), np.complex64),
-        np.zeros(2, np.float32),
-    )
+    return track(identity, session, np.arange(frames, dtype=np.int64) * 100_000_000, labelled)
 
 
 def test_training_segments_lie_where_the_person_is_labelled() -> None:
