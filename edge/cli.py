@@ -88,7 +88,10 @@ def record(
         socket.gethostname(), "--name", help="This device's name, sent to the time server."
     ),
     start_timeout: float = typer.Option(
-        120.0, "--start-timeout", min=0.1, help="With --wait-start: give up after this many seconds."
+        120.0,
+        "--start-timeout",
+        min=0.1,
+        help="With --wait-start: give up after this many seconds (at most a week).",
     ),
     people: int = typer.Option(1, "--people", help="Simulated rig: number of people walking."),
     lighting: str = typer.Option("day", "--lighting", help="Simulated rig: day | dusk | night"),
@@ -186,11 +189,11 @@ def _record_rig(
 
     # With --overwrite the writer sets the old file aside and puts it back if nothing is recorded.
     replacing = out.exists() or out.is_symlink()
+    server = cfg.sync.time_server
+    waiter = time_server_start(server.host, server.port, name, start_timeout) if wait_start else None
     feed = hardware_feed(cfg)
     for warning in feed.warnings:
         typer.echo(f"warning: {warning}", err=True)
-    server = cfg.sync.time_server
-    waiter = time_server_start(server.host, server.port, name, start_timeout) if wait_start else None
     if waiter is not None:
         typer.echo(f"opening the sensors, then waiting for the start from {server.host}:{server.port}")
     try:

@@ -30,7 +30,7 @@ from vrclip.edge.record import check_session_seconds
 from vrclip.edge.recording.schema import MAX_PEOPLE
 from vrclip.edge.recording.writer import SessionWriter
 from vrclip.edge.timebase.clock import now_ns
-from vrclip.edge.timebase.start_protocol import wait_for_start
+from vrclip.edge.timebase.start_protocol import check_wait_request, wait_for_start
 
 #: Frames held between the capture threads and the writer (all streams together). A camera frame is
 #: ~0.7 MB and a depth frame ~0.9 MB, so this bounds the backlog to ~60 MB; a writer that falls behind
@@ -150,7 +150,10 @@ StartWaiter = Callable[[], tuple[int, str]]
 
 
 def time_server_start(host: str, port: int, name: str, timeout_s: float) -> StartWaiter:
-    """A StartWaiter that asks the rig's time server (`vrclip-edge timebase serve`) for the start."""
+    """A StartWaiter that asks the rig's time server (`vrclip-edge timebase serve`) for the start.
+
+    The name and timeout are checked now, not when the waiter runs after the sensors have opened."""
+    check_wait_request(name, timeout_s)
 
     def wait() -> tuple[int, str]:
         signal = wait_for_start(host, port, name, timeout_s)

@@ -130,7 +130,9 @@ def wait(
         show_default=False,
     ),
     name: str = typer.Option(socket.gethostname(), help="This device's name, sent in the hello."),
-    timeout: float = typer.Option(60.0, help="Give up after this many seconds without a start signal."),
+    timeout: float = typer.Option(
+        60.0, help="Give up after this many seconds without a start signal (at most a week)."
+    ),
     config: Path | None = CONFIG_OPTION,
 ) -> None:
     """Wait for the start signal, sleep until its target, print the actual start and its error."""

@@ -55,6 +55,9 @@ DEFAULT_PAST_TOLERANCE_NS = 50_000_000
 #: A start target further ahead than this is refused: it almost always means the server and client read
 #: different clocks (e.g. a monotonic clock across hosts, or an unsynchronised wall clock).
 DEFAULT_MAX_FUTURE_NS = 3_600 * 1_000_000_000
+#: Longest a device waits for its start signal (`wait --timeout`, `record --start-timeout`): a week
+#: covers any rig; longer (or infinite) waits overflow the socket timeout.
+MAX_WAIT_S = 7 * 86_400.0
 #: Largest lead the server accepts, for the same reason.
 MAX_LEAD_S = 3_600.0
 #: How long the server keeps a connection after sending its last line, waiting for the client to close
@@ -606,6 +609,24 @@ def parse_start_message(
     return StartSignal(target_ns=target, clock=clock, session=session)
 
 
+def check_wait_request(name: str, timeout_s: float) -> None:
+    """Refuse a device name or wait the time server would refuse or the sockets cannot take.
+
+    Separate from `wait_for_start` so that `record --wait-start` can refuse them before it spends up
+    to OPEN_WAIT_S opening its sensors. The timeout must be finite and at most MAX_WAIT_S: a socket
+    timeout beyond ~1e9 s overflows the platform's time_t (an OverflowError traceback, not a message).
+    """
+    if not isinstance(name, str) or not 1 <= len(name) <= _NAME_MAX or not name.isprintable():
+        raise UserError(f"device name {name!r} is invalid: use 1-{_NAME_MAX} printable characters")
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float):
+        raise UserError(f"timeout must be a number of seconds, got {timeout_s!r}")
+    if not 0 < timeout_s <= MAX_WAIT_S:
+        raise UserError(
+            f"timeout must be > 0 and <= {MAX_WAIT_S:g} seconds (a week), got {timeout_s!r}: "
+            "a device waits for the start at most that long"
+        )
+
+
 def wait_for_start(
     host: str,
     port: int,
@@ -622,10 +643,7 @@ def wait_for_start(
     did send but that fails validation, or any other refusal, is final.
     Raises UserError naming ``host:port`` if no valid signal arrives within ``timeout_s``.
     """
-    if not isinstance(name, str) or not 1 <= len(name) <= _NAME_MAX or not name.isprintable():
-        raise UserError(f"device name {name!r} is invalid: use 1-{_NAME_MAX} printable characters")
-    if not timeout_s > 0:
-        raise UserError(f"timeout must be > 0 seconds, got {timeout_s!r}")
+    check_wait_request(name, timeout_s)
     server = f"{host}:{port}"
     hello = _encode({"type": "hello", "name": name})
     deadline = time.monotonic() + timeout_s

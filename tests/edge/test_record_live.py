@@ -563,3 +563,27 @@ def test_record_command_stopped_by_ctrl_c_keeps_the_file_and_exits_130(
     assert "radar:" in result.output and f"wrote {out}: stopped early after" in result.output
     with SessionReader(out) as reader:
         assert reader.count("radar") > 0
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "match"),
+    [("--start-timeout", "inf", "timeout must be > 0 and <= 604800"), ("--name", "", "device name ''")],
+)
+def test_record_wait_start_refuses_a_bad_wait_before_the_sensors_open(
+    rig: dict[str, Feed], tmp_path: Path, option: str, value: str, match: str
+) -> None:
+    """A wait the time server client would refuse is refused before the rig is opened (up to
+    OPEN_WAIT_S on a real rig), not after; `--start-timeout inf` was an OverflowError traceback."""
+    out = tmp_path / "never.h5"
+    args = ["record", "--out", str(out), "--seconds", "1", "--wait-start", option, value]
+    result = runner.invoke(app, [*args, "-c", str(_cli_config(tmp_path, _unused_port()))])
+    assert isinstance(result.exception, UserError), result.output
+    assert match in str(result.exception)
+    assert rig == {}, "the rig was opened before the wait was checked"
+    assert not out.exists()
+
+
+def _unused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -456,3 +456,12 @@ def test_cli_options_override_the_config(tmp_path: Path) -> None:
         result = CliRunner().invoke(timebase_app, args)
     assert result.exit_code == 0, result.output
     assert server.signal is not None and f"target {server.signal.target_ns} ns" in result.output
+
+
+@pytest.mark.parametrize("timeout", [float("inf"), 1e10, float("nan"), 0.0, -1.0])
+def test_a_wait_the_sockets_cannot_take_is_a_clear_error_naming_the_value(timeout: float) -> None:
+    """`wait --timeout inf` (or 1e10) overflowed the socket timeout: an OverflowError traceback."""
+    with pytest.raises(UserError, match=rf"timeout must be > 0 and <= 604800 seconds.*got {timeout!r}"):
+        wait_for_start(HOST, _free_port(), "dev", timeout)
+    result = CliRunner().invoke(timebase_app, ["wait", "--host", HOST, "--timeout", str(timeout)])
+    assert isinstance(result.exception, UserError) and "timeout must be" in str(result.exception)
