@@ -48,6 +48,8 @@ OPEN_WAIT_S = 30.0
 #: hand (see the reader's message), so the recording stops well before: at a whole rig's ~10 MB/s this
 #: is some 25 s of data.
 MIN_FREE_BYTES = 256 << 20
+#: Seconds between two checks of the free space (on the monotonic clock, which never steps).
+DISK_CHECK_S = 1.0
 #: A session in which no sensor has come up this long after its start is given up (every fault is
 #: reported): on a machine without the rig, or with a config that points at none of it, the user
 #: should not have to wait out the whole session to learn that.
@@ -233,7 +235,9 @@ def record_feed(
 
         try:
             try:
-                next_disk_check = 0
+                # On the monotonic clock: a wall clock stepped back (NTP) would otherwise hold the
+                # next check off for the size of the step while the file keeps growing.
+                next_disk_check = 0.0
                 while True:
                     now = now_ns(CLOCK_REALTIME)
                     if now >= end_ns + DRAIN_S * 1e9 or all(t.ended.is_set() for t in threads):
@@ -244,8 +248,8 @@ def record_feed(
                     if now >= start_ns + NOTHING_UP_S * 1e9 and _nothing_up(health):
                         stopped_early = nothing_up = True
                         break
-                    if now >= next_disk_check:
-                        next_disk_check = now + 1_000_000_000
+                    if time.monotonic() >= next_disk_check:
+                        next_disk_check = time.monotonic() + DISK_CHECK_S
                         error = disk_nearly_full(request.out)
                         if error is not None:
                             stopped_early = True

@@ -587,3 +587,30 @@ def _unused_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_a_wall_clock_stepped_back_does_not_hold_off_the_disk_check(
+    config: EdgeConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NTP steps the wall clock back mid-session: the free-space check still runs every second. It was
+    paced on the wall clock, so a step back of S seconds held it off for S seconds while the file grew
+    (at a whole rig's ~10 MB/s, a step of 25 s eats the MIN_FREE_BYTES margin)."""
+    step_ns = 6_000_000_000
+    first_check: list[float] = []
+
+    def free_bytes(folder: Path) -> float:
+        now = time.monotonic()
+        if not first_check:
+            first_check.append(now)
+        return record_live.MIN_FREE_BYTES * (2 if now < first_check[0] + 1.0 else 0.5)
+
+    def stepped_clock(clock: str = CLOCK_REALTIME) -> int:
+        stepped = first_check and time.monotonic() > first_check[0] + 0.3
+        return time.time_ns() - (step_ns if stepped else 0)
+
+    monkeypatch.setattr(record_live, "_free_bytes", free_bytes)
+    monkeypatch.setattr(record_live, "now_ns", stepped_clock)
+    result = record_feed(_feed(config), LiveRecordRequest(tmp_path / "step.h5", 3.0, identities=PEOPLE))
+    stopped_after = time.monotonic() - first_check[0]
+    assert result.error is not None and "free on its disk" in result.error
+    assert stopped_after < 3.0, f"the full disk was noticed {stopped_after:.1f} s after the first check"
