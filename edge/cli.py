@@ -195,6 +195,11 @@ def _record_rig(
     for warning in feed.warnings:
         typer.echo(f"warning: {warning}", err=True)
     if waiter is not None:
+        from vrclip.edge.timebase.clock_sync import unsynchronised_warning
+
+        unsynced = unsynchronised_warning()
+        if unsynced is not None:
+            typer.echo(f"warning: {unsynced}", err=True)
         typer.echo(f"opening the sensors, then waiting for the start from {server.host}:{server.port}")
     try:
         # Ctrl-C sets a flag the session reads (see `record --simulate`): it ends the session early

@@ -22,6 +22,7 @@ from vrclip.edge.config import SyncConfig, load_config
 from vrclip.edge.errors import UserError
 from vrclip.edge.frames import CLOCK_REALTIME
 from vrclip.edge.timebase.clock import known_clocks, now_ns
+from vrclip.edge.timebase.clock_sync import unsynchronised_warning
 from vrclip.edge.timebase.start_protocol import (
     DEFAULT_MAX_CLIENTS,
     DEFAULT_PORT,
@@ -140,6 +141,10 @@ def wait(
     signal = wait_for_start(
         server.host if host is None else host, server.port if port is None else port, name, timeout
     )
+    if signal.clock == CLOCK_REALTIME:
+        unsynced = unsynchronised_warning()
+        if unsynced is not None:
+            typer.echo(f"warning: {unsynced}", err=True)
     actual = start_at(signal)
     err_us = (actual - signal.target_ns) / 1e3
     _console().print(

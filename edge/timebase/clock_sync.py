@@ -103,4 +103,22 @@ def read_clock_sync(adjtimex: Callable[..., int] | None = None) -> ClockSync | N
     return ClockSync(synchronised, max(0, timex.maxerror) / 1e6, max(0, timex.esterror) / 1e6)
 
 
-__all__ = ["ClockSync", "read_clock_sync"]
+def unsynchronised_warning() -> str | None:
+    """Why a start on this box's wall clock may not line up with the other boxes', else None.
+
+    Each box sleeps until the time server's instant on its *own* CLOCK_REALTIME: a box whose clock
+    no daemon keeps in step starts (and records) a different stretch of real time under the same
+    session id, and nothing in the start protocol can tell (it only refuses targets more than 50 ms
+    in the past or an hour ahead). None where the kernel cannot be asked: no warning on a guess.
+    """
+    sync = read_clock_sync()
+    if sync is None or sync.synchronised:
+        return None
+    return (
+        f"{sync.describe()}: this box starts at the time server's instant on its own clock, so what it "
+        "records will not line up with the other boxes of the session; enable NTP (chrony or "
+        "systemd-timesyncd) or PTP (ptp4l with phc2sys -r)"
+    )
+
+
+__all__ = ["ClockSync", "read_clock_sync", "unsynchronised_warning"]

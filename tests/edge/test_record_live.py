@@ -25,6 +25,7 @@ from vrclip.edge.record_live import LiveRecordRequest, LiveRecordResult, record_
 from vrclip.edge.recording.reader import SessionReader
 from vrclip.edge.recording.writer import SessionWriter
 from vrclip.edge.sim.scene import SceneSpec
+from vrclip.edge.timebase import clock_sync
 from vrclip.edge.timebase.clock import now_ns
 from vrclip.edge.timebase.start_protocol import StartServer
 
@@ -614,3 +615,19 @@ def test_a_wall_clock_stepped_back_does_not_hold_off_the_disk_check(
     stopped_after = time.monotonic() - first_check[0]
     assert result.error is not None and "free on its disk" in result.error
     assert stopped_after < 3.0, f"the full disk was noticed {stopped_after:.1f} s after the first check"
+
+
+def test_record_wait_start_warns_when_this_boxs_wall_clock_is_not_synchronised(
+    rig: dict[str, Feed], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every box records the window [target, target + seconds) of its own wall clock: one that is not
+    synchronised records another stretch of real time under the same session id, so it says so."""
+    monkeypatch.setattr(clock_sync, "read_clock_sync", lambda: clock_sync.ClockSync(False, 16.0, 16.0))
+    out = tmp_path / "unsynced.h5"
+    with StartServer("127.0.0.1", 0, expected_clients=1, lead_s=1.0) as server:
+        cfg = _cli_config(tmp_path, server.port)
+        args = ["record", "--out", str(out), "--seconds", "1", "-i", "alice", "-i", "bob", "--wait-start"]
+        result = runner.invoke(app, [*args, "-c", str(cfg)])
+    assert result.exit_code == 0, result.output
+    assert "warning: system clock NOT synchronised" in result.stderr
+    assert "will not line up with the other boxes" in result.stderr

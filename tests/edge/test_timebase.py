@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 from vrclip.edge.errors import UserError
+from vrclip.edge.timebase import clock_sync
 from vrclip.edge.timebase.cli import timebase_app
 from vrclip.edge.timebase.clock import CLOCK_MONOTONIC, now_ns, sleep_until_ns
+from vrclip.edge.timebase.clock_sync import ClockSync
 from vrclip.edge.timebase.start_protocol import (
     MAX_LINE_BYTES,
     ServerBusy,
@@ -465,3 +467,21 @@ def test_a_wait_the_sockets_cannot_take_is_a_clear_error_naming_the_value(timeou
         wait_for_start(HOST, _free_port(), "dev", timeout)
     result = CliRunner().invoke(timebase_app, ["wait", "--host", HOST, "--timeout", str(timeout)])
     assert isinstance(result.exception, UserError) and "timeout must be" in str(result.exception)
+
+
+@pytest.mark.parametrize("synchronised", [False, True])
+def test_cli_wait_warns_when_this_boxs_wall_clock_is_not_synchronised(
+    monkeypatch: pytest.MonkeyPatch, synchronised: bool
+) -> None:
+    """A box whose clock no daemon keeps in step accepts any target within the protocol's bounds and
+    starts a different stretch of real time under the same session id: it must say so."""
+    sync = ClockSync(synchronised, 16.0 if not synchronised else 0.05, 16.0 if not synchronised else 0.001)
+    monkeypatch.setattr(clock_sync, "read_clock_sync", lambda: sync)
+    with StartServer(HOST, 0, expected_clients=1, lead_s=0.3) as server:
+        args = ["wait", "--host", HOST, "--port", str(server.port), "--name", "radar", "--timeout", "5"]
+        result = CliRunner().invoke(timebase_app, args)
+    assert result.exit_code == 0, result.output
+    warned = "warning: system clock NOT synchronised" in result.stderr
+    assert warned is not synchronised, result.stderr
+    if warned:
+        assert "will not line up with the other boxes" in result.stderr and "NTP" in result.stderr
