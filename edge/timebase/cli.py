@@ -12,6 +12,7 @@ import socket
 import statistics
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -103,8 +104,11 @@ def serve(
     with server:
         out.print(f"time server listening on {host}:{server.port}, waiting for {clients} device(s)")
         signal = None
+        joined: list[str] = []
         while signal is None:
             signal = server.wait_armed(0.5)
+            if signal is None:
+                joined = _report_devices(out, joined, server.clients, clients)
         out.print(
             f"armed session {signal.session}: start at target_ns={signal.target_ns} ({signal.clock}), "
             f"lead {server.lead_s:g} s, "
@@ -114,6 +118,21 @@ def serve(
         while now_ns(signal.clock) < signal.target_ns:
             time.sleep(min(0.1, max(0.0, (signal.target_ns - now_ns(signal.clock)) / 1e9)))
         out.print(f"started; signal delivered to {len(server.served)} device(s)")
+
+
+def _report_devices(out: Console, before: list[str], now: list[str], expected: int) -> list[str]:
+    """Print each device that said hello or left since `before`, with the count toward arming.
+
+    A server waiting for N devices otherwise printed nothing until it armed: a site engineer could
+    not tell which box was missing, nor that one box was counted twice (two connections under one
+    name: cloned hostnames, or a rebooted box whose old connection the server still holds).
+    """
+    gone, new = Counter(before) - Counter(now), Counter(now) - Counter(before)
+    for name in gone.elements():
+        out.print(f"device {name} left ({len(now)}/{expected})")
+    for name in new.elements():
+        out.print(f"device {name} said hello ({len(now)}/{expected})")
+    return now
 
 
 @timebase_app.command()

@@ -485,3 +485,34 @@ def test_cli_wait_warns_when_this_boxs_wall_clock_is_not_synchronised(
     assert warned is not synchronised, result.stderr
     if warned:
         assert "will not line up with the other boxes" in result.stderr and "NTP" in result.stderr
+
+
+def test_cli_serve_reports_devices_as_they_come_and_go() -> None:
+    """While it waits for N devices, serve says who has said hello and who left, with the count: the
+    engineer sees which box is missing instead of a silent server."""
+    port = _free_port()
+    result_box: list[object] = []
+    args = ["serve", "--host", HOST, "--port", str(port), "--clients", "2", "--lead", "0.3"]
+    serving = threading.Thread(target=lambda: result_box.append(CliRunner().invoke(timebase_app, args)))
+    serving.start()
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=1) as flaky:
+                flaky.sendall(b'{"type":"hello","name":"flaky"}\n')
+                time.sleep(1.2)  # seen by serve's twice-a-second look
+                break
+        time.sleep(1.2)
+        with socket.create_connection((HOST, port), timeout=5) as cam_a:
+            cam_a.sendall(b'{"type":"hello","name":"cam-a"}\n')
+            time.sleep(1.2)
+            wait_for_start(HOST, port, "cam-b", timeout_s=5)
+    finally:
+        serving.join(15)
+    (result,) = result_box
+    assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
+    output = result.output  # type: ignore[attr-defined]
+    assert "device flaky said hello (1/2)" in output
+    assert "device flaky left (0/2)" in output
+    assert "device cam-a said hello (1/2)" in output
+    assert output.index("flaky left") < output.index("cam-a said hello") < output.index("armed session")
