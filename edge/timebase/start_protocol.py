@@ -391,6 +391,7 @@ class StartServer:
             sock.setblocking(False)
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _keep_alive(sock)
             full = active >= self.max_clients
             conn = _Conn(
                 sock=sock,
@@ -522,6 +523,33 @@ class StartServer:
         if conn is not None and conn.name is not None:
             with self._lock, contextlib.suppress(ValueError):
                 self._names.remove(conn.name)
+
+
+#: TCP keepalive of the server's connections: probe after this many idle seconds, every
+#: _KEEPALIVE_INTERVAL_S, and drop the peer after _KEEPALIVE_PROBES unanswered probes (~25 s in all).
+_KEEPALIVE_IDLE_S = 10
+_KEEPALIVE_INTERVAL_S = 5
+_KEEPALIVE_PROBES = 3
+
+
+def _keep_alive(sock: socket.socket) -> None:
+    """Have the kernel probe an idle connection, so that a device that lost power (or its link) after
+    its hello stops holding a slot and counting toward ``expected_clients``.
+
+    A device that dies without closing sends no FIN: without probes its connection stays "connected"
+    for as long as the server runs (the hello deadline only covers connections that never said hello),
+    and a box that reboots and says hello again is counted twice, arming the server one device short.
+    The kernel's default keepalive waits two hours, so the timings are set where the platform allows.
+    """
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in (
+            ("TCP_KEEPIDLE", _KEEPALIVE_IDLE_S),
+            ("TCP_KEEPINTVL", _KEEPALIVE_INTERVAL_S),
+            ("TCP_KEEPCNT", _KEEPALIVE_PROBES),
+        ):
+            if hasattr(socket, option):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
 def _parse_hello(line: bytes) -> str:

@@ -516,3 +516,17 @@ def test_cli_serve_reports_devices_as_they_come_and_go() -> None:
     assert "device flaky left (0/2)" in output
     assert "device cam-a said hello (1/2)" in output
     assert output.index("flaky left") < output.index("cam-a said hello") < output.index("armed session")
+
+
+def test_connections_that_said_hello_are_probed_so_a_dead_device_stops_counting() -> None:
+    """A device that loses power after its hello sends no FIN: without keepalive probes its connection
+    held a slot and counted toward --clients for as long as the server ran (a rebooted box that said
+    hello again was counted twice). Each accepted connection asks the kernel to probe it (~25 s)."""
+    with StartServer(HOST, 0, expected_clients=2) as srv, _hold_slot(srv, "box-1"):
+        (conn,) = list(srv._conns)
+        assert conn.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        if hasattr(socket, "TCP_KEEPIDLE"):  # Linux: the default (2 h) would be as good as none
+            idle = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)
+            interval = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL)
+            probes = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT)
+            assert idle + interval * probes <= 60
