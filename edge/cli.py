@@ -196,11 +196,13 @@ def _record_rig(
         typer.echo(f"warning: {warning}", err=True)
     if waiter is not None:
         from vrclip.edge.timebase.clock_sync import unsynchronised_warning
+        from vrclip.edge.timebase.start_protocol import host_port
 
         unsynced = unsynchronised_warning()
         if unsynced is not None:
             typer.echo(f"warning: {unsynced}", err=True)
-        typer.echo(f"opening the sensors, then waiting for the start from {server.host}:{server.port}")
+        where = host_port(server.host, server.port)
+        typer.echo(f"opening the sensors, then waiting for the start from {where}")
     try:
         # Ctrl-C sets a flag the session reads (see `record --simulate`): it ends the session early
         # and keeps the file.

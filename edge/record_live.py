@@ -30,7 +30,7 @@ from vrclip.edge.record import check_session_seconds
 from vrclip.edge.recording.schema import MAX_PEOPLE
 from vrclip.edge.recording.writer import SessionWriter
 from vrclip.edge.timebase.clock import now_ns
-from vrclip.edge.timebase.start_protocol import check_wait_request, wait_for_start
+from vrclip.edge.timebase.start_protocol import check_wait_request, host_port, wait_for_start
 
 #: Frames held between the capture threads and the writer (all streams together). A camera frame is
 #: ~0.7 MB and a depth frame ~0.9 MB, so this bounds the backlog to ~60 MB; a writer that falls behind
@@ -161,8 +161,8 @@ def time_server_start(host: str, port: int, name: str, timeout_s: float) -> Star
         signal = wait_for_start(host, port, name, timeout_s)
         if signal.clock != CLOCK_REALTIME:
             raise UserError(
-                f"time server {host}:{port} gives its start on {signal.clock}, but the sensors stamp "
-                f'their frames on {CLOCK_REALTIME}: set sync.clock = "{CLOCK_REALTIME}" for the server'
+                f"time server {host_port(host, port)} gives its start on {signal.clock}, but the sensors "
+                f'stamp their frames on {CLOCK_REALTIME}: set sync.clock = "{CLOCK_REALTIME}" for the server'
             )
         return signal.target_ns, signal.session
 

@@ -102,7 +102,7 @@ def serve(
         session=session,
     )
     with server:
-        out.print(f"time server listening on {host}:{server.port}, waiting for {clients} device(s)")
+        out.print(f"time server listening on {server.address}, waiting for {clients} device(s)")
         signal = None
         joined: list[str] = []
         while signal is None:

@@ -98,6 +98,12 @@ def _error_line(message: str, *, retry: bool = False) -> bytes:
     return _encode(msg)
 
 
+def host_port(host: str, port: int) -> str:
+    """``host:port`` as written in messages, with an IPv6 address in brackets (``[::1]:7390``): bare,
+    ``::1:7390`` cannot be told from the address ``::1:7390`` and cannot be pasted back anywhere."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def new_session_id() -> str:
     """A session id that sorts by time and is unique across servers: UTC start of arming + random."""
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
@@ -213,7 +219,7 @@ class StartServer:
     @property
     def address(self) -> str:
         """``host:port`` as clients should dial it (for messages)."""
-        return f"{self.host}:{self.port}"
+        return host_port(self.host, self.port)
 
     def start(self) -> StartServer:
         """Bind, listen and start the I/O thread. ``port=0`` picks a free port, then set on ``.port``."""
@@ -382,7 +388,7 @@ class StartServer:
                 return
             except OSError:
                 return
-            peer = f"{addr[0]}:{addr[1]}"
+            peer = host_port(addr[0], addr[1])
             active = sum(1 for c in self._conns.values() if c.counted)
             if active >= self.max_clients and len(self._conns) >= 2 * self.max_clients:
                 with contextlib.suppress(OSError):
@@ -672,7 +678,7 @@ def wait_for_start(
     Raises UserError naming ``host:port`` if no valid signal arrives within ``timeout_s``.
     """
     check_wait_request(name, timeout_s)
-    server = f"{host}:{port}"
+    server = host_port(host, port)
     hello = _encode({"type": "hello", "name": name})
     deadline = time.monotonic() + timeout_s
     backoff = 0.05
@@ -713,7 +719,7 @@ def _exchange(host: str, port: int, hello: bytes, deadline: float) -> bytes:
     try:
         sock = socket.create_connection((host, port), timeout=max(left, 0.001))
     except socket.gaierror as exc:
-        raise UserError(f"time server {host}:{port}: cannot resolve host {host!r}: {exc}") from None
+        raise UserError(f"time server {host_port(host, port)}: cannot resolve host {host!r}: {exc}") from None
     except OSError as exc:
         raise _Retry(f"connect failed: {exc.strerror or exc}") from None
     with sock:
@@ -728,8 +734,8 @@ def _exchange(host: str, port: int, hello: bytes, deadline: float) -> bytes:
                     return bytes(buf[:nl])
                 if len(buf) >= MAX_LINE_BYTES:
                     raise UserError(
-                        f"time server {host}:{port} sent a line longer than {MAX_LINE_BYTES} bytes: "
-                        f"{bytes(buf[:80])!r}..."
+                        f"time server {host_port(host, port)} sent a line longer than {MAX_LINE_BYTES} "
+                        f"bytes: {bytes(buf[:80])!r}..."
                     )
                 left = deadline - time.monotonic()
                 if left <= 0:

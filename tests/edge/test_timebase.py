@@ -530,3 +530,18 @@ def test_connections_that_said_hello_are_probed_so_a_dead_device_stops_counting(
             interval = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL)
             probes = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT)
             assert idle + interval * probes <= 60
+
+
+def test_ipv6_addresses_are_bracketed_in_messages() -> None:
+    """`::1:7390` (an IPv6 host and port written bare) reads as one address and cannot be pasted back."""
+    try:
+        server = StartServer("::1", 0, expected_clients=1, lead_s=0.3).start()
+    except UserError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    with contextlib.closing(server):
+        assert server.address == f"[::1]:{server.port}"
+        assert wait_for_start("::1", server.port, "v6", timeout_s=5) == server.signal
+        assert server.served[0].startswith("v6@[::1]:") or server.served[0].startswith("?@[::1]:")
+    port = _free_port()
+    with pytest.raises(UserError, match=rf"time server \[::1\]:{port} within"):
+        wait_for_start("::1", port, "dev", timeout_s=0.3)
