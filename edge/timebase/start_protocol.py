@@ -672,9 +672,10 @@ def wait_for_start(
 ) -> StartSignal:
     """Connect to the time server (retrying with backoff), say hello, and return its validated signal.
 
-    Retries cover the usual start-up race (devices come up before the server), transient drops and a
-    full server (a slot frees when a device leaves or a silent socket is dropped); a message the server
-    did send but that fails validation, or any other refusal, is final.
+    Retries cover the usual start-up race (devices come up before the server or their resolver),
+    transient drops and a full server (a slot frees when a device leaves or a silent socket is
+    dropped); a message the server did send but that fails validation, a host name that does not
+    exist, or any other refusal, is final.
     Raises UserError naming ``host:port`` if no valid signal arrives within ``timeout_s``.
     """
     check_wait_request(name, timeout_s)
@@ -719,6 +720,10 @@ def _exchange(host: str, port: int, hello: bytes, deadline: float) -> bytes:
     try:
         sock = socket.create_connection((host, port), timeout=max(left, 0.001))
     except socket.gaierror as exc:
+        if exc.errno == socket.EAI_AGAIN:
+            # No resolver yet (a box booting before its network is up): retried like a refused
+            # connection. A name that does not exist (EAI_NONAME) is a typo, and final.
+            raise _Retry(f"cannot resolve host {host!r} yet: {exc.strerror or exc}") from None
         raise UserError(f"time server {host_port(host, port)}: cannot resolve host {host!r}: {exc}") from None
     except OSError as exc:
         raise _Retry(f"connect failed: {exc.strerror or exc}") from None

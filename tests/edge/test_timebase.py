@@ -545,3 +545,32 @@ def test_ipv6_addresses_are_bracketed_in_messages() -> None:
     port = _free_port()
     with pytest.raises(UserError, match=rf"time server \[::1\]:{port} within"):
         wait_for_start("::1", port, "dev", timeout_s=0.3)
+
+
+def test_a_resolver_not_up_yet_is_retried_and_a_name_that_does_not_exist_is_not(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """`record --wait-start` started at boot may run before the box's network and resolver are up:
+    "temporary failure in name resolution" (EAI_AGAIN) is retried until the timeout, like a refused
+    connection; a name that does not exist (EAI_NONAME, a typo) fails at once."""
+    calls: list[int] = []
+
+    def no_resolver(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "create_connection", no_resolver)
+    with pytest.raises(
+        UserError, match=r"no start signal .* within 0\.5 s .*cannot resolve host 'timeserver' yet"
+    ):
+        wait_for_start("timeserver", 7390, "box", timeout_s=0.5)
+    assert len(calls) >= 3, "retried"
+
+    def no_such_name(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", no_such_name)
+    calls.clear()
+    started = time.monotonic()
+    with pytest.raises(UserError, match="cannot resolve host 'timesrever'"):
+        wait_for_start("timesrever", 7390, "box", timeout_s=30)
+    assert len(calls) == 1 and time.monotonic() - started < 5
