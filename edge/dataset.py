@@ -93,10 +93,11 @@ def session_frames(seconds: float, rate_hz: float) -> int:
     return math.ceil(seconds * rate_hz - 1e-9)
 
 
-def segment_frames(rate_hz: float) -> int:
-    """Radar frames `vrclip-export train`'s default segment takes at `rate_hz`: TRAINING_SEGMENT_S
-    counted in frames at the recorded rate, and at least T (`export.data.choose_segments`)."""
-    return max(TRAINING_FRAMES, round(TRAINING_SEGMENT_S * rate_hz))
+def segment_frames(rate_hz: float, seconds: float = TRAINING_SEGMENT_S, frames: int = TRAINING_FRAMES) -> int:
+    """Radar frames a training segment of `seconds` takes at `rate_hz`: the seconds counted in frames
+    at the recorded rate, and at least T = `frames` (one RF sample). The trainer's own rule
+    (`export.data.choose_segments`); the defaults are `vrclip-export train`'s."""
+    return max(frames, round(seconds * rate_hz))
 
 
 def shortest_training_seconds(rate_hz: float) -> float:

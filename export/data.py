@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 from vrclip.edge.crops import CropSpec, camera_from_config, crop_person
+from vrclip.edge.dataset import segment_frames
 from vrclip.edge.errors import ConfigError, RecordingError, UserError
 from vrclip.edge.pipeline.tracker import GAP_FRAMES
 from vrclip.edge.recording.reader import SessionReader
@@ -681,7 +682,7 @@ def choose_segments(tracks: Sequence[Track], seconds: float, frames: int, seed: 
         candidates: list[tuple[int, int, np.ndarray]] = []
         for i in by_identity[identity]:
             tr = tracks[i]
-            need = max(frames, round(seconds * tr.rate_hz()))
+            need = segment_frames(tr.rate_hz(), seconds, frames)
             if tr.longest_unbroken() >= need:
                 long_enough = True
                 starts = labelled_starts(tr, need)
