@@ -23,15 +23,20 @@ class FileTooLarge(OSError):
     """The file is longer than its kind of file can be: a path pointing at the wrong file."""
 
 
-def read_text_capped(path: str | Path, max_bytes: int, encoding: str = "utf-8") -> str:
-    """The text of `path`, reading no more than `max_bytes` + 1 bytes (the 1 to tell). Raises FileTooLarge (an
-    OSError, so callers' "cannot read it" handling covers it), other OSErrors, UnicodeDecodeError."""
+def read_bytes_capped(path: str | Path, max_bytes: int) -> bytes:
+    """The bytes of `path`, reading no more than `max_bytes` + 1 (the 1 to tell). Raises FileTooLarge
+    (an OSError, so callers' "cannot read it" handling covers it) or another OSError."""
     with open(path, "rb") as handle:
         raw = handle.read(max_bytes + 1)
     if len(raw) > max_bytes:
         reason = f"longer than {max_bytes} bytes, so not the file meant here; check the path"
         raise FileTooLarge(errno.EFBIG, reason, str(path))
-    return raw.decode(encoding)
+    return raw
+
+
+def read_text_capped(path: str | Path, max_bytes: int, encoding: str = "utf-8") -> str:
+    """The text of `path`, read with `read_bytes_capped`; UnicodeDecodeError when it is not text."""
+    return read_bytes_capped(path, max_bytes).decode(encoding)
 
 
 __all__ = [
@@ -40,5 +45,6 @@ __all__ = [
     "MAX_GEOMETRY_BYTES",
     "MAX_MANIFEST_BYTES",
     "FileTooLarge",
+    "read_bytes_capped",
     "read_text_capped",
 ]

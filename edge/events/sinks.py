@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from vrclip.edge.errors import ConfigError
 from vrclip.edge.events.event import IdentityEvent
+from vrclip.edge.textfiles import FileTooLarge, read_bytes_capped
 
 if TYPE_CHECKING:
     from vrclip.edge.config import SinksConfig
@@ -278,15 +279,14 @@ def read_password_file(path: str) -> str:
     in a file of its own so the site config, which installers copy and paste, holds no secret."""
     key = f"sinks.mqtt.password_file = {path!r}"
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_PASSWORD_FILE_BYTES + 1)
+        raw = read_bytes_capped(path, MAX_PASSWORD_FILE_BYTES)
+    except FileTooLarge:
+        raise ConfigError(f"{key}: over {MAX_PASSWORD_FILE_BYTES} bytes, not a password file") from None
     except OSError as exc:
         raise ConfigError(
             f"{key}: cannot read it ({exc.strerror or exc}); the service user must be able to read it "
             "(e.g. mode 0640, group vrclip)"
         ) from None
-    if len(raw) > MAX_PASSWORD_FILE_BYTES:
-        raise ConfigError(f"{key}: over {MAX_PASSWORD_FILE_BYTES} bytes, not a password file")
     try:
         text = raw.decode("utf-8-sig")  # -sig: an editor's byte-order mark is not part of the password
     except UnicodeDecodeError:
