@@ -157,6 +157,15 @@ def test_wizard_errors_are_one_line_and_leave_the_old_file(tmp_path: Path) -> No
     assert out.read_text() == "old"
 
 
+def _run_wizard(config: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    """`vrclip-calibrate channels` run as an operator would, non-interactively, with `config`."""
+    return subprocess.run(
+        [console_script("vrclip-calibrate"), "channels", "--reflector", "0.4", "3.2", "1.1", "--yes",
+         "-c", str(config), "--out", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
 def test_wizard_without_a_rig_says_which_instrument_it_could_not_reach(tmp_path: Path) -> None:
     import socket
 
@@ -170,11 +179,7 @@ def test_wizard_without_a_rig_says_which_instrument_it_could_not_reach(tmp_path:
         config_to_toml(EdgeConfig.model_validate({"radar": {"switch": {"port": f"tcp://127.0.0.1:{port}"}}}))
     )
     out = tmp_path / "calibration.json"
-    result = subprocess.run(
-        [console_script("vrclip-calibrate"), "channels", "--reflector", "0.4", "3.2", "1.1", "--yes",
-         "-c", str(cfg), "--out", str(out)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    result = _run_wizard(cfg, out)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"cannot connect: switch tcp://127.0.0.1:{port}" in result.stderr
     assert not out.exists()
@@ -193,11 +198,7 @@ def test_a_running_service_is_named_before_the_wizard_touches_the_radar(tmp_path
     toml.write_text(f'[paths]\ncontrol_socket = "{sock}"\n')
     out = tmp_path / "calibration.json"
     with GalleryStore(tmp_path / "g.sqlite") as store, ControlServer(sock, LiveEnrolment(store, 32)):
-        done = subprocess.run(
-            [console_script("vrclip-calibrate"), "channels", "--reflector", "0.4", "3.2", "1.1", "--yes",
-             "-c", str(toml), "--out", str(out)],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+        done = _run_wizard(toml, out)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert f"vrclip-edge is running (it answers on {sock}) and holds the rig's sensors" in done.stderr
     assert "Step 1 of 2" not in done.stderr and not out.exists()

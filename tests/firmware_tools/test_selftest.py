@@ -443,38 +443,43 @@ def test_the_gallery_check_finds_no_gallery_another_models_gallery_and_a_good_on
     path = tmp_path / "gallery.sqlite"
     config = EdgeConfig.model_validate({"gallery": {"path": str(path), "backup_dir": ""}})
     rig = hardware_rig(config, DEMO_ENGINE)
-    absent = by_name(run_selftest(rig, only("gallery")))["gallery"]
+    manifest = load_manifest(REPO / "models" / "vrclip-tiny.json")
+    dim = manifest.outputs[0].sample_shape[0]
+
+    def check() -> CheckResult:
+        return by_name(run_selftest(rig, only("gallery")))["gallery"]
+
+    def enrol_anew(length: int, space: str | None = None) -> None:
+        """A new gallery with three exemplars of `length` numbers, tied to model `space` if given."""
+        path.unlink(missing_ok=True)
+        with GalleryStore(path) as store:
+            store.add_exemplars("alice", np.eye(length, dtype=np.float32)[:3], budget=32)
+            if space is not None:
+                store.ensure_embedding_space(space, "demo")
+
+    absent = check()
     assert absent.status == "warn" and "nobody is enrolled yet" in absent.detail
-    dim = load_manifest(REPO / "models" / "vrclip-tiny.json").outputs[0].sample_shape[0]
-    with GalleryStore(path) as store:
-        store.add_exemplars("alice", np.eye(dim + 1, dtype=np.float32)[:3], budget=32)
-    other = by_name(run_selftest(rig, only("gallery")))["gallery"]
+    enrol_anew(dim + 1)
+    other = check()
     assert other.status == "fail"
     assert f"its embeddings have {dim + 1} numbers but the engine {DEMO_ENGINE} gives {dim}" in other.detail
-    path.unlink()
-    with GalleryStore(path) as store:
-        store.add_exemplars("alice", np.eye(dim, dtype=np.float32)[:3], budget=32)
-    untied = by_name(run_selftest(rig, only("gallery")))["gallery"]
+    enrol_anew(dim)
+    untied = check()
     assert untied.status == "warn" and "enrolled before galleries recorded their model" in untied.detail
     # The same length, but enrolled with another model (a retrained engine): as wrong, and says so.
     with GalleryStore(path) as store:
         store.ensure_embedding_space("b" * 64, "retrained.onnx")
-    retrained = by_name(run_selftest(rig, only("gallery")))["gallery"]
+    retrained = check()
     assert retrained.status == "fail"
     assert f"enrolled with model bbbbbbbbbbbb, but {DEMO_ENGINE} is model 306bf81964c8" in retrained.detail
-    path.unlink()
-    with GalleryStore(path) as store:
-        store.add_exemplars("alice", np.eye(dim, dtype=np.float32)[:3], budget=32)
-        store.ensure_embedding_space(
-            load_manifest(REPO / "models" / "vrclip-tiny.json").embedding_space, "demo"
-        )
-    good = by_name(run_selftest(rig, only("gallery")))["gallery"]
+    enrol_anew(dim, manifest.embedding_space)
+    good = check()
     assert good.status == "pass" and "1 identities, 3 exemplars" in good.detail
     from vrclip.edge.gallery.backup import copy_gallery
 
     copy = copy_gallery(path, tmp_path / "backups", keep=3)
     path.write_bytes(b"not a database at all" * 100)
-    damaged = by_name(run_selftest(rig, only("gallery")))["gallery"]
+    damaged = check()
     assert damaged.status == "fail" and str(path) in damaged.detail
     assert "gallery export" in damaged.detail  # this config keeps no daily copies
     with_copies = EdgeConfig.model_validate(
